@@ -1,0 +1,145 @@
+"""Settings, read once at the edge from a mapping (``os.environ`` in production, a dict in tests).
+
+Nothing below this module reads the environment.  Secrets have no defaults and never appear in
+``describe()`` or in any error message.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from etl_core.errors import ConfigError
+
+REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
+POLICIES = ("strict", "quarantine")
+
+
+@dataclasses.dataclass(frozen=True)
+class DbSettings:
+    """Where and how to connect; ``unix_sock`` wins over host/port when set."""
+
+    host: str = "127.0.0.1"
+    port: int = 5432
+    user: str = "postgres"
+    database: str = "postgres"
+    password: str | None = dataclasses.field(default=None, repr=False)
+    unix_sock: str | None = None
+    connect_timeout: float = 5.0
+    connect_attempts: int = 3
+    retry_delay: float = 0.5
+    statement_timeout_ms: int = 600_000
+    lock_timeout_ms: int = 5_000
+
+    def describe(self) -> str:
+        """Where we connect, without the password."""
+        where = self.unix_sock or f"{self.host}:{self.port}"
+        return f"{self.user}@{where}/{self.database}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    db: DbSettings
+    data_dir: Path
+    data_root: Path
+    schema: str = "public"
+    policy: str = "strict"
+    max_reported: int = 20
+    block_size: int = 16 << 20
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        data_dir = Path(env.get("DATA_DIR") or REPO_DATA_DIR).resolve()
+        data_root = Path(env.get("DATA_ROOT") or data_dir).resolve()
+        policy = env.get("ETL_POLICY", "strict")
+        if policy not in POLICIES:
+            raise ConfigError(f"ETL_POLICY must be one of {', '.join(POLICIES)}, not {policy!r}")
+        return cls(
+            db=db_settings(env),
+            data_dir=data_dir,
+            data_root=data_root,
+            schema=env.get("DB_SCHEMA", "public"),
+            policy=policy,
+            max_reported=_int(env, "ETL_MAX_REPORTED_VIOLATIONS", 20, minimum=1),
+            block_size=_int(env, "ETL_BLOCK_SIZE", 16 << 20, minimum=1 << 16),
+        )
+
+
+def db_settings(env: Mapping[str, str]) -> DbSettings:
+    """DATABASE_URL (libpq URI) if set, else the libpq ``PG*`` variables, else local defaults."""
+    timing = {
+        "connect_timeout": _float(env, "DB_CONNECT_TIMEOUT", 5.0),
+        "connect_attempts": _int(env, "DB_CONNECT_ATTEMPTS", 3, minimum=1),
+        "statement_timeout_ms": _int(env, "DB_STATEMENT_TIMEOUT_MS", 600_000, minimum=0),
+        "lock_timeout_ms": _int(env, "DB_LOCK_TIMEOUT_MS", 5_000, minimum=0),
+    }
+    url = env.get("DATABASE_URL")
+    if url:
+        return _from_url(url, password=env.get("PGPASSWORD"), **timing)
+    host = env.get("PGHOST", "127.0.0.1")
+    port = _int(env, "PGPORT", 5432, minimum=1)
+    return DbSettings(
+        host=host,
+        port=port,
+        user=env.get("PGUSER", "postgres"),
+        database=env.get("PGDATABASE", "postgres"),
+        password=env.get("PGPASSWORD"),
+        unix_sock=_socket_path(host, port),
+        **timing,
+    )
+
+
+def _from_url(url: str, *, password: str | None, **timing: float) -> DbSettings:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ConfigError("DATABASE_URL must start with postgresql:// (the libpq URI form)")
+    query = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+    try:
+        port = int(query.get("port") or parts.port or 5432)
+    except ValueError as exc:  # parts.port raises for a non-numeric port
+        raise ConfigError("DATABASE_URL has a port that is not a number") from exc
+    host = query.get("host") or unquote(parts.hostname or "") or "127.0.0.1"
+    if "connect_timeout" in query:
+        timing["connect_timeout"] = _float(query, "connect_timeout", 5.0)
+    return DbSettings(
+        host=host,
+        port=port,
+        user=unquote(parts.username or "") or query.get("user") or "postgres",
+        database=unquote(parts.path.lstrip("/")) or query.get("dbname") or "postgres",
+        password=unquote(parts.password) if parts.password else password,
+        unix_sock=_socket_path(host, port),
+        **timing,  # type: ignore[arg-type]
+    )
+
+
+def _socket_path(host: str, port: int) -> str | None:
+    """libpq's convention: a host starting with '/' is the directory holding the server's socket."""
+    return f"{host.rstrip('/')}/.s.PGSQL.{port}" if host.startswith("/") else None
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
+    if value < minimum:
+        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
+    if value <= 0:
+        raise ConfigError(f"{name} must be positive, not {raw!r}")
+    return value

@@ -1,0 +1,114 @@
+"""The PostgreSQL edge: connecting (bounded retries, timeouts) and translating pg8000's errors once.
+
+pg8000 has no type hints, so the rest of the code talks to the small ``Connection`` protocol below.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any, Protocol
+
+from etl_core.config import DbSettings
+from etl_core.errors import DatabaseUnavailable, EtlError, LoadError, TransientLoadError
+
+# SQLSTATE classes and codes that may go away on their own: connection trouble, the server shutting
+# down or starting, timeouts, lock trouble, serialization failures.
+_TRANSIENT_PREFIXES = ("08", "53", "57P", "40")
+_TRANSIENT_CODES = {"55P03", "57014"}  # lock_not_available, query_canceled (statement_timeout)
+
+
+class Connection(Protocol):
+    def run(self, sql: str, stream: Iterable[bytes] | None = None, **params: Any) -> list[list[Any]] | None: ...
+
+    def close(self) -> None: ...
+
+
+def connect(settings: DbSettings, *, sleep: Any = time.sleep) -> Connection:
+    """Open a connection, retrying transient failures ``connect_attempts`` times in all."""
+    import pg8000.native  # lazily: not needed to answer an event that never touches the database
+
+    last: Exception | None = None
+    for attempt in range(settings.connect_attempts):
+        if attempt:
+            sleep(settings.retry_delay * 2 ** (attempt - 1))
+        try:
+            conn = pg8000.native.Connection(
+                user=settings.user,
+                password=settings.password,
+                host=settings.host,
+                port=settings.port,
+                database=settings.database,
+                unix_sock=settings.unix_sock,
+                timeout=settings.connect_timeout,
+                application_name="experiment-etl",
+                startup_params={
+                    "statement_timeout": str(settings.statement_timeout_ms),
+                    "lock_timeout": str(settings.lock_timeout_ms),
+                },
+            )
+            # the connect timeout also bounds every socket read; a long COPY or swap is bounded by
+            # statement_timeout instead
+            conn._usock.settimeout(None if not settings.statement_timeout_ms
+                                   else settings.statement_timeout_ms / 1000 + settings.connect_timeout)
+            return conn
+        except Exception as exc:  # noqa: BLE001 - classified just below
+            err = translate(exc)
+            if not isinstance(err, TransientLoadError):
+                raise err from exc
+            last = exc
+    raise DatabaseUnavailable(
+        f"cannot reach PostgreSQL at {settings.describe()} after {settings.connect_attempts} attempts: "
+        f"{_reason(last)}",
+        database=settings.describe(),
+        attempts=settings.connect_attempts,
+    ) from last
+
+
+def is_alive(conn: Connection) -> bool:
+    """True when the connection still answers (a frozen Lambda may have kept a dead one)."""
+    try:
+        conn.run("SELECT 1")
+        return True
+    except Exception:  # noqa: BLE001 - any failure means: replace it
+        return False
+
+
+def close_quietly(conn: Connection | None) -> None:
+    if conn is None:
+        return
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001,S110 - the connection is being thrown away anyway
+        pass
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """pg8000's DatabaseError carries the server's fields as a dict in ``args[0]``; 'C' is SQLSTATE."""
+    if exc.args and isinstance(exc.args[0], dict):
+        code = exc.args[0].get("C")
+        return str(code) if code else None
+    return None
+
+
+def translate(exc: BaseException) -> EtlError:
+    """Map a foreign exception from the database edge to our tree (transient or terminal)."""
+    if isinstance(exc, EtlError):
+        return exc
+    code = sqlstate(exc)
+    if code is None:
+        # pg8000.InterfaceError, socket errors, timeouts: the connection itself is the problem
+        return TransientLoadError(f"lost or could not open the database connection: {_reason(exc)}")
+    message = exc.args[0].get("M", "") if isinstance(exc.args[0], dict) else str(exc)
+    if code.startswith(_TRANSIENT_PREFIXES) or code in _TRANSIENT_CODES:
+        return TransientLoadError(f"database error {code}: {message}", sqlstate=code)
+    return LoadError(f"database error {code}: {message}", sqlstate=code)
+
+
+def _reason(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    code = sqlstate(exc)
+    if code is not None:
+        return f"{code} {exc.args[0].get('M', '')}"
+    return f"{type(exc).__name__}: {exc}"

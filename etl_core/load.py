@@ -1,0 +1,166 @@
+"""Writes to PostgreSQL: the runs table, and the features swapped in inside one transaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from etl_core import sql
+from etl_core.db import Connection, translate
+from etl_core.errors import EtlError, RunInProgress
+
+CHUNK = 1 << 20  # bytes per CopyData message
+
+
+def ensure_schema(conn: Connection, schema: str) -> None:
+    for statement in sql.create_schema(schema):
+        conn.run(statement)
+
+
+def acquire_lock(conn: Connection, schema: str) -> None:
+    """Take the job's session-level advisory lock, or raise RunInProgress naming the running run."""
+    [[got]] = conn.run("SELECT pg_try_advisory_lock(hashtext(:name))", name=sql.lock_name(schema))
+    if got:
+        return
+    running = None
+    try:
+        rows = conn.run(f"SELECT max(id) FROM {sql.q(schema, sql.RUNS)} WHERE status = 'running'")
+        running = rows[0][0] if rows else None
+    except Exception:  # noqa: BLE001 - the runs table may not exist yet; the refusal stands anyway
+        pass
+    raise RunInProgress("another run holds the ETL lock; try again when it has finished", running_run_id=running)
+
+
+def release_lock(conn: Connection, schema: str) -> None:
+    conn.run("SELECT pg_advisory_unlock(hashtext(:name))", name=sql.lock_name(schema))
+
+
+def fail_abandoned_runs(conn: Connection, schema: str) -> None:
+    """Runs still 'running' while we hold the lock were cut off (their connection died): mark them."""
+    conn.run(
+        f"UPDATE {sql.q(schema, sql.RUNS)} SET status = 'failed', finished_at = clock_timestamp(), "
+        "error = CAST(:error AS jsonb) WHERE status = 'running'",
+        error=json.dumps({"type": "Abandoned", "code": "abandoned",
+                          "message": "the run stopped before it finished (connection or process lost)"}),
+    )
+
+
+def start_run(conn: Connection, schema: str, *, policy: str, data_dir: str) -> int:
+    [[run_id]] = conn.run(
+        f"INSERT INTO {sql.q(schema, sql.RUNS)} (status, policy, data_dir) VALUES ('running', :policy, :dir) "
+        "RETURNING id",
+        policy=policy, dir=data_dir,
+    )
+    return int(run_id)
+
+
+def finish_run(conn: Connection, schema: str, run_id: int, *, status: str, files: Any = None,
+               users_written: int | None = None, seconds: Any = None, error: Any = None) -> None:
+    conn.run(
+        f"UPDATE {sql.q(schema, sql.RUNS)} SET status = :status, finished_at = clock_timestamp(), "
+        "files = CAST(:files AS jsonb), users_written = :written, seconds = CAST(:seconds AS jsonb), "
+        "error = CAST(:error AS jsonb) WHERE id = :id",
+        status=status, files=_json(files), written=users_written, seconds=_json(seconds),
+        error=_json(error), id=run_id,
+    )
+
+
+def get_run(conn: Connection, schema: str, run_id: int) -> dict[str, Any] | None:
+    try:
+        rows = conn.run(
+            f"SELECT id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error, "
+            f"(SELECT count(*) FROM {sql.q(schema, sql.REJECTS)} r WHERE r.run_id = runs.id) "
+            f"FROM {sql.q(schema, sql.RUNS)} runs WHERE id = :id",
+            id=run_id,
+        )
+    except Exception as exc:
+        err = translate(exc)
+        if err.details.get("sqlstate") in ("42P01", "3F000"):  # no runs table (or schema) yet
+            return None
+        raise err from exc
+    if not rows:
+        return None
+    (id_, status, policy, data_dir, started, finished, files, written, seconds, error, rejects) = rows[0]
+    return {
+        "run_id": id_, "status": status, "policy": policy, "data_dir": data_dir,
+        "started_at": started.isoformat() if started else None,
+        "finished_at": finished.isoformat() if finished else None,
+        "files": files, "users_written": written, "seconds": seconds, "error": error, "rejects": rejects,
+    }
+
+
+def publish(conn: Connection, schema: str, run_id: int, features: pa.Table, rejects: pa.Table | None,
+            *, status: str, files: Any, seconds: Any) -> None:
+    """In one transaction: COPY the features into a staging table, swap it in, store the rejects,
+    and mark the run finished.  Any failure rolls all of it back; the old features stay."""
+    conn.run("BEGIN")
+    try:
+        conn.run(f"DROP TABLE IF EXISTS {sql.q(schema, sql.STAGING)}")
+        conn.run(sql.features_table(schema, sql.STAGING))
+        conn.run(sql.copy_in(schema, sql.STAGING, sql.FEATURE_COLUMNS), stream=_csv_chunks(_features_rows(features, run_id)))
+        for statement in sql.swap_in_staging(schema):
+            conn.run(statement)
+        if rejects is not None and rejects.num_rows:
+            conn.run(sql.copy_in(schema, sql.REJECTS, sql.REJECT_COLUMNS),
+                     stream=_csv_chunks(_reject_rows(rejects, run_id)))
+        finish_run(conn, schema, run_id, status=status, files=files, users_written=features.num_rows,
+                   seconds=seconds)
+        conn.run("COMMIT")
+    except BaseException as exc:
+        _rollback(conn)
+        if isinstance(exc, EtlError) or not isinstance(exc, Exception):
+            raise
+        raise translate(exc) from exc
+
+
+def _rollback(conn: Connection) -> None:
+    try:
+        conn.run("ROLLBACK")
+    except Exception:  # noqa: BLE001,S110 - a dead connection has rolled back on the server already
+        pass
+
+
+def _features_rows(features: pa.Table, run_id: int) -> pa.Table:
+    ids = features["most_common_compound_ids"]
+    # bigint[] in COPY's text form: {1,2}; NULL stays NULL
+    as_text = pc.binary_join(pc.cast(ids, pa.list_(pa.string())), ",")
+    array_literal = pc.binary_join_element_wise("{", as_text, "}", "")
+    return pa.table({
+        "user_id": features["user_id"],
+        "user_name": features["user_name"],
+        "total_experiments": features["total_experiments"],
+        "most_common_compounds": features["most_common_compounds"],
+        "most_common_compound_ids": array_literal,
+        "average_experiments": features["average_experiments"],
+        "run_id": pa.repeat(pa.scalar(run_id, pa.int64()), features.num_rows),
+    })
+
+
+def _reject_rows(rejects: pa.Table, run_id: int) -> pa.Table:
+    return pa.table({
+        "run_id": pa.repeat(pa.scalar(run_id, pa.int64()), rejects.num_rows),
+        "file": rejects["file"],
+        "line": rejects["line"],
+        "column_name": rejects["column"],
+        "value": rejects["value"],
+        "rule": rejects["rule"],
+        "raw": rejects["raw"],
+    })
+
+
+def _csv_chunks(table: pa.Table) -> Iterator[memoryview]:
+    """The table as PostgreSQL CSV (strings quoted, NULL unquoted-empty), in CHUNK-sized pieces."""
+    sink = pa.BufferOutputStream()
+    pacsv.write_csv(table, sink, write_options=pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
+    data = memoryview(sink.getvalue())
+    for start in range(0, len(data), CHUNK):
+        yield data[start:start + CHUNK]
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)

@@ -1,0 +1,212 @@
+"""The job: extract, transform, load, in that order; the only module that knows all three."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from etl_core import extract, load, transform
+from etl_core.config import POLICIES, Settings
+from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
+from etl_core.db import Connection, close_quietly, connect, translate
+from etl_core.errors import BadRequest, ContractViolation, EtlError
+
+log = logging.getLogger("etl")
+PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
+
+
+@dataclasses.dataclass(frozen=True)
+class Trigger:
+    """What one trigger asks for: the policy, and optionally a data directory under DATA_ROOT."""
+
+    policy: str | None = None
+    data: str | None = None
+
+
+def resolve_data_dir(settings: Settings, data: str | None) -> Path:
+    """The directory to read: the default, or ``data`` relative to the root; nothing outside the root."""
+    if not data:
+        return settings.data_dir
+    candidate = Path(data)
+    if candidate.is_absolute() or ".." in candidate.parts:
+        raise BadRequest("data must be a relative path below the data root, without '..'", data=data)
+    resolved = (settings.data_root / candidate).resolve()  # follows symlinks
+    if not resolved.is_relative_to(settings.data_root):
+        raise BadRequest("data leads outside the data root", data=data)
+    if not resolved.is_dir():
+        raise BadRequest("data is not a directory below the data root", data=data)
+    return resolved
+
+
+def run(settings: Settings, trigger: Trigger, *, conn: Connection | None = None) -> dict[str, Any]:
+    """Run the job once; returns the summary, raises an EtlError (recorded in the runs table)."""
+    policy = trigger.policy or settings.policy
+    if policy not in POLICIES:
+        raise BadRequest(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
+    data_dir = resolve_data_dir(settings, trigger.data)
+    schema = settings.schema
+    own = conn is None
+    conn = conn or connect(settings.db)
+    try:
+        _guard(load.acquire_lock, conn, schema)
+        try:
+            _guard(load.ensure_schema, conn, schema)
+            _guard(load.fail_abandoned_runs, conn, schema)
+            run_id = _guard(load.start_run, conn, schema, policy=policy, data_dir=str(data_dir))
+            try:
+                return _run(settings, conn, run_id, policy, data_dir)
+            except EtlError as exc:
+                _record_failure(settings, conn, run_id, exc)
+                raise
+        finally:
+            try:
+                load.release_lock(conn, schema)
+            except Exception:  # noqa: BLE001,S110 - a dead session has released its lock already
+                pass
+    finally:
+        if own:
+            close_quietly(conn)
+
+
+def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_dir: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    log_event("run_started", run_id=run_id, policy=policy, data_dir=str(data_dir))
+
+    with _phase(seconds, "extract"):
+        found = _check_headers(data_dir)
+        users_sink = extract.Collector(extract.output_schema(USERS))
+        compounds_sink = extract.Collector(extract.output_schema(COMPOUNDS))
+        users = _read(settings, data_dir, USERS, users_sink, run_id)
+        compounds = _read(settings, data_dir, COMPOUNDS, compounds_sink, run_id)
+        users_table = users_sink.table()
+        compounds_table = compounds_sink.table().sort_by("compound_id")
+        refs = extract.References.of(users_table["user_id"].combine_chunks(),
+                                     compounds_table["compound_id"].combine_chunks())
+        counter = transform.ExperimentCounts(refs.users.keys, refs.compounds.keys)
+        experiments = _read(settings, data_dir, EXPERIMENTS, counter, run_id, refs=refs)
+    results = [users, compounds, experiments]
+    violations = pa.concat_tables([found] + [r.violations for r in results])
+    files = {r.contract.filename: {
+        "rows_read": r.rows_read, "rows_accepted": r.rows_accepted, "rows_rejected": r.rows_rejected,
+        "extra_columns": list(r.extra_columns)} for r in results}
+    for header_only in (r for r in (users, compounds) if r.rows_read == 0):
+        violations = pa.concat_tables([violations, _file_violation(header_only.contract.filename, Rule.NO_ROWS)])
+    if violations.num_rows and policy == "strict":
+        raise ContractViolation(
+            f"the input breaks the data contract in {violations.num_rows} place(s); nothing was loaded",
+            run_id=run_id, files=files, violations=_report(violations, settings.max_reported),
+        )
+    if users_table.num_rows == 0:
+        raise ContractViolation("no user row was accepted; nothing was loaded", run_id=run_id, files=files,
+                                violations=_report(violations, settings.max_reported))
+
+    with _phase(seconds, "transform"):
+        features = transform.features(users_table, compounds_table, counter.result())
+    status = "partial" if violations.num_rows else "succeeded"
+    with _phase(seconds, "load"):
+        seconds_so_far = dict(seconds, total=round(time.perf_counter() - started, 3))
+        load.publish(conn, settings.schema, run_id, features, violations if violations.num_rows else None,
+                     status=status, files=files, seconds=seconds_so_far)
+    seconds["total"] = round(time.perf_counter() - started, 3)
+    summary = {
+        "run_id": run_id, "status": status, "policy": policy, "files": files,
+        "users_written": features.num_rows, "violations": _report(violations, settings.max_reported),
+        "seconds": seconds,
+    }
+    log_event("run_finished", run_id=run_id, status=status, users_written=features.num_rows, seconds=seconds)
+    return summary
+
+
+def _check_headers(data_dir: Path) -> pa.Table:
+    """Every file-level problem (missing, empty, bad header) of all three files, before any row is read."""
+    problems = []
+    for contract in FILES:
+        try:
+            extract.read_header(data_dir / contract.filename, contract)
+        except extract.FileProblem as problem:
+            problems.append(problem.violation)
+    if problems:
+        table = pa.Table.from_pylist(problems, schema=extract.VIOLATION_SCHEMA)
+        raise ContractViolation(
+            f"{len(problems)} input file(s) cannot be read under the data contract; nothing was loaded",
+            violations=_report(table, len(problems)),
+        )
+    return extract.VIOLATION_SCHEMA.empty_table()
+
+
+def _file_violation(filename: str, rule: Rule) -> pa.Table:
+    return pa.Table.from_pylist([{"file": filename, "line": None, "column": None, "value": None,
+                                  "rule": rule.value, "raw": None}], schema=extract.VIOLATION_SCHEMA)
+
+
+def _read(settings: Settings, data_dir: Path, contract: FileContract, sink: extract.Sink, run_id: int,
+          refs: extract.References | None = None) -> extract.FileResult:
+    path = data_dir / contract.filename
+    size = path.stat().st_size
+    last = [time.monotonic()]
+
+    def progress(rows: int, offset: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY:
+            last[0] = now
+            log_event("progress", run_id=run_id, file=contract.filename, rows=rows,
+                      mb=round(offset / 1e6, 1), mb_total=round(size / 1e6, 1))
+
+    result = extract.read_file(path, contract, sink, refs=refs, block_size=settings.block_size, progress=progress)
+    log_event("file_read", run_id=run_id, file=contract.filename, rows=result.rows_read,
+              rejected=result.rows_rejected, mb=round(size / 1e6, 1))
+    return result
+
+
+def _report(violations: pa.Table, limit: int) -> dict[str, Any]:
+    first = violations.slice(0, limit).to_pylist()
+    return {"total": violations.num_rows, "first": first}
+
+
+def _record_failure(settings: Settings, conn: Connection, run_id: int, exc: EtlError) -> None:
+    """Mark the run failed; if our connection is gone, try a fresh one; else the next run will."""
+    error = exc.to_dict()
+    for attempt in range(2):
+        target = conn if attempt == 0 else None
+        try:
+            target = target or connect(settings.db)
+            load.finish_run(target, settings.schema, run_id, status="failed", error=error)
+            return
+        except Exception:  # noqa: BLE001 - the next run marks abandoned runs failed
+            continue
+        finally:
+            if attempt == 1:
+                close_quietly(target)
+
+
+def _guard(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except EtlError:
+        raise
+    except Exception as exc:
+        raise translate(exc) from exc
+
+
+@contextmanager
+def _phase(seconds: dict[str, float], name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = round(time.perf_counter() - start, 3)
+
+
+def log_event(event: str, **fields: Any) -> None:
+    """One structured log line (JSON), which CloudWatch and the emulator print as they are."""
+    log.info(json.dumps({"event": event, **fields}, default=str))
+

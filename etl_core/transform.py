@@ -1,0 +1,186 @@
+"""The features, from Arrow tables to an Arrow table, with ``pyarrow.compute`` only.
+
+Pure: no files, no database, no environment, no logging.  Experiments arrive batch by batch
+(``ExperimentCounts`` is a sink of the extract step) and only running counts are kept: experiments
+per user, and experiments per (user, compound) under one int64 key ``user * width + compound``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+LIST_JOINER = ";"
+MAX_SHIFTS = 8  # lists longer than this are deduplicated with a hash instead of shifted compares
+
+FEATURES_SCHEMA = pa.schema(
+    [
+        pa.field("user_id", pa.int64(), nullable=False),
+        pa.field("user_name", pa.string(), nullable=False),
+        pa.field("total_experiments", pa.int64(), nullable=False),
+        pa.field("most_common_compounds", pa.string()),
+        pa.field("most_common_compound_ids", pa.list_(pa.int64())),
+        pa.field("average_experiments", pa.float64(), nullable=False),
+    ]
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """The aggregates the features are made from."""
+
+    experiments: int
+    per_user: pa.Table  # user_id, experiments
+    per_pair: pa.Table  # user_id, compound (index into the sorted compound ids), n
+
+
+class ExperimentCounts:
+    """Running counts over batches of accepted experiments (a sink for the extract step).
+
+    ``user_ids`` are the accepted users, ``compound_ids`` the accepted compounds, sorted.
+    A compound listed twice in one experiment counts once for that experiment.
+    """
+
+    def __init__(self, user_ids: pa.Array, compound_ids: pa.Array, *, compact_at: int = 1 << 22) -> None:
+        self.compound_ids = compound_ids
+        self.width = max(len(compound_ids), 1)
+        self.compact_at = compact_at
+        bounds = pc.min_max(compound_ids).as_py() if len(compound_ids) else {"min": 0, "max": -1}
+        self._compound_offset = bounds["min"] if bounds["max"] - bounds["min"] + 1 == len(compound_ids) else None
+        max_user = pc.max(user_ids).as_py() if len(user_ids) else 0
+        # user * width + compound must fit in int64; else users are renumbered 0..n-1 first.
+        self._dense_users = user_ids if max_user >= (2**63 - 1) // self.width - 1 else None
+        self.reset()
+
+    def reset(self) -> None:
+        self.experiments = 0
+        self._pairs: list[tuple[pa.Array, pa.Array]] = []
+        self._pair_rows = 0
+        self._users: list[tuple[pa.Array, pa.Array]] = []
+        self._user_rows = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        if batch.num_rows == 0:
+            return
+        users = batch.column("user_id")
+        lists = batch.column("experiment_compound_ids")
+        self.experiments += batch.num_rows
+        self._users.append(_counts(users))
+        self._user_rows += len(self._users[-1][0])
+
+        parents = pc.list_parent_indices(lists)
+        compounds = self._compound_index(pc.list_flatten(lists))
+        if self._dense_users is not None:
+            users = pc.index_in(users, value_set=self._dense_users)
+        keys = pc.add(pc.multiply(users.take(parents), self.width), compounds)
+        keys = keys.filter(pc.invert(_repeated_in_list(parents, compounds, lists, self.width)))
+        self._pairs.append(_counts(keys))
+        self._pair_rows += len(self._pairs[-1][0])
+        if self._pair_rows > self.compact_at:
+            self._pairs = [_compact(self._pairs)]
+            self._pair_rows = len(self._pairs[0][0])
+        if self._user_rows > self.compact_at:
+            self._users = [_compact(self._users)]
+            self._user_rows = len(self._users[0][0])
+
+    def _compound_index(self, ids: pa.Array) -> pa.Array:
+        if self._compound_offset is not None:
+            return pc.subtract(ids, self._compound_offset)
+        return pc.index_in(ids, value_set=self.compound_ids)
+
+    def result(self) -> Counts:
+        users_k, users_n = _compact(self._users) if self._users else _empty_counts()
+        pairs_k, pairs_n = _compact(self._pairs) if self._pairs else _empty_counts()
+        user = pc.divide(pairs_k, self.width)  # integer division: keys are non-negative
+        compound = pc.subtract(pairs_k, pc.multiply(user, self.width))
+        if self._dense_users is not None:
+            user = self._dense_users.take(user)
+        return Counts(
+            experiments=self.experiments,
+            per_user=pa.table({"user_id": users_k, "experiments": users_n}),
+            per_pair=pa.table({"user_id": user, "compound": compound, "n": pairs_n}),
+        )
+
+
+def _counts(values: pa.Array) -> tuple[pa.Array, pa.Array]:
+    vc = pc.value_counts(values)
+    return vc.field("values"), vc.field("counts")
+
+
+def _empty_counts() -> tuple[pa.Array, pa.Array]:
+    return pa.array([], pa.int64()), pa.array([], pa.int64())
+
+
+def _compact(parts: list[tuple[pa.Array, pa.Array]]) -> tuple[pa.Array, pa.Array]:
+    if len(parts) == 1:
+        return parts[0]
+    table = pa.table({
+        "k": pa.chunked_array([k for k, _ in parts], pa.int64()),
+        "n": pa.chunked_array([n for _, n in parts], pa.int64()),
+    })
+    summed = table.group_by("k").aggregate([("n", "sum")])
+    return summed["k"].combine_chunks(), summed["n_sum"].combine_chunks()
+
+
+def _repeated_in_list(parents: pa.Array, compounds: pa.Array, lists: pa.Array, width: int) -> pa.Array:
+    """True for each list item whose compound already appeared earlier in the same list."""
+    n = len(compounds)
+    longest = pc.max(pc.list_value_length(lists)).as_py() or 0
+    if n == 0 or longest <= 1:
+        return pa.array([False] * n, pa.bool_())
+    if longest <= MAX_SHIFTS:
+        repeated = pa.array([False] * n, pa.bool_())
+        for shift in range(1, longest):
+            same = pc.and_(pc.equal(parents[shift:], parents[:-shift]),
+                           pc.equal(compounds[shift:], compounds[:-shift]))
+            repeated = pc.or_(repeated, pa.concat_arrays([pa.array([False] * shift, pa.bool_()), same]))
+        return repeated
+    # Long lists: an item is a repeat unless it is the first of its (row, compound) pair.
+    pair = pc.add(pc.multiply(parents.cast(pa.int64()), width), compounds)
+    position = pa.array(range(n), pa.int64())
+    first = pa.table({"pair": pair, "position": position}).group_by("pair", use_threads=False).aggregate(
+        [("position", "min")])
+    return pc.invert(pc.is_in(position, value_set=first["position_min"]))
+
+
+def features(users: pa.Table, compounds: pa.Table, counts: Counts) -> pa.Table:
+    """One row per user of ``users``: totals, the tied most common compounds, the average.
+
+    ``compounds`` must be sorted by compound_id (the order ties are listed in).
+    """
+    pairs = counts.per_pair
+    best = pairs.group_by("user_id").aggregate([("n", "max")])
+    tied = pairs.join(best, "user_id").filter(pc.equal(pc.field("n"), pc.field("n_max")))
+    tied = tied.sort_by([("user_id", "ascending"), ("compound", "ascending")])
+    runs = pc.run_end_encode(tied["user_id"].combine_chunks())
+    offsets = pa.concat_arrays([pa.array([0], pa.int32()), runs.run_ends.cast(pa.int32())])
+    index = tied["compound"].combine_chunks()
+    names = pa.ListArray.from_arrays(offsets, compounds["compound_name"].take(index).combine_chunks())
+    ids = pa.ListArray.from_arrays(offsets, compounds["compound_id"].take(index).combine_chunks())
+    # hash joins carry no list columns: join the row number of each user's favourites instead
+    favourites = pa.table({"user_id": runs.values, "favourite": pa.array(range(len(runs.values)), pa.int64())})
+
+    out = pa.table({"user_id": users["user_id"], "user_name": users["name"]})
+    out = out.join(counts.per_user, "user_id").join(favourites, "user_id")
+    out = out.sort_by("user_id")
+    favourite = out["favourite"].combine_chunks()
+    average = counts.experiments / users.num_rows if users.num_rows else 0.0
+    return pa.table({
+        "user_id": out["user_id"],
+        "user_name": out["user_name"],
+        "total_experiments": pc.fill_null(out["experiments"], 0),
+        "most_common_compounds": pc.binary_join(names, LIST_JOINER).take(favourite),
+        "most_common_compound_ids": ids.take(favourite),
+        "average_experiments": pa.repeat(pa.scalar(average, pa.float64()), out.num_rows),
+    }, schema=FEATURES_SCHEMA)
+
+
+def compute_features(users: pa.Table, compounds: pa.Table, experiments: pa.Table) -> pa.Table:
+    """All of it at once, for tables already in memory (tests, small inputs)."""
+    compounds = compounds.sort_by("compound_id")
+    counter = ExperimentCounts(users["user_id"].combine_chunks(), compounds["compound_id"].combine_chunks())
+    for batch in experiments.to_batches():
+        counter.add(batch)
+    return features(users, compounds, counter.result())
