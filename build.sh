@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# Build and start the ETL function, served by the Lambda Runtime Interface Emulator (RIE).
+#
+#   ./build.sh            build the image, start PostgreSQL and the function in containers
+#                         (docker, or podman), the emulator on localhost:${RIE_PORT:-9000}
+#   ./build.sh --local    no containers: a venv, the RIE on the host in front of
+#                         `python -m awslambdaric`, on 127.0.0.1:${RIE_PORT:-9000}, against DATABASE_URL
+#   ./build.sh stop       stop whatever this script started
+#   ./build.sh --help
+#
+# Environment (all optional):
+#   DATABASE_URL / PG*    the database the function writes to (default for --local: the local server,
+#                         postgresql://postgres@127.0.0.1:5432/postgres; for containers: a PostgreSQL
+#                         container started here unless DATABASE_URL is given)
+#   DATA_DIR              the CSV directory (default: the repo's data/; in the image, the baked-in copy)
+#   RIE_PORT              the emulator's port on this machine (default 9000)
+#   CONTAINER_ENGINE      docker or podman (default: the first one that works)
+#   BASE_IMAGE            base image for the build (default in the Dockerfile: python:3.12-slim)
+#   IMAGE                 image name (default experiment-etl:latest)
+#   HOST_NETWORK=1        run the function container on the host network (then it reaches a
+#                         database on 127.0.0.1 directly); implied when DATABASE_URL points to loopback
+#   ENGINE_FLAGS          extra flags for `build` and `run` (e.g. podman here:
+#                         "--runtime runc --ulimit nofile=1024:1024 --ulimit nproc=1024:1024")
+#   POSTGRES_IMAGE        image for the database container (default postgres:16-alpine)
+set -euo pipefail
+
+cd "$(dirname "$0")"
+ROOT=$(pwd)
+RUN_DIR="$ROOT/.run"
+CACHE_DIR="$ROOT/.cache"
+RIE_PORT=${RIE_PORT:-9000}
+IMAGE=${IMAGE:-experiment-etl:latest}
+NAME=experiment-etl
+SAM_CLI_VERSION=1.170.0
+LOCAL_DB_URL="postgresql://postgres@127.0.0.1:5432/postgres"
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "build.sh: $*"; exit 1; }
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
+
+# --- the emulator binary: from the aws-sam-cli wheel on PyPI (no GitHub download needed)
+fetch_rie() {
+    local bin="$CACHE_DIR/rie/aws-lambda-rie" name
+    if [ -x "$bin" ]; then printf '%s\n' "$bin"; return; fi
+    case "$(uname -m)" in aarch64|arm64) name=aws-lambda-rie-arm64 ;; *) name=aws-lambda-rie-x86_64 ;; esac
+    mkdir -p "$CACHE_DIR/rie"
+    say "fetching the Runtime Interface Emulator from the aws-sam-cli $SAM_CLI_VERSION wheel on PyPI"
+    "$ROOT/.venv/bin/pip" download --quiet --no-deps --dest "$CACHE_DIR/rie/wheel" "aws-sam-cli==$SAM_CLI_VERSION" >&2
+    "$ROOT/.venv/bin/python" - "$CACHE_DIR/rie/wheel" "$name" "$bin" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "aws_sam_cli-*.whl"))[0]
+with open(sys.argv[3], "wb") as out:
+    out.write(zipfile.ZipFile(wheel).read("samcli/local/rapid/" + sys.argv[2]))
+os.chmod(sys.argv[3], 0o755)
+PY
+    printf '%s\n' "$bin"
+}
+
+make_venv() {
+    if [ ! -x .venv/bin/python ]; then
+        say "creating .venv"
+        python3 -m venv .venv
+    fi
+    if [ ! -f .venv/.requirements ] || ! cmp -s requirements.txt .venv/.requirements; then
+        say "installing requirements.txt into .venv"
+        .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+        cp requirements.txt .venv/.requirements
+    fi
+}
+
+wait_for_port() {  # host port seconds
+    local deadline=$((SECONDS + $3))
+    until (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; do
+        [ $SECONDS -lt $deadline ] || return 1
+        sleep 0.2
+    done
+}
+
+check_port_free() {
+    if (exec 3<>"/dev/tcp/127.0.0.1/$RIE_PORT") 2>/dev/null; then
+        die "port $RIE_PORT is already in use (a previous ./build.sh? run ./build.sh stop, or set RIE_PORT)"
+    fi
+}
+
+start_local() {
+    make_venv
+    local rie
+    rie=$(fetch_rie)
+    stop_local quiet
+    check_port_free
+    mkdir -p "$RUN_DIR"
+    export DATABASE_URL=${DATABASE_URL:-}
+    if [ -z "$DATABASE_URL" ] && [ -z "${PGHOST:-}" ]; then DATABASE_URL=$LOCAL_DB_URL; fi
+    [ -n "$DATABASE_URL" ] || unset DATABASE_URL
+    export DATA_DIR=${DATA_DIR:-$ROOT/data}
+    # the emulator passes its own environment on to the runtime client it starts
+    PYTHONPATH="$ROOT" nohup "$rie" --runtime-interface-emulator-address "127.0.0.1:$RIE_PORT" \
+        "$ROOT/.venv/bin/python" -m awslambdaric handler.lambda_function.handler \
+        >"$RUN_DIR/function.log" 2>&1 &
+    echo $! >"$RUN_DIR/local.pid"
+    printf '%s\n' "${DATABASE_URL:-}" >"$RUN_DIR/database_url"
+    wait_for_port 127.0.0.1 "$RIE_PORT" 20 || { cat "$RUN_DIR/function.log" >&2; die "the emulator did not start"; }
+    say "function running (emulator pid $(cat "$RUN_DIR/local.pid")), log: .run/function.log"
+    say "invoke it:  ./invoke.sh     stop it:  ./build.sh stop"
+}
+
+stop_local() {
+    local pidfile="$RUN_DIR/local.pid"
+    [ -f "$pidfile" ] || return 0
+    local pid
+    pid=$(cat "$pidfile")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$pid" 2>/dev/null || true
+        [ "${1:-}" = quiet ] || say "stopped the local function (pid $pid)"
+    fi
+    rm -f "$pidfile"
+}
+
+pick_engine() {
+    local engine
+    for engine in ${CONTAINER_ENGINE:-docker podman}; do
+        if command -v "$engine" >/dev/null 2>&1 && "$engine" info >/dev/null 2>&1; then
+            printf '%s\n' "$engine"
+            return
+        fi
+    done
+    say "build.sh: no working container engine (tried: ${CONTAINER_ENGINE:-docker podman})."
+    say "Run without containers instead:  ./build.sh --local"
+    exit 2
+}
+
+is_loopback_url() { case "${1:-}" in *@127.*|*@localhost*|*//127.*|*//localhost*|*@\[::1\]*) return 0 ;; *) return 1 ;; esac; }
+
+start_containers() {
+    local engine
+    engine=$(pick_engine)
+    local -a flags=()
+    read -r -a flags <<<"${ENGINE_FLAGS:-}"
+    local -a build_args=()
+    [ -z "${BASE_IMAGE:-}" ] || build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
+    say "building $IMAGE with $engine"
+    "$engine" build "${flags[@]}" --network host "${build_args[@]}" -t "$IMAGE" .
+    stop_containers "$engine" quiet
+    mkdir -p "$RUN_DIR"
+
+    local db_url=${DATABASE_URL:-} host_url
+    if [ -z "$db_url" ]; then
+        say "starting PostgreSQL (${POSTGRES_IMAGE:-postgres:16-alpine}) as $NAME-db on 127.0.0.1:5433"
+        "$engine" network create "$NAME" >/dev/null 2>&1 || true
+        "$engine" run -d "${flags[@]}" --name "$NAME-db" --network "$NAME" -p 127.0.0.1:5433:5432 \
+            -e POSTGRES_HOST_AUTH_METHOD=trust "${POSTGRES_IMAGE:-postgres:16-alpine}" >/dev/null
+        for _ in $(seq 60); do
+            "$engine" exec "$NAME-db" pg_isready -U postgres >/dev/null 2>&1 && break
+            sleep 1
+        done
+        db_url="postgresql://postgres@$NAME-db:5432/postgres"
+        host_url="postgresql://postgres@127.0.0.1:5433/postgres"
+    else
+        host_url=$db_url
+    fi
+
+    local -a net
+    if [ "${HOST_NETWORK:-}" = 1 ] || is_loopback_url "$db_url"; then
+        net=(--network host -e "RIE_PORT=$RIE_PORT")
+    elif [ -z "${DATABASE_URL:-}" ]; then
+        net=(--network "$NAME" -p "127.0.0.1:$RIE_PORT:8080")
+    else
+        net=(-p "127.0.0.1:$RIE_PORT:8080")
+    fi
+    local -a env=(-e "DATABASE_URL=$db_url")
+    [ -z "${DATA_DIR:-}" ] || env+=(-e "DATA_DIR=$DATA_DIR")
+    check_port_free
+    "$engine" run -d "${flags[@]}" --name "$NAME" "${net[@]}" "${env[@]}" "$IMAGE" >/dev/null
+    printf '%s\n' "$engine" >"$RUN_DIR/engine"
+    printf '%s\n' "$host_url" >"$RUN_DIR/database_url"
+    wait_for_port 127.0.0.1 "$RIE_PORT" 30 || { "$engine" logs "$NAME" >&2; die "the function container did not start"; }
+    say "function running in container $NAME on 127.0.0.1:$RIE_PORT; logs: $engine logs $NAME"
+    say "invoke it:  ./invoke.sh     stop it:  ./build.sh stop"
+}
+
+stop_containers() {
+    local engine=$1
+    "$engine" rm -f "$NAME" >/dev/null 2>&1 || true
+    "$engine" rm -f "$NAME-db" >/dev/null 2>&1 || true
+    [ "${2:-}" = quiet ] || say "removed containers $NAME and $NAME-db ($engine)"
+}
+
+case "${1:-}" in
+    --local) start_local ;;
+    stop)
+        stop_local
+        if [ -f "$RUN_DIR/engine" ]; then stop_containers "$(cat "$RUN_DIR/engine")"; rm -f "$RUN_DIR/engine"; fi
+        rm -f "$RUN_DIR/database_url"
+        ;;
+    "") start_containers ;;
+    -h|--help) usage ;;
+    *) usage >&2; exit 64 ;;
+esac
