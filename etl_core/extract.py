@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import bisect
 import csv
+import re
 import dataclasses
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,6 +40,7 @@ VIOLATION_SCHEMA = pa.schema(
     ]
 )
 
+_SPACE_BEFORE_QUOTE = re.compile(r'(?:(?<=,)|^)[ \t]+(?=")')
 _ID_RE = r"^\+?0*[1-9][0-9]{0,17}$"
 _DATE_RE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _NUMBER_RE = r"^\+?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
@@ -152,7 +154,12 @@ def read_header(path: Path, contract: FileContract) -> tuple[list[str], tuple[st
         text = first.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise FileProblem(contract, Rule.ENCODING, line=1) from None
-    names = [n.strip() for n in next(csv.reader([text.rstrip("\r\n")], skipinitialspace=True))]
+    line = re.split(r"\r\n|\r|\n", text, maxsplit=1)[0]  # the CSV reader ends a line at \r as well
+    try:
+        fields = next(csv.reader([line]), [])
+    except csv.Error:  # e.g. a NUL byte: read it as plain comma-separated names
+        fields = line.split(",")
+    names = [n.strip().strip('"') for n in fields]
     seen: set[str] = set()
     for name in names:
         if name in seen:
@@ -245,7 +252,7 @@ def _check_typed(batch: pa.RecordBatch, contract: FileContract, refs: References
             if batch.num_rows and pc.min(values).as_py() <= 0:
                 raise _Diagnose
         elif col.kind == "text":
-            values = pc.utf8_trim_whitespace(values)
+            values = clean(values)
             if batch.num_rows and pc.min(pc.utf8_length(values)).as_py() == 0:
                 raise _Diagnose
         elif col.kind == "number":
@@ -369,7 +376,32 @@ def _raw_batches(path: Path, contract: FileContract, names: list[str], block_siz
             lines = pa.array([g + 2 + bisect.bisect_right(shifted, g + 2)
                               for g in range(start, start + batch.num_rows)], pa.int64())
         start += batch.num_rows
-        yield batch, lines, new
+        recovered, bad = _recover(new, names)
+        yield batch, lines, bad
+        if recovered is not None:
+            yield recovered[0], recovered[1], []
+
+
+def _recover(rows: list[tuple[int, str]], names: list[str]
+             ) -> tuple[tuple[pa.RecordBatch, pa.Array] | None, list[tuple[int, str]]]:
+    """Rows pyarrow split wrongly because a quoted field follows whitespace (`1,\t"Bob, Jr.",...`):
+    parsed again allowing whitespace before the quote; those with the right field count are kept."""
+    good: list[tuple[int, list[str]]] = []
+    bad = []
+    for number, text in rows:
+        try:
+            fields = next(csv.reader([_SPACE_BEFORE_QUOTE.sub("", text)]), [])
+        except csv.Error:
+            fields = []
+        if len(fields) == len(names):
+            good.append((number, fields))
+        else:
+            bad.append((number, text))
+    if not good:
+        return None, bad
+    columns = [pa.array([f[i].encode() for _, f in good], pa.binary()) for i in range(len(names))]
+    batch = pa.RecordBatch.from_arrays(columns, names=names)
+    return (batch, pa.array([n for n, _ in good], pa.int64())), bad
 
 
 def _not_blank(batch: pa.RecordBatch) -> pa.Array:
@@ -419,7 +451,7 @@ def _check_raw(batch: pa.RecordBatch, contract: FileContract, refs: References |
         raw = batch.column(col.name)
         text, text_ok = _utf8(raw)
         flag(col.name, Rule.ENCODING, pc.invert(text_ok), _text(raw))
-        trimmed = pc.utf8_trim_whitespace(text)
+        trimmed = clean(text)
         if col.kind == "id":
             values, ok = _ids(trimmed)
             flag(col.name, Rule.NOT_POSITIVE_INTEGER, pc.and_(text_ok, pc.invert(ok)), text)
@@ -430,8 +462,10 @@ def _check_raw(batch: pa.RecordBatch, contract: FileContract, refs: References |
             shaped = pc.match_substring_regex(trimmed, _DATE_RE)
             parsed = pc.strptime(pc.if_else(shaped, trimmed, None), format="%Y-%m-%d", unit="s",
                                  error_is_null=True)
-            values = pc.cast(parsed, pa.date32())
-            flag(col.name, Rule.NOT_ISO_DATE, pc.and_(text_ok, pc.is_null(values)), text)
+            # strptime rolls 2023-02-30 over to March: a real date prints back as it was written
+            real = pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), trimmed), False)
+            values = pc.if_else(real, pc.cast(parsed, pa.date32()), None)
+            flag(col.name, Rule.NOT_ISO_DATE, pc.and_(text_ok, pc.invert(real)), text)
         elif col.kind == "number":
             ok = pc.match_substring_regex(trimmed, _NUMBER_RE)
             values = pc.cast(pc.if_else(ok, trimmed, None), pa.float64())
@@ -518,6 +552,18 @@ def _utf8(raw: pa.Array) -> tuple[pa.Array, pa.Array]:
     mask = pa.array(ok, pa.bool_())
     cleaned = pc.if_else(mask, raw, b"").cast(pa.string())
     return cleaned, mask
+
+
+def clean(text: pa.Array) -> pa.Array:
+    """Trim whitespace; a value still wrapped in quotes (quoted after whitespace, which the CSV
+    reader keeps as text) loses them, and its doubled quotes become single."""
+    trimmed = pc.utf8_trim_whitespace(text)
+    quoted = pc.and_(pc.starts_with(trimmed, '"'), pc.ends_with(trimmed, '"'))
+    quoted = pc.and_(quoted, pc.greater_equal(pc.utf8_length(trimmed), 2))
+    if not pc.any(quoted).as_py():
+        return trimmed
+    inner = pc.replace_substring(pc.utf8_slice_codeunits(trimmed, 1, -1), '""', '"')
+    return pc.if_else(quoted, inner, trimmed)
 
 
 def _text(raw: pa.Array) -> pa.Array:

@@ -156,7 +156,11 @@ def _reject_rows(rejects: pa.Table, run_id: int) -> pa.Table:
 def _csv_chunks(table: pa.Table) -> Iterator[memoryview]:
     """The table as PostgreSQL CSV (strings quoted, NULL unquoted-empty), in CHUNK-sized pieces."""
     sink = pa.BufferOutputStream()
-    pacsv.write_csv(table, sink, write_options=pacsv.WriteOptions(include_header=False, quoting_style="all_valid"))
+    options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+    with pacsv.CSVWriter(sink, table.schema, write_options=options) as writer:
+        for batch in table.to_batches():
+            if batch.num_rows:  # pyarrow 26 writes 8 KiB of NUL bytes for an empty batch
+                writer.write_batch(batch)
     data = memoryview(sink.getvalue())
     for start in range(0, len(data), CHUNK):
         yield data[start:start + CHUNK]

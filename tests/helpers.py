@@ -1,0 +1,69 @@
+"""Small helpers shared by the tests: write CSV files, read the features table back."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+GOOD = {
+    "users.csv": (
+        "user_id,name,email,signup_date\n"
+        "1,Alice,alice@example.com,2023-01-01\n"
+        "2,Bob,bob@example.com,2023-02-01\n"
+        "3,Carol,carol@example.com,2023-03-01\n"
+    ),
+    "compounds.csv": (
+        "compound_id,compound_name,compound_structure\n"
+        "1,Compound A,C20H25N3O\n"
+        "2,Compound B,C21H30O2\n"
+        "3,Compound C,C8H11NO2\n"
+    ),
+    "user_experiments.csv": (
+        "experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
+        "1,1,1;2,10\n"
+        "2,1,2;3,15\n"
+        "3,2,1;3,20\n"
+    ),
+}
+
+# The challenge's expected table (shared/reference-data/README.md): name, total, favourites, average.
+EXPECTED = [
+    ("Alice", 2, "Compound B", 1.1),
+    ("Bob", 1, "Compound A;Compound C", 1.1),
+    ("Carol", 1, "Compound B;Compound C", 1.1),
+    ("Dave", 1, "Compound A;Compound B;Compound C", 1.1),
+    ("Eve", 1, "Compound B;Compound C", 1.1),
+    ("Frank", 1, "Compound A;Compound C", 1.1),
+    ("Grace", 1, "Compound B;Compound C", 1.1),
+    ("Heidi", 1, "Compound A;Compound B", 1.1),
+    ("Ivan", 1, "Compound B;Compound C", 1.1),
+    ("Judy", 1, "Compound A;Compound C", 1.1),
+]
+
+
+def write_files(directory: Path, files: dict[str, str | bytes]) -> Path:
+    """Write the good data set, overridden by ``files`` (a value of None removes that file)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, content in {**GOOD, **files}.items():
+        path = directory / name
+        if content is None:
+            path.unlink(missing_ok=True)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content, encoding="utf-8")
+    return directory
+
+
+def features_rows(conn: Any, schema: str) -> list[tuple[Any, ...]]:
+    rows = conn.run(
+        f'SELECT user_name, total_experiments, most_common_compounds, average_experiments '
+        f'FROM "{schema}".user_features ORDER BY user_id'
+    )
+    return [tuple(r) for r in rows]
+
+
+def features_dump(conn: Any, schema: str) -> list[tuple[Any, ...]]:
+    """Every column of every row, including the run that wrote it: 'byte for byte' comparisons."""
+    rows = conn.run(f'SELECT * FROM "{schema}".user_features ORDER BY user_id')
+    return [tuple(r) for r in rows]
