@@ -47,6 +47,12 @@ class Service:
         finally:
             self._busy.release()
 
+    def close(self) -> None:
+        """Close the cached connection (tests, embedders; a Lambda process just ends)."""
+        with self._busy:
+            db.close_quietly(self._conn)
+            self._conn = None
+
     def trigger(self, trigger: pipeline.Trigger) -> dict[str, Any]:
         with self.connection() as conn:
             return pipeline.run(self.settings, trigger, conn=conn)

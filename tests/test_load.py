@@ -1,0 +1,228 @@
+"""Loading into a real PostgreSQL: idempotent reruns, the runs table, and faults (a killed
+connection, a server restart, a lock held elsewhere, two triggers at once, a dead cached connection)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from etl_core import db as dbmod
+from etl_core import load, pipeline, sql
+from etl_core.config import Settings, db_settings
+from etl_core.errors import LoadError, RunInProgress, TransientLoadError
+from handler.service import Service
+from tests.conftest import _Throwaway
+from tests.helpers import features_dump, features_rows
+
+
+def test_running_twice_gives_the_same_rows_never_duplicates(settings: Settings, db: Any, schema: str) -> None:
+    first = pipeline.run(settings, pipeline.Trigger())
+    rows_after_first = features_rows(db, schema)
+    second = pipeline.run(settings, pipeline.Trigger())
+    assert features_rows(db, schema) == rows_after_first
+    assert len(rows_after_first) == 10
+    assert second["run_id"] == first["run_id"] + 1
+    [[run_ids]] = db.run(f'SELECT array_agg(DISTINCT run_id) FROM "{schema}".user_features')
+    assert run_ids == [second["run_id"]]
+
+
+def test_each_run_is_recorded(settings: Settings, db: Any, schema: str) -> None:
+    summary = pipeline.run(settings, pipeline.Trigger())
+    [[status, files, written, started, finished]] = db.run(
+        f'SELECT status, files, users_written, started_at, finished_at FROM "{schema}".etl_runs WHERE id = :id',
+        id=summary["run_id"])
+    assert status == "succeeded"
+    assert written == 10
+    assert files["user_experiments.csv"]["rows_read"] == 11
+    assert started <= finished
+
+
+def test_the_summary_reports_rows_per_file_and_time_per_phase(settings: Settings) -> None:
+    summary = pipeline.run(settings, pipeline.Trigger())
+    assert {k: v["rows_read"] for k, v in summary["files"].items()} == {
+        "users.csv": 10, "compounds.csv": 3, "user_experiments.csv": 11}
+    assert summary["users_written"] == 10
+    assert set(summary["seconds"]) == {"extract", "transform", "load", "total"}
+
+
+def kill_between_staging_and_swap(monkeypatch: pytest.MonkeyPatch, database_url: str, victim_pid: int) -> None:
+    """When the load asks for the swap statements (the COPY into staging is done), a second
+    connection terminates the loading connection."""
+    real = sql.swap_in_staging
+
+    def killing(schema: str) -> list[str]:
+        killer = dbmod.connect(db_settings({"DATABASE_URL": database_url}))
+        try:
+            assert killer.run("SELECT pg_terminate_backend(:pid)", pid=victim_pid) == [[True]]
+        finally:
+            dbmod.close_quietly(killer)
+        return real(schema)
+
+    monkeypatch.setattr(sql, "swap_in_staging", killing)
+
+
+def test_a_connection_killed_between_staging_and_swap_leaves_the_old_table(
+        settings: Settings, db: Any, schema: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline.run(settings, pipeline.Trigger())
+    before = features_dump(db, schema)
+    conn = dbmod.connect(settings.db)
+    [[pid]] = conn.run("SELECT pg_backend_pid()")
+    kill_between_staging_and_swap(monkeypatch, database_url, pid)
+    with pytest.raises(TransientLoadError):
+        pipeline.run(settings, pipeline.Trigger(), conn=conn)
+    dbmod.close_quietly(conn)
+    monkeypatch.undo()
+
+    assert features_dump(db, schema) == before
+    [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs ORDER BY id DESC LIMIT 1')
+    assert (status, error["code"]) == ("failed", "database_unavailable")
+    assert db.run("SELECT count(*) FROM pg_tables WHERE schemaname = :s AND tablename = :t",
+                  s=schema, t=sql.STAGING) == [[0]]
+    assert pipeline.run(settings, pipeline.Trigger())["status"] == "succeeded"
+
+
+@pytest.fixture
+def private_server() -> Any:
+    """A cluster of our own, which this test may restart."""
+    server = _Throwaway()
+    url = server.start()
+    yield server, url
+    server.stop()
+
+
+def test_a_server_restart_during_the_load_rolls_back_and_the_next_run_succeeds(
+        private_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    server, url = private_server
+    settings = Settings.from_env({"DATABASE_URL": url, "DB_CONNECT_ATTEMPTS": "5"})
+    pipeline.run(settings, pipeline.Trigger())
+    check = dbmod.connect(settings.db)
+    before = features_dump(check, "public")
+    dbmod.close_quietly(check)
+
+    real = sql.swap_in_staging
+
+    def restarting(schema: str) -> list[str]:
+        import subprocess
+
+        from tests.conftest import _pg_bin
+        subprocess.run([*server.prefix, _pg_bin("pg_ctl"), "-D", str(server.dir / "data"), "-l",
+                        str(server.dir / "log"), "-m", "fast", "-w", "restart"],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return real(schema)
+
+    monkeypatch.setattr(sql, "swap_in_staging", restarting)
+    with pytest.raises(TransientLoadError):
+        pipeline.run(settings, pipeline.Trigger())
+    monkeypatch.undo()
+
+    check = dbmod.connect(settings.db)
+    try:
+        assert features_dump(check, "public") == before
+        [[status]] = check.run("SELECT status FROM etl_runs ORDER BY id DESC LIMIT 1")
+        assert status == "failed"
+    finally:
+        dbmod.close_quietly(check)
+    assert pipeline.run(settings, pipeline.Trigger())["status"] == "succeeded"
+
+
+def test_a_run_cut_off_before_it_finished_is_marked_failed_by_the_next(settings: Settings, db: Any,
+                                                                       schema: str) -> None:
+    pipeline.run(settings, pipeline.Trigger())
+    # what a Lambda killed at its timeout leaves behind: a 'running' row nobody will finish
+    [[stale]] = db.run(f"INSERT INTO \"{schema}\".etl_runs (status, policy, data_dir) "
+                       "VALUES ('running', 'strict', 'x') RETURNING id")
+    pipeline.run(settings, pipeline.Trigger())
+    [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs WHERE id = :id', id=stale)
+    assert (status, error["code"]) == ("failed", "abandoned")
+
+
+def test_a_second_trigger_while_one_runs_is_refused_with_the_running_id(
+        settings: Settings, db: Any, schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    pipeline.run(settings, pipeline.Trigger())  # tables exist
+    staged, release = threading.Event(), threading.Event()
+    real = sql.swap_in_staging
+
+    def waiting(name: str) -> list[str]:
+        staged.set()
+        assert release.wait(30)
+        return real(name)
+
+    monkeypatch.setattr(sql, "swap_in_staging", waiting)
+    outcome: dict[str, Any] = {}
+    first = threading.Thread(target=lambda: outcome.update(first=pipeline.run(settings, pipeline.Trigger())))
+    first.start()
+    try:
+        assert staged.wait(30)
+        with pytest.raises(RunInProgress) as refused:
+            pipeline.run(settings, pipeline.Trigger())
+    finally:
+        release.set()
+        first.join(30)
+    assert outcome["first"]["status"] == "succeeded"
+    assert refused.value.details["running_run_id"] == outcome["first"]["run_id"]
+    assert len(features_rows(db, schema)) == 10
+
+
+def test_a_lock_held_elsewhere_times_out_and_leaves_the_old_table(
+        settings: Settings, db: Any, schema: str, database_url: str) -> None:
+    pipeline.run(settings, pipeline.Trigger())
+    before = features_dump(db, schema)
+    blocker = dbmod.connect(db_settings({"DATABASE_URL": database_url}))
+    try:
+        blocker.run("BEGIN")
+        blocker.run(f'LOCK TABLE "{schema}".user_features IN ACCESS SHARE MODE')  # a long report query
+        started = time.monotonic()
+        with pytest.raises(TransientLoadError, match="55P03"):
+            pipeline.run(settings, pipeline.Trigger())
+        assert time.monotonic() - started < 30
+    finally:
+        blocker.run("ROLLBACK")
+        dbmod.close_quietly(blocker)
+    assert features_dump(db, schema) == before
+
+
+def test_a_bad_row_in_the_copy_rolls_back_everything(settings: Settings, db: Any, schema: str) -> None:
+    pipeline.run(settings, pipeline.Trigger())
+    before = features_dump(db, schema)
+    import pyarrow as pa
+
+    from etl_core.transform import FEATURES_SCHEMA
+    broken = pa.table({"user_id": [1, 1], "user_name": ["a", "b"], "total_experiments": [1, 1],
+                       "most_common_compounds": [None, None], "most_common_compound_ids": [None, None],
+                       "average_experiments": [1.0, 1.0]}, schema=FEATURES_SCHEMA)  # duplicate key
+    conn = dbmod.connect(settings.db)
+    try:
+        run_id = load.start_run(conn, schema, policy="strict", data_dir="x")
+        with pytest.raises(LoadError, match="23505"):
+            load.publish(conn, schema, run_id, broken, None, status="succeeded", files={}, seconds={})
+    finally:
+        dbmod.close_quietly(conn)
+    assert features_dump(db, schema) == before
+
+
+def test_a_dead_cached_connection_is_replaced(settings: Settings, database_url: str) -> None:
+    service = Service(settings)
+    try:
+        service.trigger(pipeline.Trigger())
+        with service.connection() as conn:
+            [[pid]] = conn.run("SELECT pg_backend_pid()")
+        killer = dbmod.connect(db_settings({"DATABASE_URL": database_url}))
+        killer.run("SELECT pg_terminate_backend(:pid)", pid=pid)
+        dbmod.close_quietly(killer)
+        assert service.trigger(pipeline.Trigger())["status"] == "succeeded"
+        with service.connection() as conn:
+            assert conn.run("SELECT pg_backend_pid()") != [[pid]]
+    finally:
+        service.close()
+
+
+def test_an_unreachable_database_says_where_and_how_often(tmp_path: Path) -> None:
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://etl:s3cret@127.0.0.1:1/lab",
+                                  "DB_CONNECT_ATTEMPTS": "2", "DB_CONNECT_TIMEOUT": "1"})
+    with pytest.raises(dbmod.DatabaseUnavailable, match=r"etl@127\.0\.0\.1:1/lab after 2 attempts") as info:
+        dbmod.connect(settings.db, sleep=lambda s: None)
+    assert "s3cret" not in str(info.value) and "s3cret" not in repr(info.value.to_dict())
