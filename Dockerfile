@@ -25,8 +25,10 @@ COPY requirements.txt /tmp/requirements.txt
 RUN python3 -m venv /opt/venv && \
     /opt/venv/bin/pip install --quiet --no-cache-dir --disable-pip-version-check -r /tmp/requirements.txt
 
-# --- the function
-FROM ${BASE_IMAGE}
+# --- the function as AWS Lambda runs it (Lambda ignores USER: it always runs functions as its own
+#     unprivileged user). `sam build` builds this stage (template.yaml: DockerBuildTarget), because
+#     `sam local` adds its emulator on top with a RUN step (mv, chmod) that fails as a non-root USER.
+FROM ${BASE_IMAGE} AS function
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -40,6 +42,9 @@ COPY handler/entrypoint.sh /usr/local/bin/lambda-entrypoint.sh
 COPY etl_core/ etl_core/
 COPY handler/ handler/
 COPY data/ data/
-USER 10001:10001
 ENTRYPOINT ["/usr/local/bin/lambda-entrypoint.sh"]
 CMD ["handler.lambda_function.handler"]
+
+# --- the default target, for `docker run`: the same image, as an unprivileged user
+FROM function
+USER 10001:10001

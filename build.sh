@@ -13,6 +13,7 @@
 #                         postgresql://postgres@127.0.0.1:5432/postgres; for containers: a PostgreSQL
 #                         container started here unless DATABASE_URL is given)
 #   DATA_DIR              the CSV directory (default: the repo's data/; in the image, the baked-in copy)
+#   DB_SCHEMA             the schema the function writes to (default public)
 #   RIE_PORT              the emulator's port on this machine (default 9000)
 #   CONTAINER_ENGINE      docker or podman (default: the first one that works)
 #   BASE_IMAGE            base image for the build (default in the Dockerfile: python:3.12-slim)
@@ -172,6 +173,7 @@ start_containers() {
     fi
     local -a env=(-e "DATABASE_URL=$db_url")
     [ -z "${DATA_DIR:-}" ] || env+=(-e "DATA_DIR=$DATA_DIR")
+    [ -z "${DB_SCHEMA:-}" ] || env+=(-e "DB_SCHEMA=$DB_SCHEMA")
     check_port_free
     "$engine" run -d "${flags[@]}" --name "$NAME" "${net[@]}" "${env[@]}" "$IMAGE" >/dev/null
     printf '%s\n' "$engine" >"$RUN_DIR/engine"

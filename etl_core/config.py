@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from etl_core.errors import ConfigError
@@ -69,7 +70,7 @@ class Settings:
 
 def db_settings(env: Mapping[str, str]) -> DbSettings:
     """DATABASE_URL (libpq URI) if set, else the libpq ``PG*`` variables, else local defaults."""
-    timing = {
+    timing: dict[str, Any] = {
         "connect_timeout": _float(env, "DB_CONNECT_TIMEOUT", 5.0),
         "connect_attempts": _int(env, "DB_CONNECT_ATTEMPTS", 3, minimum=1),
         "statement_timeout_ms": _int(env, "DB_STATEMENT_TIMEOUT_MS", 600_000, minimum=0),
@@ -91,7 +92,7 @@ def db_settings(env: Mapping[str, str]) -> DbSettings:
     )
 
 
-def _from_url(url: str, *, password: str | None, **timing: float) -> DbSettings:
+def _from_url(url: str, *, password: str | None, **timing: Any) -> DbSettings:
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql"):
         raise ConfigError("DATABASE_URL must start with postgresql:// (the libpq URI form)")
@@ -110,7 +111,7 @@ def _from_url(url: str, *, password: str | None, **timing: float) -> DbSettings:
         database=unquote(parts.path.lstrip("/")) or query.get("dbname") or "postgres",
         password=unquote(parts.password) if parts.password else password,
         unix_sock=_socket_path(host, port),
-        **timing,  # type: ignore[arg-type]
+        **timing,
     )
 
 

@@ -7,7 +7,7 @@ below is named there.
 from __future__ import annotations
 
 import dataclasses
-from enum import Enum
+from enum import StrEnum
 from typing import Literal
 
 import pyarrow as pa
@@ -69,7 +69,7 @@ EXPERIMENTS = FileContract(
 FILES = (USERS, COMPOUNDS, EXPERIMENTS)
 
 
-class Rule(str, Enum):
+class Rule(StrEnum):
     """Every way an input can break the contract; the value is what reports and rejects show."""
 
     MISSING_FILE = "missing_file"

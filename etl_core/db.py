@@ -19,7 +19,8 @@ _TRANSIENT_CODES = {"55P03", "57014"}  # lock_not_available, query_canceled (sta
 
 
 class Connection(Protocol):
-    def run(self, sql: str, stream: Iterable[bytes] | None = None, **params: Any) -> list[list[Any]] | None: ...
+    def run(self, sql: str, stream: Iterable[bytes | memoryview] | None = None, **params: Any) -> list[list[Any]]:
+        ...
 
     def close(self) -> None: ...
 
@@ -52,7 +53,7 @@ def connect(settings: DbSettings, *, sleep: Any = time.sleep) -> Connection:
             conn._usock.settimeout(None if not settings.statement_timeout_ms
                                    else settings.statement_timeout_ms / 1000 + settings.connect_timeout)
             return conn
-        except Exception as exc:  # noqa: BLE001 - classified just below
+        except Exception as exc:
             err = translate(exc)
             if not isinstance(err, TransientLoadError):
                 raise err from exc

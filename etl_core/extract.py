@@ -16,9 +16,11 @@ Accepted rows go to a ``Sink`` batch by batch, so the experiments file is never 
 from __future__ import annotations
 
 import bisect
+import codecs
 import csv
-import re
 import dataclasses
+import re
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Protocol
@@ -202,9 +204,6 @@ def read_file(
 
 def _fast(path: Path, contract: FileContract, names: list[str], sink: Sink,
           refs: References | None, block_size: int, progress: Callable[[int, int], None] | None) -> int:
-    def refuse(row: pacsv.InvalidRow) -> str:
-        return "error"
-
     types = {c.name: ARROW_TYPES[c.kind] for c in contract.columns}
     rows = 0
     keys: list[pa.Array] = []
@@ -212,7 +211,7 @@ def _fast(path: Path, contract: FileContract, names: list[str], sink: Sink,
         reader = pacsv.open_csv(
             raw,
             read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=refuse, ignore_empty_lines=False),
+            parse_options=pacsv.ParseOptions(ignore_empty_lines=False),  # a bad row raises: diagnose
             convert_options=pacsv.ConvertOptions(
                 column_types=types, include_columns=contract.column_names,
                 strings_can_be_null=False, quoted_strings_can_be_null=False,
@@ -234,7 +233,7 @@ def _fast(path: Path, contract: FileContract, names: list[str], sink: Sink,
 def _drop_blank_typed(batch: pa.RecordBatch) -> pa.RecordBatch:
     """Blank lines arrive as rows with every field empty: they are ignored."""
     blank = None
-    for field, col in zip(batch.schema, batch.columns):
+    for field, col in zip(batch.schema, batch.columns, strict=True):
         empty = pc.equal(col, "") if pa.types.is_string(field.type) else pc.is_null(col)
         blank = empty if blank is None else pc.and_(blank, empty)
     if blank is None or not pc.any(blank).as_py():
@@ -307,9 +306,60 @@ class _Checked:
 def _diagnose(path: Path, contract: FileContract, names: list[str], sink: Sink,
               refs: References | None, block_size: int, result: FileResult,
               progress: Callable[[int, int], None] | None) -> None:
+    if _is_utf8(path):
+        _diagnose_path(path, contract, names, sink, refs, block_size, result, progress, [])
+        return
+    # pyarrow cannot hand a row with a wrong field count to our handler when that row is not UTF-8
+    # either: report every undecodable line here and diagnose a copy with those lines blanked
+    with tempfile.TemporaryDirectory(prefix="etl-diagnose-") as tmp:
+        copy, undecodable = _blank_undecodable_lines(path, Path(tmp) / path.name, len(names))
+        _diagnose_path(copy, contract, names, sink, refs, block_size, result, progress, undecodable)
+
+
+def _is_utf8(path: Path) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    with open(path, "rb") as f:
+        try:
+            while chunk := f.read(1 << 24):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError:
+            return False
+    return True
+
+
+def _blank_undecodable_lines(path: Path, copy: Path, fields: int) -> tuple[Path, list[tuple[int, str]]]:
+    """Copy the file, blanking each line that is not UTF-8 and has the wrong field count (a line
+    with the right count stays: the diagnostic pass names its undecodable column)."""
+    bad: list[tuple[int, str]] = []
+    with open(path, "rb") as src, open(copy, "wb") as dst:
+        for number, line in enumerate(src, start=1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError:
+                body = line.rstrip(b"\r\n")
+                text = body.decode("utf-8", "replace")
+                if number > 1 and _field_count(text) != fields:
+                    bad.append((number, text))
+                    line = line[len(body):]
+            dst.write(line)
+    return copy, bad
+
+
+def _field_count(text: str) -> int:
+    try:
+        return len(next(csv.reader([text]), []))
+    except csv.Error:
+        return -1
+
+
+def _diagnose_path(path: Path, contract: FileContract, names: list[str], sink: Sink,
+                   refs: References | None, block_size: int, result: FileResult,
+                   progress: Callable[[int, int], None] | None, undecodable: list[tuple[int, str]]) -> None:
     duplicates = _duplicate_keys(path, contract, names, block_size)
-    found: list[pa.Table] = []
-    rows_read = rejected = 0
+    found: list[pa.Table] = [_violation_table(contract, [n for n, _ in undecodable], None, None, Rule.ENCODING,
+                                              [text for _, text in undecodable])]
+    rows_read = rejected = len(undecodable)
     for batch, lines, skipped in _raw_batches(path, contract, names, block_size):
         for number, text in skipped:
             found.append(_violation_table(contract, [number], None, None, Rule.FIELD_COUNT, [text]))

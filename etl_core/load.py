@@ -31,7 +31,7 @@ def acquire_lock(conn: Connection, schema: str) -> None:
     try:
         rows = conn.run(f"SELECT max(id) FROM {sql.q(schema, sql.RUNS)} WHERE status = 'running'")
         running = rows[0][0] if rows else None
-    except Exception:  # noqa: BLE001 - the runs table may not exist yet; the refusal stands anyway
+    except Exception:  # noqa: BLE001,S110 - the runs table may not exist yet; the refusal stands anyway
         pass
     raise RunInProgress("another run holds the ETL lock; try again when it has finished", running_run_id=running)
 
@@ -102,7 +102,8 @@ def publish(conn: Connection, schema: str, run_id: int, features: pa.Table, reje
     try:
         conn.run(f"DROP TABLE IF EXISTS {sql.q(schema, sql.STAGING)}")
         conn.run(sql.features_table(schema, sql.STAGING))
-        conn.run(sql.copy_in(schema, sql.STAGING, sql.FEATURE_COLUMNS), stream=_csv_chunks(_features_rows(features, run_id)))
+        conn.run(sql.copy_in(schema, sql.STAGING, sql.FEATURE_COLUMNS),
+                 stream=_csv_chunks(_features_rows(features, run_id)))
         for statement in sql.swap_in_staging(schema):
             conn.run(statement)
         if rejects is not None and rejects.num_rows:

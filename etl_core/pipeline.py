@@ -181,7 +181,7 @@ def _record_failure(settings: Settings, conn: Connection, run_id: int, exc: EtlE
             target = target or connect(settings.db)
             load.finish_run(target, settings.schema, run_id, status="failed", error=error)
             return
-        except Exception:  # noqa: BLE001 - the next run marks abandoned runs failed
+        except Exception:  # noqa: BLE001,S112 - the next run marks abandoned runs failed
             continue
         finally:
             if attempt == 1:

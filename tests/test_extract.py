@@ -38,10 +38,20 @@ def plain(table: pa.Table) -> list[dict[str, object]]:
 
 @pytest.mark.parametrize("content", [
     b'user_id,name,email,signup_date\n1,Alice,alice@example.com,2023-01-01\n2,"Bob, Jr.",bob@example.com,2023-02-01\n',
-    b'user_id,name,email,signup_date\r\n1,Alice,alice@example.com,2023-01-01\r\n2,"Bob, Jr.",bob@example.com,2023-02-01\r\n',
-    b'\xef\xbb\xbfuser_id,name,email,signup_date\r\n1,Alice,alice@example.com,2023-01-01\r\n2,"Bob, Jr.",bob@example.com,2023-02-01',
-    b'user_id,\tname,\temail,\tsignup_date\n1,\tAlice,\talice@example.com,\t2023-01-01\n2,\t"Bob, Jr.",\tbob@example.com,\t2023-02-01\n',
-    b'user_id, name, email, signup_date\n 1 , Alice , alice@example.com , 2023-01-01 \n\n2,"Bob, Jr.",bob@example.com,2023-02-01\n\n',
+    (b'user_id,name,email,signup_date\r\n'
+     b'1,Alice,alice@example.com,2023-01-01\r\n'
+     b'2,"Bob, Jr.",bob@example.com,2023-02-01\r\n'),
+    (b'\xef\xbb\xbfuser_id,name,email,signup_date\r\n'
+     b'1,Alice,alice@example.com,2023-01-01\r\n'
+     b'2,"Bob, Jr.",bob@example.com,2023-02-01'),
+    (b'user_id,\tname,\temail,\tsignup_date\n'
+     b'1,\tAlice,\talice@example.com,\t2023-01-01\n'
+     b'2,\t"Bob, Jr.",\tbob@example.com,\t2023-02-01\n'),
+    (b'user_id, name, email, signup_date\n'
+     b' 1 , Alice , alice@example.com , 2023-01-01 \n'
+     b'\n'
+     b'2,"Bob, Jr.",bob@example.com,2023-02-01\n'
+     b'\n'),
     b'signup_date,email,name,user_id\n2023-01-01,alice@example.com,Alice,1\n2023-02-01,bob@example.com,"Bob, Jr.",2\n',
 ], ids=["lf", "crlf", "bom-crlf-no-final-newline", "tab-after-comma", "spaces-and-blank-lines", "reordered"])
 def test_every_dialect_of_the_same_users_reads_the_same(tmp_path: Path, content: bytes) -> None:

@@ -1,0 +1,62 @@
+"""Settings from a mapping: libpq URIs (TCP and Unix socket), PG* variables, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from etl_core.config import REPO_DATA_DIR, Settings, db_settings
+from etl_core.errors import ConfigError
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings.from_env({})
+    assert (settings.db.host, settings.db.port, settings.db.user, settings.db.database) == (
+        "127.0.0.1", 5432, "postgres", "postgres")
+    assert settings.db.password is None
+    assert settings.data_dir == REPO_DATA_DIR
+    assert settings.data_root == REPO_DATA_DIR
+    assert (settings.schema, settings.policy) == ("public", "strict")
+
+
+def test_a_tcp_url() -> None:
+    db = db_settings({"DATABASE_URL": "postgresql://etl:p%40ss@db.example:6543/lab?connect_timeout=2"})
+    assert (db.user, db.password, db.host, db.port, db.database) == ("etl", "p@ss", "db.example", 6543, "lab")
+    assert db.unix_sock is None
+    assert db.connect_timeout == 2.0
+
+
+def test_a_unix_socket_url_in_libpq_form() -> None:
+    db = db_settings({"DATABASE_URL": "postgresql://postgres@/test?host=/var/run/postgresql"})
+    assert db.unix_sock == "/var/run/postgresql/.s.PGSQL.5432"
+    assert db.database == "test"
+
+
+def test_pg_variables_when_there_is_no_url() -> None:
+    db = db_settings({"PGHOST": "/run/pg", "PGPORT": "5544", "PGUSER": "u", "PGDATABASE": "d", "PGPASSWORD": "x"})
+    assert (db.unix_sock, db.user, db.database, db.password) == ("/run/pg/.s.PGSQL.5544", "u", "d", "x")
+
+
+def test_the_password_never_shows() -> None:
+    db = db_settings({"DATABASE_URL": "postgresql://etl:s3cret@db:5432/lab"})
+    assert "s3cret" not in db.describe() and "s3cret" not in repr(db)
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"DATABASE_URL": "mysql://x@y/z"}, "postgresql://"),
+    ({"DATABASE_URL": "postgresql://x@y:port/z"}, "port"),
+    ({"ETL_POLICY": "lenient"}, "strict, quarantine"),
+    ({"DB_CONNECT_ATTEMPTS": "0"}, "at least 1"),
+    ({"DB_CONNECT_TIMEOUT": "soon"}, "must be a number"),
+    ({"ETL_BLOCK_SIZE": "12x"}, "must be an integer"),
+])
+def test_bad_settings_say_what_is_wrong(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_paths_are_resolved(tmp_path: Path) -> None:
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path / "a" / ".." / "b"), "DATA_ROOT": str(tmp_path)})
+    assert settings.data_dir == tmp_path / "b"
+    assert settings.data_root == tmp_path

@@ -1,0 +1,71 @@
+"""End to end as a newcomer runs it: ./build.sh --local starts the real Runtime Interface Emulator in
+front of the real awslambdaric runtime, ./invoke.sh posts the HTTP API event, ./query.sh shows it."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.helpers import EXPECTED, features_rows
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def sh(*cmd: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(list(cmd), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
+    if check and done.returncode:
+        pytest.fail(f"{' '.join(cmd)} exited {done.returncode}\n{done.stdout}\n{done.stderr}")
+    return done
+
+
+@pytest.fixture
+def running(database_url: str, schema: str) -> Iterator[dict[str, str]]:
+    env = {**os.environ, "DATABASE_URL": database_url, "DB_SCHEMA": schema, "RIE_PORT": str(_free_port())}
+    env.pop("DATA_DIR", None)
+    sh("./build.sh", "--local", env=env)
+    try:
+        yield env
+    finally:
+        sh("./build.sh", "stop", env=env)
+
+
+def test_build_local_invoke_and_query(running: dict[str, str], db: Any, schema: str,
+                                      capsys: pytest.CaptureFixture[str]) -> None:
+    first = sh("./invoke.sh", env=running)
+    assert first.stdout.startswith("HTTP 200")
+    assert '"users_written": 10' in first.stdout
+    sh("./invoke.sh", env=running)
+    assert features_rows(db, schema) == EXPECTED  # twice: still ten rows
+
+    shown = sh("./query.sh", env=running).stdout
+    assert "(10 rows)" in shown
+    assert re.search(r"4 \| Dave\s+\|\s+1 \| Compound A;Compound B;Compound C\s+\|\s+1\.1", shown)
+
+    bad = sh("./invoke.sh", "events/bad-event.json", env=running, check=False)
+    assert bad.returncode == 1
+    assert '"errorType": "UnsupportedEvent"' in bad.stdout
+
+    log = (ROOT / ".run" / "function.log").read_text()
+    init = re.search(r"INIT REPORT\(durationMs: ([0-9.]+)\)", log)
+    durations = re.findall(r"REPORT RequestId: \S+\s+(?:Init Duration: [0-9.]+ ms\s+)?Duration: ([0-9.]+) ms", log)
+    assert init and len(durations) >= 3
+    with capsys.disabled():
+        print(f"\n[report] local RIE: init {init.group(1)} ms, invocations {', '.join(durations)} ms")
+
+
+def test_invoke_says_when_nothing_answers() -> None:
+    env = {**os.environ, "RIE_PORT": str(_free_port())}
+    done = sh("./invoke.sh", env=env, check=False)
+    assert done.returncode == 3
+    assert "nothing answers" in done.stderr
