@@ -9,6 +9,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
+from pg8000.native import identifier
 
 from etl_core import sql
 from etl_core.db import Connection, translate
@@ -18,7 +19,11 @@ CHUNK = 1 << 20  # bytes per CopyData message
 
 
 def ensure_schema(conn: Connection, schema: str) -> None:
-    for statement in sql.create_schema(schema):
+    # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
+    # look first, so that a role with rights on its schema only (README, Security) is enough
+    if not conn.run("SELECT 1 FROM pg_namespace WHERE nspname = :name", name=schema):
+        conn.run(f"CREATE SCHEMA {identifier(schema)}")
+    for statement in sql.create_tables(schema):
         conn.run(statement)
 
 

@@ -14,10 +14,9 @@ def q(schema: str, table: str) -> str:
     return f"{identifier(schema)}.{identifier(table)}"
 
 
-def create_schema(schema: str) -> list[str]:
+def create_tables(schema: str) -> list[str]:
     """Idempotent DDL for the three tables (run while holding the job's lock)."""
     return [
-        f"CREATE SCHEMA IF NOT EXISTS {identifier(schema)}",
         f"""CREATE TABLE IF NOT EXISTS {q(schema, RUNS)} (
             id bigserial PRIMARY KEY,
             started_at timestamptz NOT NULL DEFAULT clock_timestamp(),

@@ -154,3 +154,33 @@ def test_an_event_it_cannot_route_gets_a_clear_error(bad: Any) -> None:
     payload = json.loads(str(info.value))
     assert payload["code"] == "unsupported_event"
     assert "example" in payload
+
+
+def test_a_trigger_while_another_run_holds_the_lock_is_409(service: Service, settings: Settings,
+                                                            database_url: str) -> None:
+    from etl_core import db as dbmod
+    from etl_core import sql
+    from etl_core.config import db_settings
+
+    call(event("trigger-etl.json"))
+    other = dbmod.connect(db_settings({"DATABASE_URL": database_url}))
+    try:
+        other.run("SELECT pg_advisory_lock(hashtext(:name))", name=sql.lock_name(settings.schema))
+        status, body = call(event("trigger-etl.json"))
+    finally:
+        dbmod.close_quietly(other)
+    assert (status, body["error"]["code"]) == (409, "run_in_progress")
+
+
+def test_an_unreachable_database_is_503_without_the_password(env: dict[str, str]) -> None:
+    service = Service(Settings.from_env({**env, "DATABASE_URL": "postgresql://etl:s3cret@127.0.0.1:1/lab",
+                                         "DB_CONNECT_ATTEMPTS": "1", "DB_CONNECT_TIMEOUT": "1"}))
+    set_service(service)
+    try:
+        status, body = call(event("health.json"))
+        trigger_status, _ = call(event("trigger-etl.json"))
+    finally:
+        set_service(None)
+    assert (status, trigger_status) == (503, 503)
+    assert body["error"]["code"] == "database_unavailable"
+    assert "127.0.0.1:1" in body["error"]["message"] and "s3cret" not in json.dumps(body)

@@ -226,3 +226,24 @@ def test_an_unreachable_database_says_where_and_how_often(tmp_path: Path) -> Non
     with pytest.raises(dbmod.DatabaseUnavailable, match=r"etl@127\.0\.0\.1:1/lab after 2 attempts") as info:
         dbmod.connect(settings.db, sleep=lambda s: None)
     assert "s3cret" not in str(info.value) and "s3cret" not in repr(info.value.to_dict())
+
+
+def test_the_least_privileges_in_the_readme_are_enough(database_url: str, schema: str, db: Any) -> None:
+    """CONNECT on the database, USAGE and CREATE on the schema: nothing more (README, Security)."""
+    role = f"etl_min_{schema}"
+    [[database]] = db.run("SELECT current_database()")
+    db.run(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        db.run(f'CREATE SCHEMA "{schema}"')
+        db.run(f'GRANT CONNECT ON DATABASE "{database}" TO "{role}"')
+        db.run(f'GRANT USAGE, CREATE ON SCHEMA "{schema}" TO "{role}"')
+        url = database_url.replace("postgres@", f"{role}@", 1)
+        settings = Settings.from_env({"DATABASE_URL": url, "DB_SCHEMA": schema})
+        assert settings.db.user == role
+        pipeline.run(settings, pipeline.Trigger())
+        assert pipeline.run(settings, pipeline.Trigger())["status"] == "succeeded"
+        assert len(features_rows(db, schema)) == 10
+    finally:
+        db.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        db.run(f'REVOKE ALL ON DATABASE "{database}" FROM "{role}"')
+        db.run(f'DROP ROLE "{role}"')
