@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -22,6 +21,7 @@ import pytest
 
 from etl_core.config import Settings, db_settings
 from etl_core.db import close_quietly, connect
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE_DATA = ROOT.parent / "shared" / "reference-data"
@@ -44,18 +44,12 @@ def _pg_bin(name: str) -> str:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class _Throwaway:
     """A private PostgreSQL cluster in a temporary directory (as the postgres user when we are root)."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="etl-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         self.prefix: list[str] = []
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres")

@@ -47,12 +47,6 @@ IMPORT_CHANGES = (
 )
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def wait_for_port(port: int, seconds: float, *, alive: Any = None) -> bool:
     """True once 127.0.0.1:port accepts connections; False after ``seconds`` or when ``alive()`` is false."""
     deadline = time.monotonic() + seconds

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,13 @@ EXPECTED = [
     ("Ivan", 1, "Compound B;Compound C", 1.1),
     ("Judy", 1, "Compound A;Compound C", 1.1),
 ]
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def write_files(directory: Path, files: dict[str, str | bytes]) -> Path:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from tests.containers import ROOT, Engine, free_port, report, run, tail
-from tests.helpers import EXPECTED, features_rows
+from tests.containers import ROOT, Engine, report, run, tail
+from tests.helpers import EXPECTED, features_rows, free_port
 
 pytest_plugins = ["tests.containers"]  # the engine, base_image and function_image fixtures (shared with test_sam.py)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -13,13 +12,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import ROOT
-from tests.helpers import EXPECTED, features_rows
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.helpers import EXPECTED, features_rows, free_port
 
 
 def sh(*cmd: str, env: dict[str, str], check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -31,7 +24,7 @@ def sh(*cmd: str, env: dict[str, str], check: bool = True) -> subprocess.Complet
 
 @pytest.fixture
 def running(database_url: str, schema: str) -> Iterator[dict[str, str]]:
-    env = {**os.environ, "DATABASE_URL": database_url, "DB_SCHEMA": schema, "RIE_PORT": str(_free_port())}
+    env = {**os.environ, "DATABASE_URL": database_url, "DB_SCHEMA": schema, "RIE_PORT": str(free_port())}
     env.pop("DATA_DIR", None)
     sh("./build.sh", "--local", env=env)
     try:
@@ -65,7 +58,7 @@ def test_build_local_invoke_and_query(running: dict[str, str], db: Any, schema: 
 
 
 def test_invoke_says_when_nothing_answers() -> None:
-    env = {**os.environ, "RIE_PORT": str(_free_port())}
+    env = {**os.environ, "RIE_PORT": str(free_port())}
     done = sh("./invoke.sh", env=env, check=False)
     assert done.returncode == 3
     assert "nothing answers" in done.stderr

@@ -247,3 +247,15 @@ def test_the_least_privileges_in_the_readme_are_enough(database_url: str, schema
         db.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         db.run(f'REVOKE ALL ON DATABASE "{database}" FROM "{role}"')
         db.run(f'DROP ROLE "{role}"')
+
+
+def test_the_run_logs_each_phase_as_json_lines(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    caplog.set_level("INFO", logger="etl")
+    pipeline.run(settings, pipeline.Trigger())
+    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "etl"]
+    assert [e["event"] for e in events] == ["run_started", "file_read", "file_read", "file_read", "run_finished"]
+    assert {e["file"]: e["rows"] for e in events if e["event"] == "file_read"} == {
+        "users.csv": 10, "compounds.csv": 3, "user_experiments.csv": 11}
+    assert all("mb" in e for e in events if e["event"] == "file_read")

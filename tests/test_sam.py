@@ -32,8 +32,8 @@ import pytest
 
 from etl_core.config import db_settings
 from etl_core.db import close_quietly, connect
-from tests.containers import ROOT, Engine, free_port, report, run, tail, wait_for_port
-from tests.helpers import EXPECTED, features_rows
+from tests.containers import ROOT, Engine, report, run, tail, wait_for_port
+from tests.helpers import EXPECTED, features_rows, free_port
 
 pytest_plugins = ["tests.containers"]  # the engine, base_image and function_image fixtures
 
