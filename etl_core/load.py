@@ -75,6 +75,11 @@ def finish_run(conn: Connection, schema: str, run_id: int, *, status: str, files
     )
 
 
+def record_seconds(conn: Connection, schema: str, run_id: int, seconds: Any) -> None:
+    conn.run(f"UPDATE {sql.q(schema, sql.RUNS)} SET seconds = CAST(:seconds AS jsonb) WHERE id = :id",
+             seconds=_json(seconds), id=run_id)
+
+
 def get_run(conn: Connection, schema: str, run_id: int) -> dict[str, Any] | None:
     try:
         rows = conn.run(

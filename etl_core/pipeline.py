@@ -117,6 +117,10 @@ def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_di
         load.publish(conn, settings.schema, run_id, features, violations if violations.num_rows else None,
                      status=status, files=files, seconds=seconds_so_far)
     seconds["total"] = round(time.perf_counter() - started, 3)
+    try:  # the load phase's time too; the run itself is committed already, so this may not fail it
+        load.record_seconds(conn, settings.schema, run_id, seconds)
+    except Exception as exc:  # noqa: BLE001
+        log_event("warning", run_id=run_id, message=f"could not record the load time: {translate(exc).message}")
     summary = {
         "run_id": run_id, "status": status, "policy": policy, "files": files,
         "users_written": features.num_rows, "violations": _report(violations, settings.max_reported),

@@ -37,6 +37,8 @@ def test_each_run_is_recorded(settings: Settings, db: Any, schema: str) -> None:
         id=summary["run_id"])
     assert status == "succeeded"
     assert written == 10
+    [[seconds]] = db.run(f'SELECT seconds FROM "{schema}".etl_runs WHERE id = :id', id=summary["run_id"])
+    assert seconds == summary["seconds"]
     assert files["user_experiments.csv"]["rows_read"] == 11
     assert started <= finished
 
