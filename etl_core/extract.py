@@ -206,7 +206,7 @@ def _fast(path: Path, contract: FileContract, names: list[str], sink: Sink,
           refs: References | None, block_size: int, progress: Callable[[int, int], None] | None) -> int:
     types = {c.name: ARROW_TYPES[c.kind] for c in contract.columns}
     rows = 0
-    keys: list[pa.Array] = []
+    increasing = _Increasing()
     with pa.OSFile(str(path)) as raw:
         reader = pacsv.open_csv(
             raw,
@@ -221,11 +221,12 @@ def _fast(path: Path, contract: FileContract, names: list[str], sink: Sink,
             batch = _drop_blank_typed(batch)
             out = _check_typed(batch, contract, refs)
             rows += out.num_rows
-            keys.append(out.column(contract.key))
+            increasing.add(out.column(contract.key))
             sink.add(out)
             if progress:
                 progress(rows, raw.tell())
-    if not _unique(keys):
+    # keys that only ever grow are unique, with nothing kept; others take a second look at the file
+    if not increasing.holds and len(_duplicate_keys(path, contract, names, block_size)):
         raise _Diagnose
     return rows
 
@@ -280,14 +281,22 @@ def _parse_id_lists(values: pa.Array) -> pa.ListArray:
     return pa.ListArray.from_arrays(lists.offsets, ids)
 
 
-def _unique(chunks: list[pa.Array]) -> bool:
-    keys = pa.chunked_array(chunks, type=pa.int64())
-    if len(keys) < 2:
-        return True
-    flat = pa.concat_arrays(keys.chunks) if keys.num_chunks != 1 else keys.chunk(0)
-    if pc.all(pc.less(flat[:-1], flat[1:])).as_py():
-        return True  # strictly increasing, as generated ids usually are: unique for free
-    return bool(pc.count_distinct(flat).as_py() == len(flat))
+class _Increasing:
+    """Whether every key so far is greater than the one before it (across batches too)."""
+
+    def __init__(self) -> None:
+        self.holds = True
+        self._last: int | None = None
+
+    def add(self, keys: pa.Array) -> None:
+        if not self.holds or len(keys) == 0:
+            return
+        first = keys[0].as_py()
+        if self._last is not None and first <= self._last:
+            self.holds = False
+        elif len(keys) > 1 and not pc.all(pc.less(keys[:-1], keys[1:])).as_py():
+            self.holds = False
+        self._last = keys[-1].as_py()
 
 
 # --------------------------------------------------------------------------------------------

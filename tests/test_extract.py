@@ -164,3 +164,14 @@ def test_any_bytes_give_rows_or_contract_violations_never_a_crash(tmp_path: Path
     if accepted.num_rows:  # what passes really is valid
         assert min(accepted["experiment_id"].to_pylist()) > 0
         assert all(c in (1, 2, 3) for cs in accepted["experiment_compound_ids"].to_pylist() for c in cs)
+
+
+def test_keys_in_any_order_are_checked_for_duplicates_across_batches(tmp_path: Path) -> None:
+    rows = [f"{i},C{i},{'X' * 40}" for i in [5, 3, 9, *range(10, 4000)]]  # 180 kB: three batches
+    unique = "compound_id,compound_name,compound_structure\n" + "\n".join(rows) + "\n"
+    table, result = read(tmp_path, COMPOUNDS, unique.encode())
+    assert (table.num_rows, result.violations.num_rows) == (3993, 0)
+    again = unique + "3,C3 again,Y\n"  # far from the first 3, in another batch
+    _, result = read(tmp_path, COMPOUNDS, again.encode())
+    assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()] == [
+        (3, "duplicate_key"), (3995, "duplicate_key")]

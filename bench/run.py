@@ -1,0 +1,269 @@
+"""Run the benchmark: generate data where missing, run each implementation as its own process, measure
+wall time and peak RSS, check that all of them wrote the same table, print and save the results.
+
+    python bench/run.py --scales M L                  # pandas is skipped at L and 2L by default
+    python bench/run.py --scales M L --with-2l        # and ours at 2L (20M experiments), for memory
+    python bench/run.py --scales M --impls ours duckdb --repeat 3
+
+Wall time is the whole process (interpreter start, imports, reading, computing, loading, commit),
+from the parent's fork to its wait4(); peak RSS is the child's ru_maxrss from wait4() (the client
+process only: the PostgreSQL server's memory is not in it).  Before each run the server is asked for
+a CHECKPOINT, so that no run pays for writing out the previous one's table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+OUT = BENCH / "out"
+sys.path.insert(0, str(BENCH))
+
+import _common  # noqa: E402
+import generate  # noqa: E402
+
+IMPLS = ("ours", "duckdb", "pandas", "polars")
+COMPARED = ("user_id", "user_name", "total_experiments", "most_common_compounds", "most_common_compound_ids",
+            "round(average_experiments::numeric, 9)")
+
+
+def connect(url: str) -> Any:
+    import pg8000.native
+
+    return pg8000.native.Connection(**_common.pg_params(url), application_name="bench-run")
+
+
+def ensure_data(scale: str, seed: int) -> dict[str, Any]:
+    """The scale's files, generated (in a child process, timed) unless present with the same parameters."""
+    users, compounds, experiments = generate.SCALES[scale]
+    want = {"users": users, "compounds": compounds, "experiments": experiments, "seed": seed}
+    out = OUT / scale
+    params = out / "params.json"
+    generated = None
+    if not params.exists() or json.loads(params.read_text(encoding="utf-8")) != want:
+        print(f"generating {scale}: {users:,} users, {compounds:,} compounds, {experiments:,} experiments ...",
+              flush=True)
+        done = subprocess.run([sys.executable, str(BENCH / "generate.py"), "--scale", scale, "--seed", str(seed)],
+                              check=True, capture_output=True, text=True)
+        generated = json.loads(done.stdout.strip().splitlines()[-1])["seconds"]
+    sizes = {p.name: p.stat().st_size for p in sorted(out.glob("*.csv"))}
+    return {"dir": out, **want, "bytes": sizes, "generated_seconds": generated}
+
+
+def run_impl(impl: str, data: Path, url: str, timeout: float) -> dict[str, Any]:
+    """One run in its own process: wall seconds, peak RSS (MiB), and the JSON line it printed."""
+    cmd = [sys.executable, str(BENCH / f"impl_{impl}.py"), "--data", str(data), "--schema", f"bench_{impl}",
+           "--database-url", url]
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=BENCH.parent)
+        deadline = started + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.perf_counter() > deadline:
+                proc.kill()
+                pid, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.01)
+        wall = time.perf_counter() - started
+        proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    result: dict[str, Any] = {"impl": impl, "wall": round(wall, 3), "rss_mb": round(usage.ru_maxrss / 1024, 1),
+                              "exit": proc.returncode, "phases": {}, "rows": None}
+    for line in reversed(stdout.strip().splitlines()):
+        try:
+            line_json = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        result["phases"], result["rows"] = line_json.get("phases", {}), line_json.get("rows")
+        break
+    if proc.returncode != 0:
+        result["error"] = (stderr.strip().splitlines() or ["(no output)"])[-1][:300]
+    return result
+
+
+def table_digest(conn: Any, schema: str) -> tuple[int, str] | None:
+    cols = ", ".join(f"coalesce(({c})::text, '<null>')" for c in COMPARED)
+    try:
+        [[count, digest]] = conn.run(
+            f"SELECT count(*), md5(string_agg(concat_ws('|', {cols}), E'\\n' ORDER BY user_id)) "
+            f"FROM {_common.q(schema)}.{_common.TABLE}")
+    except Exception as exc:  # noqa: BLE001 - reported as a failed check
+        print(f"  cannot read {schema}: {exc}", flush=True)
+        return None
+    return int(count), str(digest)
+
+
+def differences(conn: Any, a: str, b: str) -> dict[str, Any]:
+    """Rows of a not in b and of b not in a (counts, and a few examples of each)."""
+    cols = ", ".join(COMPARED)
+    found: dict[str, Any] = {}
+    for left, right in ((a, b), (b, a)):
+        sql = (f"SELECT {cols} FROM {_common.q(left)}.{_common.TABLE} EXCEPT "
+               f"SELECT {cols} FROM {_common.q(right)}.{_common.TABLE}")
+        [[n]] = conn.run(f"SELECT count(*) FROM ({sql}) d")
+        examples = conn.run(f"SELECT * FROM ({sql}) d ORDER BY 1 LIMIT 3")
+        found[f"only_in_{left}"] = {"count": n, "examples": [[str(v) for v in row] for row in examples]}
+    return found
+
+
+def versions(url: str) -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in ("pyarrow", "duckdb", "pandas", "polars", "numpy", "pg8000", "sqlalchemy"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "-"
+    conn = connect(url)
+    found["postgresql"] = str(conn.run("SHOW server_version")[0][0])
+    conn.close()
+    return found
+
+
+def fmt_phases(result: dict[str, Any]) -> str:
+    """The script's own phases, after 'startup': interpreter start until the script's first line ran."""
+    phases = result["phases"]
+    skip = {"script_total", "run", "run.total"}
+    shown = [f"startup={result['wall'] - phases['script_total']:.2f}"] if "script_total" in phases else []
+    return " ".join(shown + [f"{k.removeprefix('run.')}={v:.2f}" for k, v in phases.items() if k not in skip])
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def render(header: list[str], results: list[dict[str, Any]], data: dict[str, dict[str, Any]]) -> list[str]:
+    lines = list(header)
+    lines += ["", "| scale | users | compounds | experiments | experiments CSV MB | generated in s |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for scale, d in data.items():
+        gen = f"{d['generated_seconds']:.1f}" if d["generated_seconds"] is not None else "(cached)"
+        lines.append(f"| {scale} | {d['users']:,} | {d['compounds']:,} | {d['experiments']:,} | "
+                     f"{d['bytes'].get('user_experiments.csv', 0) / 1e6:.0f} | {gen} |")
+    lines += ["", "| implementation | scale | wall s | peak RSS MB | rows | same as ours | phases (s) |",
+              "|---|---|---:|---:|---:|---|---|"]
+    for r in results:
+        wall = f"{r['wall']:.2f}" + (f" (median of {len(r['walls'])}: {', '.join(f'{w:.2f}' for w in r['walls'])})"
+                                     if len(r["walls"]) > 1 else "")
+        status = f"FAILED: {r['error']}" if r.get("error") else fmt_phases(r)
+        lines.append(f"| {r['impl']} | {r['scale']} | {wall} | {r['rss_mb']:.0f} | {r['rows'] or '-'} | "
+                     f"{r['check']} | {status} |")
+    lines += ["", "| scale | ours/duckdb wall | ours/duckdb RSS | ours/polars wall | ours/polars RSS | "
+              "ours/pandas wall | ours/pandas RSS |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for scale in data:
+        by = {r["impl"]: r for r in results if r["scale"] == scale and not r.get("error")}
+        if "ours" not in by:
+            continue
+        cells = []
+        for other in ("duckdb", "polars", "pandas"):
+            o = by.get(other)
+            cells += [ratio(by["ours"]["wall"], o and o["wall"]), ratio(by["ours"]["rss_mb"], o and o["rss_mb"])]
+        lines.append(f"| {scale} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--scales", nargs="+", default=["M", "L"], choices=[s for s in generate.SCALES if s != "2L"])
+    parser.add_argument("--with-2l", action="store_true", help="also run --impls-at-2l at 2L (20M experiments)")
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--impls-at-2l", nargs="+", default=["ours"], choices=IMPLS)
+    parser.add_argument("--skip-pandas-at", nargs="*", default=["L", "2L"], metavar="SCALE",
+                        help="scales where pandas + to_sql is not run (default: L 2L; it takes many minutes)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per implementation; the median wall is shown")
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds per run before it is killed")
+    parser.add_argument("--database-url", default=_common.DEFAULT_URL)
+    args = parser.parse_args()
+
+    plan = [(scale, [i for i in args.impls if not (i == "pandas" and scale in args.skip_pandas_at)])
+            for scale in args.scales]
+    if args.with_2l:
+        plan.append(("2L", [i for i in args.impls_at_2l if not (i == "pandas" and "2L" in args.skip_pandas_at)]))
+    # ours first: the others are checked against its table
+    plan = [(scale, sorted(impls, key=lambda i: i != "ours")) for scale, impls in plan]
+
+    v = versions(args.database_url)
+    header = [f"# Benchmark ({time.strftime('%Y-%m-%d %H:%M:%S')})", "",
+              f"machine: {os.cpu_count()} cores (os.cpu_count()), "
+              f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, {platform.platform()}",
+              "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
+              f"command: {' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}",
+              "wall = whole process (interpreter start to exit); peak RSS = the client process (wait4 ru_maxrss); "
+              "'same as ours' compares (user_id, user_name, total_experiments, most_common_compounds, "
+              "most_common_compound_ids, round(average_experiments, 9)) by md5 over all rows in user_id order"]
+    print("\n".join(header), flush=True)
+    results: list[dict[str, Any]] = []
+    data: dict[str, dict[str, Any]] = {}
+    conn = connect(args.database_url)
+    for scale, impls in plan:
+        data[scale] = ensure_data(scale, args.seed)
+        reference: tuple[int, str] | None = None
+        for impl in impls:
+            runs = []
+            for attempt in range(args.repeat):
+                conn.run("CHECKPOINT")
+                print(f"[{scale}] {impl} run {attempt + 1}/{args.repeat} ...", end=" ", flush=True)
+                r = run_impl(impl, data[scale]["dir"], args.database_url, args.timeout)
+                print(f"{r['wall']:.2f} s, {r['rss_mb']:.0f} MB" + (f", FAILED: {r['error']}" if "error" in r else ""),
+                      flush=True)
+                runs.append(r)
+                if "error" in r:
+                    break
+            ok = [r for r in runs if "error" not in r]
+            if ok:
+                chosen = sorted(ok, key=lambda r: r["wall"])[(len(ok) - 1) // 2]
+                chosen["rss_mb"] = max(r["rss_mb"] for r in ok)
+            else:
+                chosen = runs[-1]
+            chosen.update(scale=scale, walls=[r["wall"] for r in ok])
+            if "error" in chosen:
+                chosen["check"] = "-"
+            else:
+                digest = table_digest(conn, f"bench_{impl}")
+                if impl == "ours":
+                    reference = digest
+                    chosen["check"] = "(reference)" if digest else "unreadable"
+                elif digest is None or reference is None:
+                    chosen["check"] = "no reference" if digest else "unreadable"
+                elif digest == reference:
+                    chosen["check"] = "identical"
+                else:
+                    chosen["check"] = "DIFFERENT"
+                    chosen["differences"] = differences(conn, "bench_ours", f"bench_{impl}")
+                    print(json.dumps(chosen["differences"], indent=1), flush=True)
+                chosen["digest"] = digest
+            results.append(chosen)
+    conn.close()
+
+    lines = render(header, results, data)
+    checks = [r["check"] for r in results if r["impl"] != "ours"]
+    verdict = ("all compared tables identical to ours" if checks and all(c == "identical" for c in checks)
+               else f"checks: {checks}")
+    lines += ["", f"correctness: {verdict}"]
+    print("\n".join(lines[len(header):]), flush=True)
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / "results.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (OUT / "results.json").write_text(json.dumps({"versions": v, "cpu_count": os.cpu_count(), "results": results,
+                                                  "data": {k: {**d, "dir": str(d["dir"])} for k, d in data.items()}},
+                                                 indent=1, default=str) + "\n", encoding="utf-8")
+    print(f"\nwritten: {OUT / 'results.md'}, {OUT / 'results.json'}", flush=True)
+    return 0 if all(c in ("identical", "(reference)") for c in [r["check"] for r in results]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
