@@ -56,10 +56,8 @@ class ExperimentCounts:
 
     def reset(self) -> None:
         self.experiments = 0
-        self._pairs: list[tuple[pa.Array, pa.Array]] = []
-        self._pair_rows = 0
-        self._users: list[tuple[pa.Array, pa.Array]] = []
-        self._user_rows = 0
+        self._pairs = _RunningCounts(self.compact_at)
+        self._users = _RunningCounts(self.compact_at)
 
     def add(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
@@ -67,23 +65,14 @@ class ExperimentCounts:
         users = batch.column("user_id")
         lists = batch.column("experiment_compound_ids")
         self.experiments += batch.num_rows
-        self._users.append(_counts(users))
-        self._user_rows += len(self._users[-1][0])
+        self._users.add(users)
 
         parents = pc.list_parent_indices(lists)
         compounds = self._compound_index(pc.list_flatten(lists))
         if self._dense_users is not None:
             users = pc.index_in(users, value_set=self._dense_users)
         keys = pc.add(pc.multiply(users.take(parents), self.width), compounds)
-        keys = keys.filter(pc.invert(_repeated_in_list(parents, compounds, lists, self.width)))
-        self._pairs.append(_counts(keys))
-        self._pair_rows += len(self._pairs[-1][0])
-        if self._pair_rows > self.compact_at:
-            self._pairs = [_compact(self._pairs)]
-            self._pair_rows = len(self._pairs[0][0])
-        if self._user_rows > self.compact_at:
-            self._users = [_compact(self._users)]
-            self._user_rows = len(self._users[0][0])
+        self._pairs.add(keys.filter(pc.invert(_repeated_in_list(parents, compounds, lists, self.width))))
 
     def _compound_index(self, ids: pa.Array) -> pa.Array:
         if self._compound_offset is not None:
@@ -91,8 +80,8 @@ class ExperimentCounts:
         return pc.index_in(ids, value_set=self.compound_ids)
 
     def result(self) -> Counts:
-        users_k, users_n = _compact(self._users) if self._users else _empty_counts()
-        pairs_k, pairs_n = _compact(self._pairs) if self._pairs else _empty_counts()
+        users_k, users_n = self._users.result()
+        pairs_k, pairs_n = self._pairs.result()
         user = pc.divide(pairs_k, self.width)  # integer division: keys are non-negative
         compound = pc.subtract(pairs_k, pc.multiply(user, self.width))
         if self._dense_users is not None:
@@ -104,24 +93,40 @@ class ExperimentCounts:
         )
 
 
-def _counts(values: pa.Array) -> tuple[pa.Array, pa.Array]:
-    vc = pc.value_counts(values)
-    return vc.field("values"), vc.field("counts")
+class _RunningCounts:
+    """How often each int64 key occurred, over arrays added one by one.
 
+    New keys wait in a list; when they outnumber the counted ones (and at least ``compact_at``),
+    one hash aggregation folds them in.  Each key is hashed about twice on average, and memory
+    stays near twice the number of distinct keys, whatever the number of arrays added.
+    """
 
-def _empty_counts() -> tuple[pa.Array, pa.Array]:
-    return pa.array([], pa.int64()), pa.array([], pa.int64())
+    def __init__(self, compact_at: int) -> None:
+        self.compact_at = compact_at
+        self._keys = pa.array([], pa.int64())
+        self._counts = pa.array([], pa.int64())
+        self._pending: list[pa.Array] = []
+        self._pending_rows = 0
 
+    def add(self, keys: pa.Array) -> None:
+        self._pending.append(keys)
+        self._pending_rows += len(keys)
+        if self._pending_rows > max(self.compact_at, len(self._keys)):
+            self._fold()
 
-def _compact(parts: list[tuple[pa.Array, pa.Array]]) -> tuple[pa.Array, pa.Array]:
-    if len(parts) == 1:
-        return parts[0]
-    table = pa.table({
-        "k": pa.chunked_array([k for k, _ in parts], pa.int64()),
-        "n": pa.chunked_array([n for _, n in parts], pa.int64()),
-    })
-    summed = table.group_by("k").aggregate([("n", "sum")])
-    return summed["k"].combine_chunks(), summed["n_sum"].combine_chunks()
+    def result(self) -> tuple[pa.Array, pa.Array]:
+        if self._pending:
+            self._fold()
+        return self._keys, self._counts
+
+    def _fold(self) -> None:
+        keys = pa.chunked_array([self._keys, *self._pending], pa.int64())
+        ones = pa.repeat(pa.scalar(1, pa.int64()), self._pending_rows)
+        counts = pa.chunked_array([self._counts, ones], pa.int64())
+        summed = pa.table({"k": keys, "n": counts}).group_by("k").aggregate([("n", "sum")])
+        self._keys = summed["k"].combine_chunks()
+        self._counts = summed["n_sum"].combine_chunks()
+        self._pending, self._pending_rows = [], 0
 
 
 def _repeated_in_list(parents: pa.Array, compounds: pa.Array, lists: pa.Array, width: int) -> pa.Array:
