@@ -123,7 +123,7 @@ class _RunningCounts:
         keys = pa.chunked_array([self._keys, *self._pending], pa.int64())
         ones = pa.repeat(pa.scalar(1, pa.int64()), self._pending_rows)
         counts = pa.chunked_array([self._counts, ones], pa.int64())
-        summed = pa.table({"k": keys, "n": counts}).group_by("k").aggregate([("n", "sum")])
+        summed = pa.table({"k": keys, "n": counts}).group_by("k", use_threads=False).aggregate([("n", "sum")])
         self._keys = summed["k"].combine_chunks()
         self._counts = summed["n_sum"].combine_chunks()
         self._pending, self._pending_rows = [], 0
