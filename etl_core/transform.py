@@ -33,7 +33,8 @@ class Counts:
 
     experiments: int
     per_user: pa.Table  # user_id, experiments
-    per_pair: pa.Table  # user_id, compound (index into the sorted compound ids), n
+    per_pair: pa.Table  # key (user position * width + compound index), user_id, n
+    width: int  # compound index = key % width, an index into the sorted compound ids
 
 
 class ExperimentCounts:
@@ -83,13 +84,13 @@ class ExperimentCounts:
         users_k, users_n = self._users.result()
         pairs_k, pairs_n = self._pairs.result()
         user = pc.divide(pairs_k, self.width)  # integer division: keys are non-negative
-        compound = pc.subtract(pairs_k, pc.multiply(user, self.width))
         if self._dense_users is not None:
             user = self._dense_users.take(user)
         return Counts(
             experiments=self.experiments,
             per_user=pa.table({"user_id": users_k, "experiments": users_n}),
-            per_pair=pa.table({"user_id": user, "compound": compound, "n": pairs_n}),
+            per_pair=pa.table({"key": pairs_k, "user_id": user, "n": pairs_n}),
+            width=self.width,
         )
 
 
@@ -157,11 +158,15 @@ def features(users: pa.Table, compounds: pa.Table, counts: Counts) -> pa.Table:
     """
     pairs = counts.per_pair
     best = pairs.group_by("user_id").aggregate([("n", "max")])
-    tied = pairs.join(best, "user_id").filter(pc.equal(pc.field("n"), pc.field("n_max")))
-    tied = tied.sort_by([("user_id", "ascending"), ("compound", "ascending")])
-    runs = pc.run_end_encode(tied["user_id"].combine_chunks())
+    top = best["n_max"].take(pc.index_in(pairs["user_id"], value_set=best["user_id"]))
+    tied = pairs.filter(pc.equal(pairs["n"], top))
+    # one int64 sort: by key is by user, then compound_id (each user's rows come together)
+    key = tied["key"].combine_chunks()
+    order = pc.array_sort_indices(key)
+    key = key.take(order)
+    runs = pc.run_end_encode(tied["user_id"].combine_chunks().take(order))
     offsets = pa.concat_arrays([pa.array([0], pa.int32()), runs.run_ends.cast(pa.int32())])
-    index = tied["compound"].combine_chunks()
+    index = pc.subtract(key, pc.multiply(pc.divide(key, counts.width), counts.width))
     names = pa.ListArray.from_arrays(offsets, compounds["compound_name"].take(index).combine_chunks())
     ids = pa.ListArray.from_arrays(offsets, compounds["compound_id"].take(index).combine_chunks())
     # hash joins carry no list columns: join the row number of each user's favourites instead
