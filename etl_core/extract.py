@@ -271,11 +271,13 @@ def _check_typed(batch: pa.RecordBatch, contract: FileContract, refs: References
 def _parse_id_lists(values: pa.Array) -> pa.ListArray:
     """'1; 2;3' -> [1, 2, 3]; raises _Diagnose for an empty list, an empty item or a bad id."""
     lists = pc.split_pattern(values, LIST_SEPARATOR)
-    items = pc.utf8_trim_whitespace(lists.values)
     try:
-        ids = pc.cast(items, pa.int64())
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        raise _Diagnose from None
+        ids = pc.cast(lists.values, pa.int64())  # most lists have no spaces: skip the trim
+    except pa.ArrowInvalid:
+        try:
+            ids = pc.cast(pc.utf8_trim_whitespace(lists.values), pa.int64())
+        except pa.ArrowInvalid:
+            raise _Diagnose from None
     if len(ids) and pc.min(ids).as_py() <= 0:
         raise _Diagnose
     return pa.ListArray.from_arrays(lists.offsets, ids)
