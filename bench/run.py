@@ -60,10 +60,28 @@ def ensure_data(scale: str, seed: int) -> dict[str, Any]:
     return {"dir": out, **want, "bytes": sizes, "generated_seconds": generated}
 
 
+def python_for(impl: str) -> str:
+    """Each implementation runs with its own dependencies only.  Ours gets a venv with just
+    requirements.txt, as in the image: pyarrow imports pandas whenever it is installed (0.3-0.5 s)."""
+    if impl != "ours":
+        return sys.executable
+    venv = BENCH / "out" / "venv-ours"
+    python = venv / "bin" / "python"
+    requirements = BENCH.parent / "requirements.txt"
+    stamp = venv / "requirements.txt"
+    if not python.exists() or not stamp.exists() or stamp.read_text() != requirements.read_text():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r",
+                        str(requirements)], check=True)
+        stamp.write_text(requirements.read_text())
+    return str(python)
+
+
 def run_impl(impl: str, data: Path, url: str, timeout: float) -> dict[str, Any]:
     """One run in its own process: wall seconds, peak RSS (MiB), and the JSON line it printed."""
-    cmd = [sys.executable, str(BENCH / f"impl_{impl}.py"), "--data", str(data), "--schema", f"bench_{impl}",
+    cmd = [python_for(impl), str(BENCH / f"impl_{impl}.py"), "--data", str(data), "--schema", f"bench_{impl}",
            "--database-url", url]
+    code = code_version()  # the code a run imports is what is on disk when it starts
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, cwd=BENCH.parent)
@@ -83,7 +101,7 @@ def run_impl(impl: str, data: Path, url: str, timeout: float) -> dict[str, Any]:
         err.seek(0)
         stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
     result: dict[str, Any] = {"impl": impl, "wall": round(wall, 3), "rss_mb": round(usage.ru_maxrss / 1024, 1),
-                              "exit": proc.returncode, "phases": {}, "rows": None}
+                              "exit": proc.returncode, "phases": {}, "rows": None, "code": code}
     for line in reversed(stdout.strip().splitlines()):
         try:
             line_json = json.loads(line)
@@ -134,6 +152,17 @@ def versions(url: str) -> dict[str, str]:
     return found
 
 
+def code_version() -> str:
+    """The commit measured, and whether etl_core/ differs from it (each run imports what is on disk)."""
+    def git(*cmd: str) -> str:
+        done = subprocess.run(["git", *cmd], cwd=BENCH.parent, capture_output=True, text=True, check=False)
+        return done.stdout.strip()
+
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    dirty = git("status", "--porcelain", "--", "etl_core", "requirements.txt")
+    return f"{commit}" + (" with uncommitted changes in etl_core/" if dirty else " (etl_core/ clean)")
+
+
 def fmt_phases(result: dict[str, Any]) -> str:
     """The script's own phases, after 'startup': interpreter start until the script's first line ran."""
     phases = result["phases"]
@@ -160,6 +189,8 @@ def render(header: list[str], results: list[dict[str, Any]], data: dict[str, dic
         wall = f"{r['wall']:.2f}" + (f" (median of {len(r['walls'])}: {', '.join(f'{w:.2f}' for w in r['walls'])})"
                                      if len(r["walls"]) > 1 else "")
         status = f"FAILED: {r['error']}" if r.get("error") else fmt_phases(r)
+        if r.get("code_note"):
+            status += f" ({r['code_note']})"
         lines.append(f"| {r['impl']} | {r['scale']} | {wall} | {r['rss_mb']:.0f} | {r['rows'] or '-'} | "
                      f"{r['check']} | {status} |")
     lines += ["", "| scale | ours/duckdb wall | ours/duckdb RSS | ours/polars wall | ours/polars RSS | "
@@ -198,12 +229,17 @@ def main() -> int:
     plan = [(scale, sorted(impls, key=lambda i: i != "ours")) for scale, impls in plan]
 
     v = versions(args.database_url)
+    header_code = code_version()
     header = [f"# Benchmark ({time.strftime('%Y-%m-%d %H:%M:%S')})", "",
               f"machine: {os.cpu_count()} cores (os.cpu_count()), "
               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, {platform.platform()}",
               "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
               f"command: {' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}",
-              "wall = whole process (interpreter start to exit); peak RSS = the client process (wait4 ru_maxrss); "
+              f"code: {header_code}",
+              "interpreters: ours in bench/out/venv-ours (requirements.txt only, as in the image: with pandas "
+              "installed, pyarrow imports it), the others in the venv running this script",
+              "wall = whole process (interpreter start to exit), median of the runs; peak RSS = the client process "
+              "(wait4 ru_maxrss), highest of the runs; "
               "'same as ours' compares (user_id, user_name, total_experiments, most_common_compounds, "
               "most_common_compound_ids, round(average_experiments, 9)) by md5 over all rows in user_id order"]
     print("\n".join(header), flush=True)
@@ -231,6 +267,10 @@ def main() -> int:
             else:
                 chosen = runs[-1]
             chosen.update(scale=scale, walls=[r["wall"] for r in ok])
+            codes = sorted({r["code"] for r in runs})
+            if len(codes) > 1 or codes[0] != header_code:
+                chosen["code_note"] = "code changed: " + "; ".join(codes)
+                print(f"  warning: {chosen['code_note']}", flush=True)
             if "error" in chosen:
                 chosen["check"] = "-"
             else:
