@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +33,22 @@ def event(name: str, *, query: dict[str, str] | None = None, path: str | None = 
     return found
 
 
+@contextmanager
+def installed(settings: Settings) -> Iterator[Service]:
+    """The handler's process-wide service, built from these settings for the duration."""
+    service = Service(settings)
+    set_service(service)
+    try:
+        yield service
+    finally:
+        service.close()
+        set_service(None)
+
+
 @pytest.fixture
 def service(settings: Settings) -> Iterator[Service]:
-    installed = Service(settings)
-    set_service(installed)
-    yield installed
-    installed.close()
-    set_service(None)
+    with installed(settings) as service:
+        yield service
 
 
 def call(evt: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -98,13 +108,8 @@ def test_a_symlink_leading_out_of_the_root_is_400(env: dict[str, str], tmp_path:
 
 def test_a_contract_violation_is_422_with_the_violations(env: dict[str, str], tmp_path: Path) -> None:
     data = write_files(tmp_path / "bad", {"users.csv": "user_id,name,email,signup_date\n1,,a@x,2023-01-01\n"})
-    service = Service(Settings.from_env({**env, "DATA_DIR": str(data)}))
-    set_service(service)
-    try:
+    with installed(Settings.from_env({**env, "DATA_DIR": str(data)})):
         status, body = call(event("trigger-etl.json"))
-    finally:
-        service.close()
-        set_service(None)
     assert status == 422
     assert body["error"]["violations"]["first"][0]["rule"] == "empty_value"
     assert body["error"]["violations"]["first"][0]["line"] == 2
@@ -113,13 +118,8 @@ def test_a_contract_violation_is_422_with_the_violations(env: dict[str, str], tm
 def test_quarantine_through_the_query_string(env: dict[str, str], tmp_path: Path) -> None:
     data = write_files(tmp_path / "bad", {"users.csv": "user_id,name,email,signup_date\n1,,a@x,2023-01-01\n"
                                                       "2,Bob,b@x,2023-01-01\n3,Cy,c@x,2023-01-01\n"})
-    service = Service(Settings.from_env({**env, "DATA_DIR": str(data)}))
-    set_service(service)
-    try:
+    with installed(Settings.from_env({**env, "DATA_DIR": str(data)})):
         status, body = call(event("trigger-etl-quarantine.json"))
-    finally:
-        service.close()
-        set_service(None)
     assert status == 200
     assert body["status"] == "partial"
     assert body["files"]["users.csv"]["rows_rejected"] == 1
@@ -132,14 +132,8 @@ def test_a_direct_invocation_returns_the_summary(service: Service) -> None:
 
 def test_a_failed_direct_invocation_raises_with_a_json_error_message(env: dict[str, str], tmp_path: Path) -> None:
     data = write_files(tmp_path / "bad", {"compounds.csv": None})
-    service = Service(Settings.from_env({**env, "DATA_DIR": str(data)}))
-    set_service(service)
-    try:
-        with pytest.raises(ContractViolation) as info:
-            lambda_function.handler({"action": "trigger-etl"}, None)
-    finally:
-        service.close()
-        set_service(None)
+    with installed(Settings.from_env({**env, "DATA_DIR": str(data)})), pytest.raises(ContractViolation) as info:
+        lambda_function.handler({"action": "trigger-etl"}, None)
     payload = json.loads(str(info.value))  # what the runtime puts in errorMessage
     assert payload["violations"]["first"][0]["rule"] == "missing_file"
 
@@ -173,14 +167,10 @@ def test_a_trigger_while_another_run_holds_the_lock_is_409(service: Service, set
 
 
 def test_an_unreachable_database_is_503_without_the_password(env: dict[str, str]) -> None:
-    service = Service(Settings.from_env({**env, "DATABASE_URL": "postgresql://etl:s3cret@127.0.0.1:1/lab",
-                                         "DB_CONNECT_ATTEMPTS": "1", "DB_CONNECT_TIMEOUT": "1"}))
-    set_service(service)
-    try:
+    with installed(Settings.from_env({**env, "DATABASE_URL": "postgresql://etl:s3cret@127.0.0.1:1/lab",
+                                      "DB_CONNECT_ATTEMPTS": "1", "DB_CONNECT_TIMEOUT": "1"})):
         status, body = call(event("health.json"))
         trigger_status, _ = call(event("trigger-etl.json"))
-    finally:
-        set_service(None)
     assert (status, trigger_status) == (503, 503)
     assert body["error"]["code"] == "database_unavailable"
     assert "127.0.0.1:1" in body["error"]["message"] and "s3cret" not in json.dumps(body)
