@@ -261,3 +261,18 @@ def test_the_run_logs_each_phase_as_json_lines(settings: Settings, caplog: pytes
     assert {e["file"]: e["rows"] for e in events if e["event"] == "file_read"} == {
         "users.csv": 10, "compounds.csv": 3, "user_experiments.csv": 11}
     assert all("mb" in e for e in events if e["event"] == "file_read")
+
+
+def test_an_unexpected_error_is_recorded_and_answered(settings: Settings, db: Any, schema: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from etl_core import transform
+    from etl_core.errors import EtlError
+
+    def broken(*args: Any) -> Any:
+        raise ZeroDivisionError("a bug")
+
+    monkeypatch.setattr(transform, "features", broken)
+    with pytest.raises(EtlError, match="unexpected ZeroDivisionError: a bug"):
+        pipeline.run(settings, pipeline.Trigger())
+    [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs ORDER BY id DESC LIMIT 1')
+    assert (status, error["code"]) == ("failed", "etl_error")
