@@ -268,7 +268,7 @@ def main() -> int:
                 chosen = runs[-1]
             chosen.update(scale=scale, walls=[r["wall"] for r in ok])
             codes = sorted({r["code"] for r in runs})
-            if len(codes) > 1 or codes[0] != header_code:
+            if impl == "ours" and (len(codes) > 1 or codes[0] != header_code):  # only ours imports etl_core
                 chosen["code_note"] = "code changed: " + "; ".join(codes)
                 print(f"  warning: {chosen['code_note']}", flush=True)
             if "error" in chosen:
