@@ -6,9 +6,12 @@ Standard library only, so that importing it costs every implementation the same 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -20,6 +23,27 @@ TABLE = "user_features"
 COLUMNS = ("user_id", "user_name", "total_experiments", "most_common_compounds",
            "most_common_compound_ids", "average_experiments", "run_id")
 RUN_ID = 1  # the comparison implementations have no runs table: a constant run id
+
+
+@contextlib.contextmanager
+def exclusive() -> Iterator[None]:
+    """One measuring process at a time (run.py, profile_ours.py): two at once on two cores measure nothing."""
+    path = ROOT / "bench" / "out" / ".lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            print(f"waiting for another benchmark process ({f.read().strip() or 'unknown'}) ...", flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        f.truncate(0)
+        f.write(f"pid {os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def args(impl: str) -> argparse.Namespace:

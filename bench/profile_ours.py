@@ -104,4 +104,5 @@ def kernel_times(opts: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with _common.exclusive():
+        main()

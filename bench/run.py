@@ -14,6 +14,7 @@ a CHECKPOINT, so that no run pays for writing out the previous one's table.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -152,15 +153,20 @@ def versions(url: str) -> dict[str, str]:
     return found
 
 
-def code_version() -> str:
-    """The commit measured, and whether etl_core/ differs from it (each run imports what is on disk)."""
-    def git(*cmd: str) -> str:
-        done = subprocess.run(["git", *cmd], cwd=BENCH.parent, capture_output=True, text=True, check=False)
-        return done.stdout.strip()
+def git(*cmd: str) -> str:
+    done = subprocess.run(["git", *cmd], cwd=BENCH.parent, capture_output=True, text=True, check=False)
+    return done.stdout.strip()
 
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    dirty = git("status", "--porcelain", "--", "etl_core", "requirements.txt")
-    return f"{commit}" + (" with uncommitted changes in etl_core/" if dirty else " (etl_core/ clean)")
+
+def code_version() -> str:
+    """What our job runs: the content of etl_core/ and requirements.txt as on disk (each run imports
+    what is there when it starts): their tree ids at HEAD, plus a hash of any uncommitted change."""
+    paths = ("etl_core", "requirements.txt")
+    trees = "+".join(git("rev-parse", "--short", f"HEAD:{p}") or "?" for p in paths)
+    diff = git("diff", "HEAD", "--", *paths)
+    if git("ls-files", "--others", "--exclude-standard", "--", *paths):
+        diff += "untracked files"
+    return f"etl_core {trees}" + (f" + uncommitted {hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else "")
 
 
 def fmt_phases(result: dict[str, Any]) -> str:
@@ -235,7 +241,7 @@ def main() -> int:
               f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB RAM, {platform.platform()}",
               "versions: " + ", ".join(f"{k} {val}" for k, val in v.items()),
               f"command: {' '.join([Path(sys.argv[0]).name, *sys.argv[1:]])}",
-              f"code: {header_code}",
+              f"code: commit {git('rev-parse', '--short', 'HEAD') or 'unknown'}, {header_code}",
               "interpreters: ours in bench/out/venv-ours (requirements.txt only, as in the image: with pandas "
               "installed, pyarrow imports it), the others in the venv running this script",
               "wall = whole process (interpreter start to exit), median of the runs; peak RSS = the client process "
@@ -254,7 +260,9 @@ def main() -> int:
             for attempt in range(args.repeat):
                 conn.run("CHECKPOINT")
                 print(f"[{scale}] {impl} run {attempt + 1}/{args.repeat} ...", end=" ", flush=True)
+                load_before = round(os.getloadavg()[0], 2)
                 r = run_impl(impl, data[scale]["dir"], args.database_url, args.timeout)
+                r["load_before"] = load_before  # 1-minute load average: near 0 on an idle machine
                 print(f"{r['wall']:.2f} s, {r['rss_mb']:.0f} MB" + (f", FAILED: {r['error']}" if "error" in r else ""),
                       flush=True)
                 runs.append(r)
@@ -306,4 +314,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with _common.exclusive():
+        code = main()
+    sys.exit(code)
