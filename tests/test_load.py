@@ -276,3 +276,24 @@ def test_an_unexpected_error_is_recorded_and_answered(settings: Settings, db: An
         pipeline.run(settings, pipeline.Trigger())
     [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs ORDER BY id DESC LIMIT 1')
     assert (status, error["code"]) == ("failed", "etl_error")
+
+
+def test_long_files_log_progress_with_rows_and_megabytes(env: dict[str, str], tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from tests.helpers import write_files
+
+    experiments = "experiment_id,user_id,experiment_compound_ids,experiment_run_time\n" + "".join(
+        f"{i},{1 + i % 3},1;2;3,{i % 97}.25\n" for i in range(1, 20_001))  # about 400 kB
+    data = write_files(tmp_path, {"user_experiments.csv": experiments})
+    settings = Settings.from_env({**env, "DATA_DIR": str(data), "ETL_BLOCK_SIZE": str(1 << 16)})
+    monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 0.0)  # a line per batch instead of every 5 s
+    caplog.set_level("INFO", logger="etl")
+    pipeline.run(settings, pipeline.Trigger())
+    progress = [json.loads(r.getMessage()) for r in caplog.records if '"progress"' in r.getMessage()]
+    lines = [p for p in progress if p["file"] == "user_experiments.csv"]
+    assert len(lines) >= 3
+    assert [p["rows"] for p in lines] == sorted(p["rows"] for p in lines)
+    assert lines[-1]["rows"] <= 20_000 and lines[-1]["mb_total"] > 0.3
