@@ -96,7 +96,11 @@ def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_di
         refs = extract.References.of(users_table["user_id"].combine_chunks(),
                                      compounds_table["compound_id"].combine_chunks())
         counter = transform.ExperimentCounts(refs.users.keys, refs.compounds.keys)
-        experiments = _read(settings, data_dir, EXPERIMENTS, counter, run_id, refs=refs)
+        try:
+            experiments = _read(settings, data_dir, EXPERIMENTS, counter, run_id, refs=refs)
+            counts = counter.result()  # the counting thread finishes with the file
+        finally:
+            counter.close()
     results = [users, compounds, experiments]
     violations = pa.concat_tables([r.violations for r in results])
     files = {r.contract.filename: {
@@ -114,7 +118,7 @@ def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_di
                                 violations=_report(violations, settings.max_reported))
 
     with _phase(seconds, "transform"):
-        features = transform.features(users_table, compounds_table, counter.result())
+        features = transform.features(users_table, compounds_table, counts)
     status = "partial" if violations.num_rows else "succeeded"
     with _phase(seconds, "load"):
         seconds_so_far = dict(seconds, total=round(time.perf_counter() - started, 3))

@@ -8,8 +8,13 @@ per user, and experiments per (user, compound) under one int64 key ``user * widt
 from __future__ import annotations
 
 import dataclasses
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
+import pyarrow.acero as acero
 import pyarrow.compute as pc
 
 LIST_JOINER = ";"
@@ -44,10 +49,9 @@ class ExperimentCounts:
     A compound listed twice in one experiment counts once for that experiment.
     """
 
-    def __init__(self, user_ids: pa.Array, compound_ids: pa.Array, *, compact_at: int = 1 << 22) -> None:
+    def __init__(self, user_ids: pa.Array, compound_ids: pa.Array) -> None:
         self.compound_ids = compound_ids
         self.width = max(len(compound_ids), 1)
-        self.compact_at = compact_at
         bounds = pc.min_max(compound_ids).as_py() if len(compound_ids) else {"min": 0, "max": -1}
         self._compound_offset = bounds["min"] if bounds["max"] - bounds["min"] + 1 == len(compound_ids) else None
         max_user = pc.max(user_ids).as_py() if len(user_ids) else 0
@@ -57,8 +61,10 @@ class ExperimentCounts:
 
     def reset(self) -> None:
         self.experiments = 0
-        self._pairs = _RunningCounts(self.compact_at)
-        self._users = _RunningCounts(self.compact_at)
+        if hasattr(self, "_pairs"):
+            self.close()
+        self._pairs = _RunningCounts()
+        self._users = _RunningCounts()
 
     def add(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
@@ -74,6 +80,11 @@ class ExperimentCounts:
             users = pc.index_in(users, value_set=self._dense_users)
         keys = pc.add(pc.multiply(users.take(parents), self.width), compounds)
         self._pairs.add(keys.filter(pc.invert(_repeated_in_list(parents, compounds, lists, self.width))))
+
+    def close(self) -> None:
+        """Stop the counting threads without a result (a run that ends early must call this)."""
+        self._pairs.close()
+        self._users.close()
 
     def _compound_index(self, ids: pa.Array) -> pa.Array:
         if self._compound_offset is not None:
@@ -97,37 +108,51 @@ class ExperimentCounts:
 class _RunningCounts:
     """How often each int64 key occurred, over arrays added one by one.
 
-    New keys wait in a list; when they outnumber the counted ones (and at least ``compact_at``),
-    one hash aggregation folds them in.  Each key is hashed about twice on average, and memory
-    stays near twice the number of distinct keys, whatever the number of arrays added.
+    One streaming hash aggregation (Acero) runs on a thread of its own and takes the arrays from a
+    short queue, so it counts on the second core while the caller reads and checks the next batch;
+    memory holds the distinct keys, not the arrays.  ``close()`` stops it without a result.
     """
 
-    def __init__(self, compact_at: int) -> None:
-        self.compact_at = compact_at
-        self._keys = pa.array([], pa.int64())
-        self._counts = pa.array([], pa.int64())
-        self._pending: list[pa.Array] = []
-        self._pending_rows = 0
+    _SCHEMA = pa.schema([("k", pa.int64())])
+
+    def __init__(self) -> None:
+        self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=2)
+        self._outcome: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._count, name="etl-counts", daemon=True)
+        self._thread.start()
+
+    def _batches(self) -> Iterator[pa.RecordBatch]:
+        while (batch := self._queue.get()) is not None:
+            yield batch
+
+    def _count(self) -> None:
+        reader = pa.RecordBatchReader.from_batches(self._SCHEMA, self._batches())
+        plan = acero.Declaration.from_sequence([
+            acero.Declaration("record_batch_reader_source", acero.RecordBatchReaderSourceNodeOptions(reader)),
+            acero.Declaration("aggregate", acero.AggregateNodeOptions([("k", "hash_count", None, "n")], keys=["k"])),
+        ])
+        try:
+            self._outcome["table"] = plan.to_table(use_threads=False)
+        except Exception as exc:  # noqa: BLE001 - handed to the caller of result()
+            self._outcome["error"] = exc
+            while self._queue.get() is not None:  # drain, so that no add() blocks forever
+                pass
 
     def add(self, keys: pa.Array) -> None:
-        self._pending.append(keys)
-        self._pending_rows += len(keys)
-        if self._pending_rows > max(self.compact_at, len(self._keys)):
-            self._fold()
+        if len(keys):
+            self._queue.put(pa.record_batch([keys], schema=self._SCHEMA))
 
     def result(self) -> tuple[pa.Array, pa.Array]:
-        if self._pending:
-            self._fold()
-        return self._keys, self._counts
+        self.close()
+        if "error" in self._outcome:
+            raise self._outcome["error"]
+        table = self._outcome["table"]
+        return table["k"].combine_chunks(), table["n"].combine_chunks()
 
-    def _fold(self) -> None:
-        keys = pa.chunked_array([self._keys, *self._pending], pa.int64())
-        ones = pa.repeat(pa.scalar(1, pa.int64()), self._pending_rows)
-        counts = pa.chunked_array([self._counts, ones], pa.int64())
-        summed = pa.table({"k": keys, "n": counts}).group_by("k", use_threads=False).aggregate([("n", "sum")])
-        self._keys = summed["k"].combine_chunks()
-        self._counts = summed["n_sum"].combine_chunks()
-        self._pending, self._pending_rows = [], 0
+    def close(self) -> None:
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
 
 
 def _repeated_in_list(parents: pa.Array, compounds: pa.Array, lists: pa.Array, width: int) -> pa.Array:

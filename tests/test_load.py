@@ -297,3 +297,19 @@ def test_long_files_log_progress_with_rows_and_megabytes(env: dict[str, str], tm
     assert len(lines) >= 3
     assert [p["rows"] for p in lines] == sorted(p["rows"] for p in lines)
     assert lines[-1]["rows"] <= 20_000 and lines[-1]["mb_total"] > 0.3
+
+
+def test_no_counting_thread_outlives_a_run(env: dict[str, str], tmp_path: Path) -> None:
+    from etl_core.errors import ContractViolation
+    from tests.helpers import write_files
+
+    def counting_threads() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name == "etl-counts"]
+
+    pipeline.run(Settings.from_env(env), pipeline.Trigger())
+    assert counting_threads() == []
+    bad = write_files(tmp_path, {"user_experiments.csv": "experiment_id,user_id,experiment_compound_ids,"
+                                                         "experiment_run_time\n1,1,1;9,10\n"})
+    with pytest.raises(ContractViolation):
+        pipeline.run(Settings.from_env({**env, "DATA_DIR": str(bad)}), pipeline.Trigger())
+    assert counting_threads() == []

@@ -122,17 +122,15 @@ def datasets(draw: Any) -> tuple[list[int], list[int], list[tuple[int, list[int]
         max_size=40,
     ))
     batch = draw(st.integers(1, 16))
-    compact_at = draw(st.sampled_from([1, 3, 1 << 20]))
-    return users, compounds, experiments, batch, compact_at
+    return users, compounds, experiments, batch
 
 
 @settings(max_examples=150, deadline=None)
 @given(datasets())
 def test_features_match_the_oracle_for_any_data_and_batching(data: Any) -> None:
-    users, compounds, experiments, batch, compact_at = data
+    users, compounds, experiments, batch = data
     compounds_t = compounds_table(compounds).sort_by("compound_id")
-    counter = ExperimentCounts(pa.array(users, pa.int64()), compounds_t["compound_id"].combine_chunks(),
-                               compact_at=compact_at)
+    counter = ExperimentCounts(pa.array(users, pa.int64()), compounds_t["compound_id"].combine_chunks())
     for part in experiments_table(experiments).to_batches(max_chunksize=batch):
         counter.add(part)
     out = features(users_table(users), compounds_t, counter.result())
