@@ -183,7 +183,8 @@ def features(users: pa.Table, compounds: pa.Table, counts: Counts) -> pa.Table:
     """
     pairs = counts.per_pair
     best = pairs.group_by("user_id").aggregate([("n", "max")])
-    top = best["n_max"].take(pc.index_in(pairs["user_id"], value_set=best["user_id"]))
+    top = _per_row(best["user_id"].combine_chunks(), best["n_max"].combine_chunks(),
+                   pairs["user_id"].combine_chunks())
     tied = pairs.filter(pc.equal(pairs["n"], top))
     # one int64 sort: by key is by user, then compound_id (each user's rows come together)
     key = tied["key"].combine_chunks()
@@ -210,6 +211,19 @@ def features(users: pa.Table, compounds: pa.Table, counts: Counts) -> pa.Table:
         "most_common_compound_ids": ids.take(favourite),
         "average_experiments": pa.repeat(pa.scalar(average, pa.float64()), out.num_rows),
     }, schema=FEATURES_SCHEMA)
+
+
+def _per_row(keys: pa.Array, values: pa.Array, wanted: pa.Array) -> pa.Array:
+    """values[i] where keys[i] == wanted[j], for each j (keys unique): through a dense array when the
+    keys nearly fill their range, as user ids usually do, else through a hash lookup."""
+    if len(keys) == 0:
+        return pa.nulls(len(wanted), values.type)
+    bounds = pc.min_max(keys).as_py()
+    span = bounds["max"] - bounds["min"] + 1
+    if span > 4 * len(keys):
+        return values.take(pc.index_in(wanted, value_set=keys))
+    dense = pc.scatter(values, pc.subtract(keys, bounds["min"]), max_index=span - 1)
+    return dense.take(pc.subtract(wanted, bounds["min"]))
 
 
 def compute_features(users: pa.Table, compounds: pa.Table, experiments: pa.Table) -> pa.Table:

@@ -109,7 +109,11 @@ def oracle(users: list[int], compounds: list[int], experiments: list[tuple[int, 
 
 @st.composite
 def datasets(draw: Any) -> tuple[list[int], list[int], list[tuple[int, list[int]]], int, int]:
-    users = draw(st.lists(st.integers(1, 10**6), min_size=1, max_size=12, unique=True))
+    if draw(st.booleans()):  # ids filling a range take the dense lookups
+        first = draw(st.integers(1, 10**6))
+        users = list(range(first, first + draw(st.integers(1, 12))))
+    else:
+        users = draw(st.lists(st.integers(1, 10**6), min_size=1, max_size=12, unique=True))
     contiguous = draw(st.booleans())
     if contiguous:
         start = draw(st.integers(1, 50))
