@@ -546,24 +546,23 @@ def _check_raw(batch: pa.RecordBatch, contract: FileContract, refs: References |
 def _check_id_list(name: str, trimmed: pa.Array, text_ok: pa.Array, text: pa.Array,
                    refs: References | None, flag: Callable[[str, Rule, pa.Array, pa.Array], None]) -> pa.Array:
     n = len(trimmed)
-    flag(name, Rule.EMPTY_LIST, pc.and_(text_ok, pc.equal(pc.utf8_length(trimmed), 0)), text)
+    empty_list = pc.equal(pc.utf8_length(trimmed), 0)
+    flag(name, Rule.EMPTY_LIST, pc.and_(text_ok, empty_list), text)
     lists = pc.split_pattern(trimmed, LIST_SEPARATOR)
     parents = pc.list_parent_indices(lists)
     items = pc.utf8_trim_whitespace(pc.list_flatten(lists))
     ids, ok = _ids(items)
     empty_item = pc.equal(pc.utf8_length(items), 0)
-    empty_list = pc.equal(pc.utf8_length(trimmed), 0)
     empty_item_rows = _rows_where(parents, pc.and_(empty_item, pc.invert(empty_list.take(parents))), n)
     flag(name, Rule.EMPTY_LIST_ITEM, empty_item_rows, text)
     bad_item = pc.and_(pc.invert(ok), pc.invert(empty_item))
     flag(name, Rule.NOT_POSITIVE_INTEGER, pc.and_(text_ok, _rows_where(parents, bad_item, n)), text)
     if refs is not None:
         unknown = pc.and_(ok, pc.invert(pc.is_in(ids, value_set=refs.compounds.keys)))
-        where = pc.indices_nonzero(unknown)
-        if len(where):
-            # one violation per unknown id, its value the id itself
-            rows_mask = _rows_where(parents, unknown, n)
-            flag(name, Rule.UNKNOWN_COMPOUND, rows_mask, _per_row_join(parents, items, unknown, n))
+        if pc.any(unknown).as_py():
+            # one violation per row; its value lists that row's unknown ids
+            flag(name, Rule.UNKNOWN_COMPOUND, _rows_where(parents, unknown, n),
+                 _per_row_join(parents, items, unknown, n))
     row_ok = pc.invert(_rows_where(parents, pc.invert(ok), n))
     row_ok = pc.and_(row_ok, pc.and_(text_ok, pc.invert(empty_list)))
     offsets = lists.offsets
