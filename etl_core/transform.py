@@ -1,24 +1,35 @@
 """The features, from Arrow tables to an Arrow table, with ``pyarrow.compute`` only.
 
 Pure: no files, no database, no environment, no logging.  Experiments arrive batch by batch
-(``ExperimentCounts`` is a sink of the extract step) and only running counts are kept: experiments
-per user, and experiments per (user, compound) under one int64 key ``user * width + compound``.
+(``ExperimentCounts`` is a sink of the extract step) and only running counts are kept.
+
+Each user gets a position (its rank among the sorted user ids) and each compound an index (its rank
+among the sorted compound ids).  Every experiment gives one key per distinct compound it lists,
+``position * stride + index``, and one more, ``position * stride + width``, that counts the experiment
+itself.  Keys are split into buckets of consecutive user positions, so that the hash tables that count
+them stay small enough for the CPU's caches, and a bucket's pending keys are counted into its running
+totals whenever they outgrow those totals: memory follows the distinct (user, compound) pairs, not the
+length of the file.  At the end each bucket gives its users' totals and tied favourites on its own,
+in user order, so that the buckets only need to be put one after the other.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.acero as acero
 import pyarrow.compute as pc
 
 LIST_JOINER = ";"
 MAX_SHIFTS = 8  # lists longer than this are deduplicated with a hash instead of shifted compares
+BUCKET_USERS = 1 << 14  # user positions per bucket
+COMPACT_AT = 1 << 20  # a bucket's pending keys are counted once there are this many, or twice its totals
 
 FEATURES_SCHEMA = pa.schema(
     [
@@ -32,130 +43,172 @@ FEATURES_SCHEMA = pa.schema(
 )
 
 
+class _Bucket:
+    """The keys of one range of user positions: counted (key, n) so far, and keys not counted yet."""
+
+    def __init__(self, key_type: pa.DataType, compact_at: int) -> None:
+        self.key_type = key_type
+        self.compact_at = compact_at
+        self.keys = pa.array([], key_type)
+        self.counts = pa.array([], pa.int64())
+        self.pending: list[pa.Array] = []
+        self.pending_rows = 0
+
+    def add(self, keys: pa.Array) -> None:
+        self.pending.append(pa.concat_arrays([keys]))  # a copy: the batch's buffer is not kept alive
+        self.pending_rows += len(keys)
+        if self.pending_rows >= max(self.compact_at, 2 * len(self.keys)):
+            self.compact()
+
+    def compact(self) -> None:
+        """Count the pending keys into the running totals."""
+        if not self.pending:
+            return
+        new = pa.table({"k": pa.chunked_array(self.pending, self.key_type)})
+        counted = new.group_by("k", use_threads=False).aggregate([("k", "count")])
+        if len(self.keys):
+            both = pa.concat_tables([
+                pa.table({"k": self.keys, "n": self.counts}),
+                counted.rename_columns(["k", "n"]),
+            ])
+            counted = both.group_by("k", use_threads=False).aggregate([("n", "sum")])
+        self.keys = counted.column(0).combine_chunks()
+        self.counts = counted.column(1).combine_chunks()
+        self.pending = []
+        self.pending_rows = 0
+
+
 @dataclasses.dataclass(frozen=True)
 class Counts:
     """The aggregates the features are made from."""
 
     experiments: int
-    per_user: pa.Table  # user_id, experiments
-    per_pair: pa.Table  # key (user position * width + compound index), user_id, n
-    width: int  # compound index = key % width, an index into the sorted compound ids
+    user_ids: pa.Array  # sorted: the user at position p is user_ids[p]
+    buckets: tuple[_Bucket, ...]  # bucket b holds positions b * bucket_users ...
+    bucket_users: int
+    stride: int  # a bucket's key: (position - first position) * stride + compound index
+    width: int  # compound index ``width`` counts the experiment itself
 
 
 class ExperimentCounts:
     """Running counts over batches of accepted experiments (a sink for the extract step).
 
     ``user_ids`` are the accepted users, ``compound_ids`` the accepted compounds, sorted.
-    A compound listed twice in one experiment counts once for that experiment.
+    A compound listed twice in one experiment counts once for that experiment.  The counting runs
+    on a thread of its own, fed through a short queue, so that it uses the second core while the
+    caller reads and checks the next batch.  ``close()`` stops it without a result.
     """
 
-    def __init__(self, user_ids: pa.Array, compound_ids: pa.Array) -> None:
+    def __init__(self, user_ids: pa.Array, compound_ids: pa.Array, *, bucket_users: int = BUCKET_USERS,
+                 compact_at: int = COMPACT_AT) -> None:
+        self.user_ids = user_ids.take(pc.array_sort_indices(user_ids))
         self.compound_ids = compound_ids
-        self.width = max(len(compound_ids), 1)
-        bounds = pc.min_max(compound_ids).as_py() if len(compound_ids) else {"min": 0, "max": -1}
-        self._compound_offset = bounds["min"] if bounds["max"] - bounds["min"] + 1 == len(compound_ids) else None
-        max_user = pc.max(user_ids).as_py() if len(user_ids) else 0
-        # user * width + compound must fit in int64; else users are renumbered 0..n-1 first.
-        self._dense_users = user_ids if max_user >= (2**63 - 1) // self.width - 1 else None
+        self.width = len(compound_ids)
+        self.stride = self.width + 1
+        self._user_offset = _offset_if_range(self.user_ids)
+        self._compound_offset = _offset_if_range(compound_ids)
+        self.bucket_users = max(1, min(bucket_users, (2**31 - 1) // self.stride))
+        self._key_type = pa.int32() if self.bucket_users * self.stride <= 2**31 - 1 else pa.int64()
+        self._compact_at = compact_at
         self.reset()
 
     def reset(self) -> None:
-        self.experiments = 0
-        if hasattr(self, "_pairs"):
+        if hasattr(self, "_worker"):
             self.close()
-        self._pairs = _RunningCounts()
-        self._users = _RunningCounts()
+        self.experiments = 0
+        count = -(-len(self.user_ids) // self.bucket_users)
+        self._buckets = tuple(_Bucket(self._key_type, self._compact_at) for _ in range(count))
+        self._worker = _Worker(self._partition)
 
     def add(self, batch: pa.RecordBatch) -> None:
         if batch.num_rows == 0:
             return
-        users = batch.column("user_id")
-        lists = batch.column("experiment_compound_ids")
         self.experiments += batch.num_rows
-        self._users.add(users)
-
-        parents = pc.list_parent_indices(lists)
-        compounds = self._compound_index(pc.list_flatten(lists))
-        if self._dense_users is not None:
-            users = pc.index_in(users, value_set=self._dense_users)
-        keys = pc.add(pc.multiply(users.take(parents), self.width), compounds)
-        self._pairs.add(keys.filter(pc.invert(_repeated_in_list(parents, compounds, lists, self.width))))
+        self._worker.put((batch.column("user_id"), batch.column("experiment_compound_ids")))
 
     def close(self) -> None:
-        """Stop the counting threads without a result (a run that ends early must call this)."""
-        self._pairs.close()
-        self._users.close()
-
-    def _compound_index(self, ids: pa.Array) -> pa.Array:
-        if self._compound_offset is not None:
-            return pc.subtract(ids, self._compound_offset)
-        return pc.index_in(ids, value_set=self.compound_ids)
+        """Stop the counting thread without a result (a run that ends early must call this)."""
+        self._worker.close()
 
     def result(self) -> Counts:
-        users_k, users_n = self._users.result()
-        pairs_k, pairs_n = self._pairs.result()
-        user = pc.divide(pairs_k, self.width)  # integer division: keys are non-negative
-        if self._dense_users is not None:
-            user = self._dense_users.take(user)
-        return Counts(
-            experiments=self.experiments,
-            per_user=pa.table({"user_id": users_k, "experiments": users_n}),
-            per_pair=pa.table({"key": pairs_k, "user_id": user, "n": pairs_n}),
-            width=self.width,
-        )
+        self._worker.finish()
+        return Counts(self.experiments, self.user_ids, self._buckets, self.bucket_users, self.stride, self.width)
+
+    def _partition(self, item: tuple[pa.Array, pa.ListArray]) -> None:
+        """One batch's keys, each into the bucket of its user (on the counting thread)."""
+        users, lists = item
+        positions = _rank(users, self.user_ids, self._user_offset)
+        parents = pc.list_parent_indices(lists)
+        compounds = _rank(pc.list_flatten(lists), self.compound_ids, self._compound_offset)
+        firsts = pc.invert(_repeated_in_list(parents, compounds, lists))
+        base = pc.multiply(positions, self.stride)
+        keys = pa.concat_arrays([
+            pc.add(base.take(parents.filter(firsts)), compounds.filter(firsts)),
+            pc.add(base, self.width),
+        ])
+        span = self.bucket_users * self.stride
+        bucket = pc.divide(keys, span)  # integer division: keys are non-negative
+        order = pc.array_sort_indices(bucket)
+        bucket = bucket.take(order)
+        local = pc.subtract(keys.take(order), pc.multiply(bucket, span)).cast(self._key_type)
+        runs = pc.run_end_encode(bucket)
+        start = 0
+        for end, index in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
+            self._buckets[index].add(local.slice(start, end - start))
+            start = end
 
 
-class _RunningCounts:
-    """How often each int64 key occurred, over arrays added one by one.
+class _Worker:
+    """Calls ``work`` on each item put, in order, on a thread of its own."""
 
-    One streaming hash aggregation (Acero) runs on a thread of its own and takes the arrays from a
-    short queue, so it counts on the second core while the caller reads and checks the next batch;
-    memory holds the distinct keys, not the arrays.  ``close()`` stops it without a result.
-    """
+    _DONE = object()
 
-    _SCHEMA = pa.schema([("k", pa.int64())])
-
-    def __init__(self) -> None:
-        self._queue: queue.Queue[pa.RecordBatch | None] = queue.Queue(maxsize=2)
-        self._outcome: dict[str, Any] = {}
-        self._thread = threading.Thread(target=self._count, name="etl-counts", daemon=True)
+    def __init__(self, work: Callable[[Any], None]) -> None:
+        self._work = work
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="etl-counts", daemon=True)
         self._thread.start()
 
-    def _batches(self) -> Iterator[pa.RecordBatch]:
-        while (batch := self._queue.get()) is not None:
-            yield batch
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not self._DONE:
+            if self._error is None:
+                try:
+                    self._work(item)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller of finish()
+                    self._error = exc
 
-    def _count(self) -> None:
-        reader = pa.RecordBatchReader.from_batches(self._SCHEMA, self._batches())
-        plan = acero.Declaration.from_sequence([
-            acero.Declaration("record_batch_reader_source", acero.RecordBatchReaderSourceNodeOptions(reader)),
-            acero.Declaration("aggregate", acero.AggregateNodeOptions([("k", "hash_count", None, "n")], keys=["k"])),
-        ])
-        try:
-            self._outcome["table"] = plan.to_table(use_threads=False)
-        except Exception as exc:  # noqa: BLE001 - handed to the caller of result()
-            self._outcome["error"] = exc
-            while self._queue.get() is not None:  # drain, so that no add() blocks forever
-                pass
+    def put(self, item: Any) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(item)
 
-    def add(self, keys: pa.Array) -> None:
-        if len(keys):
-            self._queue.put(pa.record_batch([keys], schema=self._SCHEMA))
-
-    def result(self) -> tuple[pa.Array, pa.Array]:
+    def finish(self) -> None:
         self.close()
-        if "error" in self._outcome:
-            raise self._outcome["error"]
-        table = self._outcome["table"]
-        return table["k"].combine_chunks(), table["n"].combine_chunks()
+        if self._error is not None:
+            raise self._error
 
     def close(self) -> None:
         if self._thread.is_alive():
-            self._queue.put(None)
+            self._queue.put(self._DONE)
             self._thread.join()
 
 
-def _repeated_in_list(parents: pa.Array, compounds: pa.Array, lists: pa.Array, width: int) -> pa.Array:
+def _offset_if_range(sorted_ids: pa.Array) -> int | None:
+    """The first id when the sorted ids fill a range (rank = id - first), else None."""
+    if len(sorted_ids) and sorted_ids[-1].as_py() - sorted_ids[0].as_py() + 1 == len(sorted_ids):
+        return int(sorted_ids[0].as_py())
+    return None
+
+
+def _rank(ids: pa.Array, sorted_ids: pa.Array, offset: int | None) -> pa.Array:
+    """Each id's position among ``sorted_ids`` (every id is one of them)."""
+    if offset is not None:
+        return pc.subtract(ids, offset)
+    return pc.index_in(ids, value_set=sorted_ids).cast(pa.int64())
+
+
+def _repeated_in_list(parents: pa.Array, compounds: pa.Array, lists: pa.Array) -> pa.Array:
     """True for each list item whose compound already appeared earlier in the same list."""
     n = len(compounds)
     longest = pc.max(pc.list_value_length(lists)).as_py() or 0
@@ -169,67 +222,86 @@ def _repeated_in_list(parents: pa.Array, compounds: pa.Array, lists: pa.Array, w
             repeated = pc.or_(repeated, pa.concat_arrays([pa.array([False] * shift, pa.bool_()), same]))
         return repeated
     # Long lists: an item is a repeat unless it is the first of its (row, compound) pair.
-    pair = pc.add(pc.multiply(parents.cast(pa.int64()), width), compounds)
     position = pa.array(range(n), pa.int64())
-    first = pa.table({"pair": pair, "position": position}).group_by("pair", use_threads=False).aggregate(
-        [("position", "min")])
+    table = pa.table({"row": parents, "compound": compounds, "position": position})
+    first = table.group_by(["row", "compound"], use_threads=False).aggregate([("position", "min")])
     return pc.invert(pc.is_in(position, value_set=first["position_min"]))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Favourites:
+    """One bucket's users, in position order: experiments, and the compounds tied for the top."""
+
+    totals: pa.Array  # int64 per user
+    tied_per_user: pa.Array  # int64 per user: how many compounds tie (0: no experiment)
+    tied: pa.Array  # compound indices, user after user, ascending within a user
+
+
+def _favourites(bucket: _Bucket, users: int, stride: int, width: int) -> _Favourites:
+    bucket.compact()
+    keys, counts = bucket.keys, bucket.counts
+    user = pc.divide(keys, stride)
+    compound = pc.subtract(keys, pc.multiply(user, stride))
+    experiment = pc.equal(compound, width)
+    totals = pc.fill_null(pc.scatter(counts.filter(experiment), user.filter(experiment), max_index=users - 1), 0)
+
+    pair = pc.invert(experiment)
+    keys, user, counts = keys.filter(pair), user.filter(pair), counts.filter(pair)
+    best = pa.table({"user": user, "n": counts}).group_by("user", use_threads=False).aggregate([("n", "max")])
+    top = pc.scatter(best["n_max"].combine_chunks(), best["user"].combine_chunks(), max_index=users - 1)
+    tied = keys.filter(pc.equal(counts, top.take(user)))
+    tied = tied.take(pc.array_sort_indices(tied))  # by user, then compound index
+    tied_user = pc.divide(tied, stride)
+    runs = pc.run_end_encode(tied_user)
+    ends = pa.concat_arrays([pa.array([0], pa.int64()), runs.run_ends.cast(pa.int64())])
+    lengths = pc.pairwise_diff(ends)[1:]
+    per_user = pc.fill_null(pc.scatter(lengths, runs.values, max_index=users - 1), 0)
+    return _Favourites(totals.cast(pa.int64()), per_user,
+                       pc.subtract(tied, pc.multiply(tied_user, stride)).cast(pa.int64()))
+
+
 def features(users: pa.Table, compounds: pa.Table, counts: Counts) -> pa.Table:
-    """One row per user of ``users``: totals, the tied most common compounds, the average.
+    """One row per user of ``users`` (the users counted), by user id: totals, the tied most common
+    compounds, the average.  ``compounds`` must be sorted by compound_id (the order ties are listed in)."""
+    if users.num_rows != len(counts.user_ids):
+        raise ValueError(f"{users.num_rows} users, but {len(counts.user_ids)} were counted")
+    ids = users["user_id"].combine_chunks()
+    if len(ids) > 1 and not pc.all(pc.less(ids[:-1], ids[1:])).as_py():
+        users = users.sort_by("user_id")
 
-    ``compounds`` must be sorted by compound_id (the order ties are listed in).
-    """
-    pairs = counts.per_pair
-    best = pairs.group_by("user_id").aggregate([("n", "max")])
-    top = _per_row(best["user_id"].combine_chunks(), best["n_max"].combine_chunks(),
-                   pairs["user_id"].combine_chunks())
-    tied = pairs.filter(pc.equal(pairs["n"], top))
-    # one int64 sort: by key is by user, then compound_id (each user's rows come together)
-    key = tied["key"].combine_chunks()
-    order = pc.array_sort_indices(key)
-    key = key.take(order)
-    runs = pc.run_end_encode(tied["user_id"].combine_chunks().take(order))
-    offsets = pa.concat_arrays([pa.array([0], pa.int32()), runs.run_ends.cast(pa.int32())])
-    index = pc.subtract(key, pc.multiply(pc.divide(key, counts.width), counts.width))
-    names = pa.ListArray.from_arrays(offsets, compounds["compound_name"].take(index).combine_chunks())
-    ids = pa.ListArray.from_arrays(offsets, compounds["compound_id"].take(index).combine_chunks())
-    # hash joins carry no list columns: join the row number of each user's favourites instead
-    favourites = pa.table({"user_id": runs.values, "favourite": pa.array(range(len(runs.values)), pa.int64())})
+    def one(b: int) -> _Favourites:
+        first = b * counts.bucket_users
+        size = min(counts.bucket_users, len(counts.user_ids) - first)
+        return _favourites(counts.buckets[b], size, counts.stride, counts.width)
 
-    out = pa.table({"user_id": users["user_id"], "user_name": users["name"]})
-    out = out.join(counts.per_user, "user_id").join(favourites, "user_id")
-    out = out.sort_by("user_id")
-    favourite = out["favourite"].combine_chunks()
+    threads = max(1, min(len(counts.buckets), os.cpu_count() or 1))
+    with ThreadPoolExecutor(threads, thread_name_prefix="etl-features") as pool:
+        parts = list(pool.map(one, range(len(counts.buckets))))
+    totals = pa.chunked_array([p.totals for p in parts], pa.int64()).combine_chunks()
+    per_user = pa.chunked_array([p.tied_per_user for p in parts], pa.int64()).combine_chunks()
+    tied = pa.chunked_array([p.tied for p in parts], pa.int64()).combine_chunks()
+    offsets = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(per_user)]).cast(pa.int32())
+    none = pc.equal(per_user, 0)
+    names = pa.ListArray.from_arrays(offsets, compounds["compound_name"].combine_chunks().take(tied), mask=none)
+    ids_list = pa.ListArray.from_arrays(offsets, compounds["compound_id"].combine_chunks().take(tied), mask=none)
     average = counts.experiments / users.num_rows if users.num_rows else 0.0
     return pa.table({
-        "user_id": out["user_id"],
-        "user_name": out["user_name"],
-        "total_experiments": pc.fill_null(out["experiments"], 0),
-        "most_common_compounds": pc.binary_join(names, LIST_JOINER).take(favourite),
-        "most_common_compound_ids": ids.take(favourite),
-        "average_experiments": pa.repeat(pa.scalar(average, pa.float64()), out.num_rows),
+        "user_id": users["user_id"],
+        "user_name": users["name"],
+        "total_experiments": totals,
+        "most_common_compounds": pc.binary_join(names, LIST_JOINER),
+        "most_common_compound_ids": ids_list,
+        "average_experiments": pa.repeat(pa.scalar(average, pa.float64()), users.num_rows),
     }, schema=FEATURES_SCHEMA)
-
-
-def _per_row(keys: pa.Array, values: pa.Array, wanted: pa.Array) -> pa.Array:
-    """values[i] where keys[i] == wanted[j], for each j (keys unique): through a dense array when the
-    keys nearly fill their range, as user ids usually do, else through a hash lookup."""
-    if len(keys) == 0:
-        return pa.nulls(len(wanted), values.type)
-    bounds = pc.min_max(keys).as_py()
-    span = bounds["max"] - bounds["min"] + 1
-    if span > 4 * len(keys):
-        return values.take(pc.index_in(wanted, value_set=keys))
-    dense = pc.scatter(values, pc.subtract(keys, bounds["min"]), max_index=span - 1)
-    return dense.take(pc.subtract(wanted, bounds["min"]))
 
 
 def compute_features(users: pa.Table, compounds: pa.Table, experiments: pa.Table) -> pa.Table:
     """All of it at once, for tables already in memory (tests, small inputs)."""
     compounds = compounds.sort_by("compound_id")
     counter = ExperimentCounts(users["user_id"].combine_chunks(), compounds["compound_id"].combine_chunks())
-    for batch in experiments.to_batches():
-        counter.add(batch)
-    return features(users, compounds, counter.result())
+    try:
+        for batch in experiments.to_batches():
+            counter.add(batch)
+        return features(users, compounds, counter.result())
+    finally:
+        counter.close()

@@ -108,7 +108,7 @@ def oracle(users: list[int], compounds: list[int], experiments: list[tuple[int, 
 
 
 @st.composite
-def datasets(draw: Any) -> tuple[list[int], list[int], list[tuple[int, list[int]]], int, int]:
+def datasets(draw: Any) -> tuple[list[int], list[int], list[tuple[int, list[int]]], int, int, int]:
     if draw(st.booleans()):  # ids filling a range take the dense lookups
         first = draw(st.integers(1, 10**6))
         users = list(range(first, first + draw(st.integers(1, 12))))
@@ -126,15 +126,19 @@ def datasets(draw: Any) -> tuple[list[int], list[int], list[tuple[int, list[int]
         max_size=40,
     ))
     batch = draw(st.integers(1, 16))
-    return users, compounds, experiments, batch
+    # small buckets and early counting, so that examples span buckets and recount running totals
+    bucket_users = draw(st.integers(1, 5))
+    compact_at = draw(st.integers(1, 10))
+    return users, compounds, experiments, batch, bucket_users, compact_at
 
 
 @settings(max_examples=150, deadline=None)
 @given(datasets())
 def test_features_match_the_oracle_for_any_data_and_batching(data: Any) -> None:
-    users, compounds, experiments, batch = data
+    users, compounds, experiments, batch, bucket_users, compact_at = data
     compounds_t = compounds_table(compounds).sort_by("compound_id")
-    counter = ExperimentCounts(pa.array(users, pa.int64()), compounds_t["compound_id"].combine_chunks())
+    counter = ExperimentCounts(pa.array(users, pa.int64()), compounds_t["compound_id"].combine_chunks(),
+                               bucket_users=bucket_users, compact_at=compact_at)
     for part in experiments_table(experiments).to_batches(max_chunksize=batch):
         counter.add(part)
     out = features(users_table(users), compounds_t, counter.result())
