@@ -15,7 +15,7 @@ from etl_core import sql
 from etl_core.db import Connection, translate
 from etl_core.errors import EtlError, RunInProgress
 
-CHUNK = 1 << 20  # bytes per CopyData message
+ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
 
 
 def ensure_schema(conn: Connection, schema: str) -> None:
@@ -165,16 +165,14 @@ def _reject_rows(rejects: pa.Table, run_id: int) -> pa.Table:
 
 
 def _csv_chunks(table: pa.Table) -> Iterator[memoryview]:
-    """The table as PostgreSQL CSV (strings quoted, NULL unquoted-empty), in CHUNK-sized pieces."""
-    sink = pa.BufferOutputStream()
+    """The table as PostgreSQL CSV (strings quoted, NULL unquoted-empty), ROWS_PER_CHUNK rows at a
+    time, each made only when the previous one is sent: the server parses one while we format the next."""
     options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
-    with pacsv.CSVWriter(sink, table.schema, write_options=options) as writer:
-        for batch in table.to_batches():
-            if batch.num_rows:  # pyarrow 26 writes 8 KiB of NUL bytes for an empty batch
-                writer.write_batch(batch)
-    data = memoryview(sink.getvalue())
-    for start in range(0, len(data), CHUNK):
-        yield data[start:start + CHUNK]
+    for batch in table.to_batches(max_chunksize=ROWS_PER_CHUNK):
+        if batch.num_rows:  # pyarrow 26 writes 8 KiB of NUL bytes for an empty batch
+            sink = pa.BufferOutputStream()
+            pacsv.write_csv(batch, sink, write_options=options)
+            yield memoryview(sink.getvalue())
 
 
 def _json(value: Any) -> str | None:
