@@ -48,7 +48,7 @@ class Settings:
     schema: str = "public"
     policy: str = "strict"
     max_reported: int = 20
-    block_size: int = 16 << 20
+    block_size: int = 1 << 20
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -64,7 +64,7 @@ class Settings:
             schema=env.get("DB_SCHEMA", "public"),
             policy=policy,
             max_reported=_int(env, "ETL_MAX_REPORTED_VIOLATIONS", 20, minimum=1),
-            block_size=_int(env, "ETL_BLOCK_SIZE", 16 << 20, minimum=1 << 16),
+            block_size=_int(env, "ETL_BLOCK_SIZE", 1 << 20, minimum=1 << 16),
         )
 
 

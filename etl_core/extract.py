@@ -184,7 +184,7 @@ def read_file(
     sink: Sink,
     *,
     refs: References | None = None,
-    block_size: int = 16 << 20,
+    block_size: int = 1 << 20,
     progress: Callable[[int, int], None] | None = None,
 ) -> FileResult:
     """Read one file into ``sink``; return its counts and violations (never raises for bad rows)."""
