@@ -43,7 +43,7 @@ FEATURES_SCHEMA = pa.schema(
 )
 
 
-class _Bucket:
+class Bucket:
     """The keys of one range of user positions: counted (key, n) so far, and keys not counted yet."""
 
     def __init__(self, key_type: pa.DataType, compact_at: int) -> None:
@@ -84,7 +84,7 @@ class Counts:
 
     experiments: int
     user_ids: pa.Array  # sorted: the user at position p is user_ids[p]
-    buckets: tuple[_Bucket, ...]  # bucket b holds positions b * bucket_users ...
+    buckets: tuple[Bucket, ...]  # bucket b holds positions b * bucket_users ...
     bucket_users: int
     stride: int  # a bucket's key: (position - first position) * stride + compound index
     width: int  # compound index ``width`` counts the experiment itself
@@ -117,7 +117,7 @@ class ExperimentCounts:
             self.close()
         self.experiments = 0
         count = -(-len(self.user_ids) // self.bucket_users)
-        self._buckets = tuple(_Bucket(self._key_type, self._compact_at) for _ in range(count))
+        self._buckets = tuple(Bucket(self._key_type, self._compact_at) for _ in range(count))
         self._worker = _Worker(self._partition)
 
     def add(self, batch: pa.RecordBatch) -> None:
@@ -237,7 +237,7 @@ class _Favourites:
     tied: pa.Array  # compound indices, user after user, ascending within a user
 
 
-def _favourites(bucket: _Bucket, users: int, stride: int, width: int) -> _Favourites:
+def _favourites(bucket: Bucket, users: int, stride: int, width: int) -> _Favourites:
     bucket.compact()
     keys, counts = bucket.keys, bucket.counts
     user = pc.divide(keys, stride)

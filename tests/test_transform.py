@@ -153,3 +153,20 @@ def test_reset_forgets_what_was_added() -> None:
     out = features(users_table([1]), compounds_table([1, 2]), counter.result())
     assert as_rows(out)[0]["most_common_compound_ids"] == [2]
     assert as_rows(out)[0]["total_experiments"] == 1
+
+
+def test_running_counts_hold_the_distinct_pairs_not_the_whole_file() -> None:
+    # 4 users x 3 compounds: at most 12 pairs and 4 experiment totals, whatever the file's length
+    counter = ExperimentCounts(pa.array([1, 2, 3, 4], pa.int64()), pa.array([1, 2, 3], pa.int64()),
+                               bucket_users=2, compact_at=50)
+    rows = [(u, [c, (c % 3) + 1]) for u in (1, 2, 3, 4) for c in (1, 2, 3)]
+    for batch in experiments_table(rows * 500).to_batches(max_chunksize=7):
+        counter.add(batch)
+    counts = counter.result()
+    assert counts.experiments == 6000
+    for bucket in counts.buckets:  # 2 users each: 6 pairs and 2 totals at most
+        assert len(bucket.keys) <= 8
+        assert bucket.pending_rows < 50
+    out = features(users_table([1, 2, 3, 4]), compounds_table([1, 2, 3]), counts)
+    assert as_rows(out)[0]["total_experiments"] == 1500
+    assert as_rows(out)[0]["most_common_compound_ids"] == [1, 2, 3]
