@@ -29,7 +29,12 @@ import pyarrow.compute as pc
 LIST_JOINER = ";"
 MAX_SHIFTS = 8  # lists longer than this are deduplicated with a hash instead of shifted compares
 BUCKET_USERS = 1 << 14  # user positions per bucket
-COMPACT_AT = 1 << 20  # a bucket's pending keys are counted once there are this many, or twice its totals
+# Keys wait in their bucket until there are more of them than twice the bucket's counted pairs and
+# than the bucket's share of PENDING_KEYS (2^27 int32 keys: 512 MiB across all buckets), then they
+# are counted.  Counting sooner would cost time and, while most pairs are new, memory too: a counted
+# pair takes 12 bytes, a pending key 4.
+PENDING_KEYS = 1 << 27
+MIN_COMPACT_AT = 1 << 16
 
 FEATURES_SCHEMA = pa.schema(
     [
@@ -53,6 +58,7 @@ class Bucket:
         self.counts = pa.array([], pa.int64())
         self.pending: list[pa.Array] = []
         self.pending_rows = 0
+        self.taken = False
 
     def add(self, keys: pa.Array) -> None:
         self.pending.append(pa.concat_arrays([keys]))  # a copy: the batch's buffer is not kept alive
@@ -64,8 +70,10 @@ class Bucket:
         """Count the pending keys into the running totals."""
         if not self.pending:
             return
-        new = pa.table({"k": pa.chunked_array(self.pending, self.key_type)})
-        counted = new.group_by("k", use_threads=False).aggregate([("k", "count")])
+        pending, self.pending, self.pending_rows = self.pending, [], 0
+        counted = pa.table({"k": pa.chunked_array(pending, self.key_type)}).group_by(
+            "k", use_threads=False).aggregate([("k", "count")])
+        del pending  # freed before the merge below
         if len(self.keys):
             both = pa.concat_tables([
                 pa.table({"k": self.keys, "n": self.counts}),
@@ -74,8 +82,15 @@ class Bucket:
             counted = both.group_by("k", use_threads=False).aggregate([("n", "sum")])
         self.keys = counted.column(0).combine_chunks()
         self.counts = counted.column(1).combine_chunks()
-        self.pending = []
-        self.pending_rows = 0
+
+    def take(self) -> tuple[pa.Array, pa.Array]:
+        """Every key with its count; the bucket lets go of them (its memory is freed with the caller's)."""
+        if self.taken:
+            raise RuntimeError("these counts have been used already")
+        self.compact()
+        keys, counts = self.keys, self.counts
+        self.keys, self.counts, self.taken = pa.array([], self.key_type), pa.array([], pa.int64()), True
+        return keys, counts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +115,7 @@ class ExperimentCounts:
     """
 
     def __init__(self, user_ids: pa.Array, compound_ids: pa.Array, *, bucket_users: int = BUCKET_USERS,
-                 compact_at: int = COMPACT_AT) -> None:
+                 compact_at: int | None = None) -> None:
         self.user_ids = user_ids.take(pc.array_sort_indices(user_ids))
         self.compound_ids = compound_ids
         self.width = len(compound_ids)
@@ -109,15 +124,15 @@ class ExperimentCounts:
         self._compound_offset = _offset_if_range(compound_ids)
         self.bucket_users = max(1, min(bucket_users, (2**31 - 1) // self.stride))
         self._key_type = pa.int32() if self.bucket_users * self.stride <= 2**31 - 1 else pa.int64()
-        self._compact_at = compact_at
+        self._bucket_count = -(-len(self.user_ids) // self.bucket_users)
+        self._compact_at = compact_at or max(MIN_COMPACT_AT, PENDING_KEYS // max(self._bucket_count, 1))
         self.reset()
 
     def reset(self) -> None:
         if hasattr(self, "_worker"):
             self.close()
         self.experiments = 0
-        count = -(-len(self.user_ids) // self.bucket_users)
-        self._buckets = tuple(Bucket(self._key_type, self._compact_at) for _ in range(count))
+        self._buckets = tuple(Bucket(self._key_type, self._compact_at) for _ in range(self._bucket_count))
         self._worker = _Worker(self._partition)
 
     def add(self, batch: pa.RecordBatch) -> None:
@@ -238,8 +253,7 @@ class _Favourites:
 
 
 def _favourites(bucket: Bucket, users: int, stride: int, width: int) -> _Favourites:
-    bucket.compact()
-    keys, counts = bucket.keys, bucket.counts
+    keys, counts = bucket.take()
     user = pc.divide(keys, stride)
     compound = pc.subtract(keys, pc.multiply(user, stride))
     experiment = pc.equal(compound, width)
@@ -262,7 +276,9 @@ def _favourites(bucket: Bucket, users: int, stride: int, width: int) -> _Favouri
 
 def features(users: pa.Table, compounds: pa.Table, counts: Counts) -> pa.Table:
     """One row per user of ``users`` (the users counted), by user id: totals, the tied most common
-    compounds, the average.  ``compounds`` must be sorted by compound_id (the order ties are listed in)."""
+    compounds, the average.  ``compounds`` must be sorted by compound_id (the order ties are listed in).
+
+    This uses ``counts`` up: each bucket's memory is freed as soon as its users are done."""
     if users.num_rows != len(counts.user_ids):
         raise ValueError(f"{users.num_rows} users, but {len(counts.user_ids)} were counted")
     ids = users["user_id"].combine_chunks()

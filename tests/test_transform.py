@@ -7,6 +7,7 @@ from collections import Counter
 from typing import Any
 
 import pyarrow as pa
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -170,3 +171,12 @@ def test_running_counts_hold_the_distinct_pairs_not_the_whole_file() -> None:
     out = features(users_table([1, 2, 3, 4]), compounds_table([1, 2, 3]), counts)
     assert as_rows(out)[0]["total_experiments"] == 1500
     assert as_rows(out)[0]["most_common_compound_ids"] == [1, 2, 3]
+
+
+def test_features_use_the_counts_up() -> None:
+    counter = ExperimentCounts(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
+    counter.add(experiments_table([(1, [1])]).to_batches()[0])
+    counts = counter.result()
+    features(users_table([1]), compounds_table([1]), counts)
+    with pytest.raises(RuntimeError, match="used already"):  # a second call would see empty buckets
+        features(users_table([1]), compounds_table([1]), counts)
