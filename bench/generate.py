@@ -36,6 +36,7 @@ SCALES: dict[str, tuple[int, int, int]] = {  # users, compounds, experiments
     "M": (100_000, 1_000, 1_000_000),
     "L": (1_000_000, 10_000, 10_000_000),
     "2L": (1_000_000, 10_000, 20_000_000),
+    "4L": (1_000_000, 10_000, 40_000_000),
 }
 OUT = Path(__file__).resolve().parent / "out"
 USER_SKEW = 0.8  # exponent of the power law over users
@@ -162,7 +163,7 @@ def generate(out: Path, users: int, compounds: int, experiments: int, seed: int)
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=sorted(SCALES), help="preset sizes (S, M, L, 2L)")
+    parser.add_argument("--scale", choices=sorted(SCALES), help="preset sizes (S, M, L, 2L, 4L)")
     parser.add_argument("--users", type=int)
     parser.add_argument("--compounds", type=int)
     parser.add_argument("--experiments", type=int)

@@ -3,6 +3,7 @@ wall time and peak RSS, check that all of them wrote the same table, print and s
 
     python bench/run.py --scales M L                  # pandas is skipped at L and 2L by default
     python bench/run.py --scales M L --with-2l        # and ours at 2L (20M experiments), for memory
+    python bench/run.py --scales L --with-2l --with-4l  # ... and at 4L (40M), past the pending-keys budget
     python bench/run.py --scales M --impls ours duckdb --repeat 3
 
 Wall time is the whole process (interpreter start, imports, reading, computing, loading, commit),
@@ -215,12 +216,14 @@ def render(header: list[str], results: list[dict[str, Any]], data: dict[str, dic
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scales", nargs="+", default=["M", "L"], choices=[s for s in generate.SCALES if s != "2L"])
+    parser.add_argument("--scales", nargs="+", default=["M", "L"],
+                        choices=[s for s in generate.SCALES if s not in ("2L", "4L")])
     parser.add_argument("--with-2l", action="store_true", help="also run --impls-at-2l at 2L (20M experiments)")
+    parser.add_argument("--with-4l", action="store_true", help="also run --impls-at-2l at 4L (40M experiments)")
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
-    parser.add_argument("--impls-at-2l", nargs="+", default=["ours"], choices=IMPLS)
-    parser.add_argument("--skip-pandas-at", nargs="*", default=["L", "2L"], metavar="SCALE",
-                        help="scales where pandas + to_sql is not run (default: L 2L; it takes many minutes)")
+    parser.add_argument("--impls-at-2l", nargs="+", default=["ours"], choices=IMPLS, help="the ones run at 2L and 4L")
+    parser.add_argument("--skip-pandas-at", nargs="*", default=["L", "2L", "4L"], metavar="SCALE",
+                        help="scales where pandas + to_sql is not run (default: L 2L 4L; it takes many minutes)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per implementation; the median wall is shown")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run before it is killed")
@@ -229,8 +232,8 @@ def main() -> int:
 
     plan = [(scale, [i for i in args.impls if not (i == "pandas" and scale in args.skip_pandas_at)])
             for scale in args.scales]
-    if args.with_2l:
-        plan.append(("2L", [i for i in args.impls_at_2l if not (i == "pandas" and "2L" in args.skip_pandas_at)]))
+    for big in [scale for scale, wanted in (("2L", args.with_2l), ("4L", args.with_4l)) if wanted]:
+        plan.append((big, [i for i in args.impls_at_2l if not (i == "pandas" and big in args.skip_pandas_at)]))
     # ours first: the others are checked against its table
     plan = [(scale, sorted(impls, key=lambda i: i != "ours")) for scale, impls in plan]
 
