@@ -9,7 +9,9 @@ wall time and peak RSS, check that all of them wrote the same table, print and s
 Wall time is the whole process (interpreter start, imports, reading, computing, loading, commit),
 from the parent's fork to its wait4(); peak RSS is the child's ru_maxrss from wait4() (the client
 process only: the PostgreSQL server's memory is not in it).  Before each run the server is asked for
-a CHECKPOINT, so that no run pays for writing out the previous one's table.
+a CHECKPOINT, so that no run pays for writing out the previous one's table.  With ``--repeat N`` the
+implementations take turns, N rounds of one run each, and each shows its median (the lower middle
+one for an even N).
 """
 
 from __future__ import annotations
@@ -178,6 +180,16 @@ def fmt_phases(result: dict[str, Any]) -> str:
     return " ".join(shown + [f"{k.removeprefix('run.')}={v:.2f}" for k, v in phases.items() if k not in skip])
 
 
+def choose(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median wall time, carrying the highest peak RSS of all; a failure if all failed."""
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return dict(runs[-1], walls=[])
+    chosen = dict(sorted(ok, key=lambda r: r["wall"])[(len(ok) - 1) // 2])
+    chosen.update(rss_mb=max(r["rss_mb"] for r in ok), walls=[r["wall"] for r in ok])
+    return chosen
+
+
 def ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
@@ -257,10 +269,13 @@ def main() -> int:
     conn = connect(args.database_url)
     for scale, impls in plan:
         data[scale] = ensure_data(scale, args.seed)
-        reference: tuple[int, str] | None = None
-        for impl in impls:
-            runs = []
-            for attempt in range(args.repeat):
+        runs: dict[str, list[dict[str, Any]]] = {impl: [] for impl in impls}
+        # in rounds, every implementation once per round: a slow spell of this shared machine then
+        # falls on all of them instead of on the runs of one
+        for attempt in range(args.repeat):
+            for impl in impls:
+                if runs[impl] and "error" in runs[impl][-1]:
+                    continue  # failed once: not run again
                 conn.run("CHECKPOINT")
                 print(f"[{scale}] {impl} run {attempt + 1}/{args.repeat} ...", end=" ", flush=True)
                 load_before = round(os.getloadavg()[0], 2)
@@ -268,17 +283,12 @@ def main() -> int:
                 r["load_before"] = load_before  # 1-minute load average: near 0 on an idle machine
                 print(f"{r['wall']:.2f} s, {r['rss_mb']:.0f} MB" + (f", FAILED: {r['error']}" if "error" in r else ""),
                       flush=True)
-                runs.append(r)
-                if "error" in r:
-                    break
-            ok = [r for r in runs if "error" not in r]
-            if ok:
-                chosen = sorted(ok, key=lambda r: r["wall"])[(len(ok) - 1) // 2]
-                chosen["rss_mb"] = max(r["rss_mb"] for r in ok)
-            else:
-                chosen = runs[-1]
-            chosen.update(scale=scale, walls=[r["wall"] for r in ok])
-            codes = sorted({r["code"] for r in runs})
+                runs[impl].append(r)
+        reference: tuple[int, str] | None = None
+        for impl in impls:  # ours first: each implementation's schema holds the table of its last run
+            chosen = choose(runs[impl])
+            chosen.update(scale=scale)
+            codes = sorted({r["code"] for r in runs[impl]})
             if impl == "ours" and (len(codes) > 1 or codes[0] != header_code):  # only ours imports etl_core
                 chosen["code_note"] = "code changed: " + "; ".join(codes)
                 print(f"  warning: {chosen['code_note']}", flush=True)
