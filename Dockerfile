@@ -41,6 +41,9 @@ WORKDIR /var/task
 COPY handler/entrypoint.sh /usr/local/bin/lambda-entrypoint.sh
 COPY etl_core/ etl_core/
 COPY handler/ handler/
+# bytecode made once here: /var/task is read-only on Lambda, so every cold start would compile
+# the modules again (checked-hash: a changed source is still noticed)
+RUN python3 -m compileall -q --invalidation-mode checked-hash etl_core handler
 COPY data/ data/
 ENTRYPOINT ["/usr/local/bin/lambda-entrypoint.sh"]
 CMD ["handler.lambda_function.handler"]
