@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -104,29 +104,60 @@ def get_run(conn: Connection, schema: str, run_id: int) -> dict[str, Any] | None
     }
 
 
-def publish(conn: Connection, schema: str, run_id: int, features: pa.Table, rejects: pa.Table | None,
-            *, status: str, files: Any, seconds: Any) -> None:
-    """In one transaction: COPY the features into a staging table, swap it in, store the rejects,
-    and mark the run finished.  Any failure rolls all of it back; the old features stay."""
+def publish(conn: Connection, schema: str, run_id: int, features: Iterable[pa.RecordBatch],
+            rejects: pa.Table | None, *, status: str, files: Any, seconds: Any) -> int:
+    """In one transaction: COPY the features into a staging table as they come, swap it in, store the
+    rejects, and mark the run finished; return the rows written.  Any failure rolls all of it back
+    (the old features stay), and one raised by ``features`` itself is raised as it is."""
+    source = _Source(features)
     conn.run("BEGIN")
     try:
         conn.run(f"DROP TABLE IF EXISTS {sql.q(schema, sql.STAGING)}")
         conn.run(sql.features_table(schema, sql.STAGING))
         conn.run(sql.copy_in(schema, sql.STAGING, sql.FEATURE_COLUMNS),
-                 stream=_csv_chunks(_features_rows(features, run_id)))
+                 stream=_csv_chunks(_features_rows(batch, run_id) for batch in source))
         for statement in sql.swap_in_staging(schema):
             conn.run(statement)
         if rejects is not None and rejects.num_rows:
             conn.run(sql.copy_in(schema, sql.REJECTS, sql.REJECT_COLUMNS),
-                     stream=_csv_chunks(_reject_rows(rejects, run_id)))
-        finish_run(conn, schema, run_id, status=status, files=files, users_written=features.num_rows,
+                     stream=_csv_chunks([_reject_rows(rejects, run_id)]))
+        finish_run(conn, schema, run_id, status=status, files=files, users_written=source.rows,
                    seconds=seconds)
         conn.run("COMMIT")
+        return source.rows
     except BaseException as exc:
-        _rollback(conn)
-        if isinstance(exc, EtlError) or not isinstance(exc, Exception):
+        if exc is source.error:
+            _close(conn)  # mid-COPY the protocol cannot go on: ending the session rolls it all back
+        else:
+            _rollback(conn)
+        if isinstance(exc, EtlError) or not isinstance(exc, Exception) or exc is source.error:
             raise
         raise translate(exc) from exc
+
+
+class _Source:
+    """The feature batches, counted; remembers an error they raised (not the database's)."""
+
+    def __init__(self, batches: Iterable[pa.RecordBatch]) -> None:
+        self._batches = batches
+        self.rows = 0
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[pa.RecordBatch]:
+        try:
+            for batch in self._batches:
+                self.rows += batch.num_rows
+                yield batch
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+
+def _close(conn: Connection) -> None:
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001,S110 - the server ends the session either way
+        pass
 
 
 def _rollback(conn: Connection) -> None:
@@ -136,7 +167,7 @@ def _rollback(conn: Connection) -> None:
         pass
 
 
-def _features_rows(features: pa.Table, run_id: int) -> pa.Table:
+def _features_rows(features: pa.RecordBatch, run_id: int) -> pa.Table:
     ids = features["most_common_compound_ids"]
     # bigint[] in COPY's text form: {1,2}; NULL stays NULL
     as_text = pc.binary_join(pc.cast(ids, pa.list_(pa.string())), ",")
@@ -164,15 +195,16 @@ def _reject_rows(rejects: pa.Table, run_id: int) -> pa.Table:
     })
 
 
-def _csv_chunks(table: pa.Table) -> Iterator[memoryview]:
-    """The table as PostgreSQL CSV (strings quoted, NULL unquoted-empty), ROWS_PER_CHUNK rows at a
+def _csv_chunks(tables: Iterable[pa.Table]) -> Iterator[memoryview]:
+    """The tables as PostgreSQL CSV (strings quoted, NULL unquoted-empty), ROWS_PER_CHUNK rows at a
     time, each made only when the previous one is sent: the server parses one while we format the next."""
     options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
-    for batch in table.to_batches(max_chunksize=ROWS_PER_CHUNK):
-        if batch.num_rows:  # pyarrow 26 writes 8 KiB of NUL bytes for an empty batch
-            sink = pa.BufferOutputStream()
-            pacsv.write_csv(batch, sink, write_options=options)
-            yield memoryview(sink.getvalue())
+    for table in tables:
+        for batch in table.to_batches(max_chunksize=ROWS_PER_CHUNK):
+            if batch.num_rows:  # pyarrow 26 writes 8 KiB of NUL bytes for an empty batch
+                sink = pa.BufferOutputStream()
+                pacsv.write_csv(batch, sink, write_options=options)
+                yield memoryview(sink.getvalue())
 
 
 def _json(value: Any) -> str | None:

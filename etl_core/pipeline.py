@@ -6,10 +6,10 @@ import dataclasses
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -21,6 +21,7 @@ from etl_core.errors import BadRequest, ContractViolation, EtlError
 
 log = logging.getLogger("etl")
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
+T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,13 +118,20 @@ def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_di
         raise ContractViolation("no user row was accepted; nothing was loaded", run_id=run_id, files=files,
                                 violations=_report(violations, settings.max_reported))
 
-    with _phase(seconds, "transform"):
-        features = transform.features(users_table, compounds_table, counts)
     status = "partial" if violations.num_rows else "succeeded"
-    with _phase(seconds, "load"):
-        seconds_so_far = dict(seconds, total=round(time.perf_counter() - started, 3))
-        load.publish(conn, settings.schema, run_id, features, violations if violations.num_rows else None,
-                     status=status, files=files, seconds=seconds_so_far)
+    # the features stream into the COPY bucket by bucket: the server parses while we compute, and
+    # 'transform' counts the time the COPY waited for them (it is part of 'load')
+    waited = [0.0]
+    features = _timed(transform.feature_batches(users_table, compounds_table, counts), waited)
+    try:
+        with _phase(seconds, "load"):
+            seconds_so_far = dict(seconds, total=round(time.perf_counter() - started, 3))
+            written = load.publish(conn, settings.schema, run_id, features,
+                                   violations if violations.num_rows else None,
+                                   status=status, files=files, seconds=seconds_so_far)
+    finally:
+        features.close()  # a failed COPY leaves no bucket being worked out
+    seconds["transform"] = round(waited[0], 3)
     seconds["total"] = round(time.perf_counter() - started, 3)
     try:  # the load phase's time too; the run itself is committed already, so this may not fail it
         load.record_seconds(conn, settings.schema, run_id, seconds)
@@ -131,10 +139,10 @@ def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_di
         log_event("warning", run_id=run_id, message=f"could not record the load time: {translate(exc).message}")
     summary = {
         "run_id": run_id, "status": status, "policy": policy, "files": files,
-        "users_written": features.num_rows, "violations": _report(violations, settings.max_reported),
+        "users_written": written, "violations": _report(violations, settings.max_reported),
         "seconds": seconds,
     }
-    log_event("run_finished", run_id=run_id, status=status, users_written=features.num_rows, seconds=seconds)
+    log_event("run_finished", run_id=run_id, status=status, users_written=written, seconds=seconds)
     return summary
 
 
@@ -206,6 +214,23 @@ def _guard(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         raise
     except Exception as exc:
         raise translate(exc) from exc
+
+
+def _timed(items: Generator[T, None, None], spent: list[float]) -> Generator[T, None, None]:
+    """The items of ``items``, adding the time spent waiting for each to ``spent[0]``; closing this
+    closes ``items``."""
+    try:
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(items)
+            except StopIteration:
+                return
+            finally:
+                spent[0] += time.perf_counter() - start
+            yield item
+    finally:
+        items.close()
 
 
 @contextmanager

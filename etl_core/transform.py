@@ -8,9 +8,9 @@ among the sorted compound ids).  Every experiment gives one key per distinct com
 ``position * stride + index``, and one more, ``position * stride + width``, that counts the experiment
 itself.  Keys are split into buckets of consecutive user positions, so that the hash tables that count
 them stay small enough for the CPU's caches, and a bucket's pending keys are counted into its running
-totals whenever they outgrow those totals: memory follows the distinct (user, compound) pairs, not the
-length of the file.  At the end each bucket gives its users' totals and tied favourites on its own,
-in user order, so that the buckets only need to be put one after the other.
+totals once they pass its share of a budget (PENDING_KEYS): beyond that, memory follows the distinct
+(user, compound) pairs, not the length of the file.  At the end each bucket gives its users' rows on
+its own, in user order, so that the buckets only need to be put one after the other.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import dataclasses
 import os
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -274,41 +274,59 @@ def _favourites(bucket: Bucket, users: int, stride: int, width: int) -> _Favouri
                        pc.subtract(tied, pc.multiply(tied_user, stride)).cast(pa.int64()))
 
 
-def features(users: pa.Table, compounds: pa.Table, counts: Counts) -> pa.Table:
+def feature_batches(users: pa.Table, compounds: pa.Table, counts: Counts) -> Generator[pa.RecordBatch, None, None]:
     """One row per user of ``users`` (the users counted), by user id: totals, the tied most common
-    compounds, the average.  ``compounds`` must be sorted by compound_id (the order ties are listed in).
+    compounds, the average; one batch per bucket, in order.  ``compounds`` must be sorted by
+    compound_id (the order ties are listed in).
 
-    This uses ``counts`` up: each bucket's memory is freed as soon as its users are done."""
+    The buckets are worked out on a thread per core, ahead of the caller, so that a caller that
+    sends each batch on (the COPY) overlaps with them.  This uses ``counts`` up: each bucket's
+    memory is freed as soon as its users are done."""
     if users.num_rows != len(counts.user_ids):
         raise ValueError(f"{users.num_rows} users, but {len(counts.user_ids)} were counted")
     ids = users["user_id"].combine_chunks()
     if len(ids) > 1 and not pc.all(pc.less(ids[:-1], ids[1:])).as_py():
         users = users.sort_by("user_id")
+    names = compounds["compound_name"].combine_chunks()
+    compound_ids = compounds["compound_id"].combine_chunks()
+    average = pa.scalar(counts.experiments / users.num_rows if users.num_rows else 0.0, pa.float64())
 
     def one(b: int) -> _Favourites:
-        first = b * counts.bucket_users
-        size = min(counts.bucket_users, len(counts.user_ids) - first)
-        return _favourites(counts.buckets[b], size, counts.stride, counts.width)
+        return _favourites(counts.buckets[b], _bucket_size(counts, b), counts.stride, counts.width)
 
-    threads = max(1, min(len(counts.buckets), os.cpu_count() or 1))
-    with ThreadPoolExecutor(threads, thread_name_prefix="etl-features") as pool:
-        parts = list(pool.map(one, range(len(counts.buckets))))
-    totals = pa.chunked_array([p.totals for p in parts], pa.int64()).combine_chunks()
-    per_user = pa.chunked_array([p.tied_per_user for p in parts], pa.int64()).combine_chunks()
-    tied = pa.chunked_array([p.tied for p in parts], pa.int64()).combine_chunks()
+    pool = ThreadPoolExecutor(max(1, min(len(counts.buckets), os.cpu_count() or 1)),
+                              thread_name_prefix="etl-features")
+    try:
+        futures = [pool.submit(one, b) for b in range(len(counts.buckets))]
+        for b, future in enumerate(futures):
+            mine = users.slice(b * counts.bucket_users, _bucket_size(counts, b))
+            yield _feature_batch(mine, future.result(), names, compound_ids, average)
+    finally:  # also when the caller stops early: buckets not started yet are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _bucket_size(counts: Counts, b: int) -> int:
+    return min(counts.bucket_users, len(counts.user_ids) - b * counts.bucket_users)
+
+
+def _feature_batch(users: pa.Table, favourites: _Favourites, names: pa.Array, compound_ids: pa.Array,
+                   average: pa.Scalar) -> pa.RecordBatch:
+    per_user = favourites.tied_per_user
     offsets = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(per_user)]).cast(pa.int32())
     none = pc.equal(per_user, 0)
-    names = pa.ListArray.from_arrays(offsets, compounds["compound_name"].combine_chunks().take(tied), mask=none)
-    ids_list = pa.ListArray.from_arrays(offsets, compounds["compound_id"].combine_chunks().take(tied), mask=none)
-    average = counts.experiments / users.num_rows if users.num_rows else 0.0
-    return pa.table({
-        "user_id": users["user_id"],
-        "user_name": users["name"],
-        "total_experiments": totals,
-        "most_common_compounds": pc.binary_join(names, LIST_JOINER),
-        "most_common_compound_ids": ids_list,
-        "average_experiments": pa.repeat(pa.scalar(average, pa.float64()), users.num_rows),
-    }, schema=FEATURES_SCHEMA)
+    return pa.RecordBatch.from_arrays([
+        users["user_id"].combine_chunks(),
+        users["name"].combine_chunks(),
+        favourites.totals,
+        pc.binary_join(pa.ListArray.from_arrays(offsets, names.take(favourites.tied), mask=none), LIST_JOINER),
+        pa.ListArray.from_arrays(offsets, compound_ids.take(favourites.tied), mask=none),
+        pa.repeat(average, users.num_rows),
+    ], schema=FEATURES_SCHEMA)
+
+
+def features(users: pa.Table, compounds: pa.Table, counts: Counts) -> pa.Table:
+    """``feature_batches`` as one table."""
+    return pa.Table.from_batches(list(feature_batches(users, compounds, counts)), schema=FEATURES_SCHEMA)
 
 
 def compute_features(users: pa.Table, compounds: pa.Table, experiments: pa.Table) -> pa.Table:

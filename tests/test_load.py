@@ -200,10 +200,42 @@ def test_a_bad_row_in_the_copy_rolls_back_everything(settings: Settings, db: Any
     try:
         run_id = load.start_run(conn, schema, policy="strict", data_dir="x")
         with pytest.raises(LoadError, match="23505"):
-            load.publish(conn, schema, run_id, broken, None, status="succeeded", files={}, seconds={})
+            load.publish(conn, schema, run_id, broken.to_batches(), None, status="succeeded", files={}, seconds={})
     finally:
         dbmod.close_quietly(conn)
     assert features_dump(db, schema) == before
+
+
+def test_a_transform_failing_in_the_middle_of_the_copy_loses_nothing(
+        settings: Settings, db: Any, schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The features stream into the COPY: one batch is sent, then the transform fails.  The error is
+    the transform's (not a database error), the old features stay, the run is recorded as failed,
+    no thread is left computing, and the next run works."""
+    from etl_core import transform
+    from etl_core.errors import EtlError
+
+    pipeline.run(settings, pipeline.Trigger())
+    before = features_dump(db, schema)
+    real = transform.feature_batches
+
+    def failing(*args: Any) -> Any:
+        batches = real(*args)
+        try:
+            yield next(batches)
+            raise RuntimeError("boom after the first batch")
+        finally:
+            batches.close()
+
+    monkeypatch.setattr(transform, "feature_batches", failing)
+    with pytest.raises(EtlError, match="unexpected RuntimeError: boom after the first batch") as caught:
+        pipeline.run(settings, pipeline.Trigger())
+    assert features_dump(db, schema) == before
+    [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs WHERE id = :id',
+                               id=caught.value.details["run_id"])
+    assert status == "failed" and "boom" in error["message"]
+    assert [t.name for t in threading.enumerate() if t.name.startswith(("etl-features", "etl-counts"))] == []
+    monkeypatch.setattr(transform, "feature_batches", real)
+    assert pipeline.run(settings, pipeline.Trigger())["status"] == "succeeded"
 
 
 def test_a_dead_cached_connection_is_replaced(settings: Settings, database_url: str) -> None:
@@ -271,7 +303,7 @@ def test_an_unexpected_error_is_recorded_and_answered(settings: Settings, db: An
     def broken(*args: Any) -> Any:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(transform, "features", broken)
+    monkeypatch.setattr(transform, "feature_batches", broken)
     with pytest.raises(EtlError, match="unexpected ZeroDivisionError: a bug"):
         pipeline.run(settings, pipeline.Trigger())
     [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs ORDER BY id DESC LIMIT 1')
