@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 LIST_JOINER = ";"
 MAX_SHIFTS = 8  # lists longer than this are deduplicated with a hash instead of shifted compares
-BUCKET_USERS = 1 << 14  # user positions per bucket
+BUCKET_USERS = 1 << 12  # user positions per bucket: 25 buckets at 100k users, so that both cores share them
 # Keys wait in their bucket until there are more of them than twice the bucket's counted pairs and
 # than the bucket's share of PENDING_KEYS (2^27 int32 keys: 512 MiB across all buckets), then they
 # are counted.  Counting sooner would cost time and, while most pairs are new, memory too: a counted
