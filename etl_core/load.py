@@ -109,45 +109,52 @@ def publish(conn: Connection, schema: str, run_id: int, features: Iterable[pa.Re
     """In one transaction: COPY the features into a staging table as they come, swap it in, store the
     rejects, and mark the run finished; return the rows written.  Any failure rolls all of it back
     (the old features stay), and one raised by ``features`` itself is raised as it is."""
-    source = _Source(features)
+    rows = [0]
+    streams: list[_Stream] = []
+
+    def copy(table: str, columns: tuple[str, ...], chunks: Iterable[memoryview]) -> None:
+        streams.append(stream := _Stream(chunks))
+        conn.run(sql.copy_in(schema, table, columns), stream=stream)
+
+    def counted(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
+        for batch in batches:
+            rows[0] += batch.num_rows
+            yield _features_rows(batch, run_id)
+
     conn.run("BEGIN")
     try:
         conn.run(f"DROP TABLE IF EXISTS {sql.q(schema, sql.STAGING)}")
         conn.run(sql.features_table(schema, sql.STAGING))
-        conn.run(sql.copy_in(schema, sql.STAGING, sql.FEATURE_COLUMNS),
-                 stream=_csv_chunks(_features_rows(batch, run_id) for batch in source))
+        copy(sql.STAGING, sql.FEATURE_COLUMNS, _csv_chunks(counted(features)))
         for statement in sql.swap_in_staging(schema):
             conn.run(statement)
         if rejects is not None and rejects.num_rows:
-            conn.run(sql.copy_in(schema, sql.REJECTS, sql.REJECT_COLUMNS),
-                     stream=_csv_chunks([_reject_rows(rejects, run_id)]))
-        finish_run(conn, schema, run_id, status=status, files=files, users_written=source.rows,
-                   seconds=seconds)
+            copy(sql.REJECTS, sql.REJECT_COLUMNS, _csv_chunks([_reject_rows(rejects, run_id)]))
+        finish_run(conn, schema, run_id, status=status, files=files, users_written=rows[0], seconds=seconds)
         conn.run("COMMIT")
-        return source.rows
+        return rows[0]
     except BaseException as exc:
-        if exc is source.error:
+        ours = any(exc is s.error for s in streams)  # raised while making the rows, not by the database
+        if ours:
             _close(conn)  # mid-COPY the protocol cannot go on: ending the session rolls it all back
         else:
             _rollback(conn)
-        if isinstance(exc, EtlError) or not isinstance(exc, Exception) or exc is source.error:
+        if ours or isinstance(exc, EtlError) or not isinstance(exc, Exception):
             raise
         raise translate(exc) from exc
 
 
-class _Source:
-    """The feature batches, counted; remembers an error they raised (not the database's)."""
+class _Stream:
+    """A COPY's data, remembering an error raised while making it (the database's errors come later,
+    from pg8000, and are not this one)."""
 
-    def __init__(self, batches: Iterable[pa.RecordBatch]) -> None:
-        self._batches = batches
-        self.rows = 0
+    def __init__(self, chunks: Iterable[memoryview]) -> None:
+        self._chunks = chunks
         self.error: BaseException | None = None
 
-    def __iter__(self) -> Iterator[pa.RecordBatch]:
+    def __iter__(self) -> Iterator[memoryview]:
         try:
-            for batch in self._batches:
-                self.rows += batch.num_rows
-                yield batch
+            yield from self._chunks
         except BaseException as exc:
             self.error = exc
             raise

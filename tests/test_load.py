@@ -206,11 +206,13 @@ def test_a_bad_row_in_the_copy_rolls_back_everything(settings: Settings, db: Any
     assert features_dump(db, schema) == before
 
 
-def test_a_transform_failing_in_the_middle_of_the_copy_loses_nothing(
-        settings: Settings, db: Any, schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The features stream into the COPY: one batch is sent, then the transform fails.  The error is
-    the transform's (not a database error), the old features stay, the run is recorded as failed,
-    no thread is left computing, and the next run works."""
+@pytest.mark.parametrize("where", ["transform", "csv"])
+def test_a_failure_of_ours_in_the_middle_of_the_copy_loses_nothing(
+        settings: Settings, db: Any, schema: str, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
+    """The features stream into the COPY; then our own code fails: the transform after one batch was
+    sent, or the CSV formatting.  The error raised is ours (not a database error, which would read
+    as 'retry later'), the old features stay, the run is recorded as failed, no thread is left
+    computing, and the next run works."""
     from etl_core import transform
     from etl_core.errors import EtlError
 
@@ -218,7 +220,7 @@ def test_a_transform_failing_in_the_middle_of_the_copy_loses_nothing(
     before = features_dump(db, schema)
     real = transform.feature_batches
 
-    def failing(*args: Any) -> Any:
+    def failing_transform(*args: Any) -> Any:
         batches = real(*args)
         try:
             yield next(batches)
@@ -226,15 +228,21 @@ def test_a_transform_failing_in_the_middle_of_the_copy_loses_nothing(
         finally:
             batches.close()
 
-    monkeypatch.setattr(transform, "feature_batches", failing)
-    with pytest.raises(EtlError, match="unexpected RuntimeError: boom after the first batch") as caught:
+    def failing_csv(*args: Any) -> Any:
+        raise RuntimeError("boom while formatting")
+
+    if where == "transform":
+        monkeypatch.setattr(transform, "feature_batches", failing_transform)
+    else:
+        monkeypatch.setattr(load, "_features_rows", failing_csv)
+    with pytest.raises(EtlError, match="unexpected RuntimeError: boom") as caught:
         pipeline.run(settings, pipeline.Trigger())
     assert features_dump(db, schema) == before
     [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs WHERE id = :id',
                                id=caught.value.details["run_id"])
     assert status == "failed" and "boom" in error["message"]
     assert [t.name for t in threading.enumerate() if t.name.startswith(("etl-features", "etl-counts"))] == []
-    monkeypatch.setattr(transform, "feature_batches", real)
+    monkeypatch.undo()
     assert pipeline.run(settings, pipeline.Trigger())["status"] == "succeeded"
 
 
