@@ -1,6 +1,7 @@
 """The features, from Arrow tables to an Arrow table, with ``pyarrow.compute`` only.
 
-Pure: no files, no database, no environment, no logging.  Experiments arrive batch by batch
+No files, no database, no settings, no logging: the same tables in give the same table out (threads
+only share the work).  Experiments arrive batch by batch
 (``ExperimentCounts`` is a sink of the extract step) and only running counts are kept.
 
 Each user gets a position (its rank among the sorted user ids) and each compound an index (its rank
@@ -28,13 +29,14 @@ import pyarrow.compute as pc
 
 LIST_JOINER = ";"
 MAX_SHIFTS = 8  # lists longer than this are deduplicated with a hash instead of shifted compares
-BUCKET_USERS = 1 << 12  # user positions per bucket: 25 buckets at 100k users, so that both cores share them
+# user positions per bucket: 25 buckets at 100k users, so that both cores share them; fewer beyond
+# 524,287 compounds, so that a bucket's keys fit in 32 bits
+BUCKET_USERS = 1 << 12
 # Keys wait in their bucket until there are more of them than twice the bucket's counted pairs and
-# than the bucket's share of PENDING_KEYS (2^27 int32 keys: 512 MiB across all buckets), then they
+# than the bucket's share of PENDING_KEYS (2^27 keys, 512 MiB as int32, across all buckets); then they
 # are counted.  Counting sooner would cost time and, while most pairs are new, memory too: a counted
 # pair takes 12 bytes, a pending key 4.
 PENDING_KEYS = 1 << 27
-MIN_COMPACT_AT = 1 << 16
 
 FEATURES_SCHEMA = pa.schema(
     [
@@ -111,7 +113,8 @@ class ExperimentCounts:
     ``user_ids`` are the accepted users, ``compound_ids`` the accepted compounds, sorted.
     A compound listed twice in one experiment counts once for that experiment.  The counting runs
     on a thread of its own, fed through a short queue, so that it uses the second core while the
-    caller reads and checks the next batch.  ``close()`` stops it without a result.
+    caller reads and checks the next batch.  ``close()`` stops it without a result, dropping what is
+    still queued.
     """
 
     def __init__(self, user_ids: pa.Array, compound_ids: pa.Array, *, bucket_users: int = BUCKET_USERS,
@@ -125,7 +128,7 @@ class ExperimentCounts:
         self.bucket_users = max(1, min(bucket_users, (2**31 - 1) // self.stride))
         self._key_type = pa.int32() if self.bucket_users * self.stride <= 2**31 - 1 else pa.int64()
         self._bucket_count = -(-len(self.user_ids) // self.bucket_users)
-        self._compact_at = compact_at or max(MIN_COMPACT_AT, PENDING_KEYS // max(self._bucket_count, 1))
+        self._compact_at = compact_at or max(1, PENDING_KEYS // max(self._bucket_count, 1))
         self.reset()
 
     def reset(self) -> None:
@@ -173,6 +176,10 @@ class ExperimentCounts:
             start = end
 
 
+class CountingFailed(Exception):
+    """The counting thread failed (a bug, or memory): not a problem of the input file."""
+
+
 class _Worker:
     """Calls ``work`` on each item put, in order, on a thread of its own."""
 
@@ -182,31 +189,46 @@ class _Worker:
         self._work = work
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
         self._error: BaseException | None = None
+        self._stopped = False
+        self._cancelled = False
         self._thread = threading.Thread(target=self._run, name="etl-counts", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
         while (item := self._queue.get()) is not self._DONE:
-            if self._error is None:
+            if self._error is None and not self._cancelled:
                 try:
                     self._work(item)
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller of finish()
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller of put() or finish()
                     self._error = exc
 
     def put(self, item: Any) -> None:
-        if self._error is not None:
-            raise self._error
+        if self._stopped:
+            raise RuntimeError("the counting thread has stopped: nothing more can be added")
+        self._raise_error()
         self._queue.put(item)
 
     def finish(self) -> None:
-        self.close()
-        if self._error is not None:
-            raise self._error
+        """Wait until every item put has been worked on."""
+        self._stop()
+        self._raise_error()
 
     def close(self) -> None:
+        """Stop without working on the items still queued."""
+        self._cancelled = True
+        self._stop()
+
+    def _stop(self) -> None:
+        self._stopped = True
         if self._thread.is_alive():
             self._queue.put(self._DONE)
             self._thread.join()
+
+    def _raise_error(self) -> None:
+        # its own class: an ArrowInvalid from here must not pass for a CSV problem (that re-reads the file)
+        if self._error is not None:
+            raise CountingFailed(f"the counting thread failed: {type(self._error).__name__}: {self._error}") \
+                from self._error
 
 
 def _offset_if_range(sorted_ids: pa.Array) -> int | None:

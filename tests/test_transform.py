@@ -180,3 +180,18 @@ def test_features_use_the_counts_up() -> None:
     features(users_table([1]), compounds_table([1]), counts)
     with pytest.raises(RuntimeError, match="used already"):  # a second call would see empty buckets
         features(users_table([1]), compounds_table([1]), counts)
+
+
+def test_a_failure_of_the_counting_thread_is_its_own_error_and_ends_the_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # an ArrowInvalid from the counting thread must not look like a CSV problem to the extract step
+    def broken(self: ExperimentCounts, item: Any) -> None:
+        raise pa.ArrowInvalid("a bug in counting")
+
+    monkeypatch.setattr(ExperimentCounts, "_partition", broken)
+    counter = ExperimentCounts(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
+    counter.add(experiments_table([(1, [1])]).to_batches()[0])
+    with pytest.raises(transform.CountingFailed, match="ArrowInvalid: a bug in counting"):
+        counter.result()
+    with pytest.raises(RuntimeError, match="has stopped"):  # not a put onto a queue nobody reads
+        counter.add(experiments_table([(1, [1])]).to_batches()[0])
