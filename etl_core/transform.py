@@ -103,8 +103,12 @@ class Counts:
     user_ids: pa.Array  # sorted: the user at position p is user_ids[p]
     buckets: tuple[Bucket, ...]  # bucket b holds positions b * bucket_users ...
     bucket_users: int
-    stride: int  # a bucket's key: (position - first position) * stride + compound index
     width: int  # compound index ``width`` counts the experiment itself
+
+    @property
+    def stride(self) -> int:
+        """A bucket's key is (position - first position) * stride + compound index."""
+        return self.width + 1
 
 
 class ExperimentCounts:
@@ -150,7 +154,7 @@ class ExperimentCounts:
 
     def result(self) -> Counts:
         self._worker.finish()
-        return Counts(self.experiments, self.user_ids, self._buckets, self.bucket_users, self.stride, self.width)
+        return Counts(self.experiments, self.user_ids, self._buckets, self.bucket_users, self.width)
 
     def _partition(self, item: tuple[pa.Array, pa.ListArray]) -> None:
         """One batch's keys, each into the bucket of its user (on the counting thread)."""
