@@ -195,3 +195,18 @@ def test_a_failure_of_the_counting_thread_is_its_own_error_and_ends_the_thread(
         counter.result()
     with pytest.raises(RuntimeError, match="has stopped"):  # not a put onto a queue nobody reads
         counter.add(experiments_table([(1, [1])]).to_batches()[0])
+
+
+def test_pending_keys_are_counted_once_the_buckets_share_of_the_budget_is_reached(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 8 buckets share a budget of 16 pending keys: 2 each.  A bucket holds at most 4 counted keys
+    # (3 pairs and its total), so pending keys may reach max(2, 2 * 4) per bucket, never the file
+    monkeypatch.setattr(transform, "PENDING_KEYS", 16)
+    users = list(range(1, 9))
+    counter = ExperimentCounts(pa.array(users, pa.int64()), pa.array([1, 2, 3], pa.int64()), bucket_users=1)
+    rows = [(u, [c]) for u in users for c in (1, 2, 3)]
+    for batch in experiments_table(rows * 200).to_batches(max_chunksize=5):
+        counter.add(batch)
+    counts = counter.result()
+    assert sum(bucket.pending_rows for bucket in counts.buckets) <= 8 * 8
+    assert all(len(bucket.keys) <= 4 for bucket in counts.buckets)
