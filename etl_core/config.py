@@ -49,6 +49,8 @@ class Settings:
     policy: str = "strict"
     max_reported: int = 20
     block_size: int = 1 << 20
+    min_share: float = 0.5
+    max_rejected_share: float | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -65,6 +67,8 @@ class Settings:
             policy=policy,
             max_reported=_int(env, "ETL_MAX_REPORTED_VIOLATIONS", 20, minimum=1),
             block_size=_int(env, "ETL_BLOCK_SIZE", 1 << 20, minimum=1 << 16),
+            min_share=_share(env, "ETL_GUARD_MIN_SHARE", 0.5) or 0.0,
+            max_rejected_share=_share(env, "ETL_GUARD_MAX_REJECTED_SHARE", None),
         )
 
 
@@ -130,6 +134,20 @@ def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> in
         raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _share(env: Mapping[str, str], name: str, default: float | None) -> float | None:
+    """A share between 0 and 1 (0 turns a 'least share' check off; 1 a 'largest share' check)."""
+    raw = env.get(name)
+    if raw in (None, ""):
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number between 0 and 1, not {raw!r}") from None
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{name} must be between 0 and 1, not {raw!r}")
     return value
 
 

@@ -10,12 +10,13 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from etl_core.config import DbSettings
-from etl_core.errors import DatabaseUnavailable, EtlError, LoadError, TransientLoadError
+from etl_core.errors import DatabaseUnavailable, EtlError, ForeignKeyConflict, LoadError, TransientLoadError
 
 # SQLSTATE classes and codes that may go away on their own: connection trouble, the server shutting
 # down or starting, timeouts, lock trouble, serialization failures.
 _TRANSIENT_PREFIXES = ("08", "53", "57P", "40")
 _TRANSIENT_CODES = {"55P03", "57014"}  # lock_not_available, query_canceled (statement_timeout)
+_FOREIGN_KEY_VIOLATION = "23503"
 
 
 class Connection(Protocol):
@@ -103,6 +104,10 @@ def translate(exc: BaseException) -> EtlError:
     message = exc.args[0].get("M", "") if isinstance(exc.args[0], dict) else str(exc)
     if code.startswith(_TRANSIENT_PREFIXES) or code in _TRANSIENT_CODES:
         return TransientLoadError(f"database error {code}: {message}", sqlstate=code)
+    if code == _FOREIGN_KEY_VIOLATION:
+        detail = exc.args[0].get("D", "")
+        return ForeignKeyConflict(f"another table's foreign key forbids the new rows; nothing was changed: "
+                                  f"{message}. {detail}".rstrip(" ."), sqlstate=code)
     return LoadError(f"database error {code}: {message}", sqlstate=code)
 
 

@@ -52,10 +52,23 @@ class ContractViolation(InputError):
     """Raise in strict mode when one or more rows or files break the data contract."""
 
 
+class LoadRefused(InputError):
+    """Raise when a valid input looks cut short (far fewer users or experiments than the table holds)
+    or rejects more rows than allowed: nothing is published unless the trigger forces it."""
+
+    code = "load_refused"
+
+
 class LoadError(EtlError):
     """Raise when writing to PostgreSQL fails."""
 
     code = "load_failed"
+
+
+class ForeignKeyConflict(LoadError):
+    """Raise when another table's foreign key on the features table forbids the new rows."""
+
+    code = "foreign_key_conflict"
 
 
 class TransientLoadError(LoadError):

@@ -1,9 +1,10 @@
-"""Writes to PostgreSQL: the runs table, and the features swapped in inside one transaction."""
+"""Writes to PostgreSQL: the runs table, and the features replaced inside one transaction."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyarrow as pa
@@ -14,6 +15,7 @@ from pg8000.native import identifier
 from etl_core import sql
 from etl_core.db import Connection, translate
 from etl_core.errors import EtlError, RunInProgress
+from etl_core.guard import Volume
 
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
 
@@ -104,39 +106,39 @@ def get_run(conn: Connection, schema: str, run_id: int) -> dict[str, Any] | None
     }
 
 
-def publish(conn: Connection, schema: str, run_id: int, features: Iterable[pa.RecordBatch],
-            rejects: pa.Table | None, *, status: str, files: Any, seconds: Any) -> int:
-    """In one transaction: COPY the features into a staging table as they come, swap it in, store the
-    rejects, and mark the run finished; return the rows written.  Any failure rolls all of it back
-    (the old features stay), and one raised by ``features`` itself is raised as it is."""
-    rows = [0]
-    streams: list[_Stream] = []
+class Transaction:
+    """The statements of one transaction; a COPY remembers an error raised while making its rows
+    (the database's errors come later, from pg8000, and are not that one)."""
 
-    def copy(table: str, columns: tuple[str, ...], chunks: Iterable[memoryview]) -> None:
-        streams.append(stream := _Stream(chunks))
-        conn.run(sql.copy_in(schema, table, columns), stream=stream)
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self._streams: list[_Stream] = []
 
-    def counted(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
-        for batch in batches:
-            rows[0] += batch.num_rows
-            yield _features_rows(batch, run_id)
+    def run(self, statement: str, **params: Any) -> list[list[Any]]:
+        return self.conn.run(statement, **params)
 
+    def copy(self, statement: str, chunks: Iterable[memoryview]) -> None:
+        self._streams.append(stream := _Stream(chunks))
+        self.conn.run(statement, stream=stream)
+
+    def raised_by_rows(self, exc: BaseException) -> bool:
+        return any(exc is stream.error for stream in self._streams)
+
+
+@contextmanager
+def transaction(conn: Connection) -> Iterator[Transaction]:
+    """Commit when the block ends, else roll all of it back and raise: an error of the database as
+    one of ours, an error raised while making a COPY's rows as it is (mid-COPY the protocol cannot
+    go on, so the session is closed, which rolls back on the server)."""
+    tx = Transaction(conn)
     conn.run("BEGIN")
     try:
-        conn.run(f"DROP TABLE IF EXISTS {sql.q(schema, sql.STAGING)}")
-        conn.run(sql.features_table(schema, sql.STAGING))
-        copy(sql.STAGING, sql.FEATURE_COLUMNS, _csv_chunks(counted(features)))
-        for statement in sql.swap_in_staging(schema):
-            conn.run(statement)
-        if rejects is not None and rejects.num_rows:
-            copy(sql.REJECTS, sql.REJECT_COLUMNS, _csv_chunks([_reject_rows(rejects, run_id)]))
-        finish_run(conn, schema, run_id, status=status, files=files, users_written=rows[0], seconds=seconds)
+        yield tx
         conn.run("COMMIT")
-        return rows[0]
     except BaseException as exc:
-        ours = any(exc is s.error for s in streams)  # raised while making the rows, not by the database
+        ours = tx.raised_by_rows(exc)
         if ours:
-            _close(conn)  # mid-COPY the protocol cannot go on: ending the session rolls it all back
+            _close(conn)
         else:
             _rollback(conn)
         if ours or isinstance(exc, EtlError) or not isinstance(exc, Exception):
@@ -144,9 +146,49 @@ def publish(conn: Connection, schema: str, run_id: int, features: Iterable[pa.Re
         raise translate(exc) from exc
 
 
+def lock_features(tx: Transaction, schema: str) -> Volume:
+    """Lock the features table against new foreign keys (not against readers); what it holds now."""
+    tx.run(sql.lock_features(schema))
+    [[users, experiments]] = tx.run(sql.features_volume(schema))
+    return Volume(users=int(users), experiments=int(experiments))
+
+
+def replace_features(tx: Transaction, schema: str, run_id: int, features: Iterable[pa.RecordBatch]) -> int:
+    """Make the features table hold exactly ``features``, keeping the table itself (its OID, views,
+    grants, comment, indexes and triggers); return the rows written.  Plain DML under MVCC: readers
+    see the old rows until the commit and never wait.  Where other tables hold foreign keys on it,
+    users that stay are updated in place and only users that are gone are deleted."""
+    rows = [0]
+
+    def counted(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
+        for batch in batches:
+            rows[0] += batch.num_rows
+            yield _features_rows(batch, run_id)
+
+    chunks = _csv_chunks(counted(features))
+    if tx.run(sql.referencing_keys(), table=sql.q(schema, sql.FEATURES)):
+        tx.run(sql.create_staging())
+        tx.copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS), chunks)
+        tx.run(sql.delete_missing(schema))
+        tx.run(sql.upsert_staging(schema))
+    else:
+        tx.run(sql.delete_all(schema))
+        tx.copy(sql.copy_in(schema, sql.FEATURES, sql.FEATURE_COLUMNS), chunks)
+    return rows[0]
+
+
+def store_rejects(tx: Transaction, schema: str, run_id: int, rejects: pa.Table) -> None:
+    if rejects.num_rows:
+        tx.copy(sql.copy_in(schema, sql.REJECTS, sql.REJECT_COLUMNS), _csv_chunks([_reject_rows(rejects, run_id)]))
+
+
+def analyze(conn: Connection, schema: str) -> None:
+    """Fresh planner statistics for the features table (after the commit: it blocks no reader)."""
+    conn.run(sql.analyze(schema))
+
+
 class _Stream:
-    """A COPY's data, remembering an error raised while making it (the database's errors come later,
-    from pg8000, and are not this one)."""
+    """A COPY's data, remembering an error raised while making it."""
 
     def __init__(self, chunks: Iterable[memoryview]) -> None:
         self._chunks = chunks

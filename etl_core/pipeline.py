@@ -13,11 +13,12 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from etl_core import extract, load, transform
+from etl_core import extract, guard, load, transform
 from etl_core.config import POLICIES, Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
 from etl_core.db import Connection, close_quietly, connect, translate
 from etl_core.errors import BadRequest, ContractViolation, EtlError
+from etl_core.guard import Volume
 
 log = logging.getLogger("etl")
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
@@ -30,6 +31,7 @@ class Trigger:
 
     policy: str | None = None
     data: str | None = None
+    force: bool = False
 
 
 def resolve_data_dir(settings: Settings, data: str | None) -> Path:
@@ -63,7 +65,7 @@ def run(settings: Settings, trigger: Trigger, *, conn: Connection | None = None)
             _guard(load.fail_abandoned_runs, conn, schema)
             run_id = _guard(load.start_run, conn, schema, policy=policy, data_dir=str(data_dir))
             try:
-                return _run(settings, conn, run_id, policy, data_dir)
+                return _run(settings, conn, run_id, policy, data_dir, force=trigger.force)
             except EtlError as exc:
                 _record_failure(settings, conn, run_id, exc)
                 raise
@@ -81,7 +83,8 @@ def run(settings: Settings, trigger: Trigger, *, conn: Connection | None = None)
             close_quietly(conn)
 
 
-def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_dir: Path) -> dict[str, Any]:
+def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_dir: Path, *,
+         force: bool) -> dict[str, Any]:
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     log_event("run_started", run_id=run_id, policy=policy, data_dir=str(data_dir))
@@ -119,24 +122,34 @@ def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_di
                                 violations=_report(violations, settings.max_reported))
 
     status = "partial" if violations.num_rows else "succeeded"
+    if not force:
+        guard.check_rejects(rows_read=sum(r.rows_read for r in results),
+                            rows_rejected=sum(r.rows_rejected for r in results),
+                            max_share=settings.max_rejected_share)
+    incoming = Volume(users=users_table.num_rows, experiments=experiments.rows_accepted)
     # the features stream into the COPY bucket by bucket: the server parses while we compute, and
     # 'transform' counts the time the COPY waited for them (it is part of 'load')
     waited = [0.0]
     features = _timed(transform.feature_batches(users_table, compounds_table, counts), waited)
     try:
         with _phase(seconds, "load"):
-            seconds_so_far = dict(seconds, total=round(time.perf_counter() - started, 3))
-            written = load.publish(conn, settings.schema, run_id, features,
-                                   violations if violations.num_rows else None,
-                                   status=status, files=files, seconds=seconds_so_far)
+            with load.transaction(conn) as tx:
+                current = load.lock_features(tx, settings.schema)
+                if not force:
+                    guard.check_volume(current, incoming, min_share=settings.min_share)
+                written = load.replace_features(tx, settings.schema, run_id, features)
+                load.store_rejects(tx, settings.schema, run_id, violations)
+                seconds_so_far = dict(seconds, total=round(time.perf_counter() - started, 3))
+                load.finish_run(tx.conn, settings.schema, run_id, status=status, files=files,
+                                users_written=written, seconds=seconds_so_far)
+            _after_commit(load.analyze, conn, settings.schema, run_id=run_id, what="analyze the features table")
     finally:
         features.close()  # a failed COPY leaves no bucket being worked out
     seconds["transform"] = round(waited[0], 3)
     seconds["total"] = round(time.perf_counter() - started, 3)
-    try:  # the load phase's time too; the run itself is committed already, so this may not fail it
-        load.record_seconds(conn, settings.schema, run_id, seconds)
-    except Exception as exc:  # noqa: BLE001
-        log_event("warning", run_id=run_id, message=f"could not record the load time: {translate(exc).message}")
+    # the load phase's time too; the run itself is committed already, so this may not fail it
+    _after_commit(load.record_seconds, conn, settings.schema, run_id, seconds, run_id=run_id,
+                  what="record the load time")
     summary = {
         "run_id": run_id, "status": status, "policy": policy, "files": files,
         "users_written": written, "violations": _report(violations, settings.max_reported),
@@ -144,6 +157,14 @@ def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_di
     }
     log_event("run_finished", run_id=run_id, status=status, users_written=written, seconds=seconds)
     return summary
+
+
+def _after_commit(step: Callable[..., Any], *args: Any, run_id: int, what: str) -> None:
+    """A step after the run's commit: its failure is logged, never the run's."""
+    try:
+        step(*args)
+    except Exception as exc:  # noqa: BLE001
+        log_event("warning", run_id=run_id, message=f"could not {what}: {translate(exc).message}")
 
 
 def _check_headers(data_dir: Path) -> None:

@@ -67,14 +67,48 @@ def copy_in(schema: str, table: str, columns: tuple[str, ...]) -> str:
     return f"COPY {q(schema, table)} ({cols}) FROM STDIN WITH (FORMAT csv)"
 
 
-def swap_in_staging(schema: str) -> list[str]:
-    """Replace the features table by the staging table: the caller runs these inside its transaction."""
-    return [
-        f"ALTER TABLE {q(schema, STAGING)} ADD PRIMARY KEY (user_id)",
-        f"DROP TABLE {q(schema, FEATURES)}",
-        f"ALTER TABLE {q(schema, STAGING)} RENAME TO {identifier(FEATURES)}",
-        f"ALTER INDEX {q(schema, STAGING + '_pkey')} RENAME TO {identifier(FEATURES + '_pkey')}",
-    ]
+def lock_features(schema: str) -> str:
+    """The lock every DML statement of the publish takes anyway, taken first: readers (ACCESS SHARE)
+    never wait for it, and nobody can add a foreign key to the table until the run commits."""
+    return f"LOCK TABLE {q(schema, FEATURES)} IN ROW EXCLUSIVE MODE"
+
+
+def features_volume(schema: str) -> str:
+    """The users and experiments the table holds now: what the load guard compares a new load with."""
+    return f"SELECT count(*), coalesce(sum(total_experiments), 0) FROM {q(schema, FEATURES)}"
+
+
+def referencing_keys() -> str:
+    """The foreign keys other tables hold on the features table (``:table`` is its quoted name)."""
+    return ("SELECT conname, conrelid::regclass::text, confdeltype FROM pg_constraint "
+            "WHERE contype = 'f' AND confrelid = CAST(:table AS regclass) ORDER BY conname")
+
+
+def delete_all(schema: str) -> str:
+    return f"DELETE FROM {q(schema, FEATURES)}"
+
+
+def create_staging() -> str:
+    """A temporary table for the new rows, gone at the end of the transaction."""
+    return features_table("pg_temp", STAGING) + " ON COMMIT DROP"
+
+
+def delete_missing(schema: str) -> str:
+    """Delete the users the new rows no longer have (a key held on them acts as it was declared)."""
+    return (f"DELETE FROM {q(schema, FEATURES)} f WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {q('pg_temp', STAGING)} s WHERE s.user_id = f.user_id)")
+
+
+def upsert_staging(schema: str) -> str:
+    """Insert the new users and update the others in place: a row that stays is never deleted."""
+    cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
+    updates = ", ".join(f"{identifier(c)} = EXCLUDED.{identifier(c)}" for c in FEATURE_COLUMNS if c != "user_id")
+    return (f"INSERT INTO {q(schema, FEATURES)} ({cols}) SELECT {cols} FROM {q('pg_temp', STAGING)} "
+            f"ON CONFLICT (user_id) DO UPDATE SET {updates}")
+
+
+def analyze(schema: str) -> str:
+    return f"ANALYZE {q(schema, FEATURES)}"
 
 
 def lock_name(schema: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from etl_core import db as dbmod
-from etl_core import load, pipeline, sql
+from etl_core import load, pipeline
 from etl_core.config import Settings, db_settings
 from etl_core.errors import LoadError, RunInProgress, TransientLoadError
 from handler.service import Service
@@ -51,29 +51,40 @@ def test_the_summary_reports_rows_per_file_and_time_per_phase(settings: Settings
     assert set(summary["seconds"]) == {"extract", "transform", "load", "total"}
 
 
-def kill_between_staging_and_swap(monkeypatch: pytest.MonkeyPatch, database_url: str, victim_pid: int) -> None:
-    """When the load asks for the swap statements (the COPY into staging is done), a second
-    connection terminates the loading connection."""
-    real = sql.swap_in_staging
+def after_the_features_are_written(monkeypatch: pytest.MonkeyPatch, action: Any) -> None:
+    """Call ``action()`` once, when the new features are in the table but not yet committed."""
+    real = load.replace_features
+    done: list[bool] = []
 
-    def killing(schema: str) -> list[str]:
+    def then_act(*args: Any, **kwargs: Any) -> int:
+        written = real(*args, **kwargs)
+        if not done:
+            done.append(True)
+            action()
+        return written
+
+    monkeypatch.setattr(load, "replace_features", then_act)
+
+
+def kill_before_the_commit(monkeypatch: pytest.MonkeyPatch, database_url: str, victim_pid: int) -> None:
+    """A second connection terminates the loading connection after its COPY, before its commit."""
+    def kill() -> None:
         killer = dbmod.connect(db_settings({"DATABASE_URL": database_url}))
         try:
             assert killer.run("SELECT pg_terminate_backend(:pid)", pid=victim_pid) == [[True]]
         finally:
             dbmod.close_quietly(killer)
-        return real(schema)
 
-    monkeypatch.setattr(sql, "swap_in_staging", killing)
+    after_the_features_are_written(monkeypatch, kill)
 
 
-def test_a_connection_killed_between_staging_and_swap_leaves_the_old_table(
+def test_a_connection_killed_before_the_commit_leaves_the_old_table(
         settings: Settings, db: Any, schema: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     pipeline.run(settings, pipeline.Trigger())
     before = features_dump(db, schema)
     conn = dbmod.connect(settings.db)
     [[pid]] = conn.run("SELECT pg_backend_pid()")
-    kill_between_staging_and_swap(monkeypatch, database_url, pid)
+    kill_before_the_commit(monkeypatch, database_url, pid)
     with pytest.raises(TransientLoadError):
         pipeline.run(settings, pipeline.Trigger(), conn=conn)
     dbmod.close_quietly(conn)
@@ -82,8 +93,6 @@ def test_a_connection_killed_between_staging_and_swap_leaves_the_old_table(
     assert features_dump(db, schema) == before
     [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs ORDER BY id DESC LIMIT 1')
     assert (status, error["code"]) == ("failed", "database_unavailable")
-    assert db.run("SELECT count(*) FROM pg_tables WHERE schemaname = :s AND tablename = :t",
-                  s=schema, t=sql.STAGING) == [[0]]
     assert pipeline.run(settings, pipeline.Trigger())["status"] == "succeeded"
 
 
@@ -105,18 +114,15 @@ def test_a_server_restart_during_the_load_rolls_back_and_the_next_run_succeeds(
     before = features_dump(check, "public")
     dbmod.close_quietly(check)
 
-    real = sql.swap_in_staging
-
-    def restarting(schema: str) -> list[str]:
+    def restart() -> None:
         import subprocess
 
         from tests.conftest import _pg_bin
         subprocess.run([*server.prefix, _pg_bin("pg_ctl"), "-D", str(server.dir / "data"), "-l",
                         str(server.dir / "log"), "-m", "fast", "-w", "restart"],
                        check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        return real(schema)
 
-    monkeypatch.setattr(sql, "swap_in_staging", restarting)
+    after_the_features_are_written(monkeypatch, restart)
     with pytest.raises(TransientLoadError):
         pipeline.run(settings, pipeline.Trigger())
     monkeypatch.undo()
@@ -146,14 +152,12 @@ def test_a_second_trigger_while_one_runs_is_refused_with_the_running_id(
         settings: Settings, db: Any, schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
     pipeline.run(settings, pipeline.Trigger())  # tables exist
     staged, release = threading.Event(), threading.Event()
-    real = sql.swap_in_staging
 
-    def waiting(name: str) -> list[str]:
+    def wait() -> None:
         staged.set()
         assert release.wait(30)
-        return real(name)
 
-    monkeypatch.setattr(sql, "swap_in_staging", waiting)
+    after_the_features_are_written(monkeypatch, wait)
     outcome: dict[str, Any] = {}
     first = threading.Thread(target=lambda: outcome.update(first=pipeline.run(settings, pipeline.Trigger())))
     first.start()
@@ -176,7 +180,8 @@ def test_a_lock_held_elsewhere_times_out_and_leaves_the_old_table(
     blocker = dbmod.connect(db_settings({"DATABASE_URL": database_url}))
     try:
         blocker.run("BEGIN")
-        blocker.run(f'LOCK TABLE "{schema}".user_features IN ACCESS SHARE MODE')  # a long report query
+        # what CREATE INDEX takes: it blocks writers (a report query's ACCESS SHARE does not)
+        blocker.run(f'LOCK TABLE "{schema}".user_features IN SHARE MODE')
         started = time.monotonic()
         with pytest.raises(TransientLoadError, match="55P03"):
             pipeline.run(settings, pipeline.Trigger())
@@ -199,8 +204,8 @@ def test_a_bad_row_in_the_copy_rolls_back_everything(settings: Settings, db: Any
     conn = dbmod.connect(settings.db)
     try:
         run_id = load.start_run(conn, schema, policy="strict", data_dir="x")
-        with pytest.raises(LoadError, match="23505"):
-            load.publish(conn, schema, run_id, broken.to_batches(), None, status="succeeded", files={}, seconds={})
+        with pytest.raises(LoadError, match="23505"), load.transaction(conn) as tx:
+            load.replace_features(tx, schema, run_id, broken.to_batches())
     finally:
         dbmod.close_quietly(conn)
     assert features_dump(db, schema) == before
