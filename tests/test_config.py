@@ -18,6 +18,7 @@ def test_defaults_need_no_environment() -> None:
     assert settings.data_dir == REPO_DATA_DIR
     assert settings.data_root == REPO_DATA_DIR
     assert (settings.schema, settings.policy) == ("public", "strict")
+    assert (settings.min_share, settings.max_rejected_share) == (0.5, None)
 
 
 def test_a_tcp_url() -> None:
@@ -50,6 +51,8 @@ def test_the_password_never_shows() -> None:
     ({"DB_CONNECT_ATTEMPTS": "0"}, "at least 1"),
     ({"DB_CONNECT_TIMEOUT": "soon"}, "must be a number"),
     ({"ETL_BLOCK_SIZE": "12x"}, "must be an integer"),
+    ({"ETL_GUARD_MIN_SHARE": "1.5"}, "ETL_GUARD_MIN_SHARE must be between 0 and 1"),
+    ({"ETL_GUARD_MAX_REJECTED_SHARE": "a tenth"}, "must be a number between 0 and 1"),
 ])
 def test_bad_settings_say_what_is_wrong(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
