@@ -13,12 +13,13 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from etl_core import extract, guard, load, transform
+from etl_core import extract, guard, transform
 from etl_core.config import POLICIES, Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
-from etl_core.db import Connection, close_quietly, connect, translate
-from etl_core.errors import BadRequest, ContractViolation, EtlError
+from etl_core.errors import BadRequest, ContractViolation, EtlError, RunNotFound
 from etl_core.guard import Volume
+from etl_core.store import Run as StoreRun
+from etl_core.store import Store
 
 log = logging.getLogger("etl")
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
@@ -49,42 +50,62 @@ def resolve_data_dir(settings: Settings, data: str | None) -> Path:
     return resolved
 
 
-def run(settings: Settings, trigger: Trigger, *, conn: Connection | None = None) -> dict[str, Any]:
+class Service:
+    """What the API and the Lambda entry ask of the job, without knowing HTTP: one per process.  It
+    holds the settings (read once) and the store (which keeps its connection for warm invocations)."""
+
+    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+        self.settings = settings
+        self.store = store or _postgres(settings)
+
+    def trigger(self, trigger: Trigger) -> dict[str, Any]:
+        return run(self.settings, trigger, store=self.store)
+
+    def run_status(self, run_id: int) -> dict[str, Any]:
+        found = self.store.get_run(run_id)
+        if found is None:
+            raise RunNotFound(f"there is no run {run_id}", run_id=run_id)
+        return found
+
+    def health(self) -> dict[str, Any]:
+        return self.store.health()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def run(settings: Settings, trigger: Trigger, *, store: Store | None = None) -> dict[str, Any]:
     """Run the job once; returns the summary, raises an EtlError (recorded in the runs table)."""
     policy = trigger.policy or settings.policy
     if policy not in POLICIES:
         raise BadRequest(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     data_dir = resolve_data_dir(settings, trigger.data)
-    schema = settings.schema
-    own = conn is None
-    conn = conn or connect(settings.db)
+    own = store is None
+    store = store or _postgres(settings)
     try:
-        _guard(load.acquire_lock, conn, schema)
-        try:
-            _guard(load.ensure_schema, conn, schema)
-            _guard(load.fail_abandoned_runs, conn, schema)
-            run_id = _guard(load.start_run, conn, schema, policy=policy, data_dir=str(data_dir))
+        with store.run(policy=policy, source=str(data_dir)) as ledger:
             try:
-                return _run(settings, conn, run_id, policy, data_dir, force=trigger.force)
+                return _run(settings, ledger, policy, data_dir, force=trigger.force)
             except EtlError as exc:
-                _record_failure(settings, conn, run_id, exc)
+                ledger.fail(exc.to_dict())
                 raise
             except Exception as exc:  # a bug of ours: still recorded, and still an answer with a body
-                error = EtlError(f"unexpected {type(exc).__name__}: {exc}", run_id=run_id)
-                _record_failure(settings, conn, run_id, error)
+                error = EtlError(f"unexpected {type(exc).__name__}: {exc}", run_id=ledger.run_id)
+                ledger.fail(error.to_dict())
                 raise error from exc
-        finally:
-            try:
-                load.release_lock(conn, schema)
-            except Exception:  # noqa: BLE001,S110 - a dead session has released its lock already
-                pass
     finally:
         if own:
-            close_quietly(conn)
+            store.close()
 
 
-def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_dir: Path, *,
-         force: bool) -> dict[str, Any]:
+def _postgres(settings: Settings) -> Store:
+    from etl_core.store.postgres import PostgresStore  # not imported by a run against another store
+
+    return PostgresStore(settings.db, settings.schema)
+
+
+def _run(settings: Settings, ledger: StoreRun, policy: str, data_dir: Path, *, force: bool) -> dict[str, Any]:
+    run_id = ledger.run_id
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     log_event("run_started", run_id=run_id, policy=policy, data_dir=str(data_dir))
@@ -133,23 +154,21 @@ def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_di
     features = _timed(transform.feature_batches(users_table, compounds_table, counts), waited)
     try:
         with _phase(seconds, "load"):
-            with load.transaction(conn) as tx:
-                current = load.lock_features(tx, settings.schema)
+            with ledger.publishing() as publication:
+                current = publication.volume()
                 if not force:
                     guard.check_volume(current, incoming, min_share=settings.min_share)
-                written = load.replace_features(tx, settings.schema, run_id, features)
-                load.store_rejects(tx, settings.schema, run_id, violations)
-                seconds_so_far = dict(seconds, total=round(time.perf_counter() - started, 3))
-                load.finish_run(tx.conn, settings.schema, run_id, status=status, files=files,
-                                users_written=written, seconds=seconds_so_far)
-            _after_commit(load.analyze, conn, settings.schema, run_id=run_id, what="analyze the features table")
+                written = publication.replace_features(features)
+                publication.store_rejects(violations)
+                publication.finish(status=status, files=files, users_written=written,
+                                   seconds=dict(seconds, total=round(time.perf_counter() - started, 3)))
+            _after_commit(ledger.analyze, run_id=run_id, what="analyze the features table")
     finally:
         features.close()  # a failed COPY leaves no bucket being worked out
     seconds["transform"] = round(waited[0], 3)
     seconds["total"] = round(time.perf_counter() - started, 3)
     # the load phase's time too; the run itself is committed already, so this may not fail it
-    _after_commit(load.record_seconds, conn, settings.schema, run_id, seconds, run_id=run_id,
-                  what="record the load time")
+    _after_commit(ledger.record_seconds, seconds, run_id=run_id, what="record the load time")
     summary = {
         "run_id": run_id, "status": status, "policy": policy, "files": files,
         "users_written": written, "violations": _report(violations, settings.max_reported),
@@ -164,7 +183,8 @@ def _after_commit(step: Callable[..., Any], *args: Any, run_id: int, what: str) 
     try:
         step(*args)
     except Exception as exc:  # noqa: BLE001
-        log_event("warning", run_id=run_id, message=f"could not {what}: {translate(exc).message}")
+        reason = exc.message if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
+        log_event("warning", run_id=run_id, message=f"could not {what}: {reason}")
 
 
 def _check_headers(data_dir: Path) -> None:
@@ -210,31 +230,6 @@ def _read(settings: Settings, data_dir: Path, contract: FileContract, sink: extr
 def _report(violations: pa.Table, limit: int) -> dict[str, Any]:
     first = violations.slice(0, limit).to_pylist()
     return {"total": violations.num_rows, "first": first}
-
-
-def _record_failure(settings: Settings, conn: Connection, run_id: int, exc: EtlError) -> None:
-    """Mark the run failed; if our connection is gone, try a fresh one; else the next run will."""
-    error = exc.to_dict()
-    for attempt in range(2):
-        target = conn if attempt == 0 else None
-        try:
-            target = target or connect(settings.db)
-            load.finish_run(target, settings.schema, run_id, status="failed", error=error)
-            return
-        except Exception:  # noqa: BLE001,S112 - the next run marks abandoned runs failed
-            continue
-        finally:
-            if attempt == 1:
-                close_quietly(target)
-
-
-def _guard(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    try:
-        return fn(*args, **kwargs)
-    except EtlError:
-        raise
-    except Exception as exc:
-        raise translate(exc) from exc
 
 
 def _timed(items: Generator[T, None, None], spent: list[float]) -> Generator[T, None, None]:

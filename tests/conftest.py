@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from etl_core.config import Settings, db_settings
-from etl_core.db import close_quietly, connect
+from etl_core.store.db import close_quietly, connect
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -14,8 +14,9 @@ import pytest
 
 from etl_core.config import Settings
 from etl_core.errors import BadRequest, ContractViolation, UnsupportedEvent
+from etl_core.pipeline import Service
 from handler import lambda_function
-from handler.service import Service, set_service
+from handler.service import set_service
 from tests.helpers import write_files
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
@@ -152,9 +153,9 @@ def test_an_event_it_cannot_route_gets_a_clear_error(bad: Any) -> None:
 
 def test_a_trigger_while_another_run_holds_the_lock_is_409(service: Service, settings: Settings,
                                                             database_url: str) -> None:
-    from etl_core import db as dbmod
-    from etl_core import sql
     from etl_core.config import db_settings
+    from etl_core.store import db as dbmod
+    from etl_core.store import sql
 
     call(event("trigger-etl.json"))
     other = dbmod.connect(db_settings({"DATABASE_URL": database_url}))

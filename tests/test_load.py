@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 
-from etl_core import db as dbmod
-from etl_core import load, pipeline
+from etl_core import pipeline
 from etl_core.config import Settings, db_settings
-from etl_core.errors import LoadError, RunInProgress, TransientLoadError
-from handler.service import Service
+from etl_core.errors import RunInProgress, TransientLoadError
+from etl_core.pipeline import Service
+from etl_core.store import db as dbmod
+from etl_core.store.postgres import PostgresPublication
 from tests.conftest import _Throwaway
 from tests.helpers import features_dump, features_rows
 
@@ -52,26 +53,27 @@ def test_the_summary_reports_rows_per_file_and_time_per_phase(settings: Settings
 
 
 def after_the_features_are_written(monkeypatch: pytest.MonkeyPatch, action: Any) -> None:
-    """Call ``action()`` once, when the new features are in the table but not yet committed."""
-    real = load.replace_features
+    """Call ``action(publication)`` once, when the new features are in the table but not yet committed."""
+    real = PostgresPublication.replace_features
     done: list[bool] = []
 
-    def then_act(*args: Any, **kwargs: Any) -> int:
-        written = real(*args, **kwargs)
+    def then_act(self: PostgresPublication, features: Any) -> int:
+        written = real(self, features)
         if not done:
             done.append(True)
-            action()
+            action(self)
         return written
 
-    monkeypatch.setattr(load, "replace_features", then_act)
+    monkeypatch.setattr(PostgresPublication, "replace_features", then_act)
 
 
-def kill_before_the_commit(monkeypatch: pytest.MonkeyPatch, database_url: str, victim_pid: int) -> None:
+def kill_before_the_commit(monkeypatch: pytest.MonkeyPatch, database_url: str) -> None:
     """A second connection terminates the loading connection after its COPY, before its commit."""
-    def kill() -> None:
+    def kill(publication: PostgresPublication) -> None:
+        [[victim]] = publication._conn.run("SELECT pg_backend_pid()")
         killer = dbmod.connect(db_settings({"DATABASE_URL": database_url}))
         try:
-            assert killer.run("SELECT pg_terminate_backend(:pid)", pid=victim_pid) == [[True]]
+            assert killer.run("SELECT pg_terminate_backend(:pid)", pid=victim) == [[True]]
         finally:
             dbmod.close_quietly(killer)
 
@@ -82,12 +84,9 @@ def test_a_connection_killed_before_the_commit_leaves_the_old_table(
         settings: Settings, db: Any, schema: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     pipeline.run(settings, pipeline.Trigger())
     before = features_dump(db, schema)
-    conn = dbmod.connect(settings.db)
-    [[pid]] = conn.run("SELECT pg_backend_pid()")
-    kill_before_the_commit(monkeypatch, database_url, pid)
+    kill_before_the_commit(monkeypatch, database_url)
     with pytest.raises(TransientLoadError):
-        pipeline.run(settings, pipeline.Trigger(), conn=conn)
-    dbmod.close_quietly(conn)
+        pipeline.run(settings, pipeline.Trigger())
     monkeypatch.undo()
 
     assert features_dump(db, schema) == before
@@ -114,7 +113,7 @@ def test_a_server_restart_during_the_load_rolls_back_and_the_next_run_succeeds(
     before = features_dump(check, "public")
     dbmod.close_quietly(check)
 
-    def restart() -> None:
+    def restart(publication: Any) -> None:
         import subprocess
 
         from tests.conftest import _pg_bin
@@ -153,7 +152,7 @@ def test_a_second_trigger_while_one_runs_is_refused_with_the_running_id(
     pipeline.run(settings, pipeline.Trigger())  # tables exist
     staged, release = threading.Event(), threading.Event()
 
-    def wait() -> None:
+    def wait(publication: Any) -> None:
         staged.set()
         assert release.wait(30)
 
@@ -192,25 +191,6 @@ def test_a_lock_held_elsewhere_times_out_and_leaves_the_old_table(
     assert features_dump(db, schema) == before
 
 
-def test_a_bad_row_in_the_copy_rolls_back_everything(settings: Settings, db: Any, schema: str) -> None:
-    pipeline.run(settings, pipeline.Trigger())
-    before = features_dump(db, schema)
-    import pyarrow as pa
-
-    from etl_core.transform import FEATURES_SCHEMA
-    broken = pa.table({"user_id": [1, 1], "user_name": ["a", "b"], "total_experiments": [1, 1],
-                       "most_common_compounds": [None, None], "most_common_compound_ids": [None, None],
-                       "average_experiments": [1.0, 1.0]}, schema=FEATURES_SCHEMA)  # duplicate key
-    conn = dbmod.connect(settings.db)
-    try:
-        run_id = load.start_run(conn, schema, policy="strict", data_dir="x")
-        with pytest.raises(LoadError, match="23505"), load.transaction(conn) as tx:
-            load.replace_features(tx, schema, run_id, broken.to_batches())
-    finally:
-        dbmod.close_quietly(conn)
-    assert features_dump(db, schema) == before
-
-
 @pytest.mark.parametrize("where", ["transform", "csv"])
 def test_a_failure_of_ours_in_the_middle_of_the_copy_loses_nothing(
         settings: Settings, db: Any, schema: str, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
@@ -239,7 +219,8 @@ def test_a_failure_of_ours_in_the_middle_of_the_copy_loses_nothing(
     if where == "transform":
         monkeypatch.setattr(transform, "feature_batches", failing_transform)
     else:
-        monkeypatch.setattr(load, "_features_rows", failing_csv)
+        from etl_core.store import postgres
+        monkeypatch.setattr(postgres, "_features_rows", failing_csv)
     with pytest.raises(EtlError, match="unexpected RuntimeError: boom") as caught:
         pipeline.run(settings, pipeline.Trigger())
     assert features_dump(db, schema) == before
@@ -255,13 +236,13 @@ def test_a_dead_cached_connection_is_replaced(settings: Settings, database_url: 
     service = Service(settings)
     try:
         service.trigger(pipeline.Trigger())
-        with service.connection() as conn:
+        with service.store.connection() as conn:
             [[pid]] = conn.run("SELECT pg_backend_pid()")
         killer = dbmod.connect(db_settings({"DATABASE_URL": database_url}))
         killer.run("SELECT pg_terminate_backend(:pid)", pid=pid)
         dbmod.close_quietly(killer)
         assert service.trigger(pipeline.Trigger())["status"] == "succeeded"
-        with service.connection() as conn:
+        with service.store.connection() as conn:
             assert conn.run("SELECT pg_backend_pid()") != [[pid]]
     finally:
         service.close()

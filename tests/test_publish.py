@@ -12,10 +12,11 @@ from typing import Any
 
 import pytest
 
-from etl_core import db as dbmod
-from etl_core import load, pipeline
+from etl_core import pipeline
 from etl_core.config import Settings, db_settings
 from etl_core.errors import ContractViolation, EtlError, ForeignKeyConflict, LoadRefused
+from etl_core.store import db as dbmod
+from etl_core.store.postgres import PostgresPublication
 from tests.containers import report
 from tests.helpers import GOOD, features_dump, features_rows, write_files
 
@@ -99,7 +100,7 @@ def test_a_run_that_fails_after_writing_leaves_everything_as_it_was(
     def failing(*args: Any) -> None:
         raise RuntimeError("boom after the features were written")
 
-    monkeypatch.setattr(load, "store_rejects", failing)
+    monkeypatch.setattr(PostgresPublication, "store_rejects", failing)
     with pytest.raises(EtlError, match="boom"):
         run_on(env, write_files(tmp_path / "second", FOUR_USERS))
     monkeypatch.undo()
@@ -210,7 +211,7 @@ def test_readers_never_wait_and_see_the_old_rows_until_the_commit_then_the_new(
     first = run_on(env, write_files(tmp_path / "first", {}))
     old = (3, first["run_id"], first["run_id"])
     # hold the run's transaction open for a while after its rows are written, so readers meet it
-    real = load.replace_features
+    real = PostgresPublication.replace_features
     written = threading.Event()
 
     def slow(*args: Any) -> int:
@@ -219,7 +220,7 @@ def test_readers_never_wait_and_see_the_old_rows_until_the_commit_then_the_new(
         time.sleep(0.5)
         return rows
 
-    monkeypatch.setattr(load, "replace_features", slow)
+    monkeypatch.setattr(PostgresPublication, "replace_features", slow)
     snapshot = dbmod.connect(db_settings({"DATABASE_URL": database_url}))  # a report in REPEATABLE READ
     snapshot.run("BEGIN ISOLATION LEVEL REPEATABLE READ")
     query = f'SELECT count(*), min(run_id), max(run_id) FROM "{schema}".user_features'

@@ -31,7 +31,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from etl_core.config import db_settings
-from etl_core.db import close_quietly, connect
+from etl_core.store.db import close_quietly, connect
 from tests.containers import ROOT, Engine, report, run, tail, wait_for_port
 from tests.helpers import EXPECTED, features_rows, free_port
 

@@ -107,8 +107,22 @@ def upsert_staging(schema: str) -> str:
             f"ON CONFLICT (user_id) DO UPDATE SET {updates}")
 
 
-def analyze(schema: str) -> str:
-    return f"ANALYZE {q(schema, FEATURES)}"
+def fail_abandoned(schema: str) -> str:
+    return (f"UPDATE {q(schema, RUNS)} SET status = 'failed', finished_at = clock_timestamp(), "
+            "error = CAST(:error AS jsonb) WHERE status = 'running'")
+
+
+def finish_run(schema: str) -> str:
+    return (f"UPDATE {q(schema, RUNS)} SET status = :status, finished_at = clock_timestamp(), "
+            "files = CAST(:files AS jsonb), users_written = :written, seconds = CAST(:seconds AS jsonb), "
+            "error = CAST(:error AS jsonb) WHERE id = :id")
+
+
+def get_run(schema: str) -> str:
+    """One run's record and its number of rejects (``:id``)."""
+    return (f"SELECT id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error, "
+            f"(SELECT count(*) FROM {q(schema, REJECTS)} r WHERE r.run_id = runs.id) "
+            f"FROM {q(schema, RUNS)} runs WHERE id = :id")
 
 
 def lock_name(schema: str) -> str:

@@ -1,0 +1,66 @@
+"""Where runs and features are kept: the pipeline talks to a ``Store`` and to nothing else.
+
+``PostgresStore`` (``etl_core.store.postgres``) is the real one and the only code that knows
+pg8000; ``MemoryStore`` (``etl_core.store.memory``) keeps the same promises in memory, for the quick
+test tier.  One test suite (tests/test_store.py) runs against both, so that they cannot drift.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+import pyarrow as pa
+
+from etl_core.guard import Volume
+
+
+class Publication(Protocol):
+    """One transaction that replaces the features: everything in it is published together at the end
+    of the ``with`` block, or nothing is (any exception rolls all of it back)."""
+
+    def volume(self) -> Volume:
+        """What the table holds now; from here on no one else can change how the table is referenced."""
+        ...
+
+    def replace_features(self, features: Iterable[pa.RecordBatch]) -> int:
+        """Make the table hold exactly these rows (consumed as they come); return how many."""
+        ...
+
+    def store_rejects(self, rejects: pa.Table) -> None: ...
+
+    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
+        """Mark the run finished, in the same transaction as its features."""
+        ...
+
+
+class Run(Protocol):
+    """A run in progress: it holds the job's lock until its ``with`` block ends."""
+
+    run_id: int
+
+    def publishing(self) -> AbstractContextManager[Publication]: ...
+
+    def fail(self, error: dict[str, Any]) -> None:
+        """Record the run as failed with ``error``; never raises (the next run sweeps it otherwise)."""
+        ...
+
+    def analyze(self) -> None:
+        """Refresh the planner's statistics of the features table (after the publication)."""
+        ...
+
+    def record_seconds(self, seconds: Any) -> None: ...
+
+
+class Store(Protocol):
+    def run(self, *, policy: str, source: str) -> AbstractContextManager[Run]:
+        """Take the job's lock (RunInProgress if another run has it), mark runs a dead process left
+        'running' as failed, and record a new run."""
+        ...
+
+    def get_run(self, run_id: int) -> dict[str, Any] | None: ...
+
+    def health(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,130 @@
+"""An in-memory store that keeps the PostgreSQL store's promises, for the quick test tier.
+
+It runs the whole pipeline without a server.  tests/test_store.py holds both stores to the same
+contract; it never replaces a test against PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etl_core.errors import LoadError, RunInProgress
+from etl_core.guard import Volume
+
+LARGEST_ID = 2**63 - 1
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self.features: pa.Table | None = None  # with a run_id column, as the real table has
+        self.rejects: list[tuple[int, pa.Table]] = []
+        self.runs: dict[int, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def run(self, *, policy: str, source: str) -> Iterator[MemoryRun]:
+        if not self._lock.acquire(blocking=False):
+            running = max((i for i, r in self.runs.items() if r["status"] == "running"), default=None)
+            raise RunInProgress("another run holds the ETL lock; try again when it has finished",
+                                running_run_id=running)
+        try:
+            for record in self.runs.values():
+                if record["status"] == "running":
+                    record.update(status="failed", finished_at=_now(), error={
+                        "type": "Abandoned", "code": "abandoned",
+                        "message": "the run stopped before it finished (connection or process lost)"})
+            run_id = max(self.runs, default=0) + 1
+            self.runs[run_id] = {"run_id": run_id, "status": "running", "policy": policy, "data_dir": source,
+                                 "started_at": _now(), "finished_at": None, "files": None, "users_written": None,
+                                 "seconds": None, "error": None}
+            yield MemoryRun(self, run_id)
+        finally:
+            self._lock.release()
+
+    def get_run(self, run_id: int) -> dict[str, Any] | None:
+        record = self.runs.get(run_id) if 1 <= run_id <= LARGEST_ID else None
+        if record is None:
+            return None
+        rejects = sum(t.num_rows for i, t in self.rejects if i == run_id)
+        return {**record, "rejects": rejects}
+
+    def health(self) -> dict[str, Any]:
+        return {"status": "ok", "database": "memory", "server_version": None}
+
+    def close(self) -> None:
+        pass
+
+
+class MemoryRun:
+    def __init__(self, store: MemoryStore, run_id: int) -> None:
+        self._store = store
+        self.run_id = run_id
+
+    @contextmanager
+    def publishing(self) -> Iterator[MemoryPublication]:
+        publication = MemoryPublication(self._store, self.run_id)
+        yield publication  # an exception leaves the store as it was: nothing was applied yet
+        publication.apply()
+
+    def fail(self, error: dict[str, Any]) -> None:
+        self._store.runs[self.run_id].update(status="failed", finished_at=_now(), error=error)
+
+    def analyze(self) -> None:
+        pass
+
+    def record_seconds(self, seconds: Any) -> None:
+        self._store.runs[self.run_id]["seconds"] = seconds
+
+
+class MemoryPublication:
+    def __init__(self, store: MemoryStore, run_id: int) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._features: pa.Table | None = None
+        self._rejects: pa.Table | None = None
+        self._finished: dict[str, Any] | None = None
+
+    def volume(self) -> Volume:
+        table = self._store.features
+        if table is None or table.num_rows == 0:
+            return Volume(users=0, experiments=0)
+        return Volume(users=table.num_rows, experiments=int(pc.sum(table["total_experiments"]).as_py()))
+
+    def replace_features(self, features: Iterable[pa.RecordBatch]) -> int:
+        batches = list(features)
+        table = pa.Table.from_batches(batches) if batches else None
+        if table is None:
+            self._features = None
+            return 0
+        if pc.count_distinct(table["user_id"]).as_py() != table.num_rows:
+            raise LoadError("database error 23505: duplicate key value violates unique constraint "
+                            '"user_features_pkey"', sqlstate="23505")
+        self._features = table.append_column("run_id", pa.repeat(pa.scalar(self._run_id, pa.int64()),
+                                                                 table.num_rows))
+        return table.num_rows
+
+    def store_rejects(self, rejects: pa.Table) -> None:
+        self._rejects = rejects
+
+    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
+        self._finished = {"status": status, "files": files, "users_written": users_written, "seconds": seconds,
+                          "finished_at": _now()}
+
+    def apply(self) -> None:
+        """The commit: every change of the publication at once."""
+        self._store.features = self._features
+        if self._rejects is not None and self._rejects.num_rows:
+            self._store.rejects.append((self._run_id, self._rejects))
+        if self._finished is not None:
+            self._store.runs[self._run_id].update(self._finished)
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat()

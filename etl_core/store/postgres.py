@@ -1,0 +1,345 @@
+"""The PostgreSQL store: the one owner of the database.
+
+It opens and reuses the connection, takes the job's advisory lock, keeps the runs ledger
+(``etl_runs``, ``etl_rejects``) and publishes the features (``user_features``) in one transaction.
+pg8000's errors become ours here and nowhere else (``_translated``).
+
+Publishing keeps the table: it is written only with DML, so its OID, views, grants, comment,
+indexes and triggers survive, and readers (who take ACCESS SHARE) never wait for a run (which takes
+ROW EXCLUSIVE).  Where other tables hold foreign keys on it, users that stay are updated in place and
+only users that are gone are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+from pg8000.native import identifier
+
+from etl_core.config import DbSettings
+from etl_core.errors import EtlError, RunInProgress, TransientLoadError
+from etl_core.guard import Volume
+from etl_core.store import db, sql
+from etl_core.store.db import Connection
+
+ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
+LARGEST_ID = 2**63 - 1  # run ids are bigint
+
+
+@contextmanager
+def _translated() -> Iterator[None]:
+    """The store's statements raise our errors: pg8000's are translated here, once."""
+    try:
+        yield
+    except EtlError:
+        raise
+    except Exception as exc:
+        raise db.translate(exc) from exc
+
+
+class PostgresStore:
+    """Runs and features in one PostgreSQL schema.  One connection is kept for warm invocations and
+    checked before each use (a frozen and thawed Lambda may hold a dead one); a request that finds it
+    busy gets a private one."""
+
+    def __init__(self, settings: DbSettings, schema: str) -> None:
+        self.settings = settings
+        self.schema = schema
+        self._conn: Connection | None = None
+        self._busy = threading.Lock()
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        if not self._busy.acquire(blocking=False):
+            conn = db.connect(self.settings)
+            try:
+                yield conn
+            finally:
+                db.close_quietly(conn)
+            return
+        try:
+            if self._conn is None or not db.is_alive(self._conn):
+                db.close_quietly(self._conn)
+                self._conn = None
+                self._conn = db.connect(self.settings)
+            try:
+                yield self._conn
+            except TransientLoadError:
+                db.close_quietly(self._conn)
+                self._conn = None
+                raise
+        finally:
+            self._busy.release()
+
+    def close(self) -> None:
+        """Close the kept connection (tests, embedders; a Lambda process just ends)."""
+        with self._busy:
+            db.close_quietly(self._conn)
+            self._conn = None
+
+    @contextmanager
+    def run(self, *, policy: str, source: str) -> Iterator[PostgresRun]:
+        with self.connection() as conn:
+            with _translated():
+                self._lock(conn)
+            try:
+                with _translated():
+                    self._ensure_tables(conn)
+                    self._fail_abandoned(conn)
+                    [[run_id]] = conn.run(
+                        f"INSERT INTO {sql.q(self.schema, sql.RUNS)} (status, policy, data_dir) "
+                        "VALUES ('running', :policy, :source) RETURNING id", policy=policy, source=source)
+                yield PostgresRun(self, conn, int(run_id))
+            finally:
+                try:
+                    conn.run("SELECT pg_advisory_unlock(hashtext(:name))", name=sql.lock_name(self.schema))
+                except Exception:  # noqa: BLE001,S110 - a dead session has released its lock already
+                    pass
+
+    def get_run(self, run_id: int) -> dict[str, Any] | None:
+        if not 1 <= run_id <= LARGEST_ID:
+            return None
+        with self.connection() as conn, _translated():
+            try:
+                rows = conn.run(sql.get_run(self.schema), id=run_id)
+            except Exception as exc:
+                if db.sqlstate(exc) in ("42P01", "3F000"):  # no runs table (or schema) yet
+                    return None
+                raise
+        return _run_record(rows[0]) if rows else None
+
+    def health(self) -> dict[str, Any]:
+        with self.connection() as conn, _translated():
+            rows = conn.run("SHOW server_version")
+        return {"status": "ok", "database": self.settings.describe(), "server_version": rows[0][0] if rows else None}
+
+    def _lock(self, conn: Connection) -> None:
+        [[got]] = conn.run("SELECT pg_try_advisory_lock(hashtext(:name))", name=sql.lock_name(self.schema))
+        if got:
+            return
+        running = None
+        try:
+            rows = conn.run(f"SELECT max(id) FROM {sql.q(self.schema, sql.RUNS)} WHERE status = 'running'")
+            running = rows[0][0] if rows else None
+        except Exception:  # noqa: BLE001,S110 - the runs table may not exist yet; the refusal stands anyway
+            pass
+        raise RunInProgress("another run holds the ETL lock; try again when it has finished", running_run_id=running)
+
+    def _ensure_tables(self, conn: Connection) -> None:
+        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
+        # look first, so that a role with rights on its schema only (README, Security) is enough
+        if not conn.run("SELECT 1 FROM pg_namespace WHERE nspname = :name", name=self.schema):
+            conn.run(f"CREATE SCHEMA {identifier(self.schema)}")
+        for statement in sql.create_tables(self.schema):
+            conn.run(statement)
+
+    def _fail_abandoned(self, conn: Connection) -> None:
+        """Runs still 'running' while we hold the lock were cut off (their connection died)."""
+        conn.run(sql.fail_abandoned(self.schema), error=json.dumps({
+            "type": "Abandoned", "code": "abandoned",
+            "message": "the run stopped before it finished (connection or process lost)"}))
+
+
+class PostgresRun:
+    def __init__(self, store: PostgresStore, conn: Connection, run_id: int) -> None:
+        self._store = store
+        self._conn = conn
+        self.run_id = run_id
+
+    @property
+    def _schema(self) -> str:
+        return self._store.schema
+
+    @contextmanager
+    def publishing(self) -> Iterator[PostgresPublication]:
+        """Commit when the block ends, else roll all of it back and raise.  An error raised while
+        making a COPY's rows is raised as it is; mid-COPY the protocol cannot go on, so the session is
+        closed, which rolls back on the server."""
+        publication = PostgresPublication(self._conn, self._schema, self.run_id)
+        with _translated():
+            self._conn.run("BEGIN")
+        try:
+            yield publication
+            with _translated():
+                self._conn.run("COMMIT")
+        except BaseException as exc:
+            if publication.raised_by_rows(exc):
+                db.close_quietly(self._conn)
+            else:
+                _rollback(self._conn)
+            raise
+
+    def fail(self, error: dict[str, Any]) -> None:
+        """Mark the run failed; if our connection is gone, try a fresh one; else the next run will."""
+        for attempt in range(2):
+            conn = self._conn if attempt == 0 else None
+            try:
+                conn = conn or db.connect(self._store.settings)
+                _finish(conn, self._schema, self.run_id, status="failed", error=error)
+                return
+            except Exception:  # noqa: BLE001,S112 - the next run marks abandoned runs failed
+                continue
+            finally:
+                if attempt == 1:
+                    db.close_quietly(conn)
+
+    def analyze(self) -> None:
+        with _translated():
+            self._conn.run(f"ANALYZE {sql.q(self._schema, sql.FEATURES)}")
+
+    def record_seconds(self, seconds: Any) -> None:
+        with _translated():
+            self._conn.run(f"UPDATE {sql.q(self._schema, sql.RUNS)} SET seconds = CAST(:seconds AS jsonb) "
+                           "WHERE id = :id", seconds=_json(seconds), id=self.run_id)
+
+
+class PostgresPublication:
+    def __init__(self, conn: Connection, schema: str, run_id: int) -> None:
+        self._conn = conn
+        self._schema = schema
+        self._run_id = run_id
+        self._streams: list[_Stream] = []
+
+    def raised_by_rows(self, exc: BaseException) -> bool:
+        return any(exc is stream.error for stream in self._streams)
+
+    def volume(self) -> Volume:
+        with _translated():
+            self._conn.run(sql.lock_features(self._schema))
+            [[users, experiments]] = self._conn.run(sql.features_volume(self._schema))
+        return Volume(users=int(users), experiments=int(experiments))
+
+    def replace_features(self, features: Iterable[pa.RecordBatch]) -> int:
+        rows = [0]
+
+        def counted(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.Table]:
+            for batch in batches:
+                rows[0] += batch.num_rows
+                yield _features_rows(batch, self._run_id)
+
+        chunks = _csv_chunks(counted(features))
+        with self._translating_all_but_rows():
+            if self._conn.run(sql.referencing_keys(), table=sql.q(self._schema, sql.FEATURES)):
+                self._conn.run(sql.create_staging())
+                self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS), chunks)
+                self._conn.run(sql.delete_missing(self._schema))
+                self._conn.run(sql.upsert_staging(self._schema))
+            else:
+                self._conn.run(sql.delete_all(self._schema))
+                self._copy(sql.copy_in(self._schema, sql.FEATURES, sql.FEATURE_COLUMNS), chunks)
+        return rows[0]
+
+    def store_rejects(self, rejects: pa.Table) -> None:
+        if rejects.num_rows:
+            with self._translating_all_but_rows():
+                self._copy(sql.copy_in(self._schema, sql.REJECTS, sql.REJECT_COLUMNS),
+                           _csv_chunks([_reject_rows(rejects, self._run_id)]))
+
+    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
+        with _translated():
+            _finish(self._conn, self._schema, self._run_id, status=status, files=files,
+                    users_written=users_written, seconds=seconds)
+
+    def _copy(self, statement: str, chunks: Iterable[memoryview]) -> None:
+        self._streams.append(stream := _Stream(chunks))
+        self._conn.run(statement, stream=stream)
+
+    @contextmanager
+    def _translating_all_but_rows(self) -> Iterator[None]:
+        """Like ``_translated``, but an error raised while making a COPY's rows stays as it is."""
+        try:
+            yield
+        except Exception as exc:
+            if self.raised_by_rows(exc) or isinstance(exc, EtlError):
+                raise
+            raise db.translate(exc) from exc
+
+
+class _Stream:
+    """A COPY's data, remembering an error raised while making it (the database's errors come later,
+    from pg8000, and are not this one)."""
+
+    def __init__(self, chunks: Iterable[memoryview]) -> None:
+        self._chunks = chunks
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[memoryview]:
+        try:
+            yield from self._chunks
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+
+def _finish(conn: Connection, schema: str, run_id: int, *, status: str, files: Any = None,
+            users_written: int | None = None, seconds: Any = None, error: Any = None) -> None:
+    conn.run(sql.finish_run(schema), status=status, files=_json(files), written=users_written,
+             seconds=_json(seconds), error=_json(error), id=run_id)
+
+
+def _run_record(row: list[Any]) -> dict[str, Any]:
+    (id_, status, policy, data_dir, started, finished, files, written, seconds, error, rejects) = row
+    return {
+        "run_id": id_, "status": status, "policy": policy, "data_dir": data_dir,
+        "started_at": started.isoformat() if started else None,
+        "finished_at": finished.isoformat() if finished else None,
+        "files": files, "users_written": written, "seconds": seconds, "error": error, "rejects": rejects,
+    }
+
+
+def _rollback(conn: Connection) -> None:
+    try:
+        conn.run("ROLLBACK")
+    except Exception:  # noqa: BLE001,S110 - a dead connection has rolled back on the server already
+        pass
+
+
+def _features_rows(features: pa.RecordBatch, run_id: int) -> pa.Table:
+    ids = features["most_common_compound_ids"]
+    # bigint[] in COPY's text form: {1,2}; NULL stays NULL
+    as_text = pc.binary_join(pc.cast(ids, pa.list_(pa.string())), ",")
+    array_literal = pc.binary_join_element_wise("{", as_text, "}", "")
+    return pa.table({
+        "user_id": features["user_id"],
+        "user_name": features["user_name"],
+        "total_experiments": features["total_experiments"],
+        "most_common_compounds": features["most_common_compounds"],
+        "most_common_compound_ids": array_literal,
+        "average_experiments": features["average_experiments"],
+        "run_id": pa.repeat(pa.scalar(run_id, pa.int64()), features.num_rows),
+    })
+
+
+def _reject_rows(rejects: pa.Table, run_id: int) -> pa.Table:
+    return pa.table({
+        "run_id": pa.repeat(pa.scalar(run_id, pa.int64()), rejects.num_rows),
+        "file": rejects["file"],
+        "line": rejects["line"],
+        "column_name": rejects["column"],
+        "value": rejects["value"],
+        "rule": rejects["rule"],
+        "raw": rejects["raw"],
+    })
+
+
+def _csv_chunks(tables: Iterable[pa.Table]) -> Iterator[memoryview]:
+    """The tables as PostgreSQL CSV (strings quoted, NULL unquoted-empty), ROWS_PER_CHUNK rows at a
+    time, each made only when the previous one is sent: the server parses one while we format the next."""
+    options = pacsv.WriteOptions(include_header=False, quoting_style="all_valid")
+    for table in tables:
+        for batch in table.to_batches(max_chunksize=ROWS_PER_CHUNK):
+            if batch.num_rows:  # pyarrow 26 writes 8 KiB of NUL bytes for an empty batch
+                sink = pa.BufferOutputStream()
+                pacsv.write_csv(batch, sink, write_options=options)
+                yield memoryview(sink.getvalue())
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, default=str)
