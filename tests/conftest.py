@@ -134,3 +134,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         if reporter:
             reporter.write_line(f"CI=true and {skipped} test(s) were skipped: in CI a skip is a failure", red=True)
         session.exitstatus = 1
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The quick tier promises no service: a unit test that asks for the database is a mistake."""
+    for item in items:
+        if item.get_closest_marker("unit") and "database_url" in getattr(item, "fixturenames", ()):
+            raise pytest.UsageError(f"{item.nodeid} is marked unit but uses the database")

@@ -9,6 +9,8 @@ import pytest
 from etl_core.config import REPO_DATA_DIR, Settings, db_settings
 from etl_core.errors import ConfigError
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_need_no_environment() -> None:
     settings = Settings.from_env({})

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from etl_core import config
 from handler.app import app
 from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
 
 README = (ROOT / "README.md").read_text()
 

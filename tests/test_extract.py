@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 from etl_core import extract
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, USERS, FileContract, Rule
 
+pytestmark = pytest.mark.unit
+
 USERS_ROWS = [
     {"user_id": 1, "name": "Alice", "email": "alice@example.com", "signup_date": "2023-01-01"},
     {"user_id": 2, "name": "Bob, Jr.", "email": "bob@example.com", "signup_date": "2023-02-01"},

@@ -7,6 +7,8 @@ import pytest
 from etl_core.errors import LoadRefused
 from etl_core.guard import Volume, check_rejects, check_volume
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(("incoming", "refused"), [
     (Volume(users=50, experiments=500), False),  # exactly half of each: allowed

@@ -14,6 +14,8 @@ from hypothesis import strategies as st
 from etl_core import transform
 from etl_core.transform import ExperimentCounts, compute_features, features
 
+pytestmark = pytest.mark.unit
+
 
 def users_table(ids: list[int], names: list[str] | None = None) -> pa.Table:
     return pa.table({"user_id": pa.array(ids, pa.int64()), "name": names or [f"user{i}" for i in ids]})

@@ -1,0 +1,157 @@
+"""The store's contract, held by both stores: the real PostgreSQL one and the in-memory fake that the
+quick tier runs the pipeline on.  The same tests run against each, so the fake cannot drift."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pyarrow as pa
+import pytest
+
+from etl_core.errors import LoadError, RunInProgress
+from etl_core.extract import VIOLATION_SCHEMA
+from etl_core.guard import Volume
+from etl_core.store import Store
+from etl_core.store.memory import MemoryStore
+from etl_core.store.postgres import PostgresStore
+from etl_core.transform import FEATURES_SCHEMA
+
+
+@pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.unit), "postgres"])
+def store(request: pytest.FixtureRequest) -> Iterator[Store]:
+    if request.param == "memory":
+        yield MemoryStore()
+        return
+    settings = request.getfixturevalue("settings")
+    made = PostgresStore(settings.db, settings.schema)
+    yield made
+    made.close()
+
+
+def features_of(store: Store) -> list[tuple[int, int, int]]:
+    """(user_id, total_experiments, run_id) of every row, by user."""
+    if isinstance(store, MemoryStore):
+        rows = [] if store.features is None else store.features.select(
+            ["user_id", "total_experiments", "run_id"]).to_pylist()
+        return sorted((r["user_id"], r["total_experiments"], r["run_id"]) for r in rows)
+    assert isinstance(store, PostgresStore)
+    with store.connection() as conn:
+        table = f'"{store.schema}".user_features'
+        return [tuple(r) for r in conn.run(f"SELECT user_id, total_experiments, run_id FROM {table} ORDER BY 1")]
+
+
+def features(*users: tuple[int, int]) -> list[pa.RecordBatch]:
+    """Feature rows for (user_id, total_experiments) pairs."""
+    ids, totals = [u for u, _ in users], [t for _, t in users]
+    return pa.table({
+        "user_id": ids, "user_name": [f"user {u}" for u in ids], "total_experiments": totals,
+        "most_common_compounds": [None] * len(ids), "most_common_compound_ids": [None] * len(ids),
+        "average_experiments": [1.0] * len(ids)}, schema=FEATURES_SCHEMA).to_batches()
+
+
+def rejects(n: int) -> pa.Table:
+    return pa.table({"file": ["users.csv"] * n, "line": list(range(2, n + 2)), "column": ["name"] * n,
+                     "value": [""] * n, "rule": ["empty_value"] * n, "raw": ["1,,x,2023-01-01"] * n},
+                    schema=VIOLATION_SCHEMA)
+
+
+def publish(store: Store, *users: tuple[int, int], bad_rows: int = 0) -> int:
+    with store.run(policy="quarantine", source="here") as run, run.publishing() as publication:
+        written = publication.replace_features(features(*users))
+        publication.store_rejects(rejects(bad_rows))
+        publication.finish(status="partial" if bad_rows else "succeeded", files={"users.csv": {"rows_read": 3}},
+                           users_written=written, seconds={"load": 0.1})
+    return run.run_id
+
+
+def test_a_publication_commits_features_rejects_and_the_run_together(store: Store) -> None:
+    run_id = publish(store, (1, 2), (2, 0), bad_rows=2)
+    assert features_of(store) == [(1, 2, run_id), (2, 0, run_id)]
+    record = store.get_run(run_id)
+    assert record is not None
+    assert {k: record[k] for k in ("run_id", "status", "policy", "data_dir", "users_written", "rejects")} == {
+        "run_id": run_id, "status": "partial", "policy": "quarantine", "data_dir": "here",
+        "users_written": 2, "rejects": 2}
+    assert record["files"] == {"users.csv": {"rows_read": 3}} and record["seconds"] == {"load": 0.1}
+    assert record["started_at"] <= record["finished_at"]
+
+
+def test_the_next_publication_replaces_every_row_and_volume_counts_them(store: Store) -> None:
+    publish(store, (1, 2), (2, 1), (3, 4))
+    with store.run(policy="strict", source="here") as run, run.publishing() as publication:
+        assert publication.volume() == Volume(users=3, experiments=7)
+        publication.replace_features(features((2, 5), (4, 1)))
+        publication.finish(status="succeeded", files={}, users_written=2, seconds={})
+    assert features_of(store) == [(2, 5, run.run_id), (4, 1, run.run_id)]
+
+
+def test_an_empty_store_holds_no_volume(store: Store) -> None:
+    with store.run(policy="strict", source="here") as run, run.publishing() as publication:
+        assert publication.volume() == Volume(users=0, experiments=0)
+        publication.finish(status="succeeded", files={}, users_written=0, seconds={})
+
+
+def test_an_error_inside_a_publication_changes_nothing_and_the_run_can_be_failed(store: Store) -> None:
+    first = publish(store, (1, 2))
+    with store.run(policy="strict", source="here") as run:
+        with pytest.raises(RuntimeError, match="boom"), run.publishing() as publication:
+            publication.replace_features(features((7, 7)))
+            publication.finish(status="succeeded", files={}, users_written=1, seconds={})
+            raise RuntimeError("boom")
+        assert features_of(store) == [(1, 2, first)]
+        assert store.get_run(run.run_id)["status"] == "running"  # type: ignore[index]
+        run.fail({"code": "internal_error", "message": "boom"})
+    record = store.get_run(run.run_id)
+    assert record is not None and (record["status"], record["error"]["code"]) == ("failed", "internal_error")
+
+
+def test_duplicate_users_are_a_load_error_and_change_nothing(store: Store) -> None:
+    first = publish(store, (1, 2))
+    with store.run(policy="strict", source="here") as run:
+        with pytest.raises(LoadError, match="23505"), run.publishing() as publication:
+            publication.replace_features(features((5, 1), (5, 2)))
+    assert features_of(store) == [(1, 2, first)]
+
+
+def test_a_second_run_while_one_holds_the_lock_is_refused_naming_it(store: Store) -> None:
+    with store.run(policy="strict", source="here") as run:
+        other = store if isinstance(store, MemoryStore) else PostgresStore(store.settings, store.schema)  # type: ignore[attr-defined]
+        try:
+            with pytest.raises(RunInProgress) as refused, other.run(policy="strict", source="there"):
+                pass
+        finally:
+            if other is not store:
+                other.close()
+    assert refused.value.details["running_run_id"] == run.run_id
+    with store.run(policy="strict", source="here"):  # released at the end of the block
+        pass
+
+
+def test_a_run_left_running_is_marked_abandoned_by_the_next(store: Store) -> None:
+    with store.run(policy="strict", source="here") as cut_off:
+        pass  # never finished nor failed: what a process killed mid-run leaves
+    with store.run(policy="strict", source="here") as run:
+        assert run.run_id == cut_off.run_id + 1
+    record = store.get_run(cut_off.run_id)
+    assert record is not None and (record["status"], record["error"]["code"]) == ("failed", "abandoned")
+
+
+@pytest.mark.parametrize("run_id", [0, -1, 424242, 2**63, 99999999999999999999])
+def test_an_unknown_run_is_none(store: Store, run_id: int) -> None:
+    publish(store, (1, 1))
+    assert store.get_run(run_id) is None
+
+
+def test_a_store_that_never_ran_knows_no_run_and_is_healthy(store: Store) -> None:
+    assert store.get_run(1) is None
+    assert store.health()["status"] == "ok"
+
+
+def test_seconds_can_be_recorded_after_the_publication(store: Store) -> None:
+    with store.run(policy="strict", source="here") as run:
+        with run.publishing() as publication:
+            publication.finish(status="succeeded", files={}, users_written=0, seconds={"load": 1.0})
+        run.analyze()
+        run.record_seconds({"load": 1.5, "total": 2.0})
+    record = store.get_run(run.run_id)
+    assert record is not None and record["seconds"] == {"load": 1.5, "total": 2.0}
