@@ -17,7 +17,7 @@ from etl_core import extract, load, transform
 from etl_core.config import POLICIES, Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
 from etl_core.db import Connection, close_quietly, connect, translate
-from etl_core.errors import BadRequest, ContractViolation, EtlError
+from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError
 
 log = logging.getLogger("etl")
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
@@ -68,7 +68,7 @@ def run(settings: Settings, trigger: Trigger, *, conn: Connection | None = None)
                 _record_failure(settings, conn, run_id, exc)
                 raise
             except Exception as exc:  # a bug of ours: still recorded, and still an answer with a body
-                error = EtlError(f"unexpected {type(exc).__name__}: {exc}", run_id=run_id)
+                error = InternalError.of(exc, run_id=run_id)
                 _record_failure(settings, conn, run_id, error)
                 raise error from exc
         finally:
