@@ -17,19 +17,67 @@ from etl_core import extract, load, transform
 from etl_core.config import POLICIES, Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
 from etl_core.db import Connection, close_quietly, connect, translate
-from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError
+from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError, shorten
 
 log = logging.getLogger("etl")
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
+SHOWN_CHARS = 200  # characters of a caller's value repeated in an error
+FORCE_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
 class Trigger:
-    """What one trigger asks for: the policy, and optionally a data directory under DATA_ROOT."""
+    """What one trigger asks for: the policy, optionally a data directory under DATA_ROOT, and whether
+    to override the load guard."""
 
     policy: str | None = None
     data: str | None = None
+    force: bool = False
+
+    @classmethod
+    def parse(cls, *, policy: object = None, data: object = None, force: object = None,
+              **unknown: object) -> Trigger:
+        """A trigger from a query string's or an event's values (strings, or JSON values); BadRequest
+        names the field and what it accepts.  An empty or null value is the same as none."""
+        if unknown:
+            raise BadRequest(f"unknown parameter(s) {', '.join(sorted(map(_shown, unknown)))}; "
+                             "the accepted ones are policy, data and force")
+        return cls(policy=_policy(policy), data=_data(data), force=_force(force))
+
+
+def _policy(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in POLICIES:
+        raise BadRequest(f"policy must be one of {', '.join(POLICIES)} (or absent), not {_shown(value)}")
+    return str(value)
+
+
+def _data(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"data must be a string, a directory below the data root (or absent), not {_shown(value)}")
+    return value
+
+
+def _force(value: object) -> bool:
+    if value is None or value == "":
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in FORCE_VALUES:
+        return FORCE_VALUES[value.lower()]
+    raise BadRequest(f"force must be true or false (also 1/0, yes/no; or absent), not {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    """A caller's value as an error repeats it: a string quoted, JSON's other values as JSON, cut short."""
+    if isinstance(value, str):
+        return repr(shorten(value, SHOWN_CHARS))
+    kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return f"{shorten(json.dumps(value, default=str), SHOWN_CHARS)} ({kind.get(type(value), type(value).__name__)})"
 
 
 def resolve_data_dir(settings: Settings, data: str | None) -> Path:

@@ -49,13 +49,16 @@ async def _etl_error(request: Request, exc: EtlError) -> JSONResponse:
 
 
 @app.get("/trigger-etl")
-def trigger_etl(policy: str | None = None, data: str | None = None) -> dict[str, Any]:
+def trigger_etl(request: Request, policy: str | None = None, data: str | None = None,
+                force: str | None = None) -> dict[str, Any]:
     """Run the ETL job now and return its summary.
 
     ``policy``: strict (any violation fails the run) or quarantine (bad rows go to etl_rejects).
     ``data``: a directory below DATA_ROOT to read instead of DATA_DIR.
+    ``force``: true/false (also 1/0, yes/no): override the load guard.
     """
-    return get_service().trigger(Trigger(policy=policy, data=data))
+    # every query parameter, so that a misspelt one is refused rather than ignored
+    return get_service().trigger(Trigger.parse(**request.query_params))
 
 
 @app.get("/runs/{run_id}")

@@ -1,7 +1,7 @@
 """The Lambda entry point: ``handler.lambda_function.handler``.
 
 HTTP events (API Gateway REST and HTTP APIs, function URLs, ALB) go through Mangum to the FastAPI
-app.  Direct invocations name an action: ``{"action": "trigger-etl", "policy": "quarantine"}``,
+app.  Direct invocations name an action: ``{"action": "trigger-etl", "policy": "quarantine", "force": true}``,
 ``{"action": "get-run", "run_id": 3}``, ``{"action": "health"}``; an EventBridge schedule triggers
 the job.  Anything else is answered with an UnsupportedEvent error that says what is expected.
 Heavy imports (FastAPI, Mangum, pyarrow) happen on first use, not at cold start.
@@ -68,7 +68,8 @@ def _direct(event: Any) -> dict[str, Any]:
         return get_service().trigger(Trigger())
     action = event.get("action") if isinstance(event, dict) else None
     if action == "trigger-etl":
-        return get_service().trigger(Trigger(policy=event.get("policy"), data=event.get("data")))
+        fields = {key: value for key, value in event.items() if key != "action"}
+        return get_service().trigger(Trigger.parse(**fields))
     if action == "get-run":
         run_id = event.get("run_id")
         if not isinstance(run_id, int) or isinstance(run_id, bool):

@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
 from etl_core.config import Settings
 from etl_core.errors import BadRequest, ContractViolation, UnsupportedEvent
+from etl_core.pipeline import Trigger
 from handler import lambda_function
 from handler.service import Service, set_service
 from tests.helpers import write_files
@@ -21,15 +23,19 @@ from tests.helpers import write_files
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 
 
-def event(name: str, *, query: dict[str, str] | None = None, path: str | None = None) -> dict[str, Any]:
+def event(name: str, *, query: dict[str, str] | None = None, path: str | None = None,
+          method: str | None = None) -> dict[str, Any]:
     found: dict[str, Any] = json.loads((EVENTS / name).read_text())
     found = copy.deepcopy(found)
     if query is not None:
         found["queryStringParameters"] = query
-        found["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
+        found["rawQueryString"] = urlencode(query)
     if path is not None:
         found["rawPath"] = path
         found["requestContext"]["http"]["path"] = path
+    if method is not None:
+        found["requestContext"]["http"]["method"] = method
+        found["routeKey"] = found["requestContext"]["routeKey"] = "$default"
     return found
 
 
@@ -174,3 +180,89 @@ def test_an_unreachable_database_is_503_without_the_password(env: dict[str, str]
     assert (status, trigger_status) == (503, 503)
     assert body["error"]["code"] == "database_unavailable"
     assert "127.0.0.1:1" in body["error"]["message"] and "s3cret" not in json.dumps(body)
+
+
+# One parser for a trigger's values: the query string's strings and a direct invocation's JSON values.
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({}, Trigger()),
+    ({"policy": "quarantine", "data": "sub/dir", "force": "true"}, Trigger("quarantine", "sub/dir", True)),
+    ({"force": True}, Trigger(force=True)),
+    ({"force": False}, Trigger(force=False)),
+    *[({"force": word}, Trigger(force=True)) for word in ("true", "TRUE", "1", "yes", "Yes")],
+    *[({"force": word}, Trigger(force=False)) for word in ("false", "False", "0", "no", "NO")],
+    ({"policy": "", "data": "", "force": ""}, Trigger()),
+    ({"policy": None, "data": None, "force": None}, Trigger()),
+])
+def test_a_trigger_is_parsed_from_strings_or_json_values(given: dict[str, Any], expected: Trigger) -> None:
+    assert Trigger.parse(**given) == expected
+
+
+@pytest.mark.parametrize(("given", "says"), [
+    ({"policy": "lenient"}, "policy must be one of strict, quarantine (or absent), not 'lenient'"),
+    ({"policy": 1}, "policy must be one of strict, quarantine (or absent), not 1 (a number)"),
+    ({"policy": ["strict"]}, "policy must be one of strict, quarantine (or absent), not [\"strict\"] (a list)"),
+    ({"data": 123}, "data must be a string, a directory below the data root (or absent), not 123 (a number)"),
+    ({"data": {"dir": "x"}}, "data must be a string"),
+    ({"force": "maybe"}, "force must be true or false (also 1/0, yes/no; or absent), not 'maybe'"),
+    ({"force": 1}, "force must be true or false (also 1/0, yes/no; or absent), not 1 (a number)"),
+    ({"force": "on"}, "force must be true or false"),
+    ({"polcy": "strict"}, "unknown parameter(s) 'polcy'; the accepted ones are policy, data and force"),
+])
+def test_a_bad_trigger_value_names_the_field_and_what_it_accepts(given: dict[str, Any], says: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        Trigger.parse(**given)
+    assert says in info.value.message
+
+
+def test_a_long_bad_value_is_repeated_cut_short() -> None:
+    with pytest.raises(BadRequest) as info:
+        Trigger.parse(policy="x" * 100_000)
+    assert len(info.value.message) < 400 and "(99800 more characters)" in info.value.message
+
+
+@pytest.fixture
+def recorded_triggers(service: Service, monkeypatch: pytest.MonkeyPatch) -> list[Trigger]:
+    """The triggers the service receives; the job itself is not run."""
+    from etl_core import pipeline
+
+    seen: list[Trigger] = []
+
+    def run(settings: Settings, trigger: Trigger, *, conn: Any = None) -> dict[str, Any]:
+        seen.append(trigger)
+        return {"status": "succeeded"}
+
+    monkeypatch.setattr(pipeline, "run", run)
+    return seen
+
+
+def test_http_and_direct_invocation_carry_the_same_trigger(recorded_triggers: list[Trigger]) -> None:
+    call(event("trigger-etl.json", query={"policy": "quarantine", "data": "sub", "force": "Yes"}))
+    lambda_function.handler({"action": "trigger-etl", "policy": "quarantine", "data": "sub", "force": True}, None)
+    call(event("trigger-etl.json"))
+    lambda_function.handler({"action": "trigger-etl"}, None)
+    lambda_function.handler({"source": "aws.events", "detail-type": "Scheduled Event"}, None)
+    assert recorded_triggers == [Trigger("quarantine", "sub", True)] * 2 + [Trigger()] * 3
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ({"force": "maybe"}, "force"), ({"policy": "lenient"}, "policy"), ({"forse": "true"}, "forse"),
+])
+def test_a_bad_trigger_is_400_over_http_and_by_direct_invocation(recorded_triggers: list[Trigger],
+                                                                  query: dict[str, str], field: str) -> None:
+    status, body = call(event("trigger-etl.json", query=query))
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert field in body["error"]["message"]
+    with pytest.raises(BadRequest) as info:
+        lambda_function.handler({"action": "trigger-etl", **query}, None)
+    assert json.loads(str(info.value)) == body["error"]
+    assert recorded_triggers == []
+
+
+@pytest.mark.parametrize("data", [123, ["sub"], True])
+def test_a_direct_trigger_whose_data_is_not_a_string_is_a_bad_request(service: Service, data: Any) -> None:
+    with pytest.raises(BadRequest) as info:
+        lambda_function.handler({"action": "trigger-etl", "data": data}, None)
+    payload = json.loads(str(info.value))
+    assert payload["code"] == "bad_request" and payload["message"].startswith("data must be a string")
+
