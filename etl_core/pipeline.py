@@ -81,18 +81,34 @@ def _shown(value: object) -> str:
 
 
 def resolve_data_dir(settings: Settings, data: str | None) -> Path:
-    """The directory to read: the default, or ``data`` relative to the root; nothing outside the root."""
+    """The directory to read: the default, or ``data`` relative to the root; nothing outside the root.
+    Errors name ``data`` as given, never the root."""
     if not data:
         return settings.data_dir
+    shown = shorten(data, SHOWN_CHARS)
     candidate = Path(data)
     if candidate.is_absolute() or ".." in candidate.parts:
-        raise BadRequest("data must be a relative path below the data root, without '..'", data=data)
-    resolved = (settings.data_root / candidate).resolve()  # follows symlinks
-    if not resolved.is_relative_to(settings.data_root):
-        raise BadRequest("data leads outside the data root", data=data)
-    if not resolved.is_dir():
-        raise BadRequest("data is not a directory below the data root", data=data)
+        raise BadRequest("data must be a relative path below the data root, without '..'", data=shown)
+    try:
+        resolved = (settings.data_root / candidate).resolve()  # follows symlinks
+        outside = not resolved.is_relative_to(settings.data_root)
+        is_dir = not outside and resolved.is_dir()
+    except (OSError, ValueError, RuntimeError) as exc:  # name too long, a NUL byte, a symlink loop
+        raise BadRequest(f"data is not a usable directory name: {_path_problem(exc)}", data=shown) from None
+    if outside:
+        raise BadRequest("data leads outside the data root", data=shown)
+    if not is_dir:
+        raise BadRequest("data is not a directory below the data root", data=shown)
     return resolved
+
+
+def _path_problem(exc: Exception) -> str:
+    """Why a path could not be used, without the path (OSError's and RuntimeError's texts hold it)."""
+    if isinstance(exc, OSError):
+        return (exc.strerror or type(exc).__name__).lower()
+    if isinstance(exc, RuntimeError):
+        return "a symbolic link loop"
+    return str(exc)  # ValueError: 'embedded null byte'
 
 
 def run(settings: Settings, trigger: Trigger, *, conn: Connection | None = None) -> dict[str, Any]:

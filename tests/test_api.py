@@ -18,6 +18,7 @@ from etl_core.errors import BadRequest, ContractViolation, UnsupportedEvent
 from etl_core.pipeline import Trigger
 from handler import lambda_function
 from handler.service import Service, set_service
+from tests.conftest import ROOT
 from tests.helpers import write_files
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
@@ -265,4 +266,55 @@ def test_a_direct_trigger_whose_data_is_not_a_string_is_a_bad_request(service: S
         lambda_function.handler({"action": "trigger-etl", "data": data}, None)
     payload = json.loads(str(info.value))
     assert payload["code"] == "bad_request" and payload["message"].startswith("data must be a string")
+
+
+# A data value the file system refuses is the caller's mistake (400), and no answer names the server's paths.
+
+@pytest.mark.parametrize(("data", "reason"), [
+    ("x" * 300, "file name too long"),
+    ("a/" * 3000, "file name too long"),
+    ("\x00", "embedded null byte"),
+    ("sub\x00dir", "embedded null byte"),
+], ids=["component-too-long", "path-too-long", "nul", "nul-inside"])
+def test_a_data_value_the_file_system_refuses_is_400_without_the_servers_paths(
+        service: Service, settings: Settings, data: str, reason: str) -> None:
+    status, body = call(event("trigger-etl.json", query={"data": data}))
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert reason in body["error"]["message"]
+    with pytest.raises(BadRequest) as info:
+        lambda_function.handler({"action": "trigger-etl", "data": data}, None)
+    assert json.loads(str(info.value)) == body["error"]
+    for text in (json.dumps(body), str(info.value)):
+        assert str(settings.data_root) not in text and str(ROOT) not in text
+        assert len(text) < 1000
+
+
+def test_a_symlink_loop_is_400_without_the_servers_paths(env: dict[str, str], tmp_path: Path) -> None:
+    from etl_core.pipeline import resolve_data_dir
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a").symlink_to(root / "b")
+    (root / "b").symlink_to(root / "a")
+    settings = Settings.from_env({**env, "DATA_ROOT": str(root), "DATA_DIR": str(root)})
+    for data in ("a", "a/deeper"):
+        with pytest.raises(BadRequest) as info:
+            resolve_data_dir(settings, data)
+        assert "symbolic link loop" in info.value.message
+        assert str(tmp_path) not in json.dumps(info.value.to_dict())
+        assert info.value.details == {"data": data}
+
+
+def test_every_refusal_of_a_data_value_names_only_that_value(env: dict[str, str], tmp_path: Path) -> None:
+    from etl_core.pipeline import resolve_data_dir
+
+    root = tmp_path / "root"
+    write_files(root / "good", {})
+    (root / "escape").symlink_to(tmp_path)
+    (root / "file").write_text("x")
+    settings = Settings.from_env({**env, "DATA_ROOT": str(root), "DATA_DIR": str(root / "good")})
+    for data in ("/etc", "../x", "escape", "missing", "file", "good/users.csv", "x" * 300, "\x00"):
+        with pytest.raises(BadRequest) as info:
+            resolve_data_dir(settings, data)
+        assert str(tmp_path) not in json.dumps(info.value.to_dict()), data
 
