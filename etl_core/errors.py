@@ -85,6 +85,18 @@ class RunNotFound(EtlError):
     code = "run_not_found"
 
 
+class RouteNotFound(EtlError):
+    """Raise when an HTTP request names no route of the API."""
+
+    code = "not_found"
+
+
+class MethodNotAllowed(EtlError):
+    """Raise when an HTTP request uses a method that its route does not answer."""
+
+    code = "method_not_allowed"
+
+
 class InternalError(EtlError):
     """Raise in place of an exception nobody expected (a bug of ours).  The answer names its type and
     repeats its text without URLs or absolute paths; the traceback belongs in the log."""

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 import threading
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from etl_core import db, load, pipeline
 from etl_core.config import Settings
-from etl_core.errors import RunNotFound, TransientLoadError
+from etl_core.errors import InternalError, RunNotFound, TransientLoadError
+
+RUN_IDS = range(-(2**63), 2**63)  # etl_runs.id is a bigint: any other number is no run (and 22003 if asked)
 
 
 class Service:
@@ -58,6 +61,8 @@ class Service:
             return pipeline.run(self.settings, trigger, conn=conn)
 
     def run_status(self, run_id: int) -> dict[str, Any]:
+        if run_id not in RUN_IDS:
+            raise RunNotFound("there is no such run: run ids are PostgreSQL bigints (at most 2^63 - 1)")
         with self.connection() as conn:
             found = load.get_run(conn, self.settings.schema, run_id)
         if found is None:
@@ -69,6 +74,14 @@ class Service:
             rows = conn.run("SHOW server_version")
         version = rows[0][0] if rows else None
         return {"status": "ok", "database": self.settings.db.describe(), "server_version": version}
+
+
+def unexpected(exc: BaseException) -> InternalError:
+    """What an error nobody expected becomes at the edge: an InternalError (``exc`` itself if it is
+    one), its traceback, causes included, logged to the 'etl' logger as one JSON line."""
+    error = exc if isinstance(exc, InternalError) else InternalError.of(exc)
+    pipeline.log_event("internal_error", error=error.to_dict(), traceback="".join(traceback.format_exception(exc)))
+    return error
 
 
 _service: Service | None = None

@@ -14,7 +14,7 @@ from urllib.parse import urlencode
 import pytest
 
 from etl_core.config import Settings
-from etl_core.errors import BadRequest, ContractViolation, UnsupportedEvent
+from etl_core.errors import BadRequest, ContractViolation, InternalError, RunNotFound, UnsupportedEvent
 from etl_core.pipeline import Trigger
 from handler import lambda_function
 from handler.service import Service, set_service
@@ -317,4 +317,96 @@ def test_every_refusal_of_a_data_value_names_only_that_value(env: dict[str, str]
         with pytest.raises(BadRequest) as info:
             resolve_data_dir(settings, data)
         assert str(tmp_path) not in json.dumps(info.value.to_dict()), data
+
+
+# Every answer of status 400 or more is our JSON document, Starlette's and FastAPI's own included.
+
+def test_a_run_id_beyond_postgresqls_bigint_is_404_not_a_database_error(service: Service) -> None:
+    call(event("trigger-etl.json"))
+    for run_id in ("99999999999999999999", "-99999999999999999999", "9223372036854775808"):
+        status, body = call(event("get-run-1.json", path=f"/runs/{run_id}"))
+        assert (status, body["error"]["code"]) == (404, "run_not_found"), run_id
+    with pytest.raises(RunNotFound):
+        lambda_function.handler({"action": "get-run", "run_id": 99999999999999999999}, None)
+    status, body = call(event("get-run-1.json", path="/runs/9223372036854775807"))
+    assert (status, body["error"]["code"]) == (404, "run_not_found")
+
+
+@pytest.mark.parametrize("run_id", ["abc", "1.5", "9" * 5000])
+def test_a_run_id_that_is_not_an_integer_is_400_naming_the_parameter(service: Service, run_id: str) -> None:
+    status, body = call(event("get-run-1.json", path=f"/runs/{run_id}"))
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert body["error"]["message"].startswith("invalid request: path parameter run_id: ")
+    assert body["error"]["parameters"][0]["parameter"] == "run_id"
+    assert len(reply_text := json.dumps(body)) < 2000, reply_text
+
+
+def test_an_unknown_route_is_404_json_listing_the_routes(service: Service) -> None:
+    status, body = call(event("health.json", path="/nope"))
+    assert (status, body["error"]["code"], body["error"]["type"]) == (404, "not_found", "RouteNotFound")
+    assert "GET /nope" in body["error"]["message"] and "GET /trigger-etl" in body["error"]["message"]
+
+
+def test_a_wrong_method_is_405_json_with_allow(service: Service) -> None:
+    reply = lambda_function.handler(event("trigger-etl.json", method="POST"), None)
+    body = json.loads(reply["body"])
+    assert (reply["statusCode"], body["error"]["code"]) == (405, "method_not_allowed")
+    assert "POST /trigger-etl" in body["error"]["message"]
+    assert "GET" in reply["headers"]["allow"]
+
+
+def test_every_error_answer_is_json(service: Service) -> None:
+    for evt in (event("health.json", path="/nope"), event("trigger-etl.json", method="DELETE"),
+                event("get-run-1.json", path="/runs/abc"), event("trigger-etl.json", query={"data": "x" * 300})):
+        reply = lambda_function.handler(evt, None)
+        assert reply["statusCode"] >= 400
+        assert reply["headers"]["content-type"] == "application/json"
+        assert set(json.loads(reply["body"])["error"]) >= {"type", "code", "message"}
+
+
+def test_a_bug_of_ours_at_the_edge_is_500_internal_error_without_paths_and_logged(
+        service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(self: Service) -> dict[str, Any]:
+        raise FileNotFoundError(2, "No such file or directory", "/var/task/secret/settings.json")
+
+    monkeypatch.setattr(Service, "health", broken)
+    caplog.set_level("INFO", logger="etl")
+    status, body = call(event("health.json"))
+    assert (status, body["error"]["type"], body["error"]["code"]) == (500, "InternalError", "internal_error")
+    assert body["error"]["message"] == "unexpected FileNotFoundError: [Errno 2] No such file or directory: '<path>'"
+    with pytest.raises(InternalError) as info:
+        lambda_function.handler({"action": "health"}, None)
+    payload = json.loads(str(info.value))  # errorMessage
+    assert payload == body["error"]
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    logged = [json.loads(r.getMessage()) for r in caplog.records if '"internal_error"' in r.getMessage()]
+    assert len(logged) == 2
+    assert all("/var/task/secret/settings.json" in line["traceback"] and "in broken" in line["traceback"]
+               for line in logged)
+
+
+def test_a_bug_of_ours_in_the_run_is_logged_with_its_traceback(
+        service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from etl_core import transform
+
+    def broken(*args: Any) -> Any:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(transform, "feature_batches", broken)
+    caplog.set_level("INFO", logger="etl")
+    status, body = call(event("trigger-etl.json"))
+    assert (status, body["error"]["code"]) == (500, "internal_error")
+    with pytest.raises(InternalError) as info:
+        lambda_function.handler({"action": "trigger-etl"}, None)
+    assert json.loads(str(info.value))["message"] == "unexpected ZeroDivisionError: division by zero"
+    logged = [json.loads(r.getMessage()) for r in caplog.records if '"internal_error"' in r.getMessage()]
+    assert len(logged) == 2 and all("ZeroDivisionError: division by zero" in e["traceback"] for e in logged)
+
+
+@pytest.mark.parametrize("bad", [{"requestContext": {}}, {"httpMethod": "GET"}, {"routeKey": "GET /health"},
+                                 {"version": "2.0", "requestContext": {"http": {}}}])
+def test_an_http_like_event_of_no_known_shape_is_unsupported(bad: dict[str, Any]) -> None:
+    with pytest.raises(UnsupportedEvent) as info:
+        lambda_function.handler(bad, None)
+    assert json.loads(str(info.value))["code"] == "unsupported_event"
 
