@@ -21,6 +21,7 @@ from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalErr
 
 log = logging.getLogger("etl")
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
+REPORTED_CHARS = 200  # characters of a reported row's raw text and value; the rest is counted, not sent
 SHOWN_CHARS = 200  # characters of a caller's value repeated in an error
 FORCE_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 T = TypeVar("T")
@@ -251,8 +252,15 @@ def _read(settings: Settings, data_dir: Path, contract: FileContract, sink: extr
 
 
 def _report(violations: pa.Table, limit: int) -> dict[str, Any]:
-    first = violations.slice(0, limit).to_pylist()
+    """The total and the first ``limit`` violations, each row's raw text and value cut to REPORTED_CHARS
+    characters (a line may be megabytes long; an answer must stay small)."""
+    first = [{**row, "raw": _cut(row["raw"]), "value": _cut(row["value"])}
+             for row in violations.slice(0, limit).to_pylist()]
     return {"total": violations.num_rows, "first": first}
+
+
+def _cut(text: str | None) -> str | None:
+    return None if text is None else shorten(text, REPORTED_CHARS)
 
 
 def _record_failure(settings: Settings, conn: Connection, run_id: int, exc: EtlError) -> None:

@@ -410,3 +410,31 @@ def test_an_http_like_event_of_no_known_shape_is_unsupported(bad: dict[str, Any]
         lambda_function.handler(bad, None)
     assert json.loads(str(info.value))["code"] == "unsupported_event"
 
+
+# However long a bad line is, the answer stays small: each reported raw row and value is cut.
+
+@pytest.mark.parametrize("trigger", ["trigger-etl.json", "trigger-etl-quarantine.json"])
+def test_a_line_of_megabytes_gives_a_small_answer_that_says_it_was_cut(env: dict[str, str], tmp_path: Path,
+                                                                        trigger: str) -> None:
+    name, date = "N" * 3_000_000, "2023-" + "9" * 2_000_000
+    data = write_files(tmp_path / "big", {"users.csv": "user_id,name,email,signup_date\n"
+                                                       f"1,Al,a@x,2023-01-01\n2,{name},b@x,{date}\n"
+                                                       "3,Cy,c@x,2023-01-01\n"})
+    settings = Settings.from_env({**env, "DATA_DIR": str(data), "ETL_BLOCK_SIZE": str(16 << 20)})
+    with installed(settings):
+        reply = lambda_function.handler(event(trigger), None)
+    assert len(reply["body"]) < 100_000
+    body = json.loads(reply["body"])
+    violations = body["violations"] if reply["statusCode"] == 200 else body["error"]["violations"]
+    [row] = [v for v in violations["first"] if v["file"] == "users.csv"]
+    assert (row["line"], row["rule"]) == (3, "not_iso_date")
+    raw_length = len(f"2,{name},b@x,{date}")
+    assert row["raw"] == f"2,{name[:198]}… ({raw_length - 200} more characters)"
+    assert row["value"] == f"{date[:200]}… ({len(date) - 200} more characters)"
+
+
+def test_a_short_reported_row_is_left_as_it_is(env: dict[str, str], tmp_path: Path) -> None:
+    data = write_files(tmp_path / "bad", {"users.csv": "user_id,name,email,signup_date\n1,,a@x,2023-01-01\n"})
+    with installed(Settings.from_env({**env, "DATA_DIR": str(data)})):
+        _, body = call(event("trigger-etl.json"))
+    assert body["error"]["violations"]["first"][0]["raw"] == "1,,a@x,2023-01-01"
