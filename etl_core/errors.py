@@ -7,7 +7,12 @@ here: the handler maps each class to a status in one place.
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+MAX_MESSAGE = 300  # characters of a foreign exception's text that an InternalError repeats
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S*")
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/[^\s'\"(),;\[\]]+")
 
 
 class EtlError(Exception):
@@ -91,3 +96,37 @@ class RunNotFound(EtlError):
     """Raise when a run id is not in the runs table."""
 
     code = "run_not_found"
+
+
+class RouteNotFound(EtlError):
+    """Raise when an HTTP request names no route of the API."""
+
+    code = "not_found"
+
+
+class MethodNotAllowed(EtlError):
+    """Raise when an HTTP request uses a method that its route does not answer."""
+
+    code = "method_not_allowed"
+
+
+class InternalError(EtlError):
+    """Raise in place of an exception nobody expected (a bug of ours).  The answer names its type and
+    repeats its text without URLs or absolute paths; the traceback belongs in the log."""
+
+    code = "internal_error"
+
+    @classmethod
+    def of(cls, exc: BaseException, **details: Any) -> InternalError:
+        return cls(f"unexpected {type(exc).__name__}: {redact(str(exc))}", **details)
+
+
+def redact(text: str) -> str:
+    """``text`` without URLs (they may hold a password) or absolute paths (they describe the server),
+    cut to MAX_MESSAGE characters."""
+    return shorten(_ABSOLUTE_PATH.sub("<path>", _URL.sub("<url>", text)), MAX_MESSAGE)
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text``, or its first ``limit`` characters followed by how many more there were."""
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text) - limit} more characters)"

@@ -16,38 +16,102 @@ import pyarrow as pa
 from etl_core import extract, guard, transform
 from etl_core.config import POLICIES, Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
-from etl_core.errors import BadRequest, ContractViolation, EtlError, RunNotFound
+from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError, RunNotFound, shorten
 from etl_core.guard import Volume
 from etl_core.store import Run as StoreRun
 from etl_core.store import Store
 
 log = logging.getLogger("etl")
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
+REPORTED_CHARS = 200  # characters of a reported row's raw text and value; the rest is counted, not sent
+SHOWN_CHARS = 200  # characters of a caller's value repeated in an error
+FORCE_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 T = TypeVar("T")
 
 
 @dataclasses.dataclass(frozen=True)
 class Trigger:
-    """What one trigger asks for: the policy, and optionally a data directory under DATA_ROOT."""
+    """What one trigger asks for: the policy, optionally a data directory under DATA_ROOT, and whether
+    to override the load guard."""
 
     policy: str | None = None
     data: str | None = None
     force: bool = False
 
+    @classmethod
+    def parse(cls, *, policy: object = None, data: object = None, force: object = None,
+              **unknown: object) -> Trigger:
+        """A trigger from a query string's or an event's values (strings, or JSON values); BadRequest
+        names the field and what it accepts.  An empty or null value is the same as none."""
+        if unknown:
+            raise BadRequest(f"unknown parameter(s) {', '.join(sorted(map(_shown, unknown)))}; "
+                             "the accepted ones are policy, data and force")
+        return cls(policy=_policy(policy), data=_data(data), force=_force(force))
+
+
+def _policy(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in POLICIES:
+        raise BadRequest(f"policy must be one of {', '.join(POLICIES)} (or absent), not {_shown(value)}")
+    return str(value)
+
+
+def _data(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise BadRequest(f"data must be a string, a directory below the data root (or absent), not {_shown(value)}")
+    return value
+
+
+def _force(value: object) -> bool:
+    if value is None or value == "":
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in FORCE_VALUES:
+        return FORCE_VALUES[value.lower()]
+    raise BadRequest(f"force must be true or false (also 1/0, yes/no; or absent), not {_shown(value)}")
+
+
+def _shown(value: object) -> str:
+    """A caller's value as an error repeats it: a string quoted, JSON's other values as JSON, cut short."""
+    if isinstance(value, str):
+        return repr(shorten(value, SHOWN_CHARS))
+    kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return f"{shorten(json.dumps(value, default=str), SHOWN_CHARS)} ({kind.get(type(value), type(value).__name__)})"
+
 
 def resolve_data_dir(settings: Settings, data: str | None) -> Path:
-    """The directory to read: the default, or ``data`` relative to the root; nothing outside the root."""
+    """The directory to read: the default, or ``data`` relative to the root; nothing outside the root.
+    Errors name ``data`` as given, never the root."""
     if not data:
         return settings.data_dir
+    shown = shorten(data, SHOWN_CHARS)
     candidate = Path(data)
     if candidate.is_absolute() or ".." in candidate.parts:
-        raise BadRequest("data must be a relative path below the data root, without '..'", data=data)
-    resolved = (settings.data_root / candidate).resolve()  # follows symlinks
-    if not resolved.is_relative_to(settings.data_root):
-        raise BadRequest("data leads outside the data root", data=data)
-    if not resolved.is_dir():
-        raise BadRequest("data is not a directory below the data root", data=data)
+        raise BadRequest("data must be a relative path below the data root, without '..'", data=shown)
+    try:
+        resolved = (settings.data_root / candidate).resolve()  # follows symlinks
+        outside = not resolved.is_relative_to(settings.data_root)
+        is_dir = not outside and resolved.is_dir()
+    except (OSError, ValueError, RuntimeError) as exc:  # name too long, a NUL byte, a symlink loop
+        raise BadRequest(f"data is not a usable directory name: {_path_problem(exc)}", data=shown) from None
+    if outside:
+        raise BadRequest("data leads outside the data root", data=shown)
+    if not is_dir:
+        raise BadRequest("data is not a directory below the data root", data=shown)
     return resolved
+
+
+def _path_problem(exc: Exception) -> str:
+    """Why a path could not be used, without the path (OSError's and RuntimeError's texts hold it)."""
+    if isinstance(exc, OSError):
+        return (exc.strerror or type(exc).__name__).lower()
+    if isinstance(exc, RuntimeError):
+        return "a symbolic link loop"
+    return str(exc)  # ValueError: 'embedded null byte'
 
 
 class Service:
@@ -90,7 +154,7 @@ def run(settings: Settings, trigger: Trigger, *, store: Store | None = None) -> 
                 ledger.fail(exc.to_dict())
                 raise
             except Exception as exc:  # a bug of ours: still recorded, and still an answer with a body
-                error = EtlError(f"unexpected {type(exc).__name__}: {exc}", run_id=ledger.run_id)
+                error = InternalError.of(exc, run_id=ledger.run_id)
                 ledger.fail(error.to_dict())
                 raise error from exc
     finally:
@@ -228,8 +292,15 @@ def _read(settings: Settings, data_dir: Path, contract: FileContract, sink: extr
 
 
 def _report(violations: pa.Table, limit: int) -> dict[str, Any]:
-    first = violations.slice(0, limit).to_pylist()
+    """The total and the first ``limit`` violations, each row's raw text and value cut to REPORTED_CHARS
+    characters (a line may be megabytes long; an answer must stay small)."""
+    first = [{**row, "raw": _cut(row["raw"]), "value": _cut(row["value"])}
+             for row in violations.slice(0, limit).to_pylist()]
     return {"total": violations.num_rows, "first": first}
+
+
+def _cut(text: str | None) -> str | None:
+    return None if text is None else shorten(text, REPORTED_CHARS)
 
 
 def _timed(items: Generator[T, None, None], spent: list[float]) -> Generator[T, None, None]:

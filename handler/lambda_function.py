@@ -1,7 +1,7 @@
 """The Lambda entry point: ``handler.lambda_function.handler``.
 
 HTTP events (API Gateway REST and HTTP APIs, function URLs, ALB) go through Mangum to the FastAPI
-app.  Direct invocations name an action: ``{"action": "trigger-etl", "policy": "quarantine"}``,
+app.  Direct invocations name an action: ``{"action": "trigger-etl", "policy": "quarantine", "force": true}``,
 ``{"action": "get-run", "run_id": 3}``, ``{"action": "health"}``; an EventBridge schedule triggers
 the job.  Anything else is answered with an UnsupportedEvent error that says what is expected.
 Heavy imports (FastAPI, Mangum, pyarrow) happen on first use, not at cold start.
@@ -14,7 +14,7 @@ import logging
 import sys
 from typing import Any
 
-from etl_core.errors import EtlError, UnsupportedEvent
+from etl_core.errors import EtlError, InternalError, UnsupportedEvent, redact
 
 ACTIONS = ("trigger-etl", "get-run", "health")
 _http_handler: Any = None
@@ -39,14 +39,27 @@ def is_http_event(event: Any) -> bool:
 
 
 def handler(event: Any, context: Any) -> Any:
-    if is_http_event(event):
-        return _http(event, context)
     try:
-        return _direct(event)
+        return _http(event, context) if is_http_event(event) else _direct(event)
     except EtlError as exc:
-        # the runtime reports errorType (our class name) and errorMessage (this JSON document)
-        exc.args = (json.dumps(exc.to_dict(), default=str),)
+        if isinstance(exc, InternalError):
+            _unexpected(exc)  # caught further in: log its traceback
+        _reported(exc)
         raise
+    except Exception as exc:  # a bug of ours: an InternalError like any other error, its traceback logged
+        raise _reported(_unexpected(exc)) from exc
+
+
+def _reported(exc: EtlError) -> EtlError:
+    """The runtime reports errorType (our class name) and errorMessage (this JSON document)."""
+    exc.args = (json.dumps(exc.to_dict(), default=str),)
+    return exc
+
+
+def _unexpected(exc: BaseException) -> InternalError:
+    from handler.service import unexpected
+
+    return unexpected(exc)
 
 
 def _http(event: dict[str, Any], context: Any) -> Any:
@@ -57,7 +70,13 @@ def _http(event: dict[str, Any], context: Any) -> Any:
         from handler.app import app
 
         _http_handler = Mangum(app, lifespan="off")
-    return _http_handler(event, context)
+    try:
+        return _http_handler(event, context)
+    except Exception as exc:  # the app answers its own errors: this is Mangum refusing the event's shape
+        raise UnsupportedEvent(
+            "cannot route this event: it has requestContext, httpMethod or routeKey, but not the shape of "
+            "an API Gateway, function URL or ALB event", reason=redact(f"{type(exc).__name__}: {exc}"),
+            example={"action": "trigger-etl", "policy": "strict"}) from exc
 
 
 def _direct(event: Any) -> dict[str, Any]:
@@ -68,7 +87,8 @@ def _direct(event: Any) -> dict[str, Any]:
         return get_service().trigger(Trigger())
     action = event.get("action") if isinstance(event, dict) else None
     if action == "trigger-etl":
-        return get_service().trigger(Trigger(policy=event.get("policy"), data=event.get("data")))
+        fields = {key: value for key, value in event.items() if key != "action"}
+        return get_service().trigger(Trigger.parse(**fields))
     if action == "get-run":
         run_id = event.get("run_id")
         if not isinstance(run_id, int) or isinstance(run_id, bool):

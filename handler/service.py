@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import os
 import threading
+import traceback
 
 from etl_core.config import Settings
-from etl_core.pipeline import Service
+from etl_core.errors import InternalError
+from etl_core.pipeline import Service, log_event
+
+
+def unexpected(exc: BaseException) -> InternalError:
+    """What an error nobody expected becomes at the edge: an InternalError (``exc`` itself if it is
+    one), its traceback, causes included, logged to the 'etl' logger as one JSON line."""
+    error = exc if isinstance(exc, InternalError) else InternalError.of(exc)
+    log_event("internal_error", error=error.to_dict(), traceback="".join(traceback.format_exception(exc)))
+    return error
+
 
 _service: Service | None = None
 _service_lock = threading.Lock()

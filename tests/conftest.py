@@ -24,7 +24,7 @@ from etl_core.store.db import close_quietly, connect
 from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
-REFERENCE_DATA = ROOT.parent / "shared" / "reference-data"
+REFERENCE_DATA = ROOT / "tests" / "data" / "challenge"  # the challenge's CSV files, byte for byte (CRLF)
 LOCAL_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 

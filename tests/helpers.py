@@ -27,7 +27,7 @@ GOOD = {
     ),
 }
 
-# The challenge's expected table (shared/reference-data/README.md): name, total, favourites, average.
+# The challenge's expected table (its README, for tests/data/challenge): name, total, favourites, average.
 EXPECTED = [
     ("Alice", 2, "Compound B", 1.1),
     ("Bob", 1, "Compound A;Compound C", 1.1),

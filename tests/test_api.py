@@ -9,28 +9,34 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 
 from etl_core.config import Settings
-from etl_core.errors import BadRequest, ContractViolation, UnsupportedEvent
-from etl_core.pipeline import Service
+from etl_core.errors import BadRequest, ContractViolation, InternalError, RunNotFound, UnsupportedEvent
+from etl_core.pipeline import Service, Trigger
 from handler import lambda_function
 from handler.service import set_service
+from tests.conftest import ROOT
 from tests.helpers import write_files
 
 EVENTS = Path(__file__).resolve().parent.parent / "events"
 
 
-def event(name: str, *, query: dict[str, str] | None = None, path: str | None = None) -> dict[str, Any]:
+def event(name: str, *, query: dict[str, str] | None = None, path: str | None = None,
+          method: str | None = None) -> dict[str, Any]:
     found: dict[str, Any] = json.loads((EVENTS / name).read_text())
     found = copy.deepcopy(found)
     if query is not None:
         found["queryStringParameters"] = query
-        found["rawQueryString"] = "&".join(f"{k}={v}" for k, v in query.items())
+        found["rawQueryString"] = urlencode(query)
     if path is not None:
         found["rawPath"] = path
         found["requestContext"]["http"]["path"] = path
+    if method is not None:
+        found["requestContext"]["http"]["method"] = method
+        found["routeKey"] = found["requestContext"]["routeKey"] = "$default"
     return found
 
 
@@ -175,3 +181,260 @@ def test_an_unreachable_database_is_503_without_the_password(env: dict[str, str]
     assert (status, trigger_status) == (503, 503)
     assert body["error"]["code"] == "database_unavailable"
     assert "127.0.0.1:1" in body["error"]["message"] and "s3cret" not in json.dumps(body)
+
+
+# One parser for a trigger's values: the query string's strings and a direct invocation's JSON values.
+
+@pytest.mark.parametrize(("given", "expected"), [
+    ({}, Trigger()),
+    ({"policy": "quarantine", "data": "sub/dir", "force": "true"}, Trigger("quarantine", "sub/dir", True)),
+    ({"force": True}, Trigger(force=True)),
+    ({"force": False}, Trigger(force=False)),
+    *[({"force": word}, Trigger(force=True)) for word in ("true", "TRUE", "1", "yes", "Yes")],
+    *[({"force": word}, Trigger(force=False)) for word in ("false", "False", "0", "no", "NO")],
+    ({"policy": "", "data": "", "force": ""}, Trigger()),
+    ({"policy": None, "data": None, "force": None}, Trigger()),
+])
+def test_a_trigger_is_parsed_from_strings_or_json_values(given: dict[str, Any], expected: Trigger) -> None:
+    assert Trigger.parse(**given) == expected
+
+
+@pytest.mark.parametrize(("given", "says"), [
+    ({"policy": "lenient"}, "policy must be one of strict, quarantine (or absent), not 'lenient'"),
+    ({"policy": 1}, "policy must be one of strict, quarantine (or absent), not 1 (a number)"),
+    ({"policy": ["strict"]}, "policy must be one of strict, quarantine (or absent), not [\"strict\"] (a list)"),
+    ({"data": 123}, "data must be a string, a directory below the data root (or absent), not 123 (a number)"),
+    ({"data": {"dir": "x"}}, "data must be a string"),
+    ({"force": "maybe"}, "force must be true or false (also 1/0, yes/no; or absent), not 'maybe'"),
+    ({"force": 1}, "force must be true or false (also 1/0, yes/no; or absent), not 1 (a number)"),
+    ({"force": "on"}, "force must be true or false"),
+    ({"polcy": "strict"}, "unknown parameter(s) 'polcy'; the accepted ones are policy, data and force"),
+])
+def test_a_bad_trigger_value_names_the_field_and_what_it_accepts(given: dict[str, Any], says: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        Trigger.parse(**given)
+    assert says in info.value.message
+
+
+def test_a_long_bad_value_is_repeated_cut_short() -> None:
+    with pytest.raises(BadRequest) as info:
+        Trigger.parse(policy="x" * 100_000)
+    assert len(info.value.message) < 400 and "(99800 more characters)" in info.value.message
+
+
+@pytest.fixture
+def recorded_triggers(service: Service, monkeypatch: pytest.MonkeyPatch) -> list[Trigger]:
+    """The triggers the service receives; the job itself is not run."""
+    from etl_core import pipeline
+
+    seen: list[Trigger] = []
+
+    def run(settings: Settings, trigger: Trigger, *, store: Any = None) -> dict[str, Any]:
+        seen.append(trigger)
+        return {"status": "succeeded"}
+
+    monkeypatch.setattr(pipeline, "run", run)
+    return seen
+
+
+def test_http_and_direct_invocation_carry_the_same_trigger(recorded_triggers: list[Trigger]) -> None:
+    call(event("trigger-etl.json", query={"policy": "quarantine", "data": "sub", "force": "Yes"}))
+    lambda_function.handler({"action": "trigger-etl", "policy": "quarantine", "data": "sub", "force": True}, None)
+    call(event("trigger-etl.json"))
+    lambda_function.handler({"action": "trigger-etl"}, None)
+    lambda_function.handler({"source": "aws.events", "detail-type": "Scheduled Event"}, None)
+    assert recorded_triggers == [Trigger("quarantine", "sub", True)] * 2 + [Trigger()] * 3
+
+
+@pytest.mark.parametrize(("query", "field"), [
+    ({"force": "maybe"}, "force"), ({"policy": "lenient"}, "policy"), ({"forse": "true"}, "forse"),
+])
+def test_a_bad_trigger_is_400_over_http_and_by_direct_invocation(recorded_triggers: list[Trigger],
+                                                                  query: dict[str, str], field: str) -> None:
+    status, body = call(event("trigger-etl.json", query=query))
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert field in body["error"]["message"]
+    with pytest.raises(BadRequest) as info:
+        lambda_function.handler({"action": "trigger-etl", **query}, None)
+    assert json.loads(str(info.value)) == body["error"]
+    assert recorded_triggers == []
+
+
+@pytest.mark.parametrize("data", [123, ["sub"], True])
+def test_a_direct_trigger_whose_data_is_not_a_string_is_a_bad_request(service: Service, data: Any) -> None:
+    with pytest.raises(BadRequest) as info:
+        lambda_function.handler({"action": "trigger-etl", "data": data}, None)
+    payload = json.loads(str(info.value))
+    assert payload["code"] == "bad_request" and payload["message"].startswith("data must be a string")
+
+
+# A data value the file system refuses is the caller's mistake (400), and no answer names the server's paths.
+
+@pytest.mark.parametrize(("data", "reason"), [
+    ("x" * 300, "file name too long"),
+    ("a/" * 3000, "file name too long"),
+    ("\x00", "embedded null byte"),
+    ("sub\x00dir", "embedded null byte"),
+], ids=["component-too-long", "path-too-long", "nul", "nul-inside"])
+def test_a_data_value_the_file_system_refuses_is_400_without_the_servers_paths(
+        service: Service, settings: Settings, data: str, reason: str) -> None:
+    status, body = call(event("trigger-etl.json", query={"data": data}))
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert reason in body["error"]["message"]
+    with pytest.raises(BadRequest) as info:
+        lambda_function.handler({"action": "trigger-etl", "data": data}, None)
+    assert json.loads(str(info.value)) == body["error"]
+    for text in (json.dumps(body), str(info.value)):
+        assert str(settings.data_root) not in text and str(ROOT) not in text
+        assert len(text) < 1000
+
+
+def test_a_symlink_loop_is_400_without_the_servers_paths(env: dict[str, str], tmp_path: Path) -> None:
+    from etl_core.pipeline import resolve_data_dir
+
+    root = tmp_path / "root"
+    root.mkdir()
+    (root / "a").symlink_to(root / "b")
+    (root / "b").symlink_to(root / "a")
+    settings = Settings.from_env({**env, "DATA_ROOT": str(root), "DATA_DIR": str(root)})
+    for data in ("a", "a/deeper"):
+        with pytest.raises(BadRequest) as info:
+            resolve_data_dir(settings, data)
+        assert "symbolic link loop" in info.value.message
+        assert str(tmp_path) not in json.dumps(info.value.to_dict())
+        assert info.value.details == {"data": data}
+
+
+def test_every_refusal_of_a_data_value_names_only_that_value(env: dict[str, str], tmp_path: Path) -> None:
+    from etl_core.pipeline import resolve_data_dir
+
+    root = tmp_path / "root"
+    write_files(root / "good", {})
+    (root / "escape").symlink_to(tmp_path)
+    (root / "file").write_text("x")
+    settings = Settings.from_env({**env, "DATA_ROOT": str(root), "DATA_DIR": str(root / "good")})
+    for data in ("/etc", "../x", "escape", "missing", "file", "good/users.csv", "x" * 300, "\x00"):
+        with pytest.raises(BadRequest) as info:
+            resolve_data_dir(settings, data)
+        assert str(tmp_path) not in json.dumps(info.value.to_dict()), data
+
+
+# Every answer of status 400 or more is our JSON document, Starlette's and FastAPI's own included.
+
+def test_a_run_id_beyond_postgresqls_bigint_is_404_not_a_database_error(service: Service) -> None:
+    call(event("trigger-etl.json"))
+    for run_id in ("99999999999999999999", "-99999999999999999999", "9223372036854775808"):
+        status, body = call(event("get-run-1.json", path=f"/runs/{run_id}"))
+        assert (status, body["error"]["code"]) == (404, "run_not_found"), run_id
+    with pytest.raises(RunNotFound):
+        lambda_function.handler({"action": "get-run", "run_id": 99999999999999999999}, None)
+    status, body = call(event("get-run-1.json", path="/runs/9223372036854775807"))
+    assert (status, body["error"]["code"]) == (404, "run_not_found")
+
+
+@pytest.mark.parametrize("run_id", ["abc", "1.5", "9" * 5000])
+def test_a_run_id_that_is_not_an_integer_is_400_naming_the_parameter(service: Service, run_id: str) -> None:
+    status, body = call(event("get-run-1.json", path=f"/runs/{run_id}"))
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert body["error"]["message"].startswith("invalid request: path parameter run_id: ")
+    assert body["error"]["parameters"][0]["parameter"] == "run_id"
+    assert len(reply_text := json.dumps(body)) < 2000, reply_text
+
+
+def test_an_unknown_route_is_404_json_listing_the_routes(service: Service) -> None:
+    status, body = call(event("health.json", path="/nope"))
+    assert (status, body["error"]["code"], body["error"]["type"]) == (404, "not_found", "RouteNotFound")
+    assert "GET /nope" in body["error"]["message"] and "GET /trigger-etl" in body["error"]["message"]
+
+
+def test_a_wrong_method_is_405_json_with_allow(service: Service) -> None:
+    reply = lambda_function.handler(event("trigger-etl.json", method="POST"), None)
+    body = json.loads(reply["body"])
+    assert (reply["statusCode"], body["error"]["code"]) == (405, "method_not_allowed")
+    assert "POST /trigger-etl" in body["error"]["message"]
+    assert "GET" in reply["headers"]["allow"]
+
+
+def test_every_error_answer_is_json(service: Service) -> None:
+    for evt in (event("health.json", path="/nope"), event("trigger-etl.json", method="DELETE"),
+                event("get-run-1.json", path="/runs/abc"), event("trigger-etl.json", query={"data": "x" * 300})):
+        reply = lambda_function.handler(evt, None)
+        assert reply["statusCode"] >= 400
+        assert reply["headers"]["content-type"] == "application/json"
+        assert set(json.loads(reply["body"])["error"]) >= {"type", "code", "message"}
+
+
+def test_a_bug_of_ours_at_the_edge_is_500_internal_error_without_paths_and_logged(
+        service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    def broken(self: Service) -> dict[str, Any]:
+        raise FileNotFoundError(2, "No such file or directory", "/var/task/secret/settings.json")
+
+    monkeypatch.setattr(Service, "health", broken)
+    caplog.set_level("INFO", logger="etl")
+    status, body = call(event("health.json"))
+    assert (status, body["error"]["type"], body["error"]["code"]) == (500, "InternalError", "internal_error")
+    assert body["error"]["message"] == "unexpected FileNotFoundError: [Errno 2] No such file or directory: '<path>'"
+    with pytest.raises(InternalError) as info:
+        lambda_function.handler({"action": "health"}, None)
+    payload = json.loads(str(info.value))  # errorMessage
+    assert payload == body["error"]
+    assert isinstance(info.value.__cause__, FileNotFoundError)
+    logged = [json.loads(r.getMessage()) for r in caplog.records if '"internal_error"' in r.getMessage()]
+    assert len(logged) == 2
+    assert all("/var/task/secret/settings.json" in line["traceback"] and "in broken" in line["traceback"]
+               for line in logged)
+
+
+def test_a_bug_of_ours_in_the_run_is_logged_with_its_traceback(
+        service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from etl_core import transform
+
+    def broken(*args: Any) -> Any:
+        raise ZeroDivisionError("division by zero")
+
+    monkeypatch.setattr(transform, "feature_batches", broken)
+    caplog.set_level("INFO", logger="etl")
+    status, body = call(event("trigger-etl.json"))
+    assert (status, body["error"]["code"]) == (500, "internal_error")
+    with pytest.raises(InternalError) as info:
+        lambda_function.handler({"action": "trigger-etl"}, None)
+    assert json.loads(str(info.value))["message"] == "unexpected ZeroDivisionError: division by zero"
+    logged = [json.loads(r.getMessage()) for r in caplog.records if '"internal_error"' in r.getMessage()]
+    assert len(logged) == 2 and all("ZeroDivisionError: division by zero" in e["traceback"] for e in logged)
+
+
+@pytest.mark.parametrize("bad", [{"requestContext": {}}, {"httpMethod": "GET"}, {"routeKey": "GET /health"},
+                                 {"version": "2.0", "requestContext": {"http": {}}}])
+def test_an_http_like_event_of_no_known_shape_is_unsupported(bad: dict[str, Any]) -> None:
+    with pytest.raises(UnsupportedEvent) as info:
+        lambda_function.handler(bad, None)
+    assert json.loads(str(info.value))["code"] == "unsupported_event"
+
+
+# However long a bad line is, the answer stays small: each reported raw row and value is cut.
+
+@pytest.mark.parametrize("trigger", ["trigger-etl.json", "trigger-etl-quarantine.json"])
+def test_a_line_of_megabytes_gives_a_small_answer_that_says_it_was_cut(env: dict[str, str], tmp_path: Path,
+                                                                        trigger: str) -> None:
+    name, date = "N" * 3_000_000, "2023-" + "9" * 2_000_000
+    data = write_files(tmp_path / "big", {"users.csv": "user_id,name,email,signup_date\n"
+                                                       f"1,Al,a@x,2023-01-01\n2,{name},b@x,{date}\n"
+                                                       "3,Cy,c@x,2023-01-01\n"})
+    settings = Settings.from_env({**env, "DATA_DIR": str(data), "ETL_BLOCK_SIZE": str(16 << 20)})
+    with installed(settings):
+        reply = lambda_function.handler(event(trigger), None)
+    assert len(reply["body"]) < 100_000
+    body = json.loads(reply["body"])
+    violations = body["violations"] if reply["statusCode"] == 200 else body["error"]["violations"]
+    [row] = [v for v in violations["first"] if v["file"] == "users.csv"]
+    assert (row["line"], row["rule"]) == (3, "not_iso_date")
+    raw_length = len(f"2,{name},b@x,{date}")
+    assert row["raw"] == f"2,{name[:198]}… ({raw_length - 200} more characters)"
+    assert row["value"] == f"{date[:200]}… ({len(date) - 200} more characters)"
+
+
+def test_a_short_reported_row_is_left_as_it_is(env: dict[str, str], tmp_path: Path) -> None:
+    data = write_files(tmp_path / "bad", {"users.csv": "user_id,name,email,signup_date\n1,,a@x,2023-01-01\n"})
+    with installed(Settings.from_env({**env, "DATA_DIR": str(data)})):
+        _, body = call(event("trigger-etl.json"))
+    assert body["error"]["violations"]["first"][0]["raw"] == "1,,a@x,2023-01-01"

@@ -292,16 +292,16 @@ def test_the_run_logs_each_phase_as_json_lines(settings: Settings, caplog: pytes
 def test_an_unexpected_error_is_recorded_and_answered(settings: Settings, db: Any, schema: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from etl_core import transform
-    from etl_core.errors import EtlError
+    from etl_core.errors import InternalError
 
     def broken(*args: Any) -> Any:
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(transform, "feature_batches", broken)
-    with pytest.raises(EtlError, match="unexpected ZeroDivisionError: a bug"):
+    with pytest.raises(InternalError, match="unexpected ZeroDivisionError: a bug"):
         pipeline.run(settings, pipeline.Trigger())
     [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs ORDER BY id DESC LIMIT 1')
-    assert (status, error["code"]) == ("failed", "etl_error")
+    assert (status, error["code"]) == ("failed", "internal_error")
 
 
 def test_long_files_log_progress_with_rows_and_megabytes(env: dict[str, str], tmp_path: Path,
@@ -339,3 +339,120 @@ def test_no_counting_thread_outlives_a_run(env: dict[str, str], tmp_path: Path) 
     with pytest.raises(ContractViolation):
         pipeline.run(Settings.from_env({**env, "DATA_DIR": str(bad)}), pipeline.Trigger())
     assert counting_threads() == []
+
+
+def network_error() -> Exception:
+    from pg8000.exceptions import InterfaceError
+
+    try:
+        try:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        except OSError as exc:
+            raise InterfaceError("network error") from exc
+    except InterfaceError as exc:
+        return exc
+
+
+@pytest.mark.parametrize("make", [
+    network_error, lambda: ConnectionResetError(104, "Connection reset by peer"), lambda: TimeoutError("timed out"),
+    lambda: __import__("socket").timeout("timed out"), lambda: BrokenPipeError(32, "Broken pipe"),
+    lambda: __import__("pg8000").exceptions.InterfaceError("connection is closed"),
+], ids=["InterfaceError-from-OSError", "ConnectionResetError", "TimeoutError", "socket.timeout", "BrokenPipeError",
+        "connection-is-closed"])
+def test_only_the_connections_own_failures_are_transient(make: Any) -> None:
+    assert isinstance(dbmod.translate(make()), TransientLoadError)
+
+
+@pytest.mark.parametrize("exc", [
+    ZeroDivisionError("division by zero"), TypeError("unsupported operand"), KeyError("user_id"),
+    AttributeError("'NoneType' object has no attribute 'run'"),
+    __import__("pg8000").exceptions.InterfaceError(
+        "There's a placeholder 'id' in the query, but no matching keyword argument."),
+], ids=["ZeroDivisionError", "TypeError", "KeyError", "AttributeError", "InterfaceError-missing-parameter"])
+def test_any_other_failure_without_a_sqlstate_is_a_bug_of_ours(exc: Exception) -> None:
+    from etl_core.errors import InternalError
+
+    translated = dbmod.translate(exc)
+    assert type(translated) is InternalError and translated.code == "internal_error"
+    assert translated.message.startswith(f"unexpected {type(exc).__name__}: ")
+
+
+def test_real_dead_connections_and_a_real_misuse_are_told_apart(settings: Settings, database_url: str) -> None:
+    """What pg8000 1.31 raises: InterfaceError('network error') for a terminated backend (no cause),
+    the bare TimeoutError of the socket when a read times out, InterfaceError('connection is closed')
+    after close(); and InterfaceError for a call of ours it cannot make."""
+    from etl_core.errors import InternalError
+
+    def failure(conn: Any, statement: str, **params: Any) -> Exception:
+        with pytest.raises(Exception) as caught:
+            conn.run(statement, **params)
+        return caught.value
+
+    conn = dbmod.connect(settings.db)
+    try:
+        misuse = failure(conn, "SELECT :wanted", given=1)
+        assert isinstance(dbmod.translate(misuse), InternalError), repr(misuse)
+        [[pid]] = conn.run("SELECT pg_backend_pid()")
+        killer = dbmod.connect(db_settings({"DATABASE_URL": database_url}))
+        killer.run("SELECT pg_terminate_backend(:pid)", pid=pid)
+        dbmod.close_quietly(killer)
+        terminated = failure(conn, "SELECT 1")
+        assert isinstance(dbmod.translate(terminated), TransientLoadError), repr(terminated)
+    finally:
+        dbmod.close_quietly(conn)
+    closed = failure(conn, "SELECT 1")
+    assert isinstance(dbmod.translate(closed), TransientLoadError), repr(closed)
+
+    slow = dbmod.connect(settings.db)
+    try:
+        slow._usock.settimeout(0.2)  # pg8000's socket: a read now times out long before pg_sleep ends
+        timed_out = failure(slow, "SELECT pg_sleep(2)")
+        assert isinstance(timed_out, TimeoutError)
+        assert isinstance(dbmod.translate(timed_out), TransientLoadError)
+    finally:
+        dbmod.close_quietly(slow)
+
+
+def test_a_server_that_asks_for_what_the_settings_lack_is_bad_config_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pg8000.native
+    from pg8000.exceptions import InterfaceError
+
+    from etl_core.errors import ConfigError
+
+    attempts = []
+
+    def asking(**kwargs: Any) -> Any:
+        attempts.append(kwargs)
+        raise InterfaceError("server requesting password authentication, but no password was provided")
+
+    monkeypatch.setattr(pg8000.native, "Connection", asking)
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://etl@db.example:5432/lab", "DB_CONNECT_ATTEMPTS": "3"})
+    with pytest.raises(ConfigError, match=r"etl@db\.example:5432/lab: server requesting password") as info:
+        dbmod.connect(settings.db, sleep=lambda s: None)
+    assert info.value.code == "bad_config" and len(attempts) == 1  # retrying would not help
+
+
+def test_a_bug_of_ours_in_the_load_is_500_internal_error_not_503(settings: Settings, db: Any, schema: str,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before, any exception without a SQLSTATE read as a lost connection: 'retry later' for a bug."""
+    import json
+
+    from handler import lambda_function
+    from tests.test_api import event, installed
+
+    pipeline.run(settings, pipeline.Trigger())
+    before = features_dump(db, schema)
+
+    def broken(schema: str) -> list[str]:
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    from etl_core.store import sql
+    monkeypatch.setattr(sql, "delete_all", broken)
+    with installed(settings):
+        reply = lambda_function.handler(event("trigger-etl.json"), None)
+    body = json.loads(reply["body"])
+    assert (reply["statusCode"], body["error"]["code"]) == (500, "internal_error")
+    assert body["error"]["message"] == "unexpected TypeError: unsupported operand type(s) for +: 'int' and 'str'"
+    assert features_dump(db, schema) == before
+    [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs ORDER BY id DESC LIMIT 1')
+    assert (status, error["code"]) == ("failed", "internal_error")

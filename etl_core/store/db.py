@@ -10,13 +10,25 @@ from collections.abc import Iterable
 from typing import Any, Protocol
 
 from etl_core.config import DbSettings
-from etl_core.errors import DatabaseUnavailable, EtlError, ForeignKeyConflict, LoadError, TransientLoadError
+from etl_core.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    EtlError,
+    ForeignKeyConflict,
+    InternalError,
+    LoadError,
+    TransientLoadError,
+)
 
 # SQLSTATE classes and codes that may go away on their own: connection trouble, the server shutting
 # down or starting, timeouts, lock trouble, serialization failures.
 _TRANSIENT_PREFIXES = ("08", "53", "57P", "40")
 _TRANSIENT_CODES = {"55P03", "57014"}  # lock_not_available, query_canceled (statement_timeout)
 _FOREIGN_KEY_VIOLATION = "23503"
+# pg8000 raises InterfaceError both for a lost or unreachable server (with these messages, or with the
+# OSError as its cause) and for a call it cannot make (a missing parameter, no password to offer):
+# only the first kind may go away on retry
+_CONNECTION_LOST = ("network error", "communication error", "connection is closed", "Can't create a connection")
 
 
 class Connection(Protocol):
@@ -56,6 +68,10 @@ def connect(settings: DbSettings, *, sleep: Any = time.sleep) -> Connection:
             return conn
         except Exception as exc:
             err = translate(exc)
+            if isinstance(err, InternalError) and _is_interface_error(exc):
+                # the server asks for what our settings cannot give (a password, an auth method)
+                raise ConfigError(f"cannot connect to PostgreSQL at {settings.describe()}: {exc}",
+                                  database=settings.describe()) from exc
             if not isinstance(err, TransientLoadError):
                 raise err from exc
             last = exc
@@ -94,13 +110,15 @@ def sqlstate(exc: BaseException) -> str | None:
 
 
 def translate(exc: BaseException) -> EtlError:
-    """Map a foreign exception from the database edge to our tree (transient or terminal)."""
+    """Map a foreign exception from the database edge to our tree: the connection's failures are
+    transient, the server's errors transient or not by SQLSTATE, anything else is a bug of ours."""
     if isinstance(exc, EtlError):
         return exc
     code = sqlstate(exc)
-    if code is None:
-        # pg8000.InterfaceError, socket errors, timeouts: the connection itself is the problem
+    if code is None and connection_lost(exc):
         return TransientLoadError(f"lost or could not open the database connection: {_reason(exc)}")
+    if code is None:  # not the database's answer and not the connection's: a bug of ours
+        return InternalError.of(exc)
     message = exc.args[0].get("M", "") if isinstance(exc.args[0], dict) else str(exc)
     if code.startswith(_TRANSIENT_PREFIXES) or code in _TRANSIENT_CODES:
         return TransientLoadError(f"database error {code}: {message}", sqlstate=code)
@@ -109,6 +127,21 @@ def translate(exc: BaseException) -> EtlError:
         return ForeignKeyConflict(f"another table's foreign key forbids the new rows; nothing was changed: "
                                   f"{message}. {detail}".rstrip(" ."), sqlstate=code)
     return LoadError(f"database error {code}: {message}", sqlstate=code)
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """True for the failures of the connection itself: socket errors and timeouts (OSError, which
+    pg8000 lets through when a read fails at once) and pg8000's InterfaceError for them."""
+    if isinstance(exc, OSError):  # ConnectionError, TimeoutError (socket.timeout) included
+        return True
+    return _is_interface_error(exc) and (isinstance(exc.__cause__, OSError)
+                                         or str(exc).startswith(_CONNECTION_LOST))
+
+
+def _is_interface_error(exc: BaseException) -> bool:
+    from pg8000.exceptions import InterfaceError  # lazily, as in connect()
+
+    return isinstance(exc, InterfaceError)
 
 
 def _reason(exc: BaseException | None) -> str:
