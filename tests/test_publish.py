@@ -312,3 +312,26 @@ def test_a_quarantine_run_rejecting_more_than_allowed_is_refused_unless_forced(
     assert db.run(f'SELECT count(*) FROM "{schema}".user_features') == [[0]]
     assert run_on({**env, "ETL_GUARD_MAX_REJECTED_SHARE": "0.1"}, data, policy="quarantine")["status"] == "partial"
     assert run_on(limited, data, policy="quarantine", force=True)["status"] == "partial"
+
+
+def test_the_guard_and_force_over_http_and_by_direct_invocation(env: dict[str, str], tmp_path: Path, db: Any,
+                                                                schema: str) -> None:
+    import json
+
+    from handler import lambda_function
+    from tests.test_api import event, installed
+
+    run_on(env, write_files(tmp_path / "full", TEN))
+    short = write_files(tmp_path / "short", {**TEN, "user_experiments.csv": lines(TEN["user_experiments.csv"], 3)})
+    with installed(Settings.from_env({**env, "DATA_DIR": str(short)})):
+        refused = lambda_function.handler(event("trigger-etl.json"), None)
+        with pytest.raises(LoadRefused) as direct:
+            lambda_function.handler({"action": "trigger-etl"}, None)
+        assert json.loads(str(direct.value))["code"] == "load_refused"
+        forced = lambda_function.handler(event("trigger-etl.json", query={"force": "true"}), None)
+    body = json.loads(refused["body"])
+    assert (refused["statusCode"], body["error"]["code"]) == (422, "load_refused")
+    assert body["error"]["incoming"] == {"users": 10, "experiments": 3}
+    assert (forced["statusCode"], json.loads(forced["body"])["status"]) == (200, "succeeded")
+    [[experiments]] = db.run(f'SELECT sum(total_experiments) FROM "{schema}".user_features')
+    assert experiments == 3

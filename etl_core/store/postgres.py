@@ -34,13 +34,16 @@ LARGEST_ID = 2**63 - 1  # run ids are bigint
 
 
 @contextmanager
-def _translated() -> Iterator[None]:
-    """The store's statements raise our errors: pg8000's are translated here, once."""
+def _translated(publication: PostgresPublication | None = None) -> Iterator[None]:
+    """The store's statements raise our errors: pg8000's are translated here, once.  An error raised
+    while making a publication's COPY rows is not the database's and stays as it is."""
     try:
         yield
     except EtlError:
         raise
     except Exception as exc:
+        if publication is not None and publication.raised_by_rows(exc):
+            raise
         raise db.translate(exc) from exc
 
 
@@ -225,7 +228,7 @@ class PostgresPublication:
                 yield _features_rows(batch, self._run_id)
 
         chunks = _csv_chunks(counted(features))
-        with self._translating_all_but_rows():
+        with _translated(self):
             if self._conn.run(sql.referencing_keys(), table=sql.q(self._schema, sql.FEATURES)):
                 self._conn.run(sql.create_staging())
                 self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS), chunks)
@@ -238,7 +241,7 @@ class PostgresPublication:
 
     def store_rejects(self, rejects: pa.Table) -> None:
         if rejects.num_rows:
-            with self._translating_all_but_rows():
+            with _translated(self):
                 self._copy(sql.copy_in(self._schema, sql.REJECTS, sql.REJECT_COLUMNS),
                            _csv_chunks([_reject_rows(rejects, self._run_id)]))
 
@@ -250,16 +253,6 @@ class PostgresPublication:
     def _copy(self, statement: str, chunks: Iterable[memoryview]) -> None:
         self._streams.append(stream := _Stream(chunks))
         self._conn.run(statement, stream=stream)
-
-    @contextmanager
-    def _translating_all_but_rows(self) -> Iterator[None]:
-        """Like ``_translated``, but an error raised while making a COPY's rows stays as it is."""
-        try:
-            yield
-        except Exception as exc:
-            if self.raised_by_rows(exc) or isinstance(exc, EtlError):
-                raise
-            raise db.translate(exc) from exc
 
 
 class _Stream:
