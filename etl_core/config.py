@@ -7,7 +7,7 @@ Nothing below this module reads the environment.  Secrets have no defaults and n
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -124,41 +124,35 @@ def _socket_path(host: str, port: int) -> str | None:
     return f"{host.rstrip('/')}/.s.PGSQL.{port}" if host.startswith("/") else None
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+def _number(env: Mapping[str, str], name: str, kind: type[int] | type[float], *, what: str, bound: str,
+            accept: Callable[[float], bool]) -> Any:
+    """``name``'s value as ``kind``, or None when unset or empty; ConfigError says ``what`` it must be,
+    or within which ``bound``."""
     raw = env.get(name)
     if raw in (None, ""):
-        return default
+        return None
     try:
-        value = int(raw)
+        value = kind(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be an integer, not {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+        raise ConfigError(f"{name} must be {what}, not {raw!r}") from None
+    if not accept(value):
+        raise ConfigError(f"{name} must be {bound}, not {raw}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int) -> int:
+    value = _number(env, name, int, what="an integer", bound=f"at least {minimum}",
+                    accept=lambda v: v >= minimum)
+    return default if value is None else int(value)
 
 
 def _share(env: Mapping[str, str], name: str, default: float | None) -> float | None:
     """A share between 0 and 1 (0 turns a 'least share' check off; 1 a 'largest share' check)."""
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number between 0 and 1, not {raw!r}") from None
-    if not 0 <= value <= 1:
-        raise ConfigError(f"{name} must be between 0 and 1, not {raw!r}")
-    return value
+    value = _number(env, name, float, what="a number between 0 and 1", bound="between 0 and 1",
+                    accept=lambda v: 0 <= v <= 1)
+    return default if value is None else float(value)
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if raw in (None, ""):
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, not {raw!r}") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be positive, not {raw!r}")
-    return value
+    value = _number(env, name, float, what="a number", bound="positive", accept=lambda v: v > 0)
+    return default if value is None else float(value)

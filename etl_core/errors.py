@@ -16,9 +16,15 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/[^\s'\"(),;\[\]]+")
 
 
 class EtlError(Exception):
-    """Base of every error this job raises on purpose."""
+    """Base of every error this job raises on purpose.  Each class has a ``code`` that answers carry,
+    given as ``class X(EtlError, code="...")``; a class without one keeps its parent's."""
 
     code = "etl_error"
+
+    def __init_subclass__(cls, *, code: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.code = code
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -29,92 +35,66 @@ class EtlError(Exception):
         return {"type": type(self).__name__, "code": self.code, "message": self.message, **self.details}
 
 
-class ConfigError(EtlError):
+class ConfigError(EtlError, code="bad_config"):
     """Raise when a setting is missing or malformed."""
 
-    code = "bad_config"
 
-
-class BadRequest(EtlError):
+class BadRequest(EtlError, code="bad_request"):
     """Raise when a trigger asks for something invalid (unknown policy, a data path outside the root)."""
 
-    code = "bad_request"
 
-
-class UnsupportedEvent(BadRequest):
+class UnsupportedEvent(BadRequest, code="unsupported_event"):
     """Raise when the Lambda handler receives an event it cannot route."""
 
-    code = "unsupported_event"
 
-
-class InputError(EtlError):
+class InputError(EtlError, code="contract_violation"):
     """Raise when the input files break the data contract."""
-
-    code = "contract_violation"
 
 
 class ContractViolation(InputError):
     """Raise in strict mode when one or more rows or files break the data contract."""
 
 
-class LoadRefused(InputError):
+class LoadRefused(InputError, code="load_refused"):
     """Raise when a valid input looks cut short (far fewer users or experiments than the table holds)
     or rejects more rows than allowed: nothing is published unless the trigger forces it."""
 
-    code = "load_refused"
 
-
-class LoadError(EtlError):
+class LoadError(EtlError, code="load_failed"):
     """Raise when writing to PostgreSQL fails."""
 
-    code = "load_failed"
 
-
-class ForeignKeyConflict(LoadError):
+class ForeignKeyConflict(LoadError, code="foreign_key_conflict"):
     """Raise when another table's foreign key on the features table forbids the new rows."""
 
-    code = "foreign_key_conflict"
 
-
-class TransientLoadError(LoadError):
+class TransientLoadError(LoadError, code="database_unavailable"):
     """Raise when the failure may go away on retry (connection lost, server restarting, timeouts)."""
-
-    code = "database_unavailable"
 
 
 class DatabaseUnavailable(TransientLoadError):
     """Raise when no connection to PostgreSQL could be made within the configured attempts."""
 
 
-class RunInProgress(EtlError):
+class RunInProgress(EtlError, code="run_in_progress"):
     """Raise when another run holds the job's lock."""
 
-    code = "run_in_progress"
 
-
-class RunNotFound(EtlError):
+class RunNotFound(EtlError, code="run_not_found"):
     """Raise when a run id is not in the runs table."""
 
-    code = "run_not_found"
 
-
-class RouteNotFound(EtlError):
+class RouteNotFound(EtlError, code="not_found"):
     """Raise when an HTTP request names no route of the API."""
 
-    code = "not_found"
 
-
-class MethodNotAllowed(EtlError):
+class MethodNotAllowed(EtlError, code="method_not_allowed"):
     """Raise when an HTTP request uses a method that its route does not answer."""
 
-    code = "method_not_allowed"
 
-
-class InternalError(EtlError):
+class InternalError(EtlError, code="internal_error"):
     """Raise in place of an exception nobody expected (a bug of ours).  The answer names its type and
     repeats its text without URLs or absolute paths; the traceback belongs in the log."""
-
-    code = "internal_error"
 
     @classmethod
     def of(cls, exc: BaseException, **details: Any) -> InternalError:
