@@ -1,5 +1,5 @@
-"""The features, as a pure function of Arrow tables: ties, users without experiments, repeats,
-batching, and a property test against a plain-Python oracle."""
+"""The features, as a pure function of Arrow tables: ties, users without experiments, repeats, and the
+oracle and data that test_counting.py checks the counting engine against."""
 
 from __future__ import annotations
 
@@ -7,12 +7,10 @@ from collections import Counter
 from typing import Any
 
 import pyarrow as pa
-import pytest
-from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl_core import transform
-from etl_core.transform import ExperimentCounts, compute_features, features
+from etl_core.transform import compute_features
 
 
 def users_table(ids: list[int], names: list[str] | None = None) -> pa.Table:
@@ -33,6 +31,9 @@ def experiments_table(rows: list[tuple[int, list[int]]]) -> pa.Table:
 
 def as_rows(table: pa.Table) -> list[dict[str, Any]]:
     return table.to_pylist()
+
+
+# --- whole tables
 
 
 def test_ties_list_every_top_compound_in_compound_id_order() -> None:
@@ -109,7 +110,8 @@ def oracle(users: list[int], compounds: list[int], experiments: list[tuple[int, 
 
 
 @st.composite
-def datasets(draw: Any) -> tuple[list[int], list[int], list[tuple[int, list[int]]], int, int, int]:
+def data(draw: Any) -> tuple[list[int], list[int], list[tuple[int, list[int]]]]:
+    """Users, compounds (each a dense range or not) and experiments that list them."""
     if draw(st.booleans()):  # ids filling a range take the dense lookups
         first = draw(st.integers(1, 10**6))
         users = list(range(first, first + draw(st.integers(1, 12))))
@@ -126,87 +128,4 @@ def datasets(draw: Any) -> tuple[list[int], list[int], list[tuple[int, list[int]
                   st.lists(st.sampled_from(compounds), min_size=1, max_size=transform.MAX_SHIFTS + 4)),
         max_size=40,
     ))
-    batch = draw(st.integers(1, 16))
-    # small buckets and early counting, so that examples span buckets and recount running totals
-    bucket_users = draw(st.integers(1, 5))
-    compact_at = draw(st.integers(1, 10))
-    return users, compounds, experiments, batch, bucket_users, compact_at
-
-
-@settings(max_examples=150, deadline=None)
-@given(datasets())
-def test_features_match_the_oracle_for_any_data_and_batching(data: Any) -> None:
-    users, compounds, experiments, batch, bucket_users, compact_at = data
-    compounds_t = compounds_table(compounds).sort_by("compound_id")
-    counter = ExperimentCounts(pa.array(users, pa.int64()), compounds_t["compound_id"].combine_chunks(),
-                               bucket_users=bucket_users, compact_at=compact_at)
-    for part in experiments_table(experiments).to_batches(max_chunksize=batch):
-        counter.add(part)
-    out = features(users_table(users), compounds_t, counter.result())
-    assert out.to_pylist() == oracle(users, compounds, experiments)
-
-
-def test_reset_forgets_what_was_added() -> None:
-    counter = ExperimentCounts(pa.array([1], pa.int64()), pa.array([1, 2], pa.int64()))
-    counter.add(experiments_table([(1, [1])]).to_batches()[0])
-    counter.reset()
-    counter.add(experiments_table([(1, [2])]).to_batches()[0])
-    out = features(users_table([1]), compounds_table([1, 2]), counter.result())
-    assert as_rows(out)[0]["most_common_compound_ids"] == [2]
-    assert as_rows(out)[0]["total_experiments"] == 1
-
-
-def test_running_counts_hold_the_distinct_pairs_not_the_whole_file() -> None:
-    # 4 users x 3 compounds: at most 12 pairs and 4 experiment totals, whatever the file's length
-    counter = ExperimentCounts(pa.array([1, 2, 3, 4], pa.int64()), pa.array([1, 2, 3], pa.int64()),
-                               bucket_users=2, compact_at=50)
-    rows = [(u, [c, (c % 3) + 1]) for u in (1, 2, 3, 4) for c in (1, 2, 3)]
-    for batch in experiments_table(rows * 500).to_batches(max_chunksize=7):
-        counter.add(batch)
-    counts = counter.result()
-    assert counts.experiments == 6000
-    for bucket in counts.buckets:  # 2 users each: 6 pairs and 2 totals at most
-        assert len(bucket.keys) <= 8
-        assert bucket.pending_rows < 50
-    out = features(users_table([1, 2, 3, 4]), compounds_table([1, 2, 3]), counts)
-    assert as_rows(out)[0]["total_experiments"] == 1500
-    assert as_rows(out)[0]["most_common_compound_ids"] == [1, 2, 3]
-
-
-def test_features_use_the_counts_up() -> None:
-    counter = ExperimentCounts(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
-    counter.add(experiments_table([(1, [1])]).to_batches()[0])
-    counts = counter.result()
-    features(users_table([1]), compounds_table([1]), counts)
-    with pytest.raises(RuntimeError, match="used already"):  # a second call would see empty buckets
-        features(users_table([1]), compounds_table([1]), counts)
-
-
-def test_a_failure_of_the_counting_thread_is_its_own_error_and_ends_the_thread(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # an ArrowInvalid from the counting thread must not look like a CSV problem to the extract step
-    def broken(self: ExperimentCounts, item: Any) -> None:
-        raise pa.ArrowInvalid("a bug in counting")
-
-    monkeypatch.setattr(ExperimentCounts, "_partition", broken)
-    counter = ExperimentCounts(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
-    counter.add(experiments_table([(1, [1])]).to_batches()[0])
-    with pytest.raises(transform.CountingFailed, match="ArrowInvalid: a bug in counting"):
-        counter.result()
-    with pytest.raises(RuntimeError, match="has stopped"):  # not a put onto a queue nobody reads
-        counter.add(experiments_table([(1, [1])]).to_batches()[0])
-
-
-def test_pending_keys_are_counted_once_the_buckets_share_of_the_budget_is_reached(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # 8 buckets share a budget of 16 pending keys: 2 each.  A bucket holds at most 4 counted keys
-    # (3 pairs and its total), so pending keys may reach max(2, 2 * 4) per bucket, never the file
-    monkeypatch.setattr(transform, "PENDING_KEYS", 16)
-    users = list(range(1, 9))
-    counter = ExperimentCounts(pa.array(users, pa.int64()), pa.array([1, 2, 3], pa.int64()), bucket_users=1)
-    rows = [(u, [c]) for u in users for c in (1, 2, 3)]
-    for batch in experiments_table(rows * 200).to_batches(max_chunksize=5):
-        counter.add(batch)
-    counts = counter.result()
-    assert sum(bucket.pending_rows for bucket in counts.buckets) <= 8 * 8
-    assert all(len(bucket.keys) <= 4 for bucket in counts.buckets)
+    return users, compounds, experiments
