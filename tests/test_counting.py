@@ -1,8 +1,10 @@
 """The counting engine: any batching and any bucket size give the oracle's answer, running counts stay
-within their budget, a failure of the counting thread is its own error."""
+within their budget, and the threads live inside the counter's with block and the generator only."""
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pyarrow as pa
@@ -10,9 +12,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl_core import counting
+from etl_core import counting, transform
 from etl_core.counting import ExperimentCounter, feature_table
 from tests.test_transform import as_rows, compounds_table, data, experiments_table, oracle, users_table
+
+
+def threads(prefix: str) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefix)]
 
 
 def batch_of(rows: list[tuple[int, list[int]]]) -> pa.RecordBatch:
@@ -101,3 +107,75 @@ def test_pending_keys_are_counted_once_the_buckets_share_of_the_budget_is_reache
         counts = counter.result()
     assert sum(bucket.pending_rows for bucket in counts.buckets) <= 8 * 8
     assert all(len(bucket.keys) <= 4 for bucket in counts.buckets)
+
+
+def test_the_engine_gives_what_the_pure_core_gives() -> None:
+    users, compounds = users_table([5, 3, 9, 1]), compounds_table([20, 10, 30])
+    experiments = experiments_table([(3, [10, 20, 10]), (9, [30]), (3, [20]), (1, [30, 10]), (9, [30, 20])])
+    compound_ids = compounds.sort_by("compound_id")["compound_id"].combine_chunks()
+    with ExperimentCounter(users["user_id"].combine_chunks(), compound_ids, bucket_users=3) as counter:
+        for batch in experiments.to_batches(max_chunksize=2):
+            counter.add(batch)
+        counts = counter.result()
+    out = feature_table(users, compounds.sort_by("compound_id"), counts)
+    assert out.to_pylist() == transform.compute_features(users, compounds, experiments).to_pylist()
+
+
+# --- the threads' lifetimes
+
+
+def test_the_counting_thread_lives_inside_the_with_block_only() -> None:
+    counter = ExperimentCounter(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
+    assert threads("etl-counts") == []  # made, not entered: no thread
+    with pytest.raises(RuntimeError, match="inside its with block"):
+        counter.add(batch_of([(1, [1])]))
+    with counter:
+        assert threads("etl-counts") == ["etl-counts"]
+        counter.add(batch_of([(1, [1])]))
+        counter.reset()  # the thread that was counting stops; a fresh one starts
+        assert threads("etl-counts") == ["etl-counts"]
+    assert threads("etl-counts") == []  # left without a result
+    for late in (lambda: counter.add(batch_of([(1, [1])])), counter.reset, counter.result):
+        with pytest.raises(RuntimeError, match="inside its with block"):
+            late()
+    with pytest.raises(RuntimeError, match="one with block"), counter:
+        pass
+
+
+def test_leaving_the_block_by_an_error_stops_the_thread_and_drops_its_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    going = threading.Event()
+
+    def slow(self: ExperimentCounter, item: Any) -> None:
+        going.wait(5)
+        seen.append(len(item[0]))
+
+    monkeypatch.setattr(ExperimentCounter, "_partition", slow)
+    release = threading.Timer(0.5, going.set)  # once the block has been left
+    with pytest.raises(KeyError), ExperimentCounter(pa.array([1], pa.int64()), pa.array([1], pa.int64())) as counter:
+        for _ in range(3):  # one being counted, two queued
+            counter.add(batch_of([(1, [1])]))
+        release.start()
+        raise KeyError("the extract step failed")
+    assert threads("etl-counts") == []
+    assert seen == [1]  # the two queued batches were dropped
+
+
+def test_closing_the_feature_batches_early_stops_their_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = transform.favourites
+
+    def slow(*args: Any) -> transform.Favourites:
+        time.sleep(0.05)
+        return real(*args)
+
+    monkeypatch.setattr(transform, "favourites", slow)
+    users = list(range(1, 41))
+    with ExperimentCounter(pa.array(users, pa.int64()), pa.array([1, 2], pa.int64()), bucket_users=2) as counter:
+        counter.add(batch_of([(u, [1 + u % 2]) for u in users]))
+        counts = counter.result()
+    batches = counting.feature_batches(users_table(users), compounds_table([1, 2]), counts)
+    assert next(batches).to_pylist()[0]["most_common_compound_ids"] == [2]
+    assert threads("etl-features")
+    batches.close()
+    assert threads("etl-features") == []
+    assert sum(bucket.taken for bucket in counts.buckets) < len(counts.buckets) // 2  # the queued ones never ran
