@@ -3,7 +3,7 @@
     python bench/profile_ours.py --data bench/out/L [--top 25] [--stats bench/out/ours_L.prof]
 
 pyarrow's kernels are C++: cProfile charges each one to the Python line that called it (for example
-``pyarrow._compute.call_function`` under ``transform._favourites``), which is what is wanted here.  The
+``pyarrow._compute.call_function`` under ``transform.tied_favourites``), which is what is wanted here.  The
 CSV reader decodes on a thread pool; the main thread's wait for the next batch shows up as the
 reader's ``read_next_batch``.
 """

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from etl_core import extract, guard, transform
+from etl_core import counting, extract, guard
 from etl_core.config import POLICIES, Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
 from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError, RunNotFound, shorten
@@ -184,12 +184,9 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, data_dir: Path, *, f
         compounds_table = compounds_sink.table().sort_by("compound_id")
         refs = extract.References.of(users_table["user_id"].combine_chunks(),
                                      compounds_table["compound_id"].combine_chunks())
-        counter = transform.ExperimentCounts(refs.users.keys, refs.compounds.keys)
-        try:
+        with counting.ExperimentCounter(refs.users.keys, refs.compounds.keys) as counter:
             experiments = _read(settings, data_dir, EXPERIMENTS, counter, run_id, refs=refs)
             counts = counter.result()  # the counting thread finishes with the file
-        finally:
-            counter.close()
     results = [users, compounds, experiments]
     violations = pa.concat_tables([r.violations for r in results])
     files = {r.contract.filename: {
@@ -215,7 +212,7 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, data_dir: Path, *, f
     # the features stream into the COPY bucket by bucket: the server parses while we compute, and
     # 'transform' counts the time the COPY waited for them (it is part of 'load')
     waited = [0.0]
-    features = _timed(transform.feature_batches(users_table, compounds_table, counts), waited)
+    features = _timed(counting.feature_batches(users_table, compounds_table, counts), waited)
     try:
         with _phase(seconds, "load"):
             with ledger.publishing() as publication:

@@ -181,24 +181,21 @@ def test_keys_in_any_order_are_checked_for_duplicates_across_batches(tmp_path: P
 
 def test_a_failing_sink_fails_the_read_without_a_diagnostic_re_read(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from etl_core import transform
+    from etl_core import counting
 
-    def broken(self: transform.ExperimentCounts, item: object) -> None:
+    def broken(self: counting.ExperimentCounter, item: object) -> None:
         raise pa.ArrowInvalid("a bug in counting")
 
     def no_diagnosis(*args: object) -> None:
         raise AssertionError("the file was read again on the diagnostic path")
 
-    monkeypatch.setattr(transform.ExperimentCounts, "_partition", broken)
+    monkeypatch.setattr(counting.ExperimentCounter, "_partition", broken)
     monkeypatch.setattr(extract, "_diagnose", no_diagnosis)
     path = tmp_path / EXPERIMENTS.filename
     path.write_text("experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
                     + "".join(f"{i},1,1,10\n" for i in range(1, 20001)))
-    counter = transform.ExperimentCounts(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
-    try:
-        with pytest.raises(transform.CountingFailed):
+    with counting.ExperimentCounter(pa.array([1], pa.int64()), pa.array([1], pa.int64())) as counter:
+        with pytest.raises(counting.CountingFailed):
             extract.read_file(path, EXPERIMENTS, counter, refs=extract.References.of(
                 pa.array([1], pa.int64()), pa.array([1], pa.int64())), block_size=1 << 16)
             counter.result()
-    finally:
-        counter.close()

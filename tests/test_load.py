@@ -198,12 +198,12 @@ def test_a_failure_of_ours_in_the_middle_of_the_copy_loses_nothing(
     sent, or the CSV formatting.  The error raised is ours (not a database error, which would read
     as 'retry later'), the old features stay, the run is recorded as failed, no thread is left
     computing, and the next run works."""
-    from etl_core import transform
+    from etl_core import counting
     from etl_core.errors import EtlError
 
     pipeline.run(settings, pipeline.Trigger())
     before = features_dump(db, schema)
-    real = transform.feature_batches
+    real = counting.feature_batches
 
     def failing_transform(*args: Any) -> Any:
         batches = real(*args)
@@ -217,7 +217,7 @@ def test_a_failure_of_ours_in_the_middle_of_the_copy_loses_nothing(
         raise RuntimeError("boom while formatting")
 
     if where == "transform":
-        monkeypatch.setattr(transform, "feature_batches", failing_transform)
+        monkeypatch.setattr(counting, "feature_batches", failing_transform)
     else:
         from etl_core.store import postgres
         monkeypatch.setattr(postgres, "_features_rows", failing_csv)
@@ -291,13 +291,13 @@ def test_the_run_logs_each_phase_as_json_lines(settings: Settings, caplog: pytes
 
 def test_an_unexpected_error_is_recorded_and_answered(settings: Settings, db: Any, schema: str,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from etl_core import transform
+    from etl_core import counting
     from etl_core.errors import InternalError
 
     def broken(*args: Any) -> Any:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(transform, "feature_batches", broken)
+    monkeypatch.setattr(counting, "feature_batches", broken)
     with pytest.raises(InternalError, match="unexpected ZeroDivisionError: a bug"):
         pipeline.run(settings, pipeline.Trigger())
     [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs ORDER BY id DESC LIMIT 1')

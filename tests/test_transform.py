@@ -1,8 +1,10 @@
-"""The features, as a pure function of Arrow tables: ties, users without experiments, repeats,
-batching, and a property test against a plain-Python oracle."""
+"""The pure core: each kernel on tiny arrays (ties, users without experiments, a compound listed twice,
+ids that are not a dense range), the features of whole tables, and a property test against a
+plain-Python oracle.  The engine that runs the kernels on threads is tested in test_counting.py."""
 
 from __future__ import annotations
 
+import ast
 from collections import Counter
 from typing import Any
 
@@ -12,7 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl_core import transform
-from etl_core.transform import ExperimentCounts, compute_features, features
+from etl_core.transform import compute_features
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -35,6 +38,177 @@ def experiments_table(rows: list[tuple[int, list[int]]]) -> pa.Table:
 
 def as_rows(table: pa.Table) -> list[dict[str, Any]]:
     return table.to_pylist()
+
+
+INT64 = pa.int64()
+
+
+def ints(values: list[int], type: pa.DataType = INT64) -> pa.Array:
+    return pa.array(values, type)
+
+
+def lists(values: list[list[int]]) -> pa.ListArray:
+    return pa.array(values, pa.list_(pa.int64()))
+
+
+def pairs(keys: pa.Array, counts: pa.Array) -> list[tuple[int, int]]:
+    """(key, count) in key order: the counting kernels give them in no particular order."""
+    return sorted(zip(keys.to_pylist(), counts.to_pylist(), strict=True))
+
+
+# --- the core is pure: nothing but pyarrow (and dataclasses) is imported
+
+
+def test_the_core_imports_pyarrow_only() -> None:
+    tree = ast.parse((ROOT / "etl_core" / "transform.py").read_text())
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported == {"__future__", "dataclasses", "pyarrow", "pyarrow.compute"}
+
+
+# --- ranks
+
+
+def test_offset_if_range_is_the_first_id_of_a_dense_range_only() -> None:
+    assert transform.offset_if_range(ints([4, 5, 6])) == 4
+    assert transform.offset_if_range(ints([4, 6, 7])) is None
+    assert transform.offset_if_range(ints([])) is None
+
+
+def test_rank_is_the_position_among_the_sorted_ids_dense_or_not() -> None:
+    assert transform.rank(ints([6, 4, 5]), ints([4, 5, 6]), 4).to_pylist() == [2, 0, 1]
+    assert transform.rank(ints([9, 2, 1000]), ints([2, 9, 1000]), None).to_pylist() == [1, 0, 2]
+    assert transform.rank(ints([9, 2]), ints([2, 9]), None).type == pa.int64()
+
+
+# --- a compound listed twice in one list
+
+
+def test_repeated_in_list_marks_a_compound_seen_earlier_in_the_same_list_only() -> None:
+    values = lists([[2, 0, 2], [1, 1], [0]])
+    parents = ints([0, 0, 0, 1, 1, 2])
+    compounds = ints([2, 0, 2, 1, 1, 0])
+    assert transform.repeated_in_list(parents, compounds, values).to_pylist() == [
+        False, False, True, False, True, False]
+
+
+def test_repeated_in_list_of_long_lists_takes_the_hash_path_with_the_same_answer() -> None:
+    long = [1] * (transform.MAX_SHIFTS + 2) + [2, 1]
+    values = lists([long, [1]])
+    parents = ints([0] * len(long) + [1])
+    compounds = ints([*long, 1])
+    assert transform.repeated_in_list(parents, compounds, values).to_pylist() == (
+        [False] + [True] * (transform.MAX_SHIFTS + 1) + [False, True] + [False])
+
+
+def test_repeated_in_list_of_nothing_is_nothing() -> None:
+    assert transform.repeated_in_list(ints([]), ints([]), lists([])).to_pylist() == []
+    assert transform.repeated_in_list(ints([0, 1]), ints([3, 3]), lists([[3], [3]])).to_pylist() == [False, False]
+
+
+# --- the keys of one batch
+
+
+def test_experiment_keys_are_one_per_distinct_compound_then_one_per_experiment() -> None:
+    # users 10, 20, 30 are positions 0, 1, 2; compounds 5, 7, 9 indices 0, 1, 2: width 3, stride 4
+    keys = transform.experiment_keys(ints([30, 10]), lists([[9, 5, 9], [7]]), ints([10, 20, 30]), ints([5, 7, 9]))
+    assert keys.to_pylist() == [2 * 4 + 2, 2 * 4 + 0, 0 * 4 + 1, 2 * 4 + 3, 0 * 4 + 3]
+
+
+def test_experiment_keys_are_the_same_for_dense_ids() -> None:
+    keys = transform.experiment_keys(ints([103, 101]), lists([[3, 1, 3], [2]]), ints([101, 102, 103]),
+                                     ints([1, 2, 3]))
+    assert keys.to_pylist() == [10, 8, 1, 11, 3]
+
+
+def test_experiment_keys_of_a_long_list_with_repeats() -> None:
+    long = [2] * (transform.MAX_SHIFTS + 3) + [1]
+    keys = transform.experiment_keys(ints([1]), lists([long]), ints([1]), ints([1, 2]))
+    assert keys.to_pylist() == [1, 0, 2]
+
+
+def test_experiment_keys_of_huge_ids_stay_small() -> None:
+    big = 9_000_000_000_000_000_000
+    keys = transform.experiment_keys(ints([big]), lists([[big]]), ints([7, big]), ints([3, big]))
+    assert keys.to_pylist() == [1 * 3 + 1, 1 * 3 + 2]
+
+
+# --- counting keys
+
+
+def test_count_keys_counts_each_distinct_key() -> None:
+    assert pairs(*transform.count_keys(ints([3, 1, 3, 3], pa.int32()))) == [(1, 1), (3, 3)]
+    chunked = pa.chunked_array([ints([2, 2]), ints([2, 5])])
+    assert pairs(*transform.count_keys(chunked)) == [(2, 3), (5, 1)]
+    assert pairs(*transform.count_keys(ints([]))) == []
+
+
+def test_add_counts_sums_the_counts_of_a_key_in_both() -> None:
+    assert pairs(*transform.add_counts(ints([1, 3]), ints([1, 3]), ints([3, 4]), ints([2, 1]))) == [
+        (1, 1), (3, 5), (4, 1)]
+    assert pairs(*transform.add_counts(ints([]), ints([]), ints([3]), ints([2]))) == [(3, 2)]
+
+
+# --- one bucket's totals and favourites
+
+
+def test_user_totals_give_zero_to_users_without_experiments() -> None:
+    totals = transform.user_totals(ints([2, 0]), ints([1, 3]), 4)
+    assert totals.to_pylist() == [3, 0, 1, 0]
+    assert totals.type == pa.int64()
+
+
+def test_tied_favourites_list_every_top_compound_of_each_user_in_index_order() -> None:
+    # stride 4: user 0 has compounds 2 and 0 twice each and 1 once; user 1 nothing; user 2 compound 1
+    keys, positions, counts = ints([2, 0, 1, 9], pa.int32()), ints([0, 0, 0, 2], pa.int32()), ints([2, 2, 1, 5])
+    per_user, tied = transform.tied_favourites(keys, positions, counts, 3, 4)
+    assert per_user.to_pylist() == [2, 0, 1]
+    assert tied.to_pylist() == [0, 2, 1]
+    assert tied.type == pa.int64()
+
+
+def test_favourites_split_experiment_keys_from_pair_keys() -> None:
+    keys = ints([2, 11, 0, 3, 1, 9], pa.int32())  # 3 and 11: the experiments of users 0 and 2
+    fav = transform.favourites(keys, ints([2, 5, 2, 3, 1, 5]), 3, 4)
+    assert (fav.totals.to_pylist(), fav.tied_per_user.to_pylist(), fav.tied.to_pylist()) == (
+        [3, 0, 5], [2, 0, 1], [0, 2, 1])
+
+
+def test_favourites_of_users_without_any_key() -> None:
+    fav = transform.favourites(ints([], pa.int32()), ints([]), 2, 4)
+    assert (fav.totals.to_pylist(), fav.tied_per_user.to_pylist(), fav.tied.to_pylist()) == ([0, 0], [0, 0], [])
+
+
+# --- one bucket's rows
+
+
+def test_feature_batch_gives_each_user_its_row() -> None:
+    fav = transform.Favourites(ints([3, 0, 5]), ints([2, 0, 1]), ints([0, 2, 1]))
+    batch = transform.feature_batch(users_table([10, 20, 30], ["a", "b", "c"]), fav, pa.array(["X", "Y", "Z"]),
+                                    ints([5, 7, 9]), transform.average(8, 3))
+    assert batch.schema == transform.FEATURES_SCHEMA
+    assert batch.to_pylist() == [
+        {"user_id": 10, "user_name": "a", "total_experiments": 3, "most_common_compounds": "X;Z",
+         "most_common_compound_ids": [5, 9], "average_experiments": 8 / 3},
+        {"user_id": 20, "user_name": "b", "total_experiments": 0, "most_common_compounds": None,
+         "most_common_compound_ids": None, "average_experiments": 8 / 3},
+        {"user_id": 30, "user_name": "c", "total_experiments": 5, "most_common_compounds": "Y",
+         "most_common_compound_ids": [7], "average_experiments": 8 / 3},
+    ]
+
+
+def test_by_user_id_sorts_only_when_needed() -> None:
+    assert transform.by_user_id(users_table([3, 1, 2]))["user_id"].to_pylist() == [1, 2, 3]
+    ordered = users_table([1, 5, 9])
+    assert transform.by_user_id(ordered) is ordered
+
+
+def test_average_is_experiments_per_user_and_zero_without_users() -> None:
+    assert transform.average(4, 3).as_py() == 4 / 3
+    assert transform.average(0, 0).as_py() == 0.0
+
+
+# --- whole tables
 
 
 def test_ties_list_every_top_compound_in_compound_id_order() -> None:
@@ -91,6 +265,11 @@ def test_output_schema_is_fixed() -> None:
     assert out.schema == transform.FEATURES_SCHEMA
 
 
+def test_no_users_give_no_rows() -> None:
+    out = compute_features(users_table([]), compounds_table([1]), experiments_table([]))
+    assert (out.num_rows, out.schema) == (0, transform.FEATURES_SCHEMA)
+
+
 # --- property: any data, any batching, same answer as a plain-Python oracle
 
 
@@ -111,7 +290,8 @@ def oracle(users: list[int], compounds: list[int], experiments: list[tuple[int, 
 
 
 @st.composite
-def datasets(draw: Any) -> tuple[list[int], list[int], list[tuple[int, list[int]]], int, int, int]:
+def data(draw: Any) -> tuple[list[int], list[int], list[tuple[int, list[int]]]]:
+    """Users, compounds (each a dense range or not) and experiments that list them."""
     if draw(st.booleans()):  # ids filling a range take the dense lookups
         first = draw(st.integers(1, 10**6))
         users = list(range(first, first + draw(st.integers(1, 12))))
@@ -128,87 +308,15 @@ def datasets(draw: Any) -> tuple[list[int], list[int], list[tuple[int, list[int]
                   st.lists(st.sampled_from(compounds), min_size=1, max_size=transform.MAX_SHIFTS + 4)),
         max_size=40,
     ))
-    batch = draw(st.integers(1, 16))
-    # small buckets and early counting, so that examples span buckets and recount running totals
-    bucket_users = draw(st.integers(1, 5))
-    compact_at = draw(st.integers(1, 10))
-    return users, compounds, experiments, batch, bucket_users, compact_at
+    return users, compounds, experiments
 
 
 @settings(max_examples=150, deadline=None)
-@given(datasets())
-def test_features_match_the_oracle_for_any_data_and_batching(data: Any) -> None:
-    users, compounds, experiments, batch, bucket_users, compact_at = data
-    compounds_t = compounds_table(compounds).sort_by("compound_id")
-    counter = ExperimentCounts(pa.array(users, pa.int64()), compounds_t["compound_id"].combine_chunks(),
-                               bucket_users=bucket_users, compact_at=compact_at)
-    for part in experiments_table(experiments).to_batches(max_chunksize=batch):
-        counter.add(part)
-    out = features(users_table(users), compounds_t, counter.result())
+@given(data(), st.integers(1, 16))
+def test_compute_features_matches_the_oracle_for_any_data_and_batching(
+        dataset: tuple[list[int], list[int], list[tuple[int, list[int]]]], batch: int) -> None:
+    users, compounds, experiments = dataset
+    table = experiments_table(experiments)
+    batches = pa.Table.from_batches(table.to_batches(max_chunksize=batch), schema=table.schema)
+    out = compute_features(users_table(users), compounds_table(compounds), batches)
     assert out.to_pylist() == oracle(users, compounds, experiments)
-
-
-def test_reset_forgets_what_was_added() -> None:
-    counter = ExperimentCounts(pa.array([1], pa.int64()), pa.array([1, 2], pa.int64()))
-    counter.add(experiments_table([(1, [1])]).to_batches()[0])
-    counter.reset()
-    counter.add(experiments_table([(1, [2])]).to_batches()[0])
-    out = features(users_table([1]), compounds_table([1, 2]), counter.result())
-    assert as_rows(out)[0]["most_common_compound_ids"] == [2]
-    assert as_rows(out)[0]["total_experiments"] == 1
-
-
-def test_running_counts_hold_the_distinct_pairs_not_the_whole_file() -> None:
-    # 4 users x 3 compounds: at most 12 pairs and 4 experiment totals, whatever the file's length
-    counter = ExperimentCounts(pa.array([1, 2, 3, 4], pa.int64()), pa.array([1, 2, 3], pa.int64()),
-                               bucket_users=2, compact_at=50)
-    rows = [(u, [c, (c % 3) + 1]) for u in (1, 2, 3, 4) for c in (1, 2, 3)]
-    for batch in experiments_table(rows * 500).to_batches(max_chunksize=7):
-        counter.add(batch)
-    counts = counter.result()
-    assert counts.experiments == 6000
-    for bucket in counts.buckets:  # 2 users each: 6 pairs and 2 totals at most
-        assert len(bucket.keys) <= 8
-        assert bucket.pending_rows < 50
-    out = features(users_table([1, 2, 3, 4]), compounds_table([1, 2, 3]), counts)
-    assert as_rows(out)[0]["total_experiments"] == 1500
-    assert as_rows(out)[0]["most_common_compound_ids"] == [1, 2, 3]
-
-
-def test_features_use_the_counts_up() -> None:
-    counter = ExperimentCounts(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
-    counter.add(experiments_table([(1, [1])]).to_batches()[0])
-    counts = counter.result()
-    features(users_table([1]), compounds_table([1]), counts)
-    with pytest.raises(RuntimeError, match="used already"):  # a second call would see empty buckets
-        features(users_table([1]), compounds_table([1]), counts)
-
-
-def test_a_failure_of_the_counting_thread_is_its_own_error_and_ends_the_thread(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # an ArrowInvalid from the counting thread must not look like a CSV problem to the extract step
-    def broken(self: ExperimentCounts, item: Any) -> None:
-        raise pa.ArrowInvalid("a bug in counting")
-
-    monkeypatch.setattr(ExperimentCounts, "_partition", broken)
-    counter = ExperimentCounts(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
-    counter.add(experiments_table([(1, [1])]).to_batches()[0])
-    with pytest.raises(transform.CountingFailed, match="ArrowInvalid: a bug in counting"):
-        counter.result()
-    with pytest.raises(RuntimeError, match="has stopped"):  # not a put onto a queue nobody reads
-        counter.add(experiments_table([(1, [1])]).to_batches()[0])
-
-
-def test_pending_keys_are_counted_once_the_buckets_share_of_the_budget_is_reached(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # 8 buckets share a budget of 16 pending keys: 2 each.  A bucket holds at most 4 counted keys
-    # (3 pairs and its total), so pending keys may reach max(2, 2 * 4) per bucket, never the file
-    monkeypatch.setattr(transform, "PENDING_KEYS", 16)
-    users = list(range(1, 9))
-    counter = ExperimentCounts(pa.array(users, pa.int64()), pa.array([1, 2, 3], pa.int64()), bucket_users=1)
-    rows = [(u, [c]) for u in users for c in (1, 2, 3)]
-    for batch in experiments_table(rows * 200).to_batches(max_chunksize=5):
-        counter.add(batch)
-    counts = counter.result()
-    assert sum(bucket.pending_rows for bucket in counts.buckets) <= 8 * 8
-    assert all(len(bucket.keys) <= 4 for bucket in counts.buckets)

@@ -1,0 +1,275 @@
+"""The counting engine: the kernels of ``transform`` run on threads, over buckets, within a memory budget.
+
+``ExperimentCounter`` is the extract step's sink for the experiments.  It keeps only running counts,
+made on a thread of its own (``etl-counts``) while the caller reads and checks the next batch; its
+``with`` block is its lifetime, and leaving the block always stops the thread::
+
+    with counting.ExperimentCounter(user_ids, compound_ids) as counter:
+        extract.read_file(path, EXPERIMENTS, counter, refs=refs)
+        counts = counter.result()
+    for batch in counting.feature_batches(users, compounds, counts):
+        ...
+
+Each batch's keys (``transform.experiment_keys``) are split into buckets of consecutive user positions,
+so that the hash tables that count them stay small enough for the CPU's caches, and a bucket's
+pending keys are counted into its running totals once they pass its share of a budget (PENDING_KEYS):
+beyond that, memory follows the distinct (user, compound) pairs, not the length of the file.  At the
+end ``feature_batches`` works out each bucket's rows on a thread per core (``etl-features``), ahead of
+the caller, and hands them on in user order, one batch per bucket.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import queue
+import threading
+from collections.abc import Callable, Generator
+from concurrent.futures import ThreadPoolExecutor
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from etl_core import transform
+
+# user positions per bucket: 25 buckets at 100k users, so that both cores share them; fewer beyond
+# 524,287 compounds, so that a bucket's keys fit in 32 bits
+BUCKET_USERS = 1 << 12
+# Keys wait in their bucket until there are more of them than twice the bucket's counted pairs and
+# than the bucket's share of PENDING_KEYS (2^27 keys, 512 MiB as int32, across all buckets); then they
+# are counted.  Counting sooner would cost time and, while most pairs are new, memory too: a counted
+# pair takes 12 bytes, a pending key 4.
+PENDING_KEYS = 1 << 27
+
+
+class Bucket:
+    """The keys of one range of user positions: counted (key, n) so far, and keys not counted yet."""
+
+    def __init__(self, key_type: pa.DataType, compact_at: int) -> None:
+        self.key_type = key_type
+        self.compact_at = compact_at
+        self.keys = pa.array([], key_type)
+        self.counts = pa.array([], pa.int64())
+        self.pending: list[pa.Array] = []
+        self.pending_rows = 0
+        self.taken = False
+
+    def add(self, keys: pa.Array) -> None:
+        self.pending.append(pa.concat_arrays([keys]))  # a copy: the batch's buffer is not kept alive
+        self.pending_rows += len(keys)
+        if self.pending_rows >= max(self.compact_at, 2 * len(self.keys)):
+            self.compact()
+
+    def compact(self) -> None:
+        """Count the pending keys into the running totals."""
+        if not self.pending:
+            return
+        pending, self.pending, self.pending_rows = self.pending, [], 0
+        keys, counts = transform.count_keys(pa.chunked_array(pending, self.key_type))
+        del pending  # freed before the merge below
+        self.keys, self.counts = transform.add_counts(self.keys, self.counts, keys, counts)
+
+    def take(self) -> tuple[pa.Array, pa.Array]:
+        """Every key with its count; the bucket lets go of them (its memory is freed with the caller's)."""
+        if self.taken:
+            raise RuntimeError("these counts have been used already")
+        self.compact()
+        keys, counts = self.keys, self.counts
+        self.keys, self.counts, self.taken = pa.array([], self.key_type), pa.array([], pa.int64()), True
+        return keys, counts
+
+
+@dataclasses.dataclass(frozen=True)
+class Counts:
+    """The aggregates the features are made from."""
+
+    experiments: int
+    user_ids: pa.Array  # sorted: the user at position p is user_ids[p]
+    buckets: tuple[Bucket, ...]  # bucket b holds positions b * bucket_users ...
+    bucket_users: int
+    width: int  # compound index ``width`` counts the experiment itself
+
+    @property
+    def stride(self) -> int:
+        """A bucket's key is (position - first position) * stride + compound index."""
+        return self.width + 1
+
+    def bucket_size(self, b: int) -> int:
+        """How many users bucket ``b`` holds."""
+        return min(self.bucket_users, len(self.user_ids) - b * self.bucket_users)
+
+
+class CountingFailed(Exception):
+    """The counting thread failed (a bug, or memory): not a problem of the input file."""
+
+
+class ExperimentCounter:
+    """Running counts over batches of accepted experiments (a sink for the extract step), made on a
+    thread of its own inside the counter's ``with`` block.
+
+    ``user_ids`` are the accepted users, ``compound_ids`` the accepted compounds, sorted.  A compound
+    listed twice in one experiment counts once for that experiment.  The counting thread starts when
+    the block is entered and is fed through a short queue, so that it uses the second core while the
+    caller reads and checks the next batch.  ``add``, ``reset`` and ``result`` work inside the block
+    only; leaving it stops the thread, dropping what is still queued when there was no result.
+    """
+
+    def __init__(self, user_ids: pa.Array, compound_ids: pa.Array, *, bucket_users: int = BUCKET_USERS,
+                 compact_at: int | None = None) -> None:
+        self.user_ids = user_ids.take(pc.array_sort_indices(user_ids))
+        self.compound_ids = compound_ids
+        self.width = len(compound_ids)
+        self.stride = self.width + 1
+        self.bucket_users = max(1, min(bucket_users, (2**31 - 1) // self.stride))
+        self._key_type = pa.int32() if self.bucket_users * self.stride <= 2**31 - 1 else pa.int64()
+        self._bucket_count = -(-len(self.user_ids) // self.bucket_users)
+        self._compact_at = compact_at or max(1, PENDING_KEYS // max(self._bucket_count, 1))
+        self.experiments = 0
+        self._buckets: tuple[Bucket, ...] = ()
+        self._worker: _Worker | None = None
+        self._entered = False
+        self._exited = False
+
+    def __enter__(self) -> ExperimentCounter:
+        if self._entered:
+            raise RuntimeError("a counter counts in one with block only")
+        self._entered = True
+        self._start()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._exited = True
+        if self._worker is not None:
+            self._worker.close()
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        worker = self._open()
+        if batch.num_rows == 0:
+            return
+        self.experiments += batch.num_rows
+        worker.put((batch.column("user_id"), batch.column("experiment_compound_ids")))
+
+    def reset(self) -> None:
+        """Forget every batch added (the extract step reads the file again)."""
+        self._open().close()
+        self._start()
+
+    def result(self) -> Counts:
+        """The counts, once the counting thread has counted every batch added."""
+        self._open().finish()
+        return Counts(self.experiments, self.user_ids, self._buckets, self.bucket_users, self.width)
+
+    def _start(self) -> None:
+        self.experiments = 0
+        self._buckets = tuple(Bucket(self._key_type, self._compact_at) for _ in range(self._bucket_count))
+        self._worker = _Worker(self._partition)
+
+    def _open(self) -> _Worker:
+        if self._worker is None or self._exited:
+            raise RuntimeError("a counter counts inside its with block only")
+        return self._worker
+
+    def _partition(self, item: tuple[pa.Array, pa.ListArray]) -> None:
+        """One batch's keys, each into the bucket of its user (on the counting thread)."""
+        users, lists = item
+        keys = transform.experiment_keys(users, lists, self.user_ids, self.compound_ids)
+        span = self.bucket_users * self.stride
+        bucket = pc.divide(keys, span)  # integer division: keys are non-negative
+        order = pc.array_sort_indices(bucket)
+        bucket = bucket.take(order)
+        local = pc.subtract(keys.take(order), pc.multiply(bucket, span)).cast(self._key_type)
+        runs = pc.run_end_encode(bucket)
+        start = 0
+        for end, index in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
+            self._buckets[index].add(local.slice(start, end - start))
+            start = end
+
+
+class _Worker:
+    """Calls ``work`` on each item put, in order, on a thread of its own."""
+
+    _DONE = object()
+
+    def __init__(self, work: Callable[[Any], None]) -> None:
+        self._work = work
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=2)
+        self._error: BaseException | None = None
+        self._stopped = False
+        self._cancelled = False
+        self._thread = threading.Thread(target=self._run, name="etl-counts", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not self._DONE:
+            if self._error is None and not self._cancelled:
+                try:
+                    self._work(item)
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller of put() or finish()
+                    self._error = exc
+
+    def put(self, item: Any) -> None:
+        if self._stopped:
+            raise RuntimeError("the counting thread has stopped: nothing more can be added")
+        self._raise_error()
+        self._queue.put(item)
+
+    def finish(self) -> None:
+        """Wait until every item put has been worked on."""
+        self._stop()
+        self._raise_error()
+
+    def close(self) -> None:
+        """Stop without working on the items still queued."""
+        self._cancelled = True
+        self._stop()
+
+    def _stop(self) -> None:
+        self._stopped = True
+        if self._thread.is_alive():
+            self._queue.put(self._DONE)
+            self._thread.join()
+
+    def _raise_error(self) -> None:
+        # its own class: an ArrowInvalid from here must not pass for a CSV problem (that re-reads the file)
+        if self._error is not None:
+            raise CountingFailed(f"the counting thread failed: {type(self._error).__name__}: {self._error}") \
+                from self._error
+
+
+def feature_batches(users: pa.Table, compounds: pa.Table, counts: Counts) -> Generator[pa.RecordBatch, None, None]:
+    """One row per user of ``users`` (the users counted), by user id: totals, the tied most common
+    compounds, the average; one batch per bucket, in order.  ``compounds`` must be sorted by
+    compound_id (the order ties are listed in).
+
+    The buckets are worked out on a thread per core, ahead of the caller, so that a caller that
+    sends each batch on (the COPY) overlaps with them.  This uses ``counts`` up: each bucket's
+    memory is freed as soon as its users are done.  Closing the generator early drops the buckets
+    not started yet and waits for the ones being worked out."""
+    if users.num_rows != len(counts.user_ids):
+        raise ValueError(f"{users.num_rows} users, but {len(counts.user_ids)} were counted")
+    users = transform.by_user_id(users)
+    names = compounds["compound_name"].combine_chunks()
+    compound_ids = compounds["compound_id"].combine_chunks()
+    average = transform.average(counts.experiments, users.num_rows)
+
+    def one(b: int) -> transform.Favourites:
+        keys, n = counts.buckets[b].take()
+        return transform.favourites(keys, n, counts.bucket_size(b), counts.stride)
+
+    pool = ThreadPoolExecutor(max(1, min(len(counts.buckets), os.cpu_count() or 1)),
+                              thread_name_prefix="etl-features")
+    try:
+        futures = [pool.submit(one, b) for b in range(len(counts.buckets))]
+        for b, future in enumerate(futures):
+            mine = users.slice(b * counts.bucket_users, counts.bucket_size(b))
+            yield transform.feature_batch(mine, future.result(), names, compound_ids, average)
+    finally:  # also when the caller stops early: buckets not started yet are dropped
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def feature_table(users: pa.Table, compounds: pa.Table, counts: Counts) -> pa.Table:
+    """``feature_batches`` as one table."""
+    return pa.Table.from_batches(list(feature_batches(users, compounds, counts)), schema=transform.FEATURES_SCHEMA)

@@ -1,0 +1,183 @@
+"""The counting engine: any batching and any bucket size give the oracle's answer, running counts stay
+within their budget, and the threads live inside the counter's with block and the generator only."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pyarrow as pa
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from etl_core import counting, transform
+from etl_core.counting import ExperimentCounter, feature_table
+from tests.test_transform import as_rows, compounds_table, data, experiments_table, oracle, users_table
+
+pytestmark = pytest.mark.unit
+
+
+def threads(prefix: str) -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith(prefix)]
+
+
+def batch_of(rows: list[tuple[int, list[int]]]) -> pa.RecordBatch:
+    return experiments_table(rows).to_batches()[0]
+
+
+@settings(max_examples=150, deadline=None)
+@given(data(), st.integers(1, 16), st.integers(1, 5), st.integers(1, 10))
+def test_features_match_the_oracle_for_any_data_and_batching(
+        dataset: tuple[list[int], list[int], list[tuple[int, list[int]]]], batch: int, bucket_users: int,
+        compact_at: int) -> None:
+    # small buckets and early counting, so that examples span buckets and recount running totals
+    users, compounds, experiments = dataset
+    compounds_t = compounds_table(compounds).sort_by("compound_id")
+    with ExperimentCounter(pa.array(users, pa.int64()), compounds_t["compound_id"].combine_chunks(),
+                           bucket_users=bucket_users, compact_at=compact_at) as counter:
+        for part in experiments_table(experiments).to_batches(max_chunksize=batch):
+            counter.add(part)
+        counts = counter.result()
+    out = feature_table(users_table(users), compounds_t, counts)
+    assert out.to_pylist() == oracle(users, compounds, experiments)
+
+
+def test_reset_forgets_what_was_added() -> None:
+    with ExperimentCounter(pa.array([1], pa.int64()), pa.array([1, 2], pa.int64())) as counter:
+        counter.add(batch_of([(1, [1])]))
+        counter.reset()
+        counter.add(batch_of([(1, [2])]))
+        counts = counter.result()
+    out = feature_table(users_table([1]), compounds_table([1, 2]), counts)
+    assert as_rows(out)[0]["most_common_compound_ids"] == [2]
+    assert as_rows(out)[0]["total_experiments"] == 1
+
+
+def test_running_counts_hold_the_distinct_pairs_not_the_whole_file() -> None:
+    # 4 users x 3 compounds: at most 12 pairs and 4 experiment totals, whatever the file's length
+    rows = [(u, [c, (c % 3) + 1]) for u in (1, 2, 3, 4) for c in (1, 2, 3)]
+    with ExperimentCounter(pa.array([1, 2, 3, 4], pa.int64()), pa.array([1, 2, 3], pa.int64()),
+                           bucket_users=2, compact_at=50) as counter:
+        for batch in experiments_table(rows * 500).to_batches(max_chunksize=7):
+            counter.add(batch)
+        counts = counter.result()
+    assert counts.experiments == 6000
+    for bucket in counts.buckets:  # 2 users each: 6 pairs and 2 totals at most
+        assert len(bucket.keys) <= 8
+        assert bucket.pending_rows < 50
+    out = feature_table(users_table([1, 2, 3, 4]), compounds_table([1, 2, 3]), counts)
+    assert as_rows(out)[0]["total_experiments"] == 1500
+    assert as_rows(out)[0]["most_common_compound_ids"] == [1, 2, 3]
+
+
+def test_features_use_the_counts_up() -> None:
+    with ExperimentCounter(pa.array([1], pa.int64()), pa.array([1], pa.int64())) as counter:
+        counter.add(batch_of([(1, [1])]))
+        counts = counter.result()
+    feature_table(users_table([1]), compounds_table([1]), counts)
+    with pytest.raises(RuntimeError, match="used already"):  # a second call would see empty buckets
+        feature_table(users_table([1]), compounds_table([1]), counts)
+
+
+def test_a_failure_of_the_counting_thread_is_its_own_error_and_ends_the_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # an ArrowInvalid from the counting thread must not look like a CSV problem to the extract step
+    def broken(self: ExperimentCounter, item: Any) -> None:
+        raise pa.ArrowInvalid("a bug in counting")
+
+    monkeypatch.setattr(ExperimentCounter, "_partition", broken)
+    with ExperimentCounter(pa.array([1], pa.int64()), pa.array([1], pa.int64())) as counter:
+        counter.add(batch_of([(1, [1])]))
+        with pytest.raises(counting.CountingFailed, match="ArrowInvalid: a bug in counting"):
+            counter.result()
+        with pytest.raises(RuntimeError, match="has stopped"):  # not a put onto a queue nobody reads
+            counter.add(batch_of([(1, [1])]))
+
+
+def test_pending_keys_are_counted_once_the_buckets_share_of_the_budget_is_reached(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # 8 buckets share a budget of 16 pending keys: 2 each.  A bucket holds at most 4 counted keys
+    # (3 pairs and its total), so pending keys may reach max(2, 2 * 4) per bucket, never the file
+    monkeypatch.setattr(counting, "PENDING_KEYS", 16)
+    users = list(range(1, 9))
+    rows = [(u, [c]) for u in users for c in (1, 2, 3)]
+    with ExperimentCounter(pa.array(users, pa.int64()), pa.array([1, 2, 3], pa.int64()), bucket_users=1) as counter:
+        for batch in experiments_table(rows * 200).to_batches(max_chunksize=5):
+            counter.add(batch)
+        counts = counter.result()
+    assert sum(bucket.pending_rows for bucket in counts.buckets) <= 8 * 8
+    assert all(len(bucket.keys) <= 4 for bucket in counts.buckets)
+
+
+def test_the_engine_gives_what_the_pure_core_gives() -> None:
+    users, compounds = users_table([5, 3, 9, 1]), compounds_table([20, 10, 30])
+    experiments = experiments_table([(3, [10, 20, 10]), (9, [30]), (3, [20]), (1, [30, 10]), (9, [30, 20])])
+    compound_ids = compounds.sort_by("compound_id")["compound_id"].combine_chunks()
+    with ExperimentCounter(users["user_id"].combine_chunks(), compound_ids, bucket_users=3) as counter:
+        for batch in experiments.to_batches(max_chunksize=2):
+            counter.add(batch)
+        counts = counter.result()
+    out = feature_table(users, compounds.sort_by("compound_id"), counts)
+    assert out.to_pylist() == transform.compute_features(users, compounds, experiments).to_pylist()
+
+
+# --- the threads' lifetimes
+
+
+def test_the_counting_thread_lives_inside_the_with_block_only() -> None:
+    counter = ExperimentCounter(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
+    assert threads("etl-counts") == []  # made, not entered: no thread
+    with pytest.raises(RuntimeError, match="inside its with block"):
+        counter.add(batch_of([(1, [1])]))
+    with counter:
+        assert threads("etl-counts") == ["etl-counts"]
+        counter.add(batch_of([(1, [1])]))
+        counter.reset()  # the thread that was counting stops; a fresh one starts
+        assert threads("etl-counts") == ["etl-counts"]
+    assert threads("etl-counts") == []  # left without a result
+    for late in (lambda: counter.add(batch_of([(1, [1])])), counter.reset, counter.result):
+        with pytest.raises(RuntimeError, match="inside its with block"):
+            late()
+    with pytest.raises(RuntimeError, match="one with block"), counter:
+        pass
+
+
+def test_leaving_the_block_by_an_error_stops_the_thread_and_drops_its_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[int] = []
+    going = threading.Event()
+
+    def slow(self: ExperimentCounter, item: Any) -> None:
+        going.wait(5)
+        seen.append(len(item[0]))
+
+    monkeypatch.setattr(ExperimentCounter, "_partition", slow)
+    release = threading.Timer(0.5, going.set)  # once the block has been left
+    with pytest.raises(KeyError), ExperimentCounter(pa.array([1], pa.int64()), pa.array([1], pa.int64())) as counter:
+        for _ in range(3):  # one being counted, two queued
+            counter.add(batch_of([(1, [1])]))
+        release.start()
+        raise KeyError("the extract step failed")
+    assert threads("etl-counts") == []
+    assert seen == [1]  # the two queued batches were dropped
+
+
+def test_closing_the_feature_batches_early_stops_their_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = transform.favourites
+
+    def slow(*args: Any) -> transform.Favourites:
+        time.sleep(0.05)
+        return real(*args)
+
+    monkeypatch.setattr(transform, "favourites", slow)
+    users = list(range(1, 41))
+    with ExperimentCounter(pa.array(users, pa.int64()), pa.array([1, 2], pa.int64()), bucket_users=2) as counter:
+        counter.add(batch_of([(u, [1 + u % 2]) for u in users]))
+        counts = counter.result()
+    batches = counting.feature_batches(users_table(users), compounds_table([1, 2]), counts)
+    assert next(batches).to_pylist()[0]["most_common_compound_ids"] == [2]
+    assert threads("etl-features")
+    batches.close()
+    assert threads("etl-features") == []
+    assert sum(bucket.taken for bucket in counts.buckets) < len(counts.buckets) // 2  # the queued ones never ran
