@@ -5,6 +5,7 @@ pg8000 has no type hints, so the rest of the code talks to the small ``Connectio
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Iterable
 from typing import Any, Protocol
@@ -65,6 +66,10 @@ def connect(settings: DbSettings, *, sleep: Any = time.sleep) -> Connection:
             # statement_timeout instead
             conn._usock.settimeout(None if not settings.statement_timeout_ms
                                    else settings.statement_timeout_ms / 1000 + settings.connect_timeout)
+            if conn._usock.family in (socket.AF_INET, socket.AF_INET6):
+                # pg8000 writes a COPY's last CopyData and its CopyDone separately: with Nagle's
+                # algorithm the second waits for the server's delayed ACK, 40 ms on every COPY
+                conn._usock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return conn
         except Exception as exc:
             err = translate(exc)
