@@ -1,0 +1,101 @@
+"""The import graph is the one the README draws: the handler knows only the pipeline; the pipeline
+knows the source, extract, transform and the store; only the store knows pg8000; nothing below the
+handler knows HTTP; nothing in the pure core imports threads or I/O."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+PACKAGES = ("etl_core", "handler")
+HTTP = {"fastapi", "starlette", "mangum", "pydantic", "awslambdaric", "handler"}
+THREADS_AND_IO = {"threading", "queue", "concurrent", "multiprocessing", "os", "io", "socket", "subprocess",
+                  "tempfile", "pathlib", "shutil", "logging", "time", "pg8000", "pyarrow.csv", "pyarrow.fs"}
+PURE_CORE = ("etl_core.transform", "etl_core.guard", "etl_core.contract", "etl_core.rules")
+SHARED = {"etl_core.config", "etl_core.errors"}  # every layer may name its settings and errors
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every module ``path`` imports, at the top or inside a function (a lazy import is still one)."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+GRAPH = {module_name(p): imports_of(p) for package in PACKAGES for p in sorted((ROOT / package).rglob("*.py"))}
+
+
+def ours(imported: set[str]) -> set[str]:
+    """The project's modules among ``imported``, by module (``from etl_core import x`` names x)."""
+    return {name for name in imported if name in GRAPH} - SHARED - set(PACKAGES)
+
+
+def test_only_the_store_imports_pg8000_or_its_database_modules() -> None:
+    for module, imported in GRAPH.items():
+        if module.startswith("etl_core.store"):
+            continue
+        assert not {i for i in imported if i.split(".")[0] == "pg8000"}, f"{module} imports pg8000"
+        assert not ours(imported) & {"etl_core.store.db", "etl_core.store.sql"}, f"{module} reaches into the store"
+
+
+def test_the_handler_reaches_the_job_only_through_the_pipeline() -> None:
+    for module, imported in GRAPH.items():
+        if module.startswith("handler"):
+            below = {m for m in ours(imported) if m.startswith("etl_core")}
+            assert below <= {"etl_core.pipeline"}, f"{module} imports {sorted(below)}"
+
+
+def test_nothing_below_the_handler_knows_http() -> None:
+    for module, imported in GRAPH.items():
+        if module.startswith("etl_core"):
+            assert not {i.split(".")[0] for i in imported} & HTTP, f"{module} imports {imported & HTTP}"
+
+
+@pytest.mark.parametrize("module", [m for m in PURE_CORE if m in GRAPH])
+def test_the_pure_core_imports_no_threads_and_no_io(module: str) -> None:
+    imported = GRAPH[module]
+    roots = {i.split(".")[0] for i in imported} | {i for i in imported if i.startswith("pyarrow.")}
+    assert not roots & THREADS_AND_IO, f"{module} imports {sorted(roots & THREADS_AND_IO)}"
+
+
+def readme_graph() -> dict[str, set[str]]:
+    """The README's import picture: lines ``a -> b, c`` in the fenced block after ``<!-- import graph -->``."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    block = readme.split("<!-- import graph -->", 1)[1].split("```", 2)[1]
+    edges: dict[str, set[str]] = {}
+    for line in block.splitlines():
+        if "->" in line:
+            left, right = line.split("->", 1)
+            edges[left.strip()] = {name.strip() for name in re.split(r"[,\s]+", right) if name.strip()}
+    return edges
+
+
+def short(module: str) -> str:
+    return module.removeprefix("etl_core.")
+
+
+def test_the_readme_picture_is_the_import_graph() -> None:
+    drawn = readme_graph()
+    for module, imported in GRAPH.items():
+        if module in SHARED or module in ("etl_core", "handler"):
+            continue
+        actual = {short(m) for m in ours(imported) if m != module}
+        assert drawn.get(short(module), set()) == actual, f"{module} imports {sorted(actual)}"
+    assert set(drawn) <= {short(m) for m in GRAPH}, "the README draws a module that does not exist"
