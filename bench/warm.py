@@ -38,10 +38,21 @@ def sh(*cmd: str, **kwargs: object) -> str:
     return str(done.stdout)
 
 
-def free_port() -> int:
+def free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports that nothing listens on now (held together while chosen)."""
+    held = [socket.socket() for _ in range(count)]
+    try:
+        for s in held:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+def listening(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def build(engine: list[str], flags: list[str], base_image: str, context: Path, tag: str) -> None:
@@ -87,18 +98,26 @@ def main() -> None:
         build(engine, flags, args.base_image, Path(tmp) / "base", images["base"])
     build(engine, flags, args.base_image, ROOT, images["head"])
 
-    ports = {side: free_port() for side in images}
+    found_ports = free_ports(2 * len(images))
+    ports = dict(zip(images, found_ports, strict=False))
+    # the emulator's own Runtime API listens on 127.0.0.1:9001 unless told otherwise: on the host
+    # network each container needs a port of its own for it too
+    api_ports = dict(zip(images, found_ports[len(images):], strict=True))
     names = {side: f"experiment-etl-warm-{side}-{ports[side]}" for side in images}
     try:
         for side, image in images.items():
             sh(*engine, "run", "-d", *flags, "--name", names[side], "--network", "host",
-               "-e", f"RIE_PORT={ports[side]}", "-e", f"DATABASE_URL={args.database_url}",
-               "-e", f"DB_SCHEMA=warm_{side}", image)
+               "-e", f"DATABASE_URL={args.database_url}", "-e", f"DB_SCHEMA=warm_{side}",
+               "--entrypoint", "/usr/local/bin/aws-lambda-rie", image,
+               "--runtime-interface-emulator-address", f"127.0.0.1:{ports[side]}",
+               "--runtime-api-address", f"127.0.0.1:{api_ports[side]}",
+               "python3", "-m", "awslambdaric", "handler.lambda_function.handler")
         for side in images:
             deadline = time.monotonic() + 30
-            while socket.socket().connect_ex(("127.0.0.1", ports[side])) != 0:
+            while not listening(ports[side]):
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"{side} did not start:\n{sh(*engine, 'logs', names[side])}")
+                    logs = subprocess.run([*engine, "logs", names[side]], capture_output=True, text=True, check=False)
+                    raise SystemExit(f"{side} did not start:\n{logs.stdout}{logs.stderr}")
                 time.sleep(0.2)
             for _ in range(args.warmup):
                 invoke(ports[side], event)
