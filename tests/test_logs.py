@@ -124,12 +124,12 @@ def test_a_failed_direct_invocation_says_so_with_its_request_id(memory_service: 
 def test_a_bug_is_an_error_line_with_its_traceback_and_request_id(memory_service: Service,
                                                                   lines: pytest.LogCaptureFixture,
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
-    from etl_core import transform
+    from etl_core import guard
 
-    def broken(*args: Any) -> Any:
+    def broken(*args: Any, **kwargs: Any) -> Any:
         raise ZeroDivisionError("a bug")
 
-    monkeypatch.setattr(transform, "feature_batches", broken)
+    monkeypatch.setattr(guard, "check_volume", broken)
     reply = lambda_function.handler(event("trigger-etl-quarantine.json"), context("req-bug"))
     assert reply["statusCode"] == 500
     found = logged(lines.records)
