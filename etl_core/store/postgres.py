@@ -57,6 +57,7 @@ class PostgresStore:
         self.schema = schema
         self._conn: Connection | None = None
         self._busy = threading.Lock()
+        self._numbered = False  # the rejects table is known to have its seq column
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -152,6 +153,7 @@ class PostgresStore:
                         return []
                     if code != "42703" or attempt:  # 42703: undefined column (seq)
                         raise
+                    self._numbered = False
                     self._number_rejects(conn)
         raise AssertionError("unreachable")
 
@@ -185,7 +187,8 @@ class PostgresStore:
         """Number the rows of a rejects table made before rejects were numbered, once (several
         processes may try at once: the table's lock orders them, and the later ones find it done)."""
         table = sql.q(self.schema, sql.REJECTS)
-        if conn.run(sql.has_column(table, "seq"), table=table):
+        if self._numbered or conn.run(sql.has_column(table, "seq"), table=table):
+            self._numbered = True  # checked once per process: a warm run saves the round trip
             return
         conn.run("BEGIN")
         try:
@@ -194,6 +197,7 @@ class PostgresStore:
                 for statement in sql.number_rejects(self.schema):
                     conn.run(statement)
             conn.run("COMMIT")
+            self._numbered = True
         except BaseException:
             _rollback(conn)
             raise
