@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import re
 import socket
 from collections.abc import Iterable
 from pathlib import Path
@@ -113,3 +114,24 @@ def emf_problems(doc: dict[str, Any]) -> list[str]:
             if not isinstance(doc.get(key), str):
                 problems.append(f"dimension {key!r} is not a string member: {doc.get(key)!r}")
     return problems
+
+
+# the emulator's own lines: START/END/REPORT of an invocation, its (rapid) log lines
+RIE_LINE = re.compile(r"^(START|END|REPORT|INIT_REPORT|INIT REPORT|EXTENSION|TELEMETRY) |\(rapid\)|^\d{2} \w{3} \d{4} ")
+
+
+def by_invocation(log: str) -> dict[str, list[str]]:
+    """The lines of each invocation in an emulator's output, between its START and END lines for the
+    request id, without the emulator's own lines."""
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in log.splitlines():
+        started = re.match(r"START RequestId: (\S+)", line)
+        if started:
+            current = started.group(1)
+            found[current] = []
+        elif line.startswith("END RequestId:"):
+            current = None
+        elif current is not None and line.strip() and not RIE_LINE.search(line):
+            found[current].append(line)
+    return found

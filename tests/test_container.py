@@ -127,7 +127,6 @@ def test_image_size_is_reported(engine: Engine, function_image: str, request: py
 
 # Operating it: correlated logs, metrics, history, rejects and freshness, through the real emulator.
 
-RIE_LINE = re.compile(r"^(START|END|REPORT|INIT_REPORT|INIT REPORT|EXTENSION|TELEMETRY) |\(rapid\)|^\d{2} \w{3} \d{4} ")
 PASSWORD = "pw-s3cret"  # noqa: S105 - in DATABASE_URL; the test server trusts loopback, so it is never asked for
 
 
@@ -150,28 +149,11 @@ def http(url: str, path: str, query: dict[str, str] | None = None) -> tuple[int,
     return reply["statusCode"], json.loads(reply["body"])
 
 
-def by_invocation(log: str) -> dict[str, list[str]]:
-    """The lines of each invocation, between the emulator's START and END lines for its request id,
-    without the emulator's own lines."""
-    found: dict[str, list[str]] = {}
-    current = None
-    for line in log.splitlines():
-        started = re.match(r"START RequestId: (\S+)", line)
-        if started:
-            current = started.group(1)
-            found[current] = []
-        elif line.startswith("END RequestId:"):
-            current = None
-        elif current is not None and line.strip() and not RIE_LINE.search(line):
-            found[current].append(line)
-    return found
-
-
 def test_operating_the_function_in_the_container(engine: Engine, function_image: str, database_url: str,
                                                  schema: str, db: Any, tmp_path: Any,
                                                  request: pytest.FixtureRequest) -> None:
     from tests.conftest import REFERENCE_DATA
-    from tests.helpers import emf_problems, write_files
+    from tests.helpers import by_invocation, emf_problems, write_files
 
     root = tmp_path / "data"
     root.mkdir()
