@@ -15,6 +15,7 @@ prints a ``ColdStart`` document.
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -91,7 +92,7 @@ def emit(doc: dict[str, Any] | None, sink: Emit = print_line) -> None:
     try:
         sink(json.dumps(doc, separators=(",", ":"), default=str))
     except Exception as exc:  # noqa: BLE001
-        logs.log_event("metrics_not_printed", level=30, reason=f"{type(exc).__name__}: {exc}")
+        logs.log_event("metrics_not_printed", level=logging.WARNING, reason=f"{type(exc).__name__}: {exc}")
 
 
 def _camel(name: str) -> str:
