@@ -34,7 +34,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     LAMBDA_TASK_ROOT=/var/task \
     PYTHONPATH=/var/task \
-    DATA_DIR=/var/task/data
+    DATA_DIR=/var/task/data \
+    AWS_LAMBDA_LOG_FORMAT=JSON
 COPY --from=deps /opt/venv /opt/venv
 COPY --from=rie /tmp/rie/aws-lambda-rie /usr/local/bin/aws-lambda-rie
 WORKDIR /var/task

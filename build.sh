@@ -95,6 +95,8 @@ start_local() {
     if [ -z "$DATABASE_URL" ] && [ -z "${PGHOST:-}" ]; then DATABASE_URL=$LOCAL_DB_URL; fi
     [ -n "$DATABASE_URL" ] || unset DATABASE_URL
     export DATA_DIR=${DATA_DIR:-$ROOT/data}
+    # the runtime's JSON log lines (request id on each), as the template's LoggingConfig and the image have
+    export AWS_LAMBDA_LOG_FORMAT=${AWS_LAMBDA_LOG_FORMAT:-JSON}
     # the emulator passes its own environment on to the runtime client it starts
     PYTHONPATH="$ROOT" nohup "$rie" --runtime-interface-emulator-address "127.0.0.1:$RIE_PORT" \
         "$ROOT/.venv/bin/python" -m awslambdaric handler.lambda_function.handler \

@@ -16,6 +16,7 @@ from etl_core.errors import ConfigError
 
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 POLICIES = ("strict", "quarantine")
+MAX_DIMENSIONS = 9  # dimensions in one set, as the embedded metric format's schema allows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,14 @@ class DbSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MetricsSettings:
+    """Where the metrics go: a CloudWatch namespace (None: no metrics) and one set of dimensions."""
+
+    namespace: str | None = "ExperimentEtl"
+    dimensions: tuple[tuple[str, str], ...] = (("Service", "experiment-etl"),)
+
+
+@dataclasses.dataclass(frozen=True)
 class Settings:
     db: DbSettings
     data_dir: Path
@@ -51,6 +60,8 @@ class Settings:
     block_size: int = 1 << 20
     min_share: float = 0.5
     max_rejected_share: float | None = None
+    metrics: MetricsSettings = MetricsSettings()
+    health_max_age: float | None = None  # seconds; None: /health does not judge the features' age
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -69,7 +80,29 @@ class Settings:
             block_size=_int(env, "ETL_BLOCK_SIZE", 1 << 20, minimum=1 << 16),
             min_share=_share(env, "ETL_GUARD_MIN_SHARE", 0.5) or 0.0,
             max_rejected_share=_share(env, "ETL_GUARD_MAX_REJECTED_SHARE", None),
+            metrics=metrics_settings(env),
+            health_max_age=_seconds(env, "ETL_HEALTH_MAX_AGE_SECONDS"),
         )
+
+
+def metrics_settings(env: Mapping[str, str]) -> MetricsSettings:
+    """ETL_METRICS_NAMESPACE (empty: no metrics) and ETL_METRICS_DIMENSIONS (``Name=value,...``)."""
+    namespace = env.get("ETL_METRICS_NAMESPACE", MetricsSettings.namespace) or None
+    if namespace is not None and len(namespace) > 255:
+        raise ConfigError("ETL_METRICS_NAMESPACE must have at most 255 characters")
+    raw = env.get("ETL_METRICS_DIMENSIONS")
+    if raw is None:
+        return MetricsSettings(namespace=namespace or None)
+    dimensions = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not name or not value or len(name) > 255 or len(value) > 1024:
+            raise ConfigError(f"ETL_METRICS_DIMENSIONS must be Name=value pairs separated by commas, not {item!r}")
+        dimensions.append((name, value))
+    names = [name for name, _ in dimensions]
+    if len(set(names)) != len(names) or len(names) > MAX_DIMENSIONS:
+        raise ConfigError(f"ETL_METRICS_DIMENSIONS must name at most {MAX_DIMENSIONS} dimensions, each once")
+    return MetricsSettings(namespace=namespace or None, dimensions=tuple(dimensions))
 
 
 def db_settings(env: Mapping[str, str]) -> DbSettings:
@@ -154,5 +187,11 @@ def _share(env: Mapping[str, str], name: str, default: float | None) -> float | 
 
 
 def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    value = _number(env, name, float, what="a number", bound="positive", accept=lambda v: v > 0)
-    return default if value is None else float(value)
+    value = _seconds(env, name)
+    return default if value is None else value
+
+
+def _seconds(env: Mapping[str, str], name: str) -> float | None:
+    """A positive, finite number, or None when unset or empty."""
+    value = _number(env, name, float, what="a number", bound="positive", accept=lambda v: 0 < v < float("inf"))
+    return None if value is None else float(value)

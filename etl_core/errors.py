@@ -84,6 +84,10 @@ class RunNotFound(EtlError, code="run_not_found"):
     """Raise when a run id is not in the runs table."""
 
 
+class FeaturesStale(EtlError, code="features_stale"):
+    """Raise when /health finds that no run has confirmed the features within the allowed age."""
+
+
 class RouteNotFound(EtlError, code="not_found"):
     """Raise when an HTTP request names no route of the API."""
 

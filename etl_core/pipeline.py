@@ -13,15 +13,24 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from etl_core import counting, extract, guard
+from etl_core import counting, extract, guard, logs, metrics
 from etl_core.config import POLICIES, Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
-from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError, RunNotFound, shorten
+from etl_core.errors import (
+    BadRequest,
+    ContractViolation,
+    EtlError,
+    FeaturesStale,
+    InternalError,
+    RunInProgress,
+    RunNotFound,
+    shorten,
+)
 from etl_core.guard import Volume
+from etl_core.logs import log_event
 from etl_core.store import Run as StoreRun
 from etl_core.store import Store
 
-log = logging.getLogger("etl")
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
 REPORTED_CHARS = 200  # characters of a reported row's raw text and value; the rest is counted, not sent
 SHOWN_CHARS = 200  # characters of a caller's value repeated in an error
@@ -116,14 +125,34 @@ def _path_problem(exc: Exception) -> str:
 
 class Service:
     """What the API and the Lambda entry ask of the job, without knowing HTTP: one per process.  It
-    holds the settings (read once) and the store (which keeps its connection for warm invocations)."""
+    holds the settings (read once) and the store (which keeps its connection for warm invocations);
+    each trigger that becomes a run prints its metrics (``etl_core.metrics``) to ``emit``."""
 
-    def __init__(self, settings: Settings, store: Store | None = None) -> None:
+    def __init__(self, settings: Settings, store: Store | None = None, *,
+                 emit: metrics.Emit = metrics.print_line) -> None:
         self.settings = settings
         self.store = store or _postgres(settings)
+        self.emit = emit
 
     def trigger(self, trigger: Trigger) -> dict[str, Any]:
-        return run(self.settings, trigger, store=self.store)
+        """Run the job; one metrics document for the run, failed runs included (also those that never
+        reached the database), but not for a refused trigger (bad request, another run in progress)."""
+        started = time.perf_counter()
+        try:
+            summary = run(self.settings, trigger, store=self.store)
+        except (BadRequest, RunInProgress):
+            raise
+        except Exception as exc:
+            error = exc if isinstance(exc, EtlError) else InternalError.of(exc)
+            self._metrics(status="failed", run_id=error.details.get("run_id"), files=error.details.get("files"),
+                          seconds={"total": round(time.perf_counter() - started, 3)}, error_code=error.code)
+            raise
+        self._metrics(status=summary["status"], run_id=summary.get("run_id"), files=summary.get("files"),
+                      users_written=summary.get("users_written"), seconds=summary.get("seconds"))
+        return summary
+
+    def _metrics(self, **run: Any) -> None:
+        metrics.emit(metrics.run_document(self.settings.metrics, **run), self.emit)
 
     def run_status(self, run_id: int) -> dict[str, Any]:
         found = self.store.get_run(run_id)
@@ -131,8 +160,32 @@ class Service:
             raise RunNotFound(f"there is no run {run_id}", run_id=run_id)
         return found
 
+    def runs(self, *, limit: int, status: str | None = None, before: int | None = None) -> dict[str, Any]:
+        """A page of run records, newest first; ``next_before`` continues it (None: no more)."""
+        found = self.store.list_runs(limit=limit + 1, status=status, before=before)
+        page = found[:limit]
+        return {"runs": page, "next_before": page[-1]["run_id"] if len(found) > limit else None}
+
+    def rejects(self, run_id: int, *, limit: int, after: int = 0) -> dict[str, Any]:
+        """A page of a run's rejects in stored order; ``next_after`` continues it (None: no more)."""
+        self.run_status(run_id)  # RunNotFound
+        found = self.store.rejects(run_id, limit=limit + 1, after=after, max_chars=REPORTED_CHARS)
+        page = found[:limit]
+        return {"run_id": run_id, "rejects": page, "next_after": page[-1]["seq"] if len(found) > limit else None}
+
     def health(self) -> dict[str, Any]:
-        return self.store.health()
+        """The database answers, and the last run that confirmed the features and its age; past
+        ``health_max_age`` seconds (when set), FeaturesStale."""
+        found = self.store.health()
+        last = self.store.last_confirmed()
+        limit = self.settings.health_max_age
+        if limit is not None and (last is None or last["age_seconds"] > limit):
+            what = ("no run has confirmed the features yet" if last is None else
+                    f"the last run that confirmed the features (run {last['run_id']}) finished "
+                    f"{last['age_seconds']:.0f} s ago")
+            raise FeaturesStale(f"{what}; at most {limit:g} s are allowed (ETL_HEALTH_MAX_AGE_SECONDS)",
+                                last_confirmed=last, max_age_seconds=limit)
+        return {**found, "last_confirmed": last, "max_age_seconds": limit}
 
     def close(self) -> None:
         self.store.close()
@@ -147,19 +200,27 @@ def run(settings: Settings, trigger: Trigger, *, store: Store | None = None) -> 
     own = store is None
     store = store or _postgres(settings)
     try:
-        with store.run(policy=policy, source=str(data_dir)) as ledger:
+        with store.run(policy=policy, source=str(data_dir)) as ledger, logs.bound(run_id=ledger.run_id):
             try:
                 return _run(settings, ledger, policy, data_dir, force=trigger.force)
             except EtlError as exc:
+                _failed(exc)
                 ledger.fail(exc.to_dict())
                 raise
             except Exception as exc:  # a bug of ours: still recorded, and still an answer with a body
                 error = InternalError.of(exc, run_id=ledger.run_id)
+                _failed(error)
                 ledger.fail(error.to_dict())
                 raise error from exc
     finally:
         if own:
             store.close()
+
+
+def _failed(error: EtlError) -> None:
+    """The run's last line: why it failed (the answer's own line, and a bug's traceback, come from the edge)."""
+    level = logging.ERROR if isinstance(error, InternalError) else logging.WARNING
+    log_event("run_failed", level=level, code=error.code, error_type=type(error).__name__, reason=error.message)
 
 
 def _postgres(settings: Settings) -> Store:
@@ -235,7 +296,8 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, data_dir: Path, *, f
         "users_written": written, "violations": _report(violations, settings.max_reported),
         "seconds": seconds,
     }
-    log_event("run_finished", run_id=run_id, status=status, users_written=written, seconds=seconds)
+    log_event("run_finished", run_id=run_id, status=status, users_written=written, seconds=seconds, files=files,
+              rejects=violations.num_rows)
     return summary
 
 
@@ -245,7 +307,7 @@ def _after_commit(step: Callable[..., Any], *args: Any, run_id: int, what: str) 
         step(*args)
     except Exception as exc:  # noqa: BLE001
         reason = exc.message if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
-        log_event("warning", run_id=run_id, message=f"could not {what}: {reason}")
+        log_event("after_commit_failed", level=logging.WARNING, run_id=run_id, reason=f"could not {what}: {reason}")
 
 
 def _check_headers(data_dir: Path) -> None:
@@ -324,9 +386,3 @@ def _phase(seconds: dict[str, float], name: str) -> Iterator[None]:
         yield
     finally:
         seconds[name] = round(time.perf_counter() - start, 3)
-
-
-def log_event(event: str, **fields: Any) -> None:
-    """One structured log line (JSON), which CloudWatch and the emulator print as they are."""
-    log.info(json.dumps({"event": event, **fields}, default=str))
-

@@ -3,22 +3,29 @@ answer of status 400 or more is the same JSON document: ``{"error": {"type", "co
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from pydantic import BaseModel, create_model
 from starlette.exceptions import HTTPException
 
 from etl_core.errors import (
     BadRequest,
     ConfigError,
+    ContractViolation,
     EtlError,
+    FeaturesStale,
     ForeignKeyConflict,
     InputError,
     InternalError,
+    LoadError,
+    LoadRefused,
     MethodNotAllowed,
     RouteNotFound,
     RunInProgress,
@@ -26,7 +33,19 @@ from etl_core.errors import (
     TransientLoadError,
     shorten,
 )
+from etl_core.logs import log_event
 from etl_core.pipeline import Trigger
+from handler.models import (
+    Health,
+    RejectsPage,
+    RejectsQuery,
+    RunRecord,
+    RunsPage,
+    RunsQuery,
+    RunSummary,
+    invalid,
+    problems,
+)
 from handler.service import get_service, unexpected
 
 # First match wins, so subclasses come before their bases.
@@ -39,14 +58,16 @@ STATUS: tuple[tuple[type[EtlError], int], ...] = (
     (ForeignKeyConflict, 409),
     (InputError, 422),
     (TransientLoadError, 503),
+    (FeaturesStale, 503),
     (ConfigError, 500),
     (EtlError, 500),  # InternalError (internal_error), LoadError (load_failed)
 )
 SHOWN_PATH = 200  # characters of a request's path repeated in a 404
 
 
-def status_for(exc: EtlError) -> int:
-    return next(code for cls, code in STATUS if isinstance(exc, cls))
+def status_for(exc: EtlError | type[EtlError]) -> int:
+    kind = exc if isinstance(exc, type) else type(exc)
+    return next(code for cls, code in STATUS if issubclass(kind, cls))
 
 
 def error_body(exc: EtlError) -> dict[str, Any]:
@@ -54,7 +75,51 @@ def error_body(exc: EtlError) -> dict[str, Any]:
 
 
 def answer(exc: EtlError, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(status_code=status_for(exc), content=error_body(exc), headers=headers)
+    status = status_for(exc)
+    run_id = exc.details.get("run_id")
+    log_event("request_failed", level=logging.ERROR if status >= 500 else logging.WARNING, status=status,
+              code=exc.code, reason=exc.message, **({"run_id": run_id} if run_id else {}))
+    return JSONResponse(status_code=status, content=error_body(exc), headers=headers)
+
+
+# The errors each route answers with (besides 404 not_found and 405 method_not_allowed, which answer
+# requests that reach no route): the OpenAPI document lists them by status, from STATUS.
+SERVER_ERRORS = (TransientLoadError, LoadError, ConfigError, InternalError)
+ROUTE_ERRORS: dict[str, tuple[type[EtlError], ...]] = {
+    "/trigger-etl": (BadRequest, RunInProgress, ForeignKeyConflict, ContractViolation, LoadRefused, *SERVER_ERRORS),
+    "/runs": (BadRequest, *SERVER_ERRORS),
+    "/runs/{run_id}": (BadRequest, RunNotFound, *SERVER_ERRORS),
+    "/runs/{run_id}/rejects": (BadRequest, RunNotFound, *SERVER_ERRORS),
+    "/health": (FeaturesStale, *SERVER_ERRORS),
+}
+
+
+def _error_model(status: int, codes: list[str]) -> type[BaseModel]:
+    """``{"error": {...}}`` whose code is one of ``codes``."""
+    from handler.models import ErrorDetail
+
+    detail = create_model(f"ErrorDetail{status}", __base__=ErrorDetail,
+                          code=(Literal[tuple(codes)], ...))
+    return create_model(f"Error{status}", error=(detail, ...))
+
+
+def _codes_by_status(classes: tuple[type[EtlError], ...]) -> dict[int, list[str]]:
+    found: dict[int, list[str]] = {}
+    for cls in classes:
+        codes = found.setdefault(status_for(cls), [])
+        if cls.code not in codes:
+            codes.append(cls.code)
+    return found
+
+
+_ALL_CODES = _codes_by_status(tuple(cls for classes in ROUTE_ERRORS.values() for cls in classes))
+_ERROR_MODELS = {status: _error_model(status, codes) for status, codes in sorted(_ALL_CODES.items())}
+
+
+def errors(path: str) -> dict[int | str, dict[str, Any]]:
+    """The ``responses`` of a route: each status it can answer with, its codes, the error model."""
+    return {status: {"model": _ERROR_MODELS[status], "description": "code: " + ", ".join(codes)}
+            for status, codes in sorted(_codes_by_status(ROUTE_ERRORS[path]).items())}
 
 
 app = FastAPI(title="experiment-etl", version="1.0.0",
@@ -70,10 +135,7 @@ async def _etl_error(request: Request, exc: EtlError) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = [{"parameter": str(error["loc"][-1]), "in": str(error["loc"][0]), "message": error["msg"]}
-                for error in exc.errors()]
-    reasons = "; ".join(f"{p['in']} parameter {p['parameter']}: {p['message']}" for p in problems)
-    return answer(BadRequest(f"invalid request: {reasons}", parameters=problems))
+    return answer(invalid(problems(list(exc.errors()))))
 
 
 @app.exception_handler(HTTPException)
@@ -101,7 +163,7 @@ def _routes() -> list[str]:
             for method in sorted(route.methods or ())]
 
 
-@app.get("/trigger-etl")
+@app.get("/trigger-etl", response_model=RunSummary, responses=errors("/trigger-etl"))
 def trigger_etl(request: Request, policy: str | None = None, data: str | None = None,
                 force: str | None = None) -> dict[str, Any]:
     """Run the ETL job now and return its summary.
@@ -114,13 +176,47 @@ def trigger_etl(request: Request, policy: str | None = None, data: str | None = 
     return get_service().trigger(Trigger.parse(**request.query_params))
 
 
-@app.get("/runs/{run_id}")
+@app.get("/runs", response_model=RunsPage, responses=errors("/runs"))
+def list_runs(query: Annotated[RunsQuery, Query()]) -> dict[str, Any]:
+    """Recorded runs, newest first, a page at a time: pass ``next_before`` as ``before`` for the next."""
+    return get_service().runs(limit=query.limit, status=query.status, before=query.before)
+
+
+@app.get("/runs/{run_id}", response_model=RunRecord, responses=errors("/runs/{run_id}"))
 def get_run(run_id: int) -> dict[str, Any]:
     """One run's record: status, rows per file, time per phase, error."""
     return get_service().run_status(run_id)
 
 
-@app.get("/health")
+@app.get("/runs/{run_id}/rejects", response_model=RejectsPage, responses=errors("/runs/{run_id}/rejects"))
+def get_rejects(run_id: int, query: Annotated[RejectsQuery, Query()]) -> dict[str, Any]:
+    """The rows a run rejected (quarantine), in stored order, a page at a time: pass ``next_after``
+    as ``after`` for the next."""
+    return get_service().rejects(run_id, limit=query.limit, after=query.after)
+
+
+@app.get("/health", response_model=Health, responses=errors("/health"))
 def health() -> dict[str, Any]:
-    """Checks that PostgreSQL answers."""
+    """PostgreSQL answers, and the features are fresh: the last run that confirmed them and its age
+    (503 features_stale past ETL_HEALTH_MAX_AGE_SECONDS, when set)."""
     return get_service().health()
+
+
+def _openapi() -> dict[str, Any]:
+    """FastAPI's document without its default 422 (HTTPValidationError): invalid parameters are our
+    400 bad_request, documented per route."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                default = operation.get("responses", {}).get("422", {})
+                if "HTTPValidationError" in str(default):
+                    del operation["responses"]["422"]
+        schemas = document.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+app.openapi = _openapi  # type: ignore[method-assign]

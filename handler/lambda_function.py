@@ -2,34 +2,32 @@
 
 HTTP events (API Gateway REST and HTTP APIs, function URLs, ALB) go through Mangum to the FastAPI
 app.  Direct invocations name an action: ``{"action": "trigger-etl", "policy": "quarantine", "force": true}``,
-``{"action": "get-run", "run_id": 3}``, ``{"action": "health"}``; an EventBridge schedule triggers
-the job.  Anything else is answered with an UnsupportedEvent error that says what is expected.
-Heavy imports (FastAPI, Mangum, pyarrow) happen on first use, not at cold start.
+``{"action": "get-run", "run_id": 3}``, ``{"action": "list-runs", "limit": 20, "status": "failed",
+"before": 40}``, ``{"action": "get-rejects", "run_id": 3, "limit": 100, "after": 0}``, ``{"action":
+"health"}``; an EventBridge schedule triggers the job.  Anything else is answered with an
+UnsupportedEvent error that says what is expected.  Heavy imports (FastAPI, Mangum, pyarrow) happen
+on first use, not at cold start.
+
+Every line logged during an invocation carries its request id and the event's kind (http, direct,
+schedule, s3), and the run id once there is one (``etl_core.logs``); the first invocation of the
+process prints a ColdStart metric (``etl_core.metrics``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sys
 from typing import Any
 
-from etl_core.errors import EtlError, InternalError, UnsupportedEvent, redact
+from etl_core import logs, metrics
+from etl_core.errors import ConfigError, EtlError, InternalError, UnsupportedEvent, redact
+from handler.service import get_service, get_settings, unexpected
 
-ACTIONS = ("trigger-etl", "get-run", "health")
+ACTIONS = ("trigger-etl", "get-run", "list-runs", "get-rejects", "health")
 _http_handler: Any = None
+_cold = True
 
-
-def _configure_logging() -> None:
-    logger = logging.getLogger("etl")
-    logger.setLevel(logging.INFO)
-    if not logging.getLogger().handlers and not logger.handlers:
-        stream = logging.StreamHandler(sys.stderr)
-        stream.setFormatter(logging.Formatter("%(message)s"))
-        logger.addHandler(stream)
-
-
-_configure_logging()
+logs.configure()
 
 
 def is_http_event(event: Any) -> bool:
@@ -38,27 +36,65 @@ def is_http_event(event: Any) -> bool:
     )
 
 
+def event_kind(event: Any) -> str:
+    """What sent the event: http, schedule (EventBridge), s3 (an S3 notification), or direct."""
+    if is_http_event(event):
+        return "http"
+    if isinstance(event, dict) and event.get("source") == "aws.events":
+        return "schedule"
+    records = event.get("Records") if isinstance(event, dict) else None
+    if isinstance(records, list) and records and isinstance(records[0], dict) \
+            and records[0].get("eventSource") == "aws:s3":
+        return "s3"
+    return "direct"
+
+
 def handler(event: Any, context: Any) -> Any:
+    kind = event_kind(event)
+    with logs.bound(kind=kind, **{logs.REQUEST_ID: getattr(context, "aws_request_id", None)}):
+        _cold_start()
+        try:
+            return _http(event, context) if kind == "http" else _direct(event)
+        except EtlError as exc:
+            if isinstance(exc, InternalError):
+                _unexpected(exc)  # caught further in: log its traceback
+            _reported(exc)
+            raise
+        except Exception as exc:  # a bug of ours: an InternalError like any other error, its traceback logged
+            raise _reported(_unexpected(exc)) from exc
+
+
+def _cold_start() -> None:
+    """The first invocation of this process prints the ColdStart metric (not when settings are bad:
+    that invocation fails with bad_config anyway)."""
+    global _cold
+    if not _cold:
+        return
+    _cold = False
     try:
-        return _http(event, context) if is_http_event(event) else _direct(event)
-    except EtlError as exc:
-        if isinstance(exc, InternalError):
-            _unexpected(exc)  # caught further in: log its traceback
-        _reported(exc)
-        raise
-    except Exception as exc:  # a bug of ours: an InternalError like any other error, its traceback logged
-        raise _reported(_unexpected(exc)) from exc
+        settings = get_settings().metrics
+    except ConfigError:
+        return
+    metrics.emit(metrics.cold_start_document(settings))
 
 
 def _reported(exc: EtlError) -> EtlError:
-    """The runtime reports errorType (our class name) and errorMessage (this JSON document)."""
+    """The runtime reports errorType (our class name) and errorMessage (this JSON document); our own
+    line says it too, with the invocation's context."""
+    run_id = exc.details.get("run_id")
+    level = logging.WARNING if exc.code in _CALLERS_CODES else logging.ERROR
+    logs.log_event("invocation_failed", level=level, code=exc.code, error_type=type(exc).__name__,
+                   reason=exc.message, **({"run_id": run_id} if run_id else {}))
     exc.args = (json.dumps(exc.to_dict(), default=str),)
     return exc
 
 
-def _unexpected(exc: BaseException) -> InternalError:
-    from handler.service import unexpected
+# what a caller (or the data) did wrong, not the service: a warning, not an error
+_CALLERS_CODES = {"bad_request", "unsupported_event", "run_not_found", "run_in_progress", "contract_violation",
+                  "load_refused", "foreign_key_conflict"}
 
+
+def _unexpected(exc: BaseException) -> InternalError:
     return unexpected(exc)
 
 
@@ -81,7 +117,6 @@ def _http(event: dict[str, Any], context: Any) -> Any:
 
 def _direct(event: Any) -> dict[str, Any]:
     from etl_core.pipeline import Trigger
-    from handler.service import get_service
 
     if isinstance(event, dict) and event.get("source") == "aws.events":
         return get_service().trigger(Trigger())
@@ -94,6 +129,21 @@ def _direct(event: Any) -> dict[str, Any]:
         if not isinstance(run_id, int) or isinstance(run_id, bool):
             raise UnsupportedEvent("get-run needs an integer run_id", example={"action": "get-run", "run_id": 1})
         return get_service().run_status(run_id)
+    if action == "list-runs":
+        from handler.models import RunsQuery, parse
+
+        query = parse(RunsQuery, _fields(event))
+        return get_service().runs(limit=query.limit, status=query.status, before=query.before)
+    if action == "get-rejects":
+        from handler.models import RejectsQuery, parse
+
+        fields = _fields(event)
+        run_id = fields.pop("run_id", None)
+        if not isinstance(run_id, int) or isinstance(run_id, bool):
+            raise UnsupportedEvent("get-rejects needs an integer run_id",
+                                   example={"action": "get-rejects", "run_id": 1, "limit": 100, "after": 0})
+        rejects = parse(RejectsQuery, fields)
+        return get_service().rejects(run_id, limit=rejects.limit, after=rejects.after)
     if action == "health":
         return get_service().health()
     shown = sorted(event)[:10] if isinstance(event, dict) else type(event).__name__
@@ -103,3 +153,7 @@ def _direct(event: Any) -> dict[str, Any]:
         received=shown,
         example={"action": "trigger-etl", "policy": "strict"},
     )
+
+
+def _fields(event: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in event.items() if key != "action"}

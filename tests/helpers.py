@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import logging
+import re
 import socket
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -75,3 +80,58 @@ def features_dump(conn: Any, schema: str) -> list[tuple[Any, ...]]:
     """Every column of every row, including the run that wrote it: 'byte for byte' comparisons."""
     rows = conn.run(f'SELECT * FROM "{schema}".user_features ORDER BY user_id')
     return [tuple(r) for r in rows]
+
+
+def logged(records: Iterable[logging.LogRecord], event: str | None = None) -> list[dict[str, Any]]:
+    """The 'etl' logger's lines as the Lambda runtime writes them (its own JSON formatter), or only
+    those of ``event``."""
+    from awslambdaric.lambda_runtime_log_utils import JsonFormatter
+
+    formatter = JsonFormatter()
+    lines = [json.loads(formatter.format(copy.copy(r))) for r in records if r.name == "etl"]
+    return [line for line in lines if event is None or line.get("event") == event]
+
+
+EMF_SCHEMA = Path(__file__).resolve().parent / "data" / "emf-schema.json"
+
+
+def emf_problems(doc: dict[str, Any]) -> list[str]:
+    """What makes ``doc`` no valid EMF document: the schema (tests/data/emf-schema.json), and the rules
+    a schema cannot state: each metric and dimension named is a root member, a metric's a number (or
+    at most 100 numbers), a dimension's a string."""
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(json.loads(EMF_SCHEMA.read_text()))
+    problems = [f"{'/'.join(map(str, e.path))}: {e.message}" for e in validator.iter_errors(doc)]
+    for directive in doc.get("_aws", {}).get("CloudWatchMetrics", []) if not problems else []:
+        for metric in directive["Metrics"]:
+            value = doc.get(metric["Name"])
+            numbers = value if isinstance(value, list) else [value]
+            if not numbers or len(numbers) > 100 or not all(
+                    isinstance(n, int | float) and not isinstance(n, bool) for n in numbers):
+                problems.append(f"metric {metric['Name']!r} is not a number (or up to 100 numbers): {value!r}")
+        for key in {key for dimension_set in directive["Dimensions"] for key in dimension_set}:
+            if not isinstance(doc.get(key), str):
+                problems.append(f"dimension {key!r} is not a string member: {doc.get(key)!r}")
+    return problems
+
+
+# the emulator's own lines: START/END/REPORT of an invocation, its (rapid) log lines
+RIE_LINE = re.compile(r"^(START|END|REPORT|INIT_REPORT|INIT REPORT|EXTENSION|TELEMETRY) |\(rapid\)|^\d{2} \w{3} \d{4} ")
+
+
+def by_invocation(log: str) -> dict[str, list[str]]:
+    """The lines of each invocation in an emulator's output, between its START and END lines for the
+    request id, without the emulator's own lines."""
+    found: dict[str, list[str]] = {}
+    current = None
+    for line in log.splitlines():
+        started = re.match(r"START RequestId: (\S+)", line)
+        if started:
+            current = started.group(1)
+            found[current] = []
+        elif line.startswith("END RequestId:"):
+            current = None
+        elif current is not None and line.strip() and not RIE_LINE.search(line):
+            found[current].append(line)
+    return found

@@ -18,6 +18,7 @@ from etl_core.errors import BadRequest, ContractViolation, InternalError, RunNot
 from etl_core.pipeline import Service, Trigger
 from handler import lambda_function
 from handler.service import set_service
+from tests import helpers
 from tests.conftest import ROOT
 from tests.helpers import write_files
 
@@ -379,8 +380,8 @@ def test_a_bug_of_ours_at_the_edge_is_500_internal_error_without_paths_and_logge
     payload = json.loads(str(info.value))  # errorMessage
     assert payload == body["error"]
     assert isinstance(info.value.__cause__, FileNotFoundError)
-    logged = [json.loads(r.getMessage()) for r in caplog.records if '"internal_error"' in r.getMessage()]
-    assert len(logged) == 2
+    logged = helpers.logged(caplog.records, "internal_error")
+    assert len(logged) == 2 and {line["level"] for line in logged} == {"ERROR"}
     assert all("/var/task/secret/settings.json" in line["traceback"] and "in broken" in line["traceback"]
                for line in logged)
 
@@ -399,7 +400,7 @@ def test_a_bug_of_ours_in_the_run_is_logged_with_its_traceback(
     with pytest.raises(InternalError) as info:
         lambda_function.handler({"action": "trigger-etl"}, None)
     assert json.loads(str(info.value))["message"] == "unexpected ZeroDivisionError: division by zero"
-    logged = [json.loads(r.getMessage()) for r in caplog.records if '"internal_error"' in r.getMessage()]
+    logged = helpers.logged(caplog.records, "internal_error")
     assert len(logged) == 2 and all("ZeroDivisionError: division by zero" in e["traceback"] for e in logged)
 
 
@@ -438,3 +439,153 @@ def test_a_short_reported_row_is_left_as_it_is(env: dict[str, str], tmp_path: Pa
     with installed(Settings.from_env({**env, "DATA_DIR": str(data)})):
         _, body = call(event("trigger-etl.json"))
     assert body["error"]["violations"]["first"][0]["raw"] == "1,,a@x,2023-01-01"
+
+
+# Run history, rejects and freshness, over HTTP and by direct invocation.
+
+def quarantined(env: dict[str, str], tmp_path: Path, bad_users: int) -> Settings:
+    """Settings whose data has, after three good users, ``bad_users`` users without a name (rejected
+    under quarantine; no experiment refers to them)."""
+    users = "user_id,name,email,signup_date\n" + "".join(
+        f"{i},{'' if i > 3 else f'U{i}'},u{i}@x,2023-01-01\n" for i in range(1, bad_users + 4))
+    data = write_files(tmp_path / "q", {"users.csv": users})
+    return Settings.from_env({**env, "DATA_DIR": str(data)})
+
+
+def pages(path: str, cursor: str, first: dict[str, str]) -> list[dict[str, Any]]:
+    """Every page of ``path``, following ``next_<cursor>`` (the query parameter ``cursor``)."""
+    found, query = [], dict(first)
+    while True:
+        status, body = call(event("runs.json", path=path, query=query))
+        assert status == 200, body
+        found.append(body)
+        following = body[f"next_{cursor}"]
+        if following is None:
+            return found
+        query = {**query, cursor: str(following)}
+
+
+def test_runs_page_newest_first_without_gaps_or_repeats(env: dict[str, str], tmp_path: Path) -> None:
+    with installed(quarantined(env, tmp_path, 1)):
+        ids = [call(event("trigger-etl-quarantine.json"))[1]["run_id"] for _ in range(3)]
+        call(event("trigger-etl.json"))  # strict: failed
+        ids.append(ids[-1] + 1)
+        ids += [call(event("trigger-etl-quarantine.json"))[1]["run_id"] for _ in range(3)]
+        found = pages("/runs", "before", {"limit": "2"})
+        assert [len(p["runs"]) for p in found] == [2, 2, 2, 1]
+        assert [r["run_id"] for p in found for r in p["runs"]] == ids[::-1]
+        status, body = call(event("runs.json", path="/runs", query={"status": "failed"}))
+        assert status == 200 and [(r["run_id"], r["error"]["code"]) for r in body["runs"]] == [
+            (ids[3], "contract_violation")]
+        direct = lambda_function.handler({"action": "list-runs", "limit": 3, "status": "partial", "before": ids[-1]},
+                                         None)
+        assert [r["run_id"] for r in direct["runs"]] == [ids[5], ids[4], ids[2]] and direct["next_before"] == ids[2]
+        record = call(event("get-run-1.json", path=f"/runs/{ids[0]}"))[1]
+        assert record == found[-1]["runs"][0] and record["rejects"] == 1
+
+
+def test_rejects_page_without_gaps_or_repeats(env: dict[str, str], tmp_path: Path) -> None:
+    with installed(quarantined(env, tmp_path, 7)):
+        _, summary = call(event("trigger-etl-quarantine.json"))
+        run_id = summary["run_id"]
+        found = pages(f"/runs/{run_id}/rejects", "after", {"limit": "3"})
+        rejects = [r for p in found for r in p["rejects"]]
+        assert [len(p["rejects"]) for p in found] == [3, 3, 1]
+        assert [r["seq"] for r in rejects] == list(range(1, 8)) and [r["line"] for r in rejects] == list(range(5, 12))
+        assert rejects[0] == {"seq": 1, "file": "users.csv", "line": 5, "column": "name", "value": "",
+                              "rule": "empty_value", "raw": "4,,u4@x,2023-01-01"}
+        direct = lambda_function.handler({"action": "get-rejects", "run_id": run_id, "after": 5}, None)
+        assert direct == {"run_id": run_id, "rejects": rejects[5:], "next_after": None}
+        status, body = call(event("runs.json", path=f"/runs/{run_id + 1}/rejects"))
+        assert (status, body["error"]["code"]) == (404, "run_not_found")
+        with pytest.raises(RunNotFound):
+            lambda_function.handler({"action": "get-rejects", "run_id": run_id + 1}, None)
+
+
+@pytest.mark.parametrize(("path", "query", "parameter"), [
+    ("/runs", {"limit": "0"}, "limit"), ("/runs", {"limit": "1001"}, "limit"), ("/runs", {"limit": "x"}, "limit"),
+    ("/runs", {"status": "done"}, "status"), ("/runs", {"before": "0"}, "before"), ("/runs", {"befor": "3"}, "befor"),
+    ("/runs/1/rejects", {"after": "-1"}, "after"), ("/runs/1/rejects", {"limit": "1.5"}, "limit"),
+])
+def test_bad_paging_parameters_are_400_naming_them(service: Service, path: str, query: dict[str, str],
+                                                   parameter: str) -> None:
+    status, body = call(event("runs.json", path=path, query=query))
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert body["error"]["parameters"][0]["parameter"] == parameter
+    assert body["error"]["message"].startswith(f"invalid request: query parameter {parameter}: ")
+    action = {"action": "list-runs"} if path == "/runs" else {"action": "get-rejects", "run_id": 1}
+    with pytest.raises(BadRequest) as info:
+        lambda_function.handler({**action, **query}, None)
+    assert json.loads(str(info.value))["parameters"][0]["parameter"] == parameter
+
+
+@pytest.mark.parametrize("bad", [{"limit": True}, {"limit": 2.5}, {"before": "x"}, {"status": 1}])
+def test_bad_direct_paging_values_are_bad_requests(service: Service, bad: dict[str, Any]) -> None:
+    with pytest.raises(BadRequest) as info:
+        lambda_function.handler({"action": "list-runs", **bad}, None)
+    payload = json.loads(str(info.value))
+    assert payload["parameters"][0] == {"parameter": next(iter(bad)), "in": "event", "message": ANY_TEXT}
+
+
+class _AnyText:
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, str) and bool(other)
+
+
+ANY_TEXT: Any = _AnyText()
+
+
+def test_health_reports_the_last_confirming_run_and_turns_503_past_the_limit(
+        env: dict[str, str], db: Any, schema: str) -> None:
+    with installed(Settings.from_env({**env, "ETL_HEALTH_MAX_AGE_SECONDS": "3600"})):
+        status, body = call(event("health.json"))
+        assert (status, body["error"]["code"]) == (503, "features_stale")  # no run has confirmed anything yet
+        assert body["error"]["last_confirmed"] is None and body["error"]["max_age_seconds"] == 3600
+        _, summary = call(event("trigger-etl.json"))
+        status, body = call(event("health.json"))
+        assert status == 200 and body["max_age_seconds"] == 3600
+        last = body["last_confirmed"]
+        assert (last["run_id"], last["status"]) == (summary["run_id"], "succeeded") and 0 <= last["age_seconds"] < 60
+        call(event("trigger-etl.json", query={"data": "../x"}))  # refused: not a run
+        db.run(f'UPDATE "{schema}".etl_runs SET finished_at = finished_at - interval \'2 hours\'')
+        status, body = call(event("health.json"))
+        assert (status, body["error"]["code"], body["error"]["type"]) == (503, "features_stale", "FeaturesStale")
+        assert 7200 <= body["error"]["last_confirmed"]["age_seconds"] < 7300
+        with pytest.raises(Exception, match="features_stale") as info:
+            lambda_function.handler({"action": "health"}, None)
+        assert type(info.value).__name__ == "FeaturesStale"
+
+
+def test_health_without_a_limit_never_judges_the_age(service: Service) -> None:
+    status, body = call(event("health.json"))
+    assert status == 200 and body["last_confirmed"] is None and body["max_age_seconds"] is None
+
+
+def test_a_run_that_cannot_reach_the_database_prints_a_failed_metric(env: dict[str, str]) -> None:
+    settings = Settings.from_env({**env, "DATABASE_URL": "postgresql://etl:s3cret@127.0.0.1:1/lab",
+                                  "DB_CONNECT_ATTEMPTS": "1", "DB_CONNECT_TIMEOUT": "1"})
+    printed: list[dict[str, Any]] = []
+    service = Service(settings, emit=lambda line: printed.append(json.loads(line)))
+    set_service(service)
+    try:
+        assert call(event("trigger-etl.json"))[0] == 503
+    finally:
+        set_service(None)
+    [doc] = printed
+    assert (doc["RunsFailed"], doc["error_code"]) == (1, "database_unavailable") and helpers.emf_problems(doc) == []
+    assert "s3cret" not in json.dumps(doc)
+
+
+def test_every_answer_fits_its_documented_model(env: dict[str, str], tmp_path: Path) -> None:
+    """FastAPI checks answers against the models; this also checks direct invocations' answers."""
+    from handler import models
+
+    with installed(quarantined(env, tmp_path, 2)):
+        summary = lambda_function.handler({"action": "trigger-etl", "policy": "quarantine"}, None)
+        models.RunSummary.model_validate(summary)
+        models.RunRecord.model_validate(lambda_function.handler({"action": "get-run", "run_id": 1}, None))
+        models.RunsPage.model_validate(lambda_function.handler({"action": "list-runs"}, None))
+        models.RejectsPage.model_validate(lambda_function.handler({"action": "get-rejects", "run_id": 1}, None))
+        models.Health.model_validate(lambda_function.handler({"action": "health"}, None))
+        for name in ("runs.json", "rejects-1.json", "health.json", "get-run-1.json"):
+            assert call(event(name))[0] == 200, name

@@ -15,11 +15,12 @@ from tests.conftest import ROOT
 pytestmark = pytest.mark.unit
 
 PACKAGES = ("etl_core", "handler")
-HTTP = {"fastapi", "starlette", "mangum", "pydantic", "awslambdaric", "handler"}
+HTTP = {"fastapi", "starlette", "mangum", "pydantic", "handler"}
 THREADS_AND_IO = {"threading", "queue", "concurrent", "multiprocessing", "os", "io", "socket", "subprocess",
                   "tempfile", "pathlib", "shutil", "logging", "time", "pg8000", "pyarrow.csv", "pyarrow.fs"}
 PURE_CORE = ("etl_core.transform", "etl_core.guard", "etl_core.contract", "etl_core.rules")
-SHARED = {"etl_core.config", "etl_core.errors"}  # every layer may name its settings and errors
+# every layer may name its settings and errors, and write logs and metrics
+SHARED = {"etl_core.config", "etl_core.errors", "etl_core.logs", "etl_core.metrics"}
 
 
 def module_name(path: Path) -> str:

@@ -123,3 +123,139 @@ def test_image_size_is_reported(engine: Engine, function_image: str, request: py
     size = int(engine.inspect(function_image)["Size"])
     report(request, "image size", f"{size / 1e6:.0f} MB ({size} bytes) for {function_image}")
     assert size < 2_000_000_000, "the function image grew past 2 GB"
+
+
+# Operating it: correlated logs, metrics, history, rejects and freshness, through the real emulator.
+
+PASSWORD = "pw-s3cret"  # noqa: S105 - in DATABASE_URL; the test server trusts loopback, so it is never asked for
+
+
+INVOKED: list[str] = []  # the URLs invoked, one entry per invocation
+
+
+def invoke_event(url: str, evt: Any) -> dict[str, Any]:
+    INVOKED.append(url)
+    request = urllib.request.Request(url, data=json.dumps(evt).encode(),  # noqa: S310 - loopback, ours
+                                     headers={"content-type": "application/json"}, method="POST")
+    with urllib.request.urlopen(request, timeout=300) as response:  # noqa: S310 - a loopback URL of ours
+        reply: dict[str, Any] = json.load(response)
+    return reply
+
+
+def http(url: str, path: str, query: dict[str, str] | None = None) -> tuple[int, dict[str, Any]]:
+    from tests.test_api import event
+
+    reply = invoke_event(url, event("runs.json", path=path, query=query or {}))
+    return reply["statusCode"], json.loads(reply["body"])
+
+
+def test_operating_the_function_in_the_container(engine: Engine, function_image: str, database_url: str,
+                                                 schema: str, db: Any, tmp_path: Any,
+                                                 request: pytest.FixtureRequest) -> None:
+    from tests.conftest import REFERENCE_DATA
+    from tests.helpers import by_invocation, emf_problems, write_files
+
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "good").mkdir()
+    for path in REFERENCE_DATA.iterdir():
+        (root / "good" / path.name).write_bytes(path.read_bytes())
+    write_files(root / "bad", {"users.csv": "user_id,name,email,signup_date\n" + "".join(
+        f"{i},{'' if i > 3 else f'U{i}'},u{i}@x,2023-01-01\n" for i in range(1, 11))})  # 7 rejected users
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}{INVOCATIONS}"
+    name = f"experiment-etl-ops-{port}"
+    with_password = database_url.replace("postgresql://postgres@", f"postgresql://postgres:{PASSWORD}@")
+    assert PASSWORD in with_password
+    env = {"RIE_PORT": str(port), "DATABASE_URL": with_password, "DB_SCHEMA": schema, "DATA_ROOT": "/data",
+           "DATA_DIR": "/data/good", "ETL_HEALTH_MAX_AGE_SECONDS": "3600",
+           "ETL_METRICS_DIMENSIONS": "Service=container-test"}
+    engine("run", "-d", *engine.flags, "--name", name, "--network", "host", "-v", f"{root}:/data:ro",
+           *(arg for key, value in env.items() for arg in ("-e", f"{key}={value}")), function_image)
+    try:
+        from tests.containers import wait_for_port
+
+        assert wait_for_port(port, 30), engine("logs", name, check=False).stderr
+        # a run with rejects, by HTTP (its lines come from FastAPI's worker thread)
+        status, partial = http(url, "/trigger-etl", {"policy": "quarantine", "data": "bad"})
+        assert (status, partial["status"], partial["files"]["users.csv"]["rows_rejected"]) == (200, "partial", 7)
+        runs = [partial["run_id"]]
+        for _ in range(2):
+            runs.append(http(url, "/trigger-etl")[1]["run_id"])
+        failed = invoke_event(url, {"action": "trigger-etl", "data": "bad"})  # strict: a function error
+        assert failed["errorType"] == "ContractViolation"
+        runs.append(json.loads(failed["errorMessage"])["run_id"])
+        runs.append(invoke_event(url, {"action": "trigger-etl", "policy": "quarantine", "data": "bad",
+                                       "force": True})["run_id"])  # 3 users where 10 were: the guard is overridden
+        assert runs == list(range(runs[0], runs[0] + 5))
+
+        # history and rejects page without gaps or repeats
+        seen, query = [], {"limit": "2"}
+        while True:
+            status, page = http(url, "/runs", query)
+            assert status == 200 and len(page["runs"]) <= 2
+            seen += [r["run_id"] for r in page["runs"]]
+            if page["next_before"] is None:
+                break
+            query = {"limit": "2", "before": str(page["next_before"])}
+        assert seen == runs[::-1]
+        failed_runs = invoke_event(url, {"action": "list-runs", "status": "failed"})["runs"]
+        assert [r["run_id"] for r in failed_runs] == [runs[3]]
+        rejects, after = [], "0"
+        while after is not None:
+            status, page = http(url, f"/runs/{runs[0]}/rejects", {"limit": "3", "after": after})
+            assert status == 200 and len(page["rejects"]) <= 3
+            rejects += page["rejects"]
+            after = None if page["next_after"] is None else str(page["next_after"])
+        assert [r["seq"] for r in rejects] == list(range(1, 8)) and [r["line"] for r in rejects] == list(range(5, 12))
+        assert {r["rule"] for r in rejects} == {"empty_value"}
+        assert http(url, "/runs", {"limit": "0"})[0] == 400
+
+        # freshness: the age of the last run that confirmed the table, then 503 past the limit
+        status, health = http(url, "/health")
+        assert status == 200 and health["last_confirmed"]["run_id"] == runs[-1]
+        assert 0 <= health["last_confirmed"]["age_seconds"] < 120 and health["max_age_seconds"] == 3600
+        db.run(f'UPDATE "{schema}".etl_runs SET finished_at = finished_at - interval \'2 hours\'')
+        status, stale = http(url, "/health")
+        assert (status, stale["error"]["code"]) == (503, "features_stale")
+        assert stale["error"]["last_confirmed"]["age_seconds"] >= 7200
+        status, schema_doc = http(url, "/openapi.json")
+        assert status == 200 and "HTTPValidationError" not in json.dumps(schema_doc)
+        log = engine("logs", name).stdout + engine("logs", name).stderr
+    finally:
+        engine("rm", "-f", name, check=False)
+
+    assert PASSWORD not in log
+    invocations = by_invocation(log)
+    assert len(invocations) == INVOKED.count(url), list(invocations)
+    documents = []
+    for request_id, lines in invocations.items():
+        for line in lines:
+            try:
+                found = json.loads(line)
+            except ValueError:
+                pytest.fail(f"not a JSON line in invocation {request_id}: {line!r}\n{tail(log)}")
+            assert isinstance(found, dict) and found.get("requestId") == request_id, (request_id, line)
+            if "_aws" in found:  # a metrics document
+                assert emf_problems(found) == [], line
+                documents.append(found)
+            elif found.get("logger") == "etl":
+                assert found["level"] in ("INFO", "WARNING", "ERROR") and found["kind"] in ("http", "direct"), line
+                if found["message"] in ("run_started", "file_read", "run_finished", "run_failed"):
+                    assert isinstance(found.get("run_id"), int), line
+            else:  # the runtime's own report of a failed direct invocation, or another library's line
+                assert found.get("level"), line
+    [cold] = [d for d in documents if "ColdStart" in d]
+    runs_documents = [d for d in documents if d.get("event") == "run_metrics"]
+    assert [d["run_id"] for d in runs_documents] == runs and cold["requestId"] == next(iter(invocations))
+    first = runs_documents[0]
+    assert (first["RunsPartial"], first["RunsFailed"], first["Service"]) == (1, 0, "container-test")
+    assert (first["RowsRead.users"], first["RowsAccepted.users"], first["RowsRejected.users"]) == (10, 3, 7)
+    assert (first["RowsRejected"], first["UsersWritten"], first["kind"]) == (partial["violations"]["total"], 3, "http")
+    assert (runs_documents[3]["RunsFailed"], runs_documents[3]["error_code"]) == (1, "contract_violation")
+    errors = [json.loads(line) for line in invocations[runs_documents[3]["requestId"]]]
+    assert {e.get("errorType") for e in errors} >= {"ContractViolation"}  # the runtime's report, same request id
+    report(request, "operating", f"{len(invocations)} invocations, {sum(map(len, invocations.values()))} lines, "
+                                 f"all JSON with their request id; {len(documents)} EMF documents valid")

@@ -26,7 +26,7 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_every_setting_the_code_reads_is_in_the_configuration_table() -> None:
     source = (ROOT / "etl_core" / "config.py").read_text()
     read = set(re.findall(r'env\.get\(\s*"([A-Z_]+)"', source))
-    read |= set(re.findall(r'_(?:int|float|share)\(env, "([A-Z_]+)"', source))
+    read |= set(re.findall(r'_(?:int|float|share|seconds)\(env, "([A-Z_]+)"', source))
     table = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     assert read, "found no settings in config.py"
     for name in read:

@@ -278,12 +278,14 @@ def test_the_least_privileges_in_the_readme_are_enough(database_url: str, schema
 
 
 def test_the_run_logs_each_phase_as_json_lines(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
-    import json
+    from tests.helpers import logged
 
     caplog.set_level("INFO", logger="etl")
     pipeline.run(settings, pipeline.Trigger())
-    events = [json.loads(r.getMessage()) for r in caplog.records if r.name == "etl"]
+    events = logged(caplog.records)
     assert [e["event"] for e in events] == ["run_started", "file_read", "file_read", "file_read", "run_finished"]
+    assert [e["message"] for e in events] == [e["event"] for e in events]
+    assert {e["level"] for e in events} == {"INFO"} and {e["run_id"] for e in events} == {events[0]["run_id"]}
     assert {e["file"]: e["rows"] for e in events if e["event"] == "file_read"} == {
         "users.csv": 10, "compounds.csv": 3, "user_experiments.csv": 11}
     assert all("mb" in e for e in events if e["event"] == "file_read")
@@ -307,9 +309,7 @@ def test_an_unexpected_error_is_recorded_and_answered(settings: Settings, db: An
 def test_long_files_log_progress_with_rows_and_megabytes(env: dict[str, str], tmp_path: Path,
                                                           caplog: pytest.LogCaptureFixture,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
-
-    from tests.helpers import write_files
+    from tests.helpers import logged, write_files
 
     experiments = "experiment_id,user_id,experiment_compound_ids,experiment_run_time\n" + "".join(
         f"{i},{1 + i % 3},1;2;3,{i % 97}.25\n" for i in range(1, 20_001))  # about 400 kB
@@ -318,8 +318,7 @@ def test_long_files_log_progress_with_rows_and_megabytes(env: dict[str, str], tm
     monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 0.0)  # a line per batch instead of every 5 s
     caplog.set_level("INFO", logger="etl")
     pipeline.run(settings, pipeline.Trigger())
-    progress = [json.loads(r.getMessage()) for r in caplog.records if '"progress"' in r.getMessage()]
-    lines = [p for p in progress if p["file"] == "user_experiments.csv"]
+    lines = [p for p in logged(caplog.records, "progress") if p["file"] == "user_experiments.csv"]
     assert len(lines) >= 3
     assert [p["rows"] for p in lines] == sorted(p["rows"] for p in lines)
     assert lines[-1]["rows"] <= 20_000 and lines[-1]["mb_total"] > 0.3

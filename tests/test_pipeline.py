@@ -56,7 +56,7 @@ def test_quarantine_loads_the_good_rows_and_keeps_the_rejects(tmp_path: Path) ->
     bad = write_files(tmp_path, {"users.csv": GOOD["users.csv"] + "4,,d@x,2023-01-01\n"})
     summary = pipeline.run(settings_for(bad), pipeline.Trigger(policy="quarantine"), store=store)
     assert (summary["status"], summary["users_written"]) == ("partial", 3)
-    [(run_id, rejects)] = store.rejects
+    [(run_id, rejects)] = store.rejected
     assert run_id == summary["run_id"] and rejects.column("line").to_pylist() == [5]
 
 

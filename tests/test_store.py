@@ -4,6 +4,7 @@ quick tier runs the pipeline on.  The same tests run against each, so the fake c
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -155,3 +156,102 @@ def test_seconds_can_be_recorded_after_the_publication(store: Store) -> None:
         run.record_seconds({"load": 1.5, "total": 2.0})
     record = store.get_run(run.run_id)
     assert record is not None and record["seconds"] == {"load": 1.5, "total": 2.0}
+
+
+# Run history, rejects and freshness: what /runs, /runs/{id}/rejects and /health read.
+
+def finished_run(store: Store, status: str, *, bad_rows: int = 0) -> int:
+    """A run that ends with ``status`` (failed: recorded as failed, nothing published)."""
+    with store.run(policy="quarantine", source="here") as run:
+        if status == "failed":
+            run.fail({"type": "ContractViolation", "code": "contract_violation", "message": "bad"})
+            return run.run_id
+        with run.publishing() as publication:
+            publication.replace_features(features((1, 1)))
+            publication.store_rejects(rejects(bad_rows))
+            publication.finish(status=status, files={}, users_written=1, seconds={})
+    return run.run_id
+
+
+def test_runs_are_listed_newest_first_and_filtered(store: Store) -> None:
+    ids = [finished_run(store, status) for status in ("succeeded", "failed", "partial", "failed", "succeeded")]
+    listed = store.list_runs(limit=10)
+    assert [r["run_id"] for r in listed] == ids[::-1]
+    assert listed[0] == store.get_run(ids[-1])
+    assert [r["run_id"] for r in store.list_runs(limit=10, status="failed")] == [ids[3], ids[1]]
+    assert [r["run_id"] for r in store.list_runs(limit=2, before=ids[3])] == [ids[2], ids[1]]
+    assert [r["run_id"] for r in store.list_runs(limit=10, status="succeeded", before=ids[4])] == [ids[0]]
+    assert store.list_runs(limit=10, before=ids[0]) == []
+    assert store.list_runs(limit=10, status="running") == []
+    assert store.list_runs(limit=10, before=2**70)[0]["run_id"] == ids[-1]
+
+
+def test_a_store_that_never_ran_lists_nothing(store: Store) -> None:
+    assert store.list_runs(limit=5) == []
+    assert store.rejects(1, limit=5, max_chars=200) == []
+    assert store.last_confirmed() is None
+
+
+def test_rejects_are_numbered_in_stored_order_and_paged_by_seq(store: Store) -> None:
+    first = finished_run(store, "partial", bad_rows=5)
+    second = finished_run(store, "partial", bad_rows=3)
+    page = store.rejects(first, limit=2, max_chars=200)
+    assert page == [{"seq": 1, "file": "users.csv", "line": 2, "column": "name", "value": "", "rule": "empty_value",
+                     "raw": "1,,x,2023-01-01"}, {**page[0], "seq": 2, "line": 3}]
+    assert [r["line"] for r in store.rejects(first, limit=10, after=2, max_chars=200)] == [4, 5, 6]
+    assert [r["seq"] for r in store.rejects(second, limit=10, max_chars=200)] == [1, 2, 3]
+    assert store.rejects(first, limit=10, after=5, max_chars=200) == []
+    assert store.get_run(first)["rejects"] == 5  # type: ignore[index]
+
+
+def test_a_long_rejected_text_is_cut_as_answers_cut_it(store: Store) -> None:
+    from etl_core.errors import shorten
+
+    long = "x" * 1000 + "é"
+    bad = pa.table({"file": ["users.csv"], "line": [2], "column": ["name"], "value": [long], "rule": ["empty_value"],
+                    "raw": [None]}, schema=VIOLATION_SCHEMA)
+    with store.run(policy="quarantine", source="here") as run, run.publishing() as publication:
+        publication.store_rejects(bad)
+        publication.finish(status="partial", files={}, users_written=0, seconds={})
+    [row] = store.rejects(run.run_id, limit=1, max_chars=200)
+    assert row["value"] == shorten(long, 200) and row["raw"] is None
+    assert store.rejects(run.run_id, limit=1, max_chars=2000)[0]["value"] == long
+
+
+def test_the_last_confirming_run_and_its_age(store: Store) -> None:
+    assert store.last_confirmed() is None
+    confirmed = finished_run(store, "partial", bad_rows=1)
+    finished_run(store, "failed")
+    last = store.last_confirmed()
+    assert last is not None
+    assert (last["run_id"], last["status"]) == (confirmed, "partial")
+    assert last["finished_at"] == store.get_run(confirmed)["finished_at"]  # type: ignore[index]
+    assert 0 <= last["age_seconds"] < 60
+    newer = finished_run(store, "succeeded")
+    assert store.last_confirmed()["run_id"] == newer  # type: ignore[index]
+
+
+def test_a_rejects_table_from_before_numbering_is_numbered_on_first_use(settings: Any, db: Any) -> None:
+    """Deployments made before rejects had a seq: the first read (or run) numbers each run's rows in
+    stored order, and pages them like any other."""
+    from etl_core.store import sql
+
+    made = PostgresStore(settings.db, settings.schema)
+    try:
+        publish(made, (1, 1))  # creates the tables
+        table = sql.q(settings.schema, sql.REJECTS)
+        db.run(f"DROP TABLE {table}")
+        db.run(f"CREATE TABLE {table} (run_id bigint NOT NULL, file text NOT NULL, line bigint, column_name text, "
+               "value text, rule text NOT NULL, raw text)")
+        db.run(f"CREATE INDEX etl_rejects_run_id ON {table} (run_id)")
+        for line in (7, 3, 5):
+            db.run(f"INSERT INTO {table} VALUES (1, 'users.csv', :line, 'name', '', 'empty_value', 'r')", line=line)
+        assert made.get_run(1)["rejects"] == 3  # type: ignore[index]
+        assert [(r["seq"], r["line"]) for r in made.rejects(1, limit=10, max_chars=200)] == [(1, 7), (2, 3), (3, 5)]
+        indexes = {name for [name] in db.run("SELECT indexname FROM pg_indexes WHERE schemaname = :s "
+                                             "AND tablename = 'etl_rejects'", s=settings.schema)}
+        assert indexes == {"etl_rejects_pkey"}
+        second = publish(made, (1, 1), bad_rows=2)  # a run after the upgrade numbers its own from 1
+        assert [r["seq"] for r in made.rejects(second, limit=10, max_chars=200)] == [1, 2]
+    finally:
+        made.close()

@@ -15,6 +15,11 @@ import pyarrow as pa
 
 from etl_core.guard import Volume
 
+RUN_STATUSES = ("running", "succeeded", "partial", "failed")
+# the statuses of a run that confirmed the table's rows: /health reports the last one
+# ('unchanged' is a status to come: a run that found the data as it was)
+CONFIRMING = ("succeeded", "partial", "unchanged")
+
 
 class Publication(Protocol):
     """One transaction that replaces the features: everything in it is published together at the end
@@ -59,7 +64,25 @@ class Store(Protocol):
         'running' as failed, and record a new run."""
         ...
 
-    def get_run(self, run_id: int) -> dict[str, Any] | None: ...
+    def get_run(self, run_id: int) -> dict[str, Any] | None:
+        """One run's record (``rejects``: how many it stored), or None."""
+        ...
+
+    def list_runs(self, *, limit: int, status: str | None = None, before: int | None = None) -> list[dict[str, Any]]:
+        """At most ``limit`` run records, newest (highest id) first: only those with ``status`` if given,
+        only those with an id below ``before`` if given.  No runs table yet: none."""
+        ...
+
+    def rejects(self, run_id: int, *, limit: int, after: int = 0, max_chars: int) -> list[dict[str, Any]]:
+        """At most ``limit`` of a run's rejects in the order they were stored, those whose ``seq`` (1, 2,
+        ... within the run) is above ``after``: seq, file, line, column, value, rule, raw; a value or
+        raw text longer than ``max_chars`` is cut as ``errors.shorten`` cuts it."""
+        ...
+
+    def last_confirmed(self) -> dict[str, Any] | None:
+        """The newest run whose status is in CONFIRMING: run_id, status, finished_at and its age in
+        seconds (by the store's clock); None if there is none."""
+        ...
 
     def health(self) -> dict[str, Any]: ...
 

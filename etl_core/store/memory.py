@@ -15,8 +15,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl_core.errors import LoadError, RunInProgress
+from etl_core.errors import LoadError, RunInProgress, shorten
 from etl_core.guard import Volume
+from etl_core.store import CONFIRMING
 
 LARGEST_ID = 2**63 - 1
 
@@ -24,7 +25,7 @@ LARGEST_ID = 2**63 - 1
 class MemoryStore:
     def __init__(self) -> None:
         self.features: pa.Table | None = None  # with a run_id column, as the real table has
-        self.rejects: list[tuple[int, pa.Table]] = []
+        self.rejected: list[tuple[int, pa.Table]] = []  # (run id, its rejects), as stored
         self.runs: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
@@ -52,8 +53,32 @@ class MemoryStore:
         record = self.runs.get(run_id) if 1 <= run_id <= LARGEST_ID else None
         if record is None:
             return None
-        rejects = sum(t.num_rows for i, t in self.rejects if i == run_id)
+        rejects = sum(t.num_rows for i, t in self.rejected if i == run_id)
         return {**record, "rejects": rejects}
+
+    def list_runs(self, *, limit: int, status: str | None = None, before: int | None = None) -> list[dict[str, Any]]:
+        ids = sorted((i for i, r in self.runs.items() if (status is None or r["status"] == status)
+                      and (before is None or i < before)), reverse=True)
+        return [found for i in ids[:limit] if (found := self.get_run(i)) is not None]
+
+    def rejects(self, run_id: int, *, limit: int, after: int = 0, max_chars: int) -> list[dict[str, Any]]:
+        rows = [row for i, table in self.rejected if i == run_id for row in table.to_pylist()]
+        page = []
+        for seq, row in enumerate(rows[max(after, 0):max(after, 0) + limit], start=max(after, 0) + 1):
+            page.append({"seq": seq, "file": row["file"], "line": row["line"], "column": row["column"],
+                         "value": _cut(row["value"], max_chars), "rule": row["rule"],
+                         "raw": _cut(row["raw"], max_chars)})
+        return page
+
+    def last_confirmed(self) -> dict[str, Any] | None:
+        confirmed = [i for i, r in self.runs.items() if r["status"] in CONFIRMING]
+        if not confirmed:
+            return None
+        record = self.runs[max(confirmed)]
+        finished = datetime.datetime.fromisoformat(record["finished_at"])
+        age = (datetime.datetime.now(datetime.UTC) - finished).total_seconds()
+        return {"run_id": record["run_id"], "status": record["status"], "finished_at": record["finished_at"],
+                "age_seconds": round(age, 3)}
 
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "database": "memory", "server_version": None}
@@ -121,9 +146,13 @@ class MemoryPublication:
         """The commit: every change of the publication at once."""
         self._store.features = self._features
         if self._rejects is not None and self._rejects.num_rows:
-            self._store.rejects.append((self._run_id, self._rejects))
+            self._store.rejected.append((self._run_id, self._rejects))
         if self._finished is not None:
             self._store.runs[self._run_id].update(self._finished)
+
+
+def _cut(text: str | None, limit: int) -> str | None:
+    return None if text is None else shorten(text, limit)
 
 
 def _now() -> str:

@@ -26,7 +26,7 @@ from pg8000.native import identifier
 from etl_core.config import DbSettings
 from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
-from etl_core.store import db, sql
+from etl_core.store import CONFIRMING, db, sql
 from etl_core.store.db import Connection
 
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
@@ -57,6 +57,7 @@ class PostgresStore:
         self.schema = schema
         self._conn: Connection | None = None
         self._busy = threading.Lock()
+        self._numbered = False  # the rejects table is known to have its seq column
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -109,14 +110,52 @@ class PostgresStore:
     def get_run(self, run_id: int) -> dict[str, Any] | None:
         if not 1 <= run_id <= LARGEST_ID:
             return None
-        with self.connection() as conn, _translated():
-            try:
-                rows = conn.run(sql.get_run(self.schema), id=run_id)
-            except Exception as exc:
-                if db.sqlstate(exc) in ("42P01", "3F000"):  # no runs table (or schema) yet
-                    return None
-                raise
+        rows = self._read(sql.get_run(self.schema), id=run_id)
         return _run_record(rows[0]) if rows else None
+
+    def list_runs(self, *, limit: int, status: str | None = None, before: int | None = None) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if status is not None:
+            params["status"] = status
+        if before is not None:
+            if before <= 1:
+                return []
+            params["before"] = min(before, LARGEST_ID)
+        statement = sql.list_runs(self.schema, status=status is not None, before=before is not None)
+        return [_run_record(row) for row in self._read(statement, **params)]
+
+    def rejects(self, run_id: int, *, limit: int, after: int = 0, max_chars: int) -> list[dict[str, Any]]:
+        if not 1 <= run_id <= LARGEST_ID or after >= LARGEST_ID:
+            return []
+        rows = self._read(sql.rejects_page(self.schema), id=run_id, after=max(after, 0), limit=limit,
+                          chars=max_chars)
+        return [{"seq": seq, "file": file, "line": line, "column": column, "value": value, "rule": rule, "raw": raw}
+                for seq, file, line, column, value, rule, raw in rows]
+
+    def last_confirmed(self) -> dict[str, Any] | None:
+        rows = self._read(sql.last_confirmed(self.schema, CONFIRMING))
+        if not rows:
+            return None
+        run_id, status, finished, age = rows[0]
+        return {"run_id": run_id, "status": status, "finished_at": finished.isoformat(),
+                "age_seconds": round(float(age), 3)}
+
+    def _read(self, statement: str, **params: Any) -> list[list[Any]]:
+        """A read of the runs' tables: none yet (no table or schema) reads as no rows; a rejects table
+        from before rejects were numbered is numbered first."""
+        with self.connection() as conn, _translated():
+            for attempt in range(2):
+                try:
+                    return conn.run(statement, **params)
+                except Exception as exc:
+                    code = db.sqlstate(exc)
+                    if code in ("42P01", "3F000"):  # no runs table (or schema) yet
+                        return []
+                    if code != "42703" or attempt:  # 42703: undefined column (seq)
+                        raise
+                    self._numbered = False
+                    self._number_rejects(conn)
+        raise AssertionError("unreachable")
 
     def health(self) -> dict[str, Any]:
         with self.connection() as conn, _translated():
@@ -142,6 +181,26 @@ class PostgresStore:
             conn.run(f"CREATE SCHEMA {identifier(self.schema)}")
         for statement in sql.create_tables(self.schema):
             conn.run(statement)
+        self._number_rejects(conn)
+
+    def _number_rejects(self, conn: Connection) -> None:
+        """Number the rows of a rejects table made before rejects were numbered, once (several
+        processes may try at once: the table's lock orders them, and the later ones find it done)."""
+        table = sql.q(self.schema, sql.REJECTS)
+        if self._numbered or conn.run(sql.has_column(table, "seq"), table=table):
+            self._numbered = True  # checked once per process: a warm run saves the round trip
+            return
+        conn.run("BEGIN")
+        try:
+            conn.run(sql.lock_rejects(self.schema))
+            if not conn.run(sql.has_column(table, "seq"), table=table):
+                for statement in sql.number_rejects(self.schema):
+                    conn.run(statement)
+            conn.run("COMMIT")
+            self._numbered = True
+        except BaseException:
+            _rollback(conn)
+            raise
 
     def _fail_abandoned(self, conn: Connection) -> None:
         """Runs still 'running' while we hold the lock were cut off (their connection died)."""
@@ -209,6 +268,7 @@ class PostgresPublication:
         self._schema = schema
         self._run_id = run_id
         self._streams: list[_Stream] = []
+        self._rejects = 0  # stored so far: the next one's seq is this + 1
 
     def raised_by_rows(self, exc: BaseException) -> bool:
         return any(exc is stream.error for stream in self._streams)
@@ -243,7 +303,8 @@ class PostgresPublication:
         if rejects.num_rows:
             with _translated(self):
                 self._copy(sql.copy_in(self._schema, sql.REJECTS, sql.REJECT_COLUMNS),
-                           _csv_chunks([_reject_rows(rejects, self._run_id)]))
+                           _csv_chunks([_reject_rows(rejects, self._run_id, first=self._rejects + 1)]))
+            self._rejects += rejects.num_rows
 
     def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
         with _translated():
@@ -310,9 +371,10 @@ def _features_rows(features: pa.RecordBatch, run_id: int) -> pa.Table:
     })
 
 
-def _reject_rows(rejects: pa.Table, run_id: int) -> pa.Table:
+def _reject_rows(rejects: pa.Table, run_id: int, *, first: int) -> pa.Table:
     return pa.table({
         "run_id": pa.repeat(pa.scalar(run_id, pa.int64()), rejects.num_rows),
+        "seq": pc.add(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), rejects.num_rows)), first - 1),
         "file": rejects["file"],
         "line": rejects["line"],
         "column_name": rejects["column"],

@@ -31,14 +31,15 @@ def create_tables(schema: str) -> list[str]:
         )""",
         f"""CREATE TABLE IF NOT EXISTS {q(schema, REJECTS)} (
             run_id bigint NOT NULL REFERENCES {q(schema, RUNS)} (id) ON DELETE CASCADE,
+            seq bigint NOT NULL,
             file text NOT NULL,
             line bigint,
             column_name text,
             value text,
             rule text NOT NULL,
-            raw text
+            raw text,
+            PRIMARY KEY (run_id, seq)
         )""",
-        f"CREATE INDEX IF NOT EXISTS {identifier(REJECTS + '_run_id')} ON {q(schema, REJECTS)} (run_id)",
         features_table(schema, FEATURES, if_not_exists=True, primary_key=True),
     ]
 
@@ -59,7 +60,8 @@ FEATURE_COLUMNS = (
     "user_id", "user_name", "total_experiments", "most_common_compounds",
     "most_common_compound_ids", "average_experiments", "run_id",
 )
-REJECT_COLUMNS = ("run_id", "file", "line", "column_name", "value", "rule", "raw")
+REJECT_COLUMNS = ("run_id", "seq", "file", "line", "column_name", "value", "rule", "raw")
+RUN_COLUMNS = "id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error"
 
 
 def copy_in(schema: str, table: str, columns: tuple[str, ...]) -> str:
@@ -118,11 +120,64 @@ def finish_run(schema: str) -> str:
             "error = CAST(:error AS jsonb) WHERE id = :id")
 
 
+def _rejects_count(schema: str) -> str:
+    """A run's number of rejects: its highest seq (they are numbered 1, 2, ...), one index probe."""
+    return f"(SELECT coalesce(max(r.seq), 0) FROM {q(schema, REJECTS)} r WHERE r.run_id = runs.id)"
+
+
 def get_run(schema: str) -> str:
     """One run's record and its number of rejects (``:id``)."""
-    return (f"SELECT id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error, "
-            f"(SELECT count(*) FROM {q(schema, REJECTS)} r WHERE r.run_id = runs.id) "
-            f"FROM {q(schema, RUNS)} runs WHERE id = :id")
+    return f"SELECT {RUN_COLUMNS}, {_rejects_count(schema)} FROM {q(schema, RUNS)} runs WHERE id = :id"
+
+
+def list_runs(schema: str, *, status: bool, before: bool) -> str:
+    """Run records newest first, ``:limit`` of them; ``:status`` and ``:before`` (an id) if asked for."""
+    where = [condition for condition, wanted in (("status = :status", status), ("id < :before", before)) if wanted]
+    return (f"SELECT {RUN_COLUMNS}, {_rejects_count(schema)} FROM {q(schema, RUNS)} runs "
+            f"{'WHERE ' + ' AND '.join(where) if where else ''} ORDER BY id DESC LIMIT :limit")
+
+
+def _cut(column: str) -> str:
+    """``column``'s text cut as ``errors.shorten`` cuts it, at ``:chars`` characters."""
+    return (f"CASE WHEN length({column}) > :chars THEN left({column}, :chars) || '… (' || "
+            f"(length({column}) - :chars) || ' more characters)' ELSE {column} END")
+
+
+def rejects_page(schema: str) -> str:
+    """A run's rejects (``:id``) after seq ``:after``, ``:limit`` of them, long texts cut."""
+    return (f"SELECT seq, file, line, column_name, {_cut('value')}, rule, {_cut('raw')} "
+            f"FROM {q(schema, REJECTS)} WHERE run_id = :id AND seq > :after ORDER BY seq LIMIT :limit")
+
+
+def last_confirmed(schema: str, statuses: tuple[str, ...]) -> str:
+    """The newest run with one of ``statuses`` (literals of ours, not input), its age by the server's clock."""
+    listed = ", ".join(f"'{status}'" for status in statuses)
+    return (f"SELECT id, status, finished_at, extract(epoch FROM clock_timestamp() - finished_at)::float8 "
+            f"FROM {q(schema, RUNS)} WHERE status IN ({listed}) ORDER BY id DESC LIMIT 1")
+
+
+def has_column(table: str, column: str) -> str:
+    """Whether ``:table`` (a quoted name) has a column ``column`` (a literal of ours)."""
+    return (f"SELECT 1 FROM pg_attribute WHERE attrelid = CAST(:table AS regclass) AND attname = '{column}' "
+            "AND NOT attisdropped")
+
+
+def lock_rejects(schema: str) -> str:
+    return f"LOCK TABLE {q(schema, REJECTS)} IN ACCESS EXCLUSIVE MODE"
+
+
+def number_rejects(schema: str) -> list[str]:
+    """Give a rejects table made before rejects were numbered its seq column: each run's rows in the
+    order they are stored, then the key.  Run in one transaction, after ``lock_rejects``."""
+    table = q(schema, REJECTS)
+    return [
+        f"ALTER TABLE {table} ADD COLUMN seq bigint",
+        f"UPDATE {table} r SET seq = o.seq FROM (SELECT ctid AS at, row_number() OVER "
+        f"(PARTITION BY run_id ORDER BY ctid) AS seq FROM {table}) o WHERE r.ctid = o.at",
+        f"ALTER TABLE {table} ALTER COLUMN seq SET NOT NULL",
+        f"ALTER TABLE {table} ADD PRIMARY KEY (run_id, seq)",
+        f"DROP INDEX IF EXISTS {q(schema, REJECTS + '_run_id')}",  # the key's index serves run_id alone too
+    ]
 
 
 def lock_name(schema: str) -> str:

@@ -1,0 +1,99 @@
+"""The OpenAPI document tells the truth: real response models, our error documents per status as
+handler/app.py's STATUS table maps each route's errors, no FastAPI default 422; the template routes
+every documented path."""
+
+from __future__ import annotations
+
+import json
+import re
+import typing
+from typing import Any
+
+import pytest
+
+from etl_core.errors import EtlError
+from etl_core.store import RUN_STATUSES
+from handler import models
+from handler.app import ROUTE_ERRORS, STATUS, app, status_for
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.unit
+
+DOCUMENT = app.openapi()
+SUCCESS = {"/trigger-etl": "RunSummary", "/runs": "RunsPage", "/runs/{run_id}": "RunRecord",
+           "/runs/{run_id}/rejects": "RejectsPage", "/health": "Health"}
+
+
+def resolve(ref: str) -> dict[str, Any]:
+    found: dict[str, Any] = DOCUMENT["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    return found
+
+
+def test_no_default_validation_error_is_documented() -> None:
+    text = json.dumps(DOCUMENT)
+    assert "HTTPValidationError" not in text and '"ValidationError"' not in text
+
+
+def test_every_route_answers_with_its_model() -> None:
+    assert set(DOCUMENT["paths"]) == set(SUCCESS)
+    for path, model in SUCCESS.items():
+        ok = DOCUMENT["paths"][path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]
+        assert ok == {"$ref": f"#/components/schemas/{model}"}, path
+        assert resolve(ok["$ref"])["properties"], path
+
+
+def test_every_routes_error_statuses_are_those_of_the_status_table() -> None:
+    for path, classes in ROUTE_ERRORS.items():
+        responses = DOCUMENT["paths"][path]["get"]["responses"]
+        documented = {int(status) for status in responses if status != "200"}
+        assert documented == {status_for(cls) for cls in classes}, path
+        for status in documented:
+            codes = {cls.code for cls in classes if status_for(cls) == status}
+            schema = resolve(responses[str(status)]["content"]["application/json"]["schema"]["$ref"])
+            detail = resolve(schema["properties"]["error"]["$ref"])
+            assert set(detail["required"]) >= {"type", "code", "message"}
+            code = detail["properties"]["code"]
+            allowed = set(code["enum"]) if "enum" in code else {code["const"]}
+            assert codes <= allowed, (path, status)
+            assert all(STATUS_OF_CODE[code] == status for code in allowed), (path, status)
+            assert responses[str(status)]["description"] == "code: " + ", ".join(
+                dict.fromkeys(cls.code for cls in classes if status_for(cls) == status))
+
+
+def _subclasses(cls: type[EtlError]) -> list[type[EtlError]]:
+    return [cls, *(sub for direct in cls.__subclasses__() for sub in _subclasses(direct))]
+
+
+STATUS_OF_CODE = {cls.code: status_for(cls) for cls in _subclasses(EtlError)}
+
+
+def test_the_status_table_answers_every_error_class() -> None:
+    assert {status for _, status in STATUS} == set(STATUS_OF_CODE.values())
+    assert STATUS_OF_CODE["features_stale"] == 503 and STATUS_OF_CODE["database_unavailable"] == 503
+
+
+def test_the_paging_parameters_are_documented_with_their_bounds() -> None:
+    parameters = {p["name"]: p["schema"] for p in DOCUMENT["paths"]["/runs"]["get"]["parameters"]}
+    assert (parameters["limit"]["minimum"], parameters["limit"]["maximum"]) == (1, models.MAX_PAGE)
+    assert parameters["status"]["anyOf"][0]["enum"] == list(RUN_STATUSES)
+    assert parameters["before"]["anyOf"][0]["minimum"] == 1
+    rejects = {p["name"]: p["schema"] for p in DOCUMENT["paths"]["/runs/{run_id}/rejects"]["get"]["parameters"]}
+    assert rejects["after"]["minimum"] == 0 and rejects["run_id"]["type"] == "integer"
+
+
+def test_run_statuses_are_one_list() -> None:
+    assert typing.get_args(models.RunStatus) == RUN_STATUSES
+    create = " ".join((ROOT / "etl_core" / "store" / "sql.py").read_text().split())
+    assert "CHECK (status IN (" + ", ".join(f"'{s}'" for s in RUN_STATUSES) + "))" in create
+
+
+def test_the_template_routes_every_documented_path() -> None:
+    template = (ROOT / "template.yaml").read_text()
+    routed = set(re.findall(r"^\s+Path: (\S+)\s*$", template, flags=re.M))
+    assert routed == set(DOCUMENT["paths"]) | {"/openapi.json"}
+    assert len(re.findall(r"^\s+Method: GET\s*$", template, flags=re.M)) == len(routed)
+
+
+def test_the_readme_links_to_the_schema() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "GET /openapi.json" in readme
