@@ -29,18 +29,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from etl_core import violations
 from etl_core.contract import ARROW_TYPES, LIST_SEPARATOR, Column, FileContract, Rule
-
-VIOLATION_SCHEMA = pa.schema(
-    [
-        ("file", pa.string()),
-        ("line", pa.int64()),
-        ("column", pa.string()),
-        ("value", pa.string()),
-        ("rule", pa.string()),
-        ("raw", pa.string()),
-    ]
-)
+from etl_core.violations import VIOLATION_SCHEMA, FileProblem
 
 _SPACE_BEFORE_QUOTE = re.compile(r'(?:(?<=,)|^)[ \t]+(?=")')
 _ID_RE = r"^\+?0*[1-9][0-9]{0,17}$"
@@ -118,18 +109,6 @@ class FileResult:
     @property
     def rows_accepted(self) -> int:
         return self.rows_read - self.rows_rejected
-
-
-class FileProblem(Exception):
-    """Raise when a whole file is unusable (missing, empty, bad header); carries one violation row."""
-
-    def __init__(self, contract: FileContract, rule: Rule, *, line: int | None = None,
-                 column: str | None = None, value: str | None = None) -> None:
-        super().__init__(f"{contract.filename}: {rule.value}")
-        self.violation = {
-            "file": contract.filename, "line": line, "column": column, "value": value,
-            "rule": rule.value, "raw": None,
-        }
 
 
 def output_schema(contract: FileContract) -> pa.Schema:
@@ -368,27 +347,21 @@ def _diagnose_path(path: Path, contract: FileContract, names: list[str], sink: S
                    refs: References | None, block_size: int, result: FileResult,
                    progress: Callable[[int, int], None] | None, undecodable: list[tuple[int, str]]) -> None:
     duplicates = _duplicate_keys(path, contract, names, block_size)
-    found: list[pa.Table] = [_violation_table(contract, [n for n, _ in undecodable], None, None, Rule.ENCODING,
-                                              [text for _, text in undecodable])]
+    found = [violations.rows(contract.filename, Rule.ENCODING, [n for n, _ in undecodable],
+                  raws=[text for _, text in undecodable])]
     rows_read = rejected = len(undecodable)
     for batch, lines, skipped in _raw_batches(path, contract, names, block_size):
-        for number, text in skipped:
-            found.append(_violation_table(contract, [number], None, None, Rule.FIELD_COUNT, [text]))
+        found.append(violations.rows(contract.filename, Rule.FIELD_COUNT, [n for n, _ in skipped],
+                          raws=[text for _, text in skipped]))
         rows_read += len(skipped)
         rejected += len(skipped)
         keep = _not_blank(batch)
         batch, lines = batch.filter(keep), lines.filter(keep)
         checked = _check_raw(batch, contract, refs, duplicates)
         raw = _raw_text(batch)
-        for column, rule, rows, values in checked.violations:
-            found.append(pa.table({
-                "file": pa.repeat(contract.filename, len(rows)).cast(pa.string()),
-                "line": lines.take(rows),
-                "column": pa.repeat(column, len(rows)).cast(pa.string()),
-                "value": values,
-                "rule": pa.repeat(rule.value, len(rows)).cast(pa.string()),
-                "raw": raw.take(rows),
-            }, schema=VIOLATION_SCHEMA))
+        for column, rule, where, values in checked.violations:
+            found.append(violations.rows(contract.filename, rule, lines.take(where), column=column, values=values,
+                              raws=raw.take(where)))
         good = pc.invert(checked.bad)
         rows_read += batch.num_rows
         rejected += batch.num_rows - pc.sum(good).as_py() if batch.num_rows else 0
@@ -640,14 +613,3 @@ def _raw_text(batch: pa.RecordBatch) -> pa.Array:
         return pa.array([""] * batch.num_rows, pa.string())
     return _text(pc.binary_join_element_wise(*batch.columns, b","))
 
-
-def _violation_table(contract: FileContract, lines: list[int | None], column: str | None,
-                     value: str | None, rule: Rule, raws: list[str | None]) -> pa.Table:
-    return pa.table({
-        "file": [contract.filename] * len(lines),
-        "line": lines,
-        "column": [column] * len(lines),
-        "value": [value] * len(lines),
-        "rule": [rule.value] * len(lines),
-        "raw": raws,
-    }, schema=VIOLATION_SCHEMA)

@@ -174,9 +174,9 @@ def _check_headers(data_dir: Path) -> None:
         try:
             extract.read_header(data_dir / contract.filename, contract)
         except extract.FileProblem as problem:
-            problems.append(problem.violation)
+            problems.append(problem.table)
     if problems:
-        table = pa.Table.from_pylist(problems, schema=extract.VIOLATION_SCHEMA)
+        table = pa.concat_tables(problems)
         raise ContractViolation(
             f"{len(problems)} input file(s) cannot be read under the data contract; nothing was loaded",
             violations=_report(table, len(problems)),
