@@ -16,13 +16,10 @@ Accepted rows go to a ``Sink`` batch by batch, so the experiments file is never 
 from __future__ import annotations
 
 import bisect
-import codecs
 import csv
 import dataclasses
 import re
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Protocol
 
 import pyarrow as pa
@@ -31,6 +28,7 @@ import pyarrow.csv as pacsv
 
 from etl_core import violations
 from etl_core.contract import ARROW_TYPES, LIST_SEPARATOR, Column, FileContract, Rule
+from etl_core.source import Pinned, Source, SourceMissing, translated
 from etl_core.violations import VIOLATION_SCHEMA, FileProblem
 
 _SPACE_BEFORE_QUOTE = re.compile(r'(?:(?<=,)|^)[ \t]+(?=")')
@@ -120,15 +118,13 @@ def _typed(column: Column) -> pa.DataType:
     return pa.list_(pa.int64()) if column.kind == "id_list" else ARROW_TYPES[column.kind]
 
 
-def read_header(path: Path, contract: FileContract) -> tuple[list[str], tuple[str, ...]]:
+def read_header(source: Source, contract: FileContract) -> tuple[list[str], tuple[str, ...]]:
     """The header's column names (trimmed, BOM removed) and the extra columns it has."""
     try:
-        with open(path, "rb") as f:
-            first = f.readline(1 << 20)
-    except FileNotFoundError:
-        raise FileProblem(contract, Rule.MISSING_FILE, value=str(path.name)) from None
-    except IsADirectoryError:
-        raise FileProblem(contract, Rule.MISSING_FILE, value=str(path.name)) from None
+        with source.open(contract.filename) as stream, translated(contract.filename):
+            first = _first_line(stream, 1 << 20)
+    except SourceMissing:
+        raise FileProblem(contract, Rule.MISSING_FILE, value=contract.filename) from None
     if not first.strip():
         raise FileProblem(contract, Rule.EMPTY_FILE, line=1)
     try:
@@ -153,12 +149,26 @@ def read_header(path: Path, contract: FileContract) -> tuple[list[str], tuple[st
     return names, extra
 
 
+def _first_line(stream: pa.NativeFile, limit: int) -> bytes:
+    """The stream's bytes up to and including the first newline, at most ``limit`` of them."""
+    head = b""
+    while len(head) < limit:
+        chunk = stream.read(min(1 << 16, limit - len(head)))
+        end = chunk.find(b"\n") + 1
+        if end:
+            return head + chunk[:end]
+        if not chunk:
+            break
+        head += chunk
+    return head
+
+
 class _Diagnose(Exception):
     """Raised inside the fast path: something is off, read the file again on the diagnostic path."""
 
 
 def read_file(
-    path: Path,
+    source: Source,
     contract: FileContract,
     sink: Sink,
     *,
@@ -166,14 +176,18 @@ def read_file(
     block_size: int = 1 << 20,
     progress: Callable[[int, int], None] | None = None,
 ) -> FileResult:
-    """Read one file into ``sink``; return its counts and violations (never raises for bad rows)."""
-    names, extra = read_header(path, contract)
+    """Read one file of ``source`` into ``sink``; return its counts and violations (never raises for
+    bad rows).  Every read of the file sees the version the first one saw, or SourceChanged is raised."""
+    source = Pinned(source)
+    names, extra = read_header(source, contract)
     result = FileResult(contract, extra_columns=extra)
-    try:
-        result.rows_read = _fast(path, contract, names, sink, refs, block_size, progress)
-    except (_Diagnose, pa.ArrowInvalid):
-        sink.reset()
-        _diagnose(path, contract, names, sink, refs, block_size, result, progress)
+    with translated(contract.filename):
+        try:
+            result.rows_read = _fast(source, contract, names, sink, refs, block_size, progress)
+        except (_Diagnose, pa.ArrowInvalid):
+            sink.reset()
+            _diagnose(source, contract, names, sink, refs, block_size, result, progress)
+    source.check(contract.filename)
     return result
 
 
@@ -181,14 +195,15 @@ def read_file(
 # Fast path: pinned types, all cores, any doubt raises _Diagnose.
 
 
-def _fast(path: Path, contract: FileContract, names: list[str], sink: Sink,
+def _fast(source: Source, contract: FileContract, names: list[str], sink: Sink,
           refs: References | None, block_size: int, progress: Callable[[int, int], None] | None) -> int:
     types = {c.name: ARROW_TYPES[c.kind] for c in contract.columns}
     rows = 0
     increasing = _Increasing()
-    with pa.OSFile(str(path)) as raw:
+    counted = _Counted()
+    with source.open(contract.filename) as raw:
         reader = pacsv.open_csv(
-            raw,
+            pa.TransformInputStream(raw, counted),
             read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size),
             parse_options=pacsv.ParseOptions(ignore_empty_lines=False),  # a bad row raises: diagnose
             convert_options=pacsv.ConvertOptions(
@@ -203,11 +218,24 @@ def _fast(path: Path, contract: FileContract, names: list[str], sink: Sink,
             increasing.add(out.column(contract.key))
             sink.add(out)
             if progress:
-                progress(rows, raw.tell())
+                progress(rows, counted.bytes)
     # keys that only ever grow are unique, with nothing kept; others take a second look at the file
-    if not increasing.holds and len(_duplicate_keys(path, contract, names, block_size)):
-        raise _Diagnose
+    if not increasing.holds:
+        with source.open(contract.filename) as again:
+            if len(_duplicate_keys(again, contract, names, block_size)):
+                raise _Diagnose
     return rows
+
+
+class _Counted:
+    """A stream transform that passes the bytes on unchanged and counts them (for progress)."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    def __call__(self, buf: pa.Buffer) -> pa.Buffer:
+        self.bytes += buf.size
+        return buf
 
 
 def _drop_blank_typed(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -293,47 +321,59 @@ class _Checked:
     violations: list[tuple[str, Rule, pa.Array, pa.Array]]  # (column, rule, row indices, values)
 
 
-def _diagnose(path: Path, contract: FileContract, names: list[str], sink: Sink,
+def _diagnose(source: Source, contract: FileContract, names: list[str], sink: Sink,
               refs: References | None, block_size: int, result: FileResult,
               progress: Callable[[int, int], None] | None) -> None:
-    if _is_utf8(path):
-        _diagnose_path(path, contract, names, sink, refs, block_size, result, progress, [])
-        return
-    # pyarrow cannot hand a row with a wrong field count to our handler when that row is not UTF-8
-    # either: report every undecodable line here and diagnose a copy with those lines blanked
-    with tempfile.TemporaryDirectory(prefix="etl-diagnose-") as tmp:
-        copy, undecodable = _blank_undecodable_lines(path, Path(tmp) / path.name, len(names))
-        _diagnose_path(copy, contract, names, sink, refs, block_size, result, progress, undecodable)
+    with source.open(contract.filename) as raw:
+        duplicates = _duplicate_keys(pa.TransformInputStream(raw, _Repair(len(names))), contract, names,
+                                     block_size)
+    with source.open(contract.filename) as raw:
+        repair = _Repair(len(names))
+        _diagnose_stream(pa.TransformInputStream(raw, repair), contract, names, sink, refs, block_size,
+                         result, progress, duplicates, repair.undecodable)
 
 
-def _is_utf8(path: Path) -> bool:
-    decoder = codecs.getincrementaldecoder("utf-8")()
-    with open(path, "rb") as f:
+class _Repair:
+    """A stream transform for the diagnostic path: pyarrow cannot hand a row with a wrong field count
+    to our handler when that row is not UTF-8 either, so each such line is blanked (its line break
+    stays, and with it every line number) and remembered in ``undecodable`` as (line, text).  A line
+    that is not UTF-8 but has the right field count stays: the diagnostic pass names its column."""
+
+    def __init__(self, fields: int) -> None:
+        self.fields = fields
+        self.undecodable: list[tuple[int, str]] = []
+        self._lines = 0  # lines passed on so far
+        self._pending: list[bytes] = []  # the start of an unfinished line
+
+    def __call__(self, buf: pa.Buffer) -> pa.Buffer:
+        chunk = buf.to_pybytes()
+        end = chunk.rfind(b"\n") + 1 if chunk else 0  # an empty buffer is the end: pass on the rest
+        if chunk and not end:
+            self._pending.append(chunk)
+            return pa.py_buffer(b"")
+        data = b"".join([*self._pending, chunk[:end] if chunk else b""])
+        self._pending = [chunk[end:]] if chunk else []
         try:
-            while chunk := f.read(1 << 24):
-                decoder.decode(chunk)
-            decoder.decode(b"", final=True)
+            data.decode("utf-8")
         except UnicodeDecodeError:
-            return False
-    return True
+            data = b"\n".join(self._line(self._lines + i + 1, line) for i, line in enumerate(data.split(b"\n")))
+        self._lines += data.count(b"\n")
+        return pa.py_buffer(data)
 
-
-def _blank_undecodable_lines(path: Path, copy: Path, fields: int) -> tuple[Path, list[tuple[int, str]]]:
-    """Copy the file, blanking each line that is not UTF-8 and has the wrong field count (a line
-    with the right count stays: the diagnostic pass names its undecodable column)."""
-    bad: list[tuple[int, str]] = []
-    with open(path, "rb") as src, open(copy, "wb") as dst:
-        for number, line in enumerate(src, start=1):
-            try:
-                line.decode("utf-8")
-            except UnicodeDecodeError:
-                body = line.rstrip(b"\r\n")
-                text = body.decode("utf-8", "replace")
-                if number > 1 and _field_count(text) != fields:
-                    bad.append((number, text))
-                    line = line[len(body):]
-            dst.write(line)
-    return copy, bad
+    def _line(self, number: int, line: bytes) -> bytes:
+        """``line`` (without its \\n) as passed on: blanked, but for a trailing \\r, if it is
+        undecodable with the wrong field count."""
+        try:
+            line.decode("utf-8")
+            return line
+        except UnicodeDecodeError:
+            pass
+        body = line.rstrip(b"\r")
+        text = body.decode("utf-8", "replace")
+        if number == 1 or _field_count(text) == self.fields:
+            return line
+        self.undecodable.append((number, text))
+        return line[len(body):]
 
 
 def _field_count(text: str) -> int:
@@ -343,14 +383,13 @@ def _field_count(text: str) -> int:
         return -1
 
 
-def _diagnose_path(path: Path, contract: FileContract, names: list[str], sink: Sink,
-                   refs: References | None, block_size: int, result: FileResult,
-                   progress: Callable[[int, int], None] | None, undecodable: list[tuple[int, str]]) -> None:
-    duplicates = _duplicate_keys(path, contract, names, block_size)
-    found = [violations.rows(contract.filename, Rule.ENCODING, [n for n, _ in undecodable],
-                  raws=[text for _, text in undecodable])]
-    rows_read = rejected = len(undecodable)
-    for batch, lines, skipped in _raw_batches(path, contract, names, block_size):
+def _diagnose_stream(stream: pa.NativeFile, contract: FileContract, names: list[str], sink: Sink,
+                     refs: References | None, block_size: int, result: FileResult,
+                     progress: Callable[[int, int], None] | None, duplicates: pa.Array,
+                     undecodable: list[tuple[int, str]]) -> None:
+    found = []
+    rows_read = rejected = 0
+    for batch, lines, skipped in _raw_batches(stream, contract, names, block_size):
         found.append(violations.rows(contract.filename, Rule.FIELD_COUNT, [n for n, _ in skipped],
                           raws=[text for _, text in skipped]))
         rows_read += len(skipped)
@@ -369,13 +408,16 @@ def _diagnose_path(path: Path, contract: FileContract, names: list[str], sink: S
         sink.add(pa.RecordBatch.from_arrays(accepted, schema=output_schema(contract)))
         if progress:
             progress(rows_read, 0)
-    result.rows_read = rows_read
-    result.rows_rejected = rejected
+    # the stream is read to its end: every undecodable line is known
+    found.append(violations.rows(contract.filename, Rule.ENCODING, [n for n, _ in undecodable],
+                                 raws=[text for _, text in undecodable]))
+    result.rows_read = rows_read + len(undecodable)
+    result.rows_rejected = rejected + len(undecodable)
     if found:
         result.violations = pa.concat_tables(found).sort_by([("line", "ascending")])
 
 
-def _raw_batches(path: Path, contract: FileContract, names: list[str], block_size: int
+def _raw_batches(stream: pa.NativeFile, contract: FileContract, names: list[str], block_size: int
                  ) -> Iterator[tuple[pa.RecordBatch, pa.Array, list[tuple[int, str]]]]:
     """Every column as bytes, with each row's line number and the rows skipped for a bad field count."""
     skipped: list[tuple[int, str]] = []
@@ -386,7 +428,7 @@ def _raw_batches(path: Path, contract: FileContract, names: list[str], block_siz
         return "skip"
 
     reader = pacsv.open_csv(
-        str(path),
+        stream,
         read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False,
                                        block_size=block_size),
         parse_options=pacsv.ParseOptions(invalid_row_handler=skip, ignore_empty_lines=False),
@@ -446,10 +488,11 @@ def _not_blank(batch: pa.RecordBatch) -> pa.Array:
     return pc.invert(blank)
 
 
-def _duplicate_keys(path: Path, contract: FileContract, names: list[str], block_size: int) -> pa.Array:
+def _duplicate_keys(stream: pa.NativeFile, contract: FileContract, names: list[str], block_size: int
+                    ) -> pa.Array:
     """The key values that occur more than once in the file (a first pass over the key column)."""
     reader = pacsv.open_csv(
-        str(path),
+        stream,
         read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size),
         parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip", ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(column_types={contract.key: pa.binary()},

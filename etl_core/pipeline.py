@@ -19,6 +19,7 @@ from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract
 from etl_core.db import Connection, close_quietly, connect, translate
 from etl_core.errors import BadRequest, ContractViolation, EtlError
 from etl_core.guard import Volume
+from etl_core.source import LocalSource, Source
 
 log = logging.getLogger("etl")
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
@@ -90,18 +91,19 @@ def _run(settings: Settings, conn: Connection, run_id: int, policy: str, data_di
     log_event("run_started", run_id=run_id, policy=policy, data_dir=str(data_dir))
 
     with _phase(seconds, "extract"):
-        _check_headers(data_dir)
+        source = LocalSource(data_dir)
+        _check_headers(source)
         users_sink = extract.Collector(extract.output_schema(USERS))
         compounds_sink = extract.Collector(extract.output_schema(COMPOUNDS))
-        users = _read(settings, data_dir, USERS, users_sink, run_id)
-        compounds = _read(settings, data_dir, COMPOUNDS, compounds_sink, run_id)
+        users = _read(settings, source, USERS, users_sink, run_id)
+        compounds = _read(settings, source, COMPOUNDS, compounds_sink, run_id)
         users_table = users_sink.table()
         compounds_table = compounds_sink.table().sort_by("compound_id")
         refs = extract.References.of(users_table["user_id"].combine_chunks(),
                                      compounds_table["compound_id"].combine_chunks())
         counter = transform.ExperimentCounts(refs.users.keys, refs.compounds.keys)
         try:
-            experiments = _read(settings, data_dir, EXPERIMENTS, counter, run_id, refs=refs)
+            experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs)
             counts = counter.result()  # the counting thread finishes with the file
         finally:
             counter.close()
@@ -167,12 +169,12 @@ def _after_commit(step: Callable[..., Any], *args: Any, run_id: int, what: str) 
         log_event("warning", run_id=run_id, message=f"could not {what}: {translate(exc).message}")
 
 
-def _check_headers(data_dir: Path) -> None:
+def _check_headers(source: Source) -> None:
     """Every file-level problem (missing, empty, bad header) of all three files, before any row is read."""
     problems = []
     for contract in FILES:
         try:
-            extract.read_header(data_dir / contract.filename, contract)
+            extract.read_header(source, contract)
         except extract.FileProblem as problem:
             problems.append(problem.table)
     if problems:
@@ -188,10 +190,9 @@ def _file_violation(filename: str, rule: Rule) -> pa.Table:
                                   "rule": rule.value, "raw": None}], schema=extract.VIOLATION_SCHEMA)
 
 
-def _read(settings: Settings, data_dir: Path, contract: FileContract, sink: extract.Sink, run_id: int,
+def _read(settings: Settings, source: Source, contract: FileContract, sink: extract.Sink, run_id: int,
           refs: extract.References | None = None) -> extract.FileResult:
-    path = data_dir / contract.filename
-    size = path.stat().st_size
+    size = source.size(contract.filename)
     last = [time.monotonic()]
 
     def progress(rows: int, offset: int) -> None:
@@ -201,7 +202,7 @@ def _read(settings: Settings, data_dir: Path, contract: FileContract, sink: extr
             log_event("progress", run_id=run_id, file=contract.filename, rows=rows,
                       mb=round(offset / 1e6, 1), mb_total=round(size / 1e6, 1))
 
-    result = extract.read_file(path, contract, sink, refs=refs, block_size=settings.block_size, progress=progress)
+    result = extract.read_file(source, contract, sink, refs=refs, block_size=settings.block_size, progress=progress)
     log_event("file_read", run_id=run_id, file=contract.filename, rows=result.rows_read,
               rejected=result.rows_rejected, mb=round(size / 1e6, 1))
     return result

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from etl_core import extract
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, USERS, FileContract, Rule
+from etl_core.source import LocalSource
 
 USERS_ROWS = [
     {"user_id": 1, "name": "Alice", "email": "alice@example.com", "signup_date": "2023-01-01"},
@@ -24,7 +25,7 @@ def read(tmp_path: Path, contract: FileContract, content: bytes, refs: extract.R
     path = tmp_path / contract.filename
     path.write_bytes(content)
     sink = extract.Collector(extract.output_schema(contract))
-    result = extract.read_file(path, contract, sink, refs=refs, block_size=1 << 16)
+    result = extract.read_file(LocalSource(tmp_path), contract, sink, refs=refs, block_size=1 << 16)
     return sink.table(), result
 
 
@@ -94,6 +95,19 @@ def test_lines_stay_exact_after_rows_with_a_wrong_field_count(tmp_path: Path) ->
     assert found == [(3, "field_count"), (4, "field_count"), (5, "empty_value")]
 
 
+def test_lines_that_are_not_utf8_are_reported_and_the_rest_still_read(tmp_path: Path) -> None:
+    content = (b"user_id,name,email,signup_date\r\n1,Alice,a@x,2023-01-01\r\n2,Ren\xe9\r\n"
+               b"3,Ren\xe9,c@x,2023-01-01\r\n4,,d@x,2023-01-01\r\n5,\xff\xfe,x\r\n\r\n6,E,e@x,2023-01-01\r\n"
+               b"7,G\xe9,\"g,h\",2023-01-01,x")
+    table, result = read(tmp_path, USERS, content)
+    found = [(v["line"], v["column"], v["rule"]) for v in result.violations.to_pylist()]
+    assert found == [(3, None, "encoding"), (4, "name", "encoding"), (5, "name", "empty_value"),
+                     (6, None, "encoding"), (9, None, "encoding")]
+    assert result.violations["raw"][0].as_py() == "2,Ren\ufffd"
+    assert table["user_id"].to_pylist() == [1, 6]
+    assert (result.rows_read, result.rows_rejected) == (7, 5)
+
+
 def test_unknown_compound_reports_the_offending_id(tmp_path: Path) -> None:
     refs = extract.References.of(pa.array([1], pa.int64()), pa.array([1, 2], pa.int64()))
     _, result = read(tmp_path, EXPERIMENTS,
@@ -120,7 +134,7 @@ def test_unreadable_files_are_file_problems(tmp_path: Path, content: bytes | Non
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(extract.FileProblem, match=rule.value) as info:
-        extract.read_header(path, USERS)
+        extract.read_header(LocalSource(tmp_path), USERS)
     assert info.value.violation["rule"] == rule.value
 
 
@@ -154,7 +168,7 @@ def test_any_bytes_give_rows_or_contract_violations_never_a_crash(tmp_path: Path
     path.write_bytes(content)
     sink = extract.Collector(extract.output_schema(EXPERIMENTS))
     try:
-        result = extract.read_file(path, EXPERIMENTS, sink, refs=refs, block_size=1 << 16)
+        result = extract.read_file(LocalSource(tmp_path), EXPERIMENTS, sink, refs=refs, block_size=1 << 16)
     except extract.FileProblem:
         return
     rules = set(result.violations["rule"].to_pylist())
@@ -195,7 +209,7 @@ def test_a_failing_sink_fails_the_read_without_a_diagnostic_re_read(tmp_path: Pa
     counter = transform.ExperimentCounts(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
     try:
         with pytest.raises(transform.CountingFailed):
-            extract.read_file(path, EXPERIMENTS, counter, refs=extract.References.of(
+            extract.read_file(LocalSource(tmp_path), EXPERIMENTS, counter, refs=extract.References.of(
                 pa.array([1], pa.int64()), pa.array([1], pa.int64())), block_size=1 << 16)
             counter.result()
     finally:
