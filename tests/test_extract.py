@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etl_core import extract
+from etl_core import diagnose, extract
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, USERS, FileContract, Rule
 from etl_core.source import LocalSource
 
@@ -108,6 +108,15 @@ def test_lines_that_are_not_utf8_are_reported_and_the_rest_still_read(tmp_path: 
     assert (result.rows_read, result.rows_rejected) == (7, 5)
 
 
+def test_lines_stay_exact_with_many_broken_rows_across_batches(tmp_path: Path) -> None:
+    rows = []
+    for i in range(1, 3001):  # 150 kB: three batches, a thousand rows with a wrong field count
+        rows.append(f"{i},C" if i % 3 == 0 else f"{i},,X" if i % 7 == 0 else f"{i},C{i},{'X' * 40}")
+    _, result = read(tmp_path, COMPOUNDS, ("compound_id,compound_name,compound_structure\n" + "\n".join(rows)).encode())
+    want = [(i + 1, "field_count" if i % 3 == 0 else "empty_value") for i in range(1, 3001) if i % 3 == 0 or i % 7 == 0]
+    assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()] == want
+
+
 def test_unknown_compound_reports_the_offending_id(tmp_path: Path) -> None:
     refs = extract.References.of(pa.array([1], pa.int64()), pa.array([1, 2], pa.int64()))
     _, result = read(tmp_path, EXPERIMENTS,
@@ -202,7 +211,7 @@ def test_a_failing_sink_fails_the_read_without_a_diagnostic_re_read(tmp_path: Pa
         raise AssertionError("the file was read again on the diagnostic path")
 
     monkeypatch.setattr(transform.ExperimentCounts, "_partition", broken)
-    monkeypatch.setattr(extract, "_diagnose", no_diagnosis)
+    monkeypatch.setattr(diagnose, "read", no_diagnosis)
     path = tmp_path / EXPERIMENTS.filename
     path.write_text("experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
                     + "".join(f"{i},1,1,10\n" for i in range(1, 20001)))

@@ -147,7 +147,8 @@ def test_pinned_passes_an_unchanged_file(tmp_path: Path) -> None:
     pinned.check("compounds.csv")
 
 
-EXTRACT_MODULES = ["extract.py"]
+EXTRACT_MODULES = ["extract.py", "header.py", "fast.py", "diagnose.py", "repair.py", "keys.py", "rules.py",
+                   "violations.py"]
 
 
 @pytest.mark.parametrize("module", EXTRACT_MODULES)

@@ -1,0 +1,298 @@
+"""The diagnostic path: a file read again as bytes on one thread, every rule checked as a mask.
+
+It reports each violation with file, line, column, value and rule, and hands on only the rows
+that pass, which is what the quarantine policy loads.  Reading on one thread is what makes each
+row's line known: pyarrow numbers the rows it skips for a wrong field count, and every other row's
+line follows from its position and those.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from collections.abc import Callable, Iterator
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from etl_core import keys, repair, rules, violations
+from etl_core.contract import LIST_SEPARATOR, Column, FileContract, Rule
+from etl_core.source import Source
+
+Sink = Callable[[pa.RecordBatch], None]
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What the diagnostic read of one file gave."""
+
+    rows_read: int
+    rows_rejected: int
+    violations: pa.Table
+
+
+def read(source: Source, contract: FileContract, names: list[str], add: Sink, refs: keys.References | None,
+         block_size: int, progress: Callable[[int, int], None] | None) -> Outcome:
+    """Read the file into ``add`` (accepted rows only); return its counts and every violation."""
+    with source.open(contract.filename) as raw:
+        duplicates = keys.duplicate_keys(repair.Repaired(raw, len(names)).stream, contract.key, names, block_size)
+    found: list[pa.Table] = []
+    rows_read = rejected = 0
+    with source.open(contract.filename) as raw:
+        repaired = repair.Repaired(raw, len(names))
+        for piece in _pieces(repaired.stream, names, block_size):
+            found.append(_rows(contract, Rule.FIELD_COUNT, piece.broken))
+            batch, lines = _without_blank_rows(piece.batch, piece.lines)
+            accepted, report = _check(batch, lines, contract, refs, duplicates)
+            add(accepted)
+            found.append(report)
+            rows_read += len(piece.broken) + batch.num_rows
+            rejected += len(piece.broken) + batch.num_rows - accepted.num_rows
+            if progress:
+                progress(rows_read, 0)
+    # the stream is read to its end: every undecodable line is known
+    found.append(_rows(contract, Rule.ENCODING, repaired.undecodable))
+    rows_read += len(repaired.undecodable)
+    rejected += len(repaired.undecodable)
+    return Outcome(rows_read, rejected, pa.concat_tables(found).sort_by([("line", "ascending")]))
+
+
+def _rows(contract: FileContract, rule: Rule, lines: list[tuple[int, str]]) -> pa.Table:
+    """Violations of a whole row: (line, text) each."""
+    return violations.rows(contract.filename, rule, [n for n, _ in lines], raws=[text for _, text in lines])
+
+
+# --------------------------------------------------------------------------------------------
+# The rows, as bytes, with their lines.
+
+
+@dataclasses.dataclass
+class _Piece:
+    batch: pa.RecordBatch  # every column as bytes
+    lines: pa.Array  # the line of each row
+    broken: list[tuple[int, str]]  # (line, text) of rows with a wrong field count, since the last piece
+
+
+class _Skipped:
+    """pyarrow's handler for rows with a wrong field count: skip each, and remember its line and text."""
+
+    def __init__(self) -> None:
+        self.new: list[tuple[int, str]] = []  # since the last take()
+        self.lines: list[int] = []  # every skipped line so far, sorted
+
+    def __call__(self, row: pacsv.InvalidRow) -> str:
+        self.new.append((row.number, row.text))
+        bisect.insort(self.lines, row.number)
+        return "skip"
+
+    def take(self) -> list[tuple[int, str]]:
+        new, self.new = self.new, []
+        return new
+
+
+def _pieces(stream: pa.NativeFile, names: list[str], block_size: int) -> Iterator[_Piece]:
+    """The file's rows as they come, each batch followed by the rows recovered from its broken ones."""
+    skipped = _Skipped()
+    reader = pacsv.open_csv(
+        stream,
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False, block_size=block_size),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=skipped, ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(column_types={n: pa.binary() for n in names},
+                                             strings_can_be_null=False, quoted_strings_can_be_null=False),
+    )
+    first = 0  # rows returned before this batch
+    for batch in reader:
+        recovered, broken = repair.recover(skipped.take(), len(names))
+        yield _Piece(batch, line_numbers(first, batch.num_rows, skipped.lines), broken)
+        first += batch.num_rows
+        if recovered:
+            yield _recovered(recovered, names)
+
+
+def _recovered(rows: list[tuple[int, list[str]]], names: list[str]) -> _Piece:
+    """Rows that ``repair.recover`` parsed again, as a piece of their own."""
+    columns = [pa.array([fields[i].encode() for _, fields in rows], pa.binary()) for i in range(len(names))]
+    lines = pa.array([number for number, _ in rows], pa.int64())
+    return _Piece(pa.RecordBatch.from_arrays(columns, names=names), lines, [])
+
+
+def line_numbers(first: int, n: int, skipped: list[int]) -> pa.Array:
+    """The lines of the ``n`` rows that pyarrow returned from the ``first``-th on (0-based), when it
+    skipped the rows on the lines ``skipped`` (sorted).  Row g would be on line g + 2 (the header
+    is line 1); each skipped line before it pushes it down one: it lies after the j-th skipped line
+    exactly when ``skipped[j] - j <= g + 2``."""
+    shifted = [s - j for j, s in enumerate(skipped)]
+    pieces = []
+    g, end = first, first + n
+    while g < end:
+        k = bisect.bisect_right(shifted, g + 2)  # the skipped lines before row g
+        stop = end if k == len(shifted) else min(end, shifted[k] - 2)  # rows up to the next one
+        pieces.append(pc.add(pa.array(range(g, stop), pa.int64()), 2 + k))
+        g = stop
+    return pa.concat_arrays(pieces) if pieces else pa.array([], pa.int64())
+
+
+def _without_blank_rows(batch: pa.RecordBatch, lines: pa.Array) -> tuple[pa.RecordBatch, pa.Array]:
+    """Blank lines arrive as rows with every field empty: they are ignored."""
+    blank = pa.repeat(pa.scalar(True), batch.num_rows)
+    for col in batch.columns:
+        blank = pc.and_(blank, pc.equal(pc.binary_length(col), 0))
+    keep = pc.invert(blank)
+    return batch.filter(keep), lines.filter(keep)
+
+
+# --------------------------------------------------------------------------------------------
+# Every rule as a mask.
+
+
+class _Findings:
+    """The violations found in one batch, column by column, and which rows break any rule."""
+
+    def __init__(self, rows: int) -> None:
+        self.bad = pa.repeat(pa.scalar(False), rows)
+        self.found: list[tuple[str, Rule, pa.Array, pa.Array]] = []  # (column, rule, row indices, values)
+
+    def flag(self, column: str, rule: Rule, mask: pa.Array, values: pa.Array) -> None:
+        """The rows where ``mask`` holds (or is null) break ``rule``; ``values`` are what to show."""
+        mask = pc.fill_null(mask, True)
+        where = pc.indices_nonzero(mask)
+        if len(where):
+            self.found.append((column, rule, where, values.take(where)))
+            self.bad = pc.or_(self.bad, mask)
+
+    def report(self, contract: FileContract, lines: pa.Array, raws: pa.Array) -> pa.Table:
+        tables = [violations.rows(contract.filename, rule, lines.take(where), column=column, values=values,
+                                  raws=raws.take(where))
+                  for column, rule, where, values in self.found]
+        return pa.concat_tables(tables) if tables else violations.VIOLATION_SCHEMA.empty_table()
+
+
+def _check(batch: pa.RecordBatch, lines: pa.Array, contract: FileContract, refs: keys.References | None,
+           duplicates: pa.Array) -> tuple[pa.RecordBatch, pa.Table]:
+    """The rows of ``batch`` that pass every rule (typed), and a violation for each rule a row breaks."""
+    found = _Findings(batch.num_rows)
+    typed = [_check_column(col, batch.column(col.name), contract, refs, duplicates, found)
+             for col in contract.columns]
+    good = pc.invert(found.bad)
+    accepted = pa.RecordBatch.from_arrays([values.filter(good) for values in typed],
+                                          schema=rules.output_schema(contract))
+    return accepted, found.report(contract, lines, _raw_text(batch))
+
+
+def _check_column(col: Column, raw: pa.Array, contract: FileContract, refs: keys.References | None,
+                  duplicates: pa.Array, found: _Findings) -> pa.Array:
+    """The column's values (null where invalid), flagging every rule they break."""
+    text, decoded = _utf8(raw)
+    found.flag(col.name, Rule.ENCODING, pc.invert(decoded), rules.as_text(raw))
+    values = _CHECKS[col.kind](col.name, rules.clean(text), decoded, text, refs, found)
+    if col.name == contract.key:
+        found.flag(col.name, Rule.DUPLICATE_KEY, pc.is_in(values, value_set=duplicates), text)
+    if refs is not None and col.name == "user_id":
+        found.flag(col.name, Rule.UNKNOWN_USER, refs.users.missing(values), text)
+    return values
+
+
+Check = Callable[[str, pa.Array, pa.Array, pa.Array, "keys.References | None", _Findings], pa.Array]
+
+
+def _check_id(name: str, trimmed: pa.Array, decoded: pa.Array, text: pa.Array,
+              refs: keys.References | None, found: _Findings) -> pa.Array:
+    values, ok = rules.parse_ids(trimmed)
+    found.flag(name, Rule.NOT_POSITIVE_INTEGER, pc.and_(decoded, pc.invert(ok)), text)
+    return values
+
+
+def _check_text(name: str, trimmed: pa.Array, decoded: pa.Array, text: pa.Array,
+                refs: keys.References | None, found: _Findings) -> pa.Array:
+    found.flag(name, Rule.EMPTY_VALUE, pc.and_(decoded, pc.equal(pc.utf8_length(trimmed), 0)), text)
+    return trimmed
+
+
+def _check_date(name: str, trimmed: pa.Array, decoded: pa.Array, text: pa.Array,
+                refs: keys.References | None, found: _Findings) -> pa.Array:
+    shaped = pc.match_substring_regex(trimmed, rules.DATE_PATTERN)
+    parsed = pc.strptime(pc.if_else(shaped, trimmed, None), format="%Y-%m-%d", unit="s", error_is_null=True)
+    # strptime rolls 2023-02-30 over to March: a real date prints back as it was written
+    real = pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), trimmed), False)
+    found.flag(name, Rule.NOT_ISO_DATE, pc.and_(decoded, pc.invert(real)), text)
+    return pc.if_else(real, pc.cast(parsed, pa.date32()), None)
+
+
+def _check_number(name: str, trimmed: pa.Array, decoded: pa.Array, text: pa.Array,
+                  refs: keys.References | None, found: _Findings) -> pa.Array:
+    ok = pc.match_substring_regex(trimmed, rules.NUMBER_PATTERN)
+    values = pc.cast(pc.if_else(ok, trimmed, None), pa.float64())
+    ok = pc.and_(ok, pc.is_finite(values))
+    found.flag(name, Rule.NOT_NON_NEGATIVE_NUMBER, pc.and_(decoded, pc.invert(ok)), text)
+    return values
+
+
+def _check_id_list(name: str, trimmed: pa.Array, decoded: pa.Array, text: pa.Array,
+                   refs: keys.References | None, found: _Findings) -> pa.Array:
+    n = len(trimmed)
+    empty_list = pc.equal(pc.utf8_length(trimmed), 0)
+    found.flag(name, Rule.EMPTY_LIST, pc.and_(decoded, empty_list), text)
+    lists = pc.split_pattern(trimmed, LIST_SEPARATOR)
+    parents = pc.list_parent_indices(lists)
+    items = pc.utf8_trim_whitespace(pc.list_flatten(lists))
+    ids, ok = rules.parse_ids(items)
+    empty_item = pc.equal(pc.utf8_length(items), 0)
+    empty_item_rows = _rows_where(parents, pc.and_(empty_item, pc.invert(empty_list.take(parents))), n)
+    found.flag(name, Rule.EMPTY_LIST_ITEM, empty_item_rows, text)
+    bad_item = pc.and_(pc.invert(ok), pc.invert(empty_item))
+    found.flag(name, Rule.NOT_POSITIVE_INTEGER, pc.and_(decoded, _rows_where(parents, bad_item, n)), text)
+    unknown = pc.and_(ok, pc.invert(pc.is_in(ids, value_set=refs.compounds.keys))) if refs is not None else None
+    if unknown is not None and pc.any(unknown).as_py():
+        # one violation per row; its value lists that row's unknown ids
+        found.flag(name, Rule.UNKNOWN_COMPOUND, _rows_where(parents, unknown, n),
+                   _per_row_join(parents, items, unknown, n))
+    row_ok = pc.invert(_rows_where(parents, pc.invert(ok), n))
+    row_ok = pc.and_(row_ok, pc.and_(decoded, pc.invert(empty_list)))
+    values = pa.ListArray.from_arrays(lists.offsets, pc.fill_null(ids, 0))
+    return pc.if_else(row_ok, values, pa.scalar(None, values.type))
+
+
+_CHECKS: dict[str, Check] = {
+    "id": _check_id, "text": _check_text, "date": _check_date, "number": _check_number, "id_list": _check_id_list,
+}
+
+
+def _rows_where(parents: pa.Array, item_mask: pa.Array, n: int) -> pa.Array:
+    """Row mask: True for each row that has at least one item where ``item_mask`` holds."""
+    hit = pc.unique(parents.filter(item_mask))
+    return pc.is_in(pa.array(range(n), pa.int64()), value_set=hit.cast(pa.int64()))
+
+
+def _per_row_join(parents: pa.Array, items: pa.Array, mask: pa.Array, n: int) -> pa.Array:
+    """For each row, its items where ``mask`` holds, joined with ';' (the offending ids)."""
+    table = pa.table({"row": parents.filter(mask).cast(pa.int64()), "item": items.filter(mask)})
+    grouped = table.group_by("row", use_threads=False).aggregate([("item", "list")])
+    joined = pc.binary_join(grouped["item_list"], LIST_SEPARATOR)
+    index = pc.index_in(pa.array(range(n), pa.int64()), value_set=grouped["row"])
+    return pc.if_else(pc.is_valid(index), joined.take(pc.fill_null(index, 0)), pa.nulls(n, pa.string()))
+
+
+def _utf8(raw: pa.Array) -> tuple[pa.Array, pa.Array]:
+    """(string array with invalid UTF-8 values replaced by '', validity mask)."""
+    try:
+        return raw.cast(pa.string()), pa.repeat(pa.scalar(True), len(raw))
+    except pa.ArrowInvalid:
+        pass
+    # Error path only: find which values are not UTF-8.
+    ok = []
+    for value in raw.to_pylist():
+        try:
+            value.decode("utf-8")
+            ok.append(True)
+        except UnicodeDecodeError:
+            ok.append(False)
+    mask = pa.array(ok, pa.bool_())
+    return pc.if_else(mask, raw, b"").cast(pa.string()), mask
+
+
+def _raw_text(batch: pa.RecordBatch) -> pa.Array:
+    """Each row's fields joined with ',' again: the row as the file had it, near enough for a reject."""
+    if batch.num_columns == 0:
+        return pa.repeat(pa.scalar(""), batch.num_rows)
+    return rules.as_text(pc.binary_join_element_wise(*batch.columns, b","))
