@@ -185,92 +185,31 @@ def _check_column(col: Column, raw: pa.Array, contract: FileContract, refs: keys
     """The column's values (null where invalid), flagging every rule they break."""
     text, decoded = _utf8(raw)
     found.flag(col.name, Rule.ENCODING, pc.invert(decoded), rules.as_text(raw))
-    values = _CHECKS[col.kind](col.name, rules.clean(text), decoded, text, refs, found)
+    parsed = rules.RULES[col.kind].check(rules.clean(text))
+    for rule, mask in parsed.failures:
+        found.flag(col.name, rule, pc.and_(decoded, mask), text)
+    if refs is not None and parsed.items is not None:
+        _flag_unknown_compounds(col.name, parsed.items, refs, found)
     if col.name == contract.key:
-        found.flag(col.name, Rule.DUPLICATE_KEY, pc.is_in(values, value_set=duplicates), text)
+        found.flag(col.name, Rule.DUPLICATE_KEY, pc.is_in(parsed.values, value_set=duplicates), text)
     if refs is not None and col.name == "user_id":
-        found.flag(col.name, Rule.UNKNOWN_USER, refs.users.missing(values), text)
-    return values
+        found.flag(col.name, Rule.UNKNOWN_USER, refs.users.missing(parsed.values), text)
+    return parsed.values
 
 
-Check = Callable[[str, pa.Array, pa.Array, pa.Array, "keys.References | None", _Findings], pa.Array]
-
-
-def _check_id(name: str, trimmed: pa.Array, decoded: pa.Array, text: pa.Array,
-              refs: keys.References | None, found: _Findings) -> pa.Array:
-    values, ok = rules.parse_ids(trimmed)
-    found.flag(name, Rule.NOT_POSITIVE_INTEGER, pc.and_(decoded, pc.invert(ok)), text)
-    return values
-
-
-def _check_text(name: str, trimmed: pa.Array, decoded: pa.Array, text: pa.Array,
-                refs: keys.References | None, found: _Findings) -> pa.Array:
-    found.flag(name, Rule.EMPTY_VALUE, pc.and_(decoded, pc.equal(pc.utf8_length(trimmed), 0)), text)
-    return trimmed
-
-
-def _check_date(name: str, trimmed: pa.Array, decoded: pa.Array, text: pa.Array,
-                refs: keys.References | None, found: _Findings) -> pa.Array:
-    shaped = pc.match_substring_regex(trimmed, rules.DATE_PATTERN)
-    parsed = pc.strptime(pc.if_else(shaped, trimmed, None), format="%Y-%m-%d", unit="s", error_is_null=True)
-    # strptime rolls 2023-02-30 over to March: a real date prints back as it was written
-    real = pc.fill_null(pc.equal(pc.strftime(parsed, format="%Y-%m-%d"), trimmed), False)
-    found.flag(name, Rule.NOT_ISO_DATE, pc.and_(decoded, pc.invert(real)), text)
-    return pc.if_else(real, pc.cast(parsed, pa.date32()), None)
-
-
-def _check_number(name: str, trimmed: pa.Array, decoded: pa.Array, text: pa.Array,
-                  refs: keys.References | None, found: _Findings) -> pa.Array:
-    ok = pc.match_substring_regex(trimmed, rules.NUMBER_PATTERN)
-    values = pc.cast(pc.if_else(ok, trimmed, None), pa.float64())
-    ok = pc.and_(ok, pc.is_finite(values))
-    found.flag(name, Rule.NOT_NON_NEGATIVE_NUMBER, pc.and_(decoded, pc.invert(ok)), text)
-    return values
-
-
-def _check_id_list(name: str, trimmed: pa.Array, decoded: pa.Array, text: pa.Array,
-                   refs: keys.References | None, found: _Findings) -> pa.Array:
-    n = len(trimmed)
-    empty_list = pc.equal(pc.utf8_length(trimmed), 0)
-    found.flag(name, Rule.EMPTY_LIST, pc.and_(decoded, empty_list), text)
-    lists = pc.split_pattern(trimmed, LIST_SEPARATOR)
-    parents = pc.list_parent_indices(lists)
-    items = pc.utf8_trim_whitespace(pc.list_flatten(lists))
-    ids, ok = rules.parse_ids(items)
-    empty_item = pc.equal(pc.utf8_length(items), 0)
-    empty_item_rows = _rows_where(parents, pc.and_(empty_item, pc.invert(empty_list.take(parents))), n)
-    found.flag(name, Rule.EMPTY_LIST_ITEM, empty_item_rows, text)
-    bad_item = pc.and_(pc.invert(ok), pc.invert(empty_item))
-    found.flag(name, Rule.NOT_POSITIVE_INTEGER, pc.and_(decoded, _rows_where(parents, bad_item, n)), text)
-    unknown = pc.and_(ok, pc.invert(pc.is_in(ids, value_set=refs.compounds.keys))) if refs is not None else None
-    if unknown is not None and pc.any(unknown).as_py():
-        # one violation per row; its value lists that row's unknown ids
-        found.flag(name, Rule.UNKNOWN_COMPOUND, _rows_where(parents, unknown, n),
-                   _per_row_join(parents, items, unknown, n))
-    row_ok = pc.invert(_rows_where(parents, pc.invert(ok), n))
-    row_ok = pc.and_(row_ok, pc.and_(decoded, pc.invert(empty_list)))
-    values = pa.ListArray.from_arrays(lists.offsets, pc.fill_null(ids, 0))
-    return pc.if_else(row_ok, values, pa.scalar(None, values.type))
-
-
-_CHECKS: dict[str, Check] = {
-    "id": _check_id, "text": _check_text, "date": _check_date, "number": _check_number, "id_list": _check_id_list,
-}
-
-
-def _rows_where(parents: pa.Array, item_mask: pa.Array, n: int) -> pa.Array:
-    """Row mask: True for each row that has at least one item where ``item_mask`` holds."""
-    hit = pc.unique(parents.filter(item_mask))
-    return pc.is_in(pa.array(range(n), pa.int64()), value_set=hit.cast(pa.int64()))
-
-
-def _per_row_join(parents: pa.Array, items: pa.Array, mask: pa.Array, n: int) -> pa.Array:
-    """For each row, its items where ``mask`` holds, joined with ';' (the offending ids)."""
-    table = pa.table({"row": parents.filter(mask).cast(pa.int64()), "item": items.filter(mask)})
+def _flag_unknown_compounds(name: str, items: rules.Items, refs: keys.References, found: _Findings) -> None:
+    """One violation per row that lists an id that is not an accepted compound; its value lists them."""
+    unknown = refs.compounds.missing(items.ids)
+    if not pc.any(unknown).as_py():
+        return
+    n = len(found.bad)
+    rows = rules.rows_where(items.parents, unknown, n)
+    table = pa.table({"row": items.parents.filter(unknown).cast(pa.int64()), "item": items.text.filter(unknown)})
     grouped = table.group_by("row", use_threads=False).aggregate([("item", "list")])
     joined = pc.binary_join(grouped["item_list"], LIST_SEPARATOR)
     index = pc.index_in(pa.array(range(n), pa.int64()), value_set=grouped["row"])
-    return pc.if_else(pc.is_valid(index), joined.take(pc.fill_null(index, 0)), pa.nulls(n, pa.string()))
+    shown = pc.if_else(pc.is_valid(index), joined.take(pc.fill_null(index, 0)), pa.nulls(n, pa.string()))
+    found.flag(name, Rule.UNKNOWN_COMPOUND, rows, shown)
 
 
 def _utf8(raw: pa.Array) -> tuple[pa.Array, pa.Array]:

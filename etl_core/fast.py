@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from etl_core import keys, rules
-from etl_core.contract import ARROW_TYPES, LIST_SEPARATOR, Column, FileContract
+from etl_core.contract import Column, FileContract
 from etl_core.source import Source
 
 Sink = Callable[[pa.RecordBatch], None]
@@ -54,7 +54,7 @@ def _typed_batches(stream: pa.NativeFile, contract: FileContract, names: list[st
         read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size),
         parse_options=pacsv.ParseOptions(ignore_empty_lines=False),  # a bad row raises: diagnose
         convert_options=pacsv.ConvertOptions(
-            column_types={c.name: ARROW_TYPES[c.kind] for c in contract.columns},
+            column_types={c.name: rules.RULES[c.kind].read_as for c in contract.columns},
             include_columns=contract.column_names, strings_can_be_null=False, quoted_strings_can_be_null=False,
         ),
     )
@@ -90,37 +90,13 @@ def check(batch: pa.RecordBatch, contract: FileContract, refs: keys.References |
 
 
 def _column(col: Column, values: pa.Array, refs: keys.References | None) -> pa.Array:
-    if values.null_count:
+    if values.null_count:  # an empty field that is not text
         raise Diagnose
-    if col.kind == "id":
-        if len(values) and pc.min(values).as_py() <= 0:
-            raise Diagnose
-    elif col.kind == "text":
-        values = rules.clean(values)
-        if len(values) and pc.min(pc.utf8_length(values)).as_py() == 0:
-            raise Diagnose
-    elif col.kind == "number":
-        if pc.any(pc.invert(pc.and_(pc.is_finite(values), pc.greater_equal(values, 0)))).as_py():
-            raise Diagnose
-    elif col.kind == "id_list":
-        values = _parse_id_lists(values)
-        if refs is not None and not refs.compounds.contains_all(values.values):
-            raise Diagnose
-    if refs is not None and col.name == "user_id" and not refs.users.contains_all(values):
+    accepted = rules.RULES[col.kind].accept(values)
+    if accepted is None:
         raise Diagnose
-    return values
-
-
-def _parse_id_lists(values: pa.Array) -> pa.ListArray:
-    """'1; 2;3' -> [1, 2, 3]; raises Diagnose for an empty list, an empty item or a bad id."""
-    lists = pc.split_pattern(values, LIST_SEPARATOR)
-    try:
-        ids = pc.cast(lists.values, pa.int64())  # most lists have no spaces: skip the trim
-    except pa.ArrowInvalid:
-        try:
-            ids = pc.cast(pc.utf8_trim_whitespace(lists.values), pa.int64())
-        except pa.ArrowInvalid:
-            raise Diagnose from None
-    if len(ids) and pc.min(ids).as_py() <= 0:
+    if refs is not None and col.kind == "id_list" and not refs.compounds.contains_all(accepted.values):
         raise Diagnose
-    return pa.ListArray.from_arrays(lists.offsets, ids)
+    if refs is not None and col.name == "user_id" and not refs.users.contains_all(accepted):
+        raise Diagnose
+    return accepted

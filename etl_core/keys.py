@@ -77,7 +77,7 @@ def duplicate_keys(stream: pa.NativeFile, key: str, names: list[str], block_size
     )
     found = []
     for batch in reader:
-        ids, ok = rules.parse_ids(rules.as_text(batch.column(0)))
+        ids, ok = rules.ID.parse(rules.as_text(batch.column(0)))
         found.append(ids.filter(ok))
     if not found:
         return pa.array([], pa.int64())

@@ -131,6 +131,33 @@ def test_huge_ids_are_not_positive_integers(tmp_path: Path) -> None:
     assert result.violations["rule"].to_pylist() == [Rule.NOT_POSITIVE_INTEGER.value]
 
 
+@pytest.mark.parametrize("other", ["", "x,B,b@x,2023-01-01\n"], ids=["fast-path", "diagnostic-path"])
+def test_an_id_has_at_most_18_digits_on_either_path(tmp_path: Path, other: str) -> None:
+    content = ("user_id,name,email,signup_date\n"
+               "123456789012345678,A,a@x,2023-01-01\n"  # 18 digits
+               "1234567890123456789,B,b@x,2023-01-01\n"  # 19
+               "000000000000000000007,C,c@x,2023-01-01\n"  # 7, leading zeros aside
+               + other)
+    table, result = read(tmp_path, USERS, content.encode())
+    found = [(v["line"], v["column"], v["rule"]) for v in result.violations.to_pylist()]
+    want = [(3, "user_id", "not_positive_integer")] + ([(5, "user_id", "not_positive_integer")] if other else [])
+    assert found == want  # each once
+    assert table["user_id"].to_pylist() == [123456789012345678, 7]
+
+
+@pytest.mark.parametrize("other", ["", "4,1,x,1\n"], ids=["fast-path", "diagnostic-path"])
+def test_ids_in_experiments_have_at_most_18_digits_on_either_path(tmp_path: Path, other: str) -> None:
+    big = 1234567890123456789  # an accepted compound could not have it: only the digit limit rejects it here
+    refs = extract.References.of(pa.array([1], pa.int64()), pa.array([1, 123456789012345678, big], pa.int64()))
+    content = ("experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
+               f"1,1,1;123456789012345678,10\n2,1,1;{big},10\n{big},1,1,10\n" + other)
+    table, result = read(tmp_path, EXPERIMENTS, content.encode(), refs)
+    found = [(v["line"], v["column"], v["rule"]) for v in result.violations.to_pylist()]
+    want = [(3, "experiment_compound_ids", "not_positive_integer"), (4, "experiment_id", "not_positive_integer")]
+    assert found == want + ([(5, "experiment_compound_ids", "not_positive_integer")] if other else [])
+    assert table["experiment_compound_ids"].to_pylist() == [[1, 123456789012345678]]
+
+
 @pytest.mark.parametrize(("content", "rule"), [
     (None, Rule.MISSING_FILE),
     (b"", Rule.EMPTY_FILE),
