@@ -87,7 +87,7 @@ class ValueRule:
 
 def _parse_ids(text: pa.Array) -> tuple[pa.Array, pa.Array]:
     shaped = pc.fill_null(pc.match_substring_regex(text, ID_PATTERN), False)
-    values = pc.cast(pc.if_else(shaped, text, None), pa.int64())
+    values = pc.cast(pc.if_else(shaped, pc.utf8_ltrim(text, "+"), None), pa.int64())  # the cast takes no '+'
     ok = pc.fill_null(_ids_in_range(values), False)
     return pc.if_else(ok, values, None), ok
 

@@ -158,6 +158,15 @@ def test_ids_in_experiments_have_at_most_18_digits_on_either_path(tmp_path: Path
     assert table["experiment_compound_ids"].to_pylist() == [[1, 123456789012345678]]
 
 
+def test_an_id_may_have_a_plus_sign(tmp_path: Path) -> None:
+    refs = extract.References.of(pa.array([1, 2], pa.int64()), pa.array([1, 2, 3], pa.int64()))
+    table, result = read(tmp_path, EXPERIMENTS, b"experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
+                                                b"+1,+2,+3; +1,10\n2,1,1;+,10\n", refs)
+    assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()] == [(3, "not_positive_integer")]
+    assert table.to_pylist() == [{"experiment_id": 1, "user_id": 2, "experiment_compound_ids": [3, 1],
+                                  "experiment_run_time": 10.0}]
+
+
 @pytest.mark.parametrize(("content", "rule"), [
     (None, Rule.MISSING_FILE),
     (b"", Rule.EMPTY_FILE),
