@@ -8,6 +8,7 @@ the diagnostic path, which says what is wrong and where.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import pyarrow as pa
@@ -30,15 +31,19 @@ def read(source: Source, contract: FileContract, names: list[str], add: Sink, re
     """Read the file into ``add`` batch by batch; return the number of rows read."""
     rows = 0
     increasing = keys.Increasing()
-    counted = _Counted()
+    watched = _Watched()
     with source.open(contract.filename) as raw:
-        for batch in _typed_batches(pa.TransformInputStream(raw, counted), contract, names, block_size):
+        for batch in _typed_batches(pa.TransformInputStream(raw, watched), contract, names, block_size):
             out = check(_drop_blank(batch), contract, refs)
+            if watched.hex:
+                raise Diagnose
             rows += out.num_rows
             increasing.add(out.column(contract.key))
             add(out)
             if progress:
-                progress(rows, counted.bytes)
+                progress(rows, watched.bytes)
+    if watched.hex:
+        raise Diagnose
     # keys that only ever grow are unique, with nothing kept; others take a second look at the file
     if not increasing.holds:
         with source.open(contract.filename) as again:
@@ -60,15 +65,32 @@ def _typed_batches(stream: pa.NativeFile, contract: FileContract, names: list[st
     )
 
 
-class _Counted:
-    """A stream transform that passes the bytes on unchanged and counts them (for progress)."""
+class _Watched:
+    """A stream transform that passes the bytes on unchanged, counting them (for progress) and
+    watching for '0x' and '0X': pyarrow's reader takes 0x1A for the integer 26 (so does its cast,
+    which parses id lists), but the contract's ids are decimal.  A file with either anywhere, even
+    in a text field, is left to the diagnostic path."""
 
     def __init__(self) -> None:
         self.bytes = 0
+        self.hex = False
+        self._last = b""  # the byte before this buffer: '0' may end one buffer and 'x' start the next
 
     def __call__(self, buf: pa.Buffer) -> pa.Buffer:
+        if buf.size and not self.hex:
+            data = buf.to_pybytes()
+            self.hex = _has_hex(self._last + data[:1]) or _has_hex(data)
+            self._last = data[-1:]
         self.bytes += buf.size
         return buf
+
+
+_HEX = {b"x": re.compile(b"0x"), b"X": re.compile(b"0X")}
+
+
+def _has_hex(data: bytes) -> bool:
+    """Whether ``data`` holds '0x' or '0X' (memchr finds a rare 'x' fast; only then look for the pair)."""
+    return any(x in data and pair.search(data) for x, pair in _HEX.items())
 
 
 def _drop_blank(batch: pa.RecordBatch) -> pa.RecordBatch:

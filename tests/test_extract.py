@@ -167,6 +167,22 @@ def test_an_id_may_have_a_plus_sign(tmp_path: Path) -> None:
                                   "experiment_run_time": 10.0}]
 
 
+@pytest.mark.parametrize("block", [1 << 16, 1 << 20])
+@pytest.mark.parametrize("other", ["", "9,1,x,1\n"], ids=["fast-path", "diagnostic-path"])
+def test_a_hexadecimal_id_is_not_an_id(tmp_path: Path, other: str, block: int) -> None:
+    """pyarrow reads 0x1A as the integer 26; the contract's ids are decimal, on either path."""
+    refs = extract.References.of(pa.array([1, 26], pa.int64()), pa.array([1, 2, 16], pa.int64()))
+    padding = "".join(f"{i},1,1,10\n" for i in range(10, 6000))  # 0x comes after the first 64 KiB block
+    content = ("experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
+               "1,1,1,10\n" + padding + '2,0x1A,1,10\n3,1,2;0X10,10\n4,1," 0x2",10\n' + other)
+    table, result = read(tmp_path, EXPERIMENTS, content.encode(), refs)
+    bad = [(v["line"], v["column"], v["rule"]) for v in result.violations.to_pylist()]
+    assert bad[:3] == [(5993, "user_id", "not_positive_integer"),
+                       (5994, "experiment_compound_ids", "not_positive_integer"),
+                       (5995, "experiment_compound_ids", "not_positive_integer")]
+    assert table.num_rows == 5991
+
+
 @pytest.mark.parametrize(("content", "rule"), [
     (None, Rule.MISSING_FILE),
     (b"", Rule.EMPTY_FILE),
@@ -259,3 +275,15 @@ def test_a_failing_sink_fails_the_read_without_a_diagnostic_re_read(tmp_path: Pa
             counter.result()
     finally:
         counter.close()
+
+
+def test_the_fast_path_sees_0x_across_two_buffers() -> None:
+    from etl_core import fast
+
+    watched = fast._Watched()
+    for chunk in (b"id\n1,0", b"x1A\n"):
+        assert watched(pa.py_buffer(chunk)).to_pybytes() == chunk
+    assert watched.hex and watched.bytes == 10
+    plain = fast._Watched()
+    plain(pa.py_buffer(b"name,email\nAlex,alex@example.com\n0,x\n"))
+    assert not plain.hex
