@@ -152,9 +152,17 @@ def _parse_numbers(text: pa.Array) -> tuple[pa.Array, pa.Array]:
     return pc.if_else(ok, values, None), ok
 
 
+_FINITE_BITS = 0x7FF0000000000000  # the bits of +inf: every finite non-negative double's are fewer
+
+
 def _accept_numbers(values: pa.Array) -> pa.Array | None:
-    bad = pc.invert(pc.and_(pc.is_finite(values), pc.greater_equal(values, 0)))
-    return None if pc.any(bad).as_py() else values
+    # The pattern has no minus sign, but pyarrow reads -0 as -0.0, which compares equal to 0: the sign
+    # bit tells.  Seen as int64, a non-negative double's bits have no sign bit and order as the
+    # doubles do, so one min_max says whether all are non-negative (-0.0 included) and finite.
+    if len(values) == 0:
+        return values
+    bits = pc.min_max(values.view(pa.int64())).as_py()
+    return values if bits["min"] >= 0 and bits["max"] < _FINITE_BITS else None
 
 
 ID = ValueRule(Rule.NOT_POSITIVE_INTEGER, pa.int64(), pa.int64(), _parse_ids, _accept_ids)

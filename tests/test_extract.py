@@ -183,6 +183,18 @@ def test_a_hexadecimal_id_is_not_an_id(tmp_path: Path, other: str, block: int) -
     assert table.num_rows == 5991
 
 
+@pytest.mark.parametrize("zero", ["-0", "-0.0", "-.0", "-0e5"])
+@pytest.mark.parametrize("other", ["", "9,1,x,1\n"], ids=["fast-path", "diagnostic-path"])
+def test_a_run_time_with_a_minus_sign_is_negative_even_when_zero(tmp_path: Path, other: str, zero: str) -> None:
+    refs = extract.References.of(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
+    content = ("experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
+               f"1,1,1,0\n2,1,1,{zero}\n3,1,1,+0\n4,1,1,1e-400\n" + other)
+    table, result = read(tmp_path, EXPERIMENTS, content.encode(), refs)
+    assert [(v["line"], v["value"], v["rule"]) for v in result.violations.to_pylist()][:1] == [
+        (3, zero, "not_non_negative_number")]
+    assert table["experiment_run_time"].to_pylist() == [0.0, 0.0, 0.0]
+
+
 @pytest.mark.parametrize(("content", "rule"), [
     (None, Rule.MISSING_FILE),
     (b"", Rule.EMPTY_FILE),
