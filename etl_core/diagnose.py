@@ -103,11 +103,19 @@ def _pieces(stream: pa.NativeFile, names: list[str], block_size: int) -> Iterato
     )
     first = 0  # rows returned before this batch
     for batch in reader:
-        recovered, broken = repair.recover(skipped.take(), len(names))
-        yield _Piece(batch, line_numbers(first, batch.num_rows, skipped.lines), broken)
+        yield from _with_skipped(batch, line_numbers(first, batch.num_rows, skipped.lines), skipped, names)
         first += batch.num_rows
-        if recovered:
-            yield _recovered(recovered, names)
+    # rows skipped after the last batch, or in a file that has no other rows
+    empty = pa.RecordBatch.from_arrays([pa.array([], pa.binary())] * len(names), names=names)
+    yield from _with_skipped(empty, pa.array([], pa.int64()), skipped, names)
+
+
+def _with_skipped(batch: pa.RecordBatch, lines: pa.Array, skipped: _Skipped, names: list[str]) -> Iterator[_Piece]:
+    """``batch``, with the rows skipped since the last piece: broken, or recovered as a piece of their own."""
+    recovered, broken = repair.recover(skipped.take(), len(names))
+    yield _Piece(batch, lines, broken)
+    if recovered:
+        yield _recovered(recovered, names)
 
 
 def _recovered(rows: list[tuple[int, list[str]]], names: list[str]) -> _Piece:

@@ -117,6 +117,19 @@ def test_lines_stay_exact_with_many_broken_rows_across_batches(tmp_path: Path) -
     assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()] == want
 
 
+@pytest.mark.parametrize(("rows", "found", "accepted"), [
+    ("1,A\n", [(2, "field_count")], []),
+    ('1,\t"A, B",X\n', [], [1]),
+    ('1,A\n2,\t"A, B",X\n3,B,Y,Z', [(2, "field_count"), (4, "field_count")], [2]),
+], ids=["one-broken-row", "one-recovered-row", "no-row-that-pyarrow-returns"])
+def test_rows_are_not_lost_when_pyarrow_returns_no_other_row(tmp_path: Path, rows: str, found: list[object],
+                                                            accepted: list[int]) -> None:
+    table, result = read(tmp_path, COMPOUNDS, ("compound_id,compound_name,compound_structure\n" + rows).encode())
+    assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()] == found
+    assert table["compound_id"].to_pylist() == accepted
+    assert result.rows_read == len(rows.strip().splitlines())
+
+
 def test_unknown_compound_reports_the_offending_id(tmp_path: Path) -> None:
     refs = extract.References.of(pa.array([1], pa.int64()), pa.array([1, 2], pa.int64()))
     _, result = read(tmp_path, EXPERIMENTS,
