@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core import rules
+from etl_core import repair, rules
 
 
 class KeySet:
@@ -67,19 +67,30 @@ class Increasing:
 
 
 def duplicate_keys(stream: pa.NativeFile, key: str, names: list[str], block_size: int) -> pa.Array:
-    """The valid key values that occur more than once in a file (one pass over its key column)."""
+    """The valid key values that occur more than once in a file (one pass over its key column).  A key
+    is read as the checks read it: trimmed and unquoted, also in rows that ``repair.recover`` takes
+    back from those with a wrong field count."""
+    skipped: list[tuple[int, str]] = []
+
+    def skip(row: pacsv.InvalidRow) -> str:
+        skipped.append((row.number, row.text))
+        return "skip"
+
     reader = pacsv.open_csv(
         stream,
         read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=lambda row: "skip", ignore_empty_lines=False),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=skip, ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(column_types={key: pa.binary()}, include_columns=[key],
                                              strings_can_be_null=False),
     )
-    found = []
-    for batch in reader:
-        ids, ok = rules.ID.parse(rules.as_text(batch.column(0)))
-        found.append(ids.filter(ok))
-    if not found:
-        return pa.array([], pa.int64())
+    found = [_ids(batch.column(0)) for batch in reader]
+    recovered, _ = repair.recover(skipped, len(names))
+    found.append(_ids(pa.array([fields[names.index(key)].encode() for _, fields in recovered], pa.binary())))
     counts = pc.value_counts(pa.concat_arrays(found))
     return counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+
+
+def _ids(raw: pa.Array) -> pa.Array:
+    """The valid ids among ``raw`` (bytes)."""
+    ids, ok = rules.ID.parse(rules.clean(rules.as_text(raw)))
+    return ids.filter(ok)

@@ -277,6 +277,17 @@ def test_keys_in_any_order_are_checked_for_duplicates_across_batches(tmp_path: P
         (3, "duplicate_key"), (3995, "duplicate_key")]
 
 
+@pytest.mark.parametrize("twice", ["3", " 3 ", '"3"', "+3", "003", '3,\t"C, again",Y'])
+@pytest.mark.parametrize("other", ["", "x,B,Y\n"], ids=["fast-path", "diagnostic-path"])
+def test_a_key_is_the_same_key_however_it_is_written(tmp_path: Path, twice: str, other: str) -> None:
+    row = twice if "," in twice else f"{twice},C again,Y"
+    content = f"compound_id,compound_name,compound_structure\n3,C,X\n4,D,Y\n{row}\n{other}"
+    table, result = read(tmp_path, COMPOUNDS, content.encode())
+    assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()][:3] == [
+        (2, "duplicate_key"), (4, "duplicate_key")] + ([(5, "not_positive_integer")] if other else [])
+    assert table["compound_id"].to_pylist() == [4]
+
+
 def test_a_failing_sink_fails_the_read_without_a_diagnostic_re_read(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from etl_core import transform
