@@ -32,9 +32,10 @@ def read(source: Source, contract: FileContract, names: list[str], add: Sink, re
     rows = 0
     increasing = keys.Increasing()
     watched = _Watched()
+    extra = len(names) > len(contract.columns)
     with source.open(contract.filename) as raw:
         for batch in _typed_batches(pa.TransformInputStream(raw, watched), contract, names, block_size):
-            out = check(_drop_blank(batch), contract, refs)
+            out = check(_drop_blank(batch, extra), contract, refs)
             if watched.hex:
                 raise Diagnose
             rows += out.num_rows
@@ -61,6 +62,7 @@ def _typed_batches(stream: pa.NativeFile, contract: FileContract, names: list[st
         convert_options=pacsv.ConvertOptions(
             column_types={c.name: rules.RULES[c.kind].read_as for c in contract.columns},
             include_columns=contract.column_names, strings_can_be_null=False, quoted_strings_can_be_null=False,
+            null_values=[""],  # an empty field only: pyarrow's default nulls (NULL, NA, nan, ...) are values
         ),
     )
 
@@ -93,14 +95,17 @@ def _has_hex(data: bytes) -> bool:
     return any(x in data and pair.search(data) for x, pair in _HEX.items())
 
 
-def _drop_blank(batch: pa.RecordBatch) -> pa.RecordBatch:
-    """Blank lines arrive as rows with every field empty: they are ignored."""
+def _drop_blank(batch: pa.RecordBatch, extra: bool) -> pa.RecordBatch:
+    """Blank lines arrive as rows with every field empty: they are ignored.  When the file has extra
+    columns, which this path does not read, such a row may not be blank: Diagnose."""
     blank = None
     for field, col in zip(batch.schema, batch.columns, strict=True):
         empty = pc.equal(col, "") if pa.types.is_string(field.type) else pc.is_null(col)
         blank = empty if blank is None else pc.and_(blank, empty)
     if blank is None or not pc.any(blank).as_py():
         return batch
+    if extra:
+        raise Diagnose
     return batch.filter(pc.invert(blank))
 
 

@@ -68,6 +68,20 @@ def test_extra_columns_are_ignored_and_reported(tmp_path: Path) -> None:
     assert result.extra_columns == ("vendor",)
 
 
+@pytest.mark.parametrize(("header", "row"), [
+    ("compound_id,compound_name,compound_structure", "NULL,,"),
+    ("compound_id,compound_name,compound_structure", "NA,,"),
+    ("compound_id,compound_name,compound_structure,vendor", ",,,acme"),
+], ids=["null-is-a-value", "na-is-a-value", "an-extra-field-is-not-blank"])
+def test_a_row_is_blank_only_when_every_field_is_empty(tmp_path: Path, header: str, row: str) -> None:
+    good = "1,A,X" + ",v" * (header.count(",") - 2)
+    table, result = read(tmp_path, COMPOUNDS, f"{header}\n{good}\n{row}\n\n".encode())
+    assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()] == [
+        (3, "not_positive_integer"), (3, "empty_value"), (3, "empty_value")]
+    assert table["compound_id"].to_pylist() == [1]
+    assert (result.rows_read, result.rows_rejected) == (2, 1)
+
+
 def test_compound_lists_become_lists_of_ids(tmp_path: Path) -> None:
     refs = extract.References.of(pa.array([1, 2], pa.int64()), pa.array([1, 2, 3], pa.int64()))
     table, _ = read(tmp_path, EXPERIMENTS,
