@@ -20,7 +20,7 @@ from etl_core import keys, repair, rules, violations
 from etl_core.contract import LIST_SEPARATOR, Column, FileContract, Rule
 from etl_core.source import Source
 
-Sink = Callable[[pa.RecordBatch], None]
+Add = Callable[[pa.RecordBatch], None]  # where accepted batches go: a sink's add
 
 
 @dataclasses.dataclass
@@ -32,11 +32,15 @@ class Outcome:
     violations: pa.Table
 
 
-def read(source: Source, contract: FileContract, names: list[str], add: Sink, refs: keys.References | None,
-         block_size: int, progress: Callable[[int, int], None] | None) -> Outcome:
-    """Read the file into ``add`` (accepted rows only); return its counts and every violation."""
-    with source.open(contract.filename) as raw:
-        duplicates = keys.duplicate_keys(repair.Repaired(raw, len(names)).stream, contract.key, names, block_size)
+def read(source: Source, contract: FileContract, names: list[str], add: Add, refs: keys.References | None,
+         block_size: int, progress: Callable[[int, int], None] | None, duplicates: pa.Array | None = None
+         ) -> Outcome:
+    """Read the file into ``add`` (accepted rows only); return its counts and every violation.  The
+    keys that occur twice are looked up first, in a pass of their own, unless ``duplicates`` has them."""
+    if duplicates is None:
+        with source.open(contract.filename) as raw:
+            duplicates = keys.duplicate_keys(repair.Repaired(raw, len(names)).stream, contract.key, names,
+                                             block_size)
     found: list[pa.Table] = []
     rows_read = rejected = 0
     with source.open(contract.filename) as raw:

@@ -1,7 +1,6 @@
 """Read the three CSV files under the data contract, as streams of Arrow record batches.
 
-Every file is read through a ``Source`` (etl_core/source.py) and, after its header
-(etl_core/header.py), read whole at most twice:
+Every file is read through a ``Source`` (etl_core/source.py): its header (etl_core/header.py), then
 
 * the fast path (etl_core/fast.py) reads it with pinned types (int64, date32, float64) on all cores
   and checks the typed batches with ``pyarrow.compute``; good data never leaves this path;
@@ -11,8 +10,12 @@ Every file is read through a ``Source`` (etl_core/source.py) and, after its head
   as a vectorised mask.  It reports each violation with file, line, column, value and rule, and hands
   on only the rows that pass, which is what the quarantine policy loads.
 
-A key that may occur twice costs one more read of the key column (etl_core/keys.py).  Accepted rows
-go to a ``Sink`` batch by batch, so the experiments file is never held whole.
+Both paths check values against one table of the contract's rules (etl_core/rules.py).  Either
+path also reads the key column in a pass of its own when keys may repeat (etl_core/keys.py): the fast
+path when they do not only grow, the diagnostic path always, unless the fast path found the
+duplicates already.  So a file is read whole once when it is good and its keys grow, at most three
+times otherwise.  Accepted rows go to a ``Sink`` batch by batch, so the experiments file is never
+held whole.
 """
 
 from __future__ import annotations
@@ -94,9 +97,10 @@ def read_file(
     with translated(contract.filename):
         try:
             result.rows_read = fast.read(source, contract, names, sink.add, refs, block_size, progress)
-        except (fast.Diagnose, pa.ArrowInvalid):
+        except (fast.Diagnose, pa.ArrowInvalid) as doubt:
             sink.reset()
-            outcome = diagnose.read(source, contract, names, sink.add, refs, block_size, progress)
+            duplicates = doubt.duplicates if isinstance(doubt, fast.Diagnose) else None
+            outcome = diagnose.read(source, contract, names, sink.add, refs, block_size, progress, duplicates)
             result.rows_read, result.rows_rejected = outcome.rows_read, outcome.rows_rejected
             result.violations = outcome.violations
     source.check(contract.filename)

@@ -19,14 +19,19 @@ from etl_core import keys, rules
 from etl_core.contract import Column, FileContract
 from etl_core.source import Source
 
-Sink = Callable[[pa.RecordBatch], None]
+Add = Callable[[pa.RecordBatch], None]  # where accepted batches go: a sink's add
 
 
 class Diagnose(Exception):
-    """Raise inside the fast path: something is off, read the file again on the diagnostic path."""
+    """Raise inside the fast path: something is off, read the file again on the diagnostic path.
+    ``duplicates``: the keys that occur twice, when the fast path has looked them up already."""
+
+    def __init__(self, duplicates: pa.Array | None = None) -> None:
+        super().__init__("read the file on the diagnostic path")
+        self.duplicates = duplicates
 
 
-def read(source: Source, contract: FileContract, names: list[str], add: Sink, refs: keys.References | None,
+def read(source: Source, contract: FileContract, names: list[str], add: Add, refs: keys.References | None,
          block_size: int, progress: Callable[[int, int], None] | None) -> int:
     """Read the file into ``add`` batch by batch; return the number of rows read."""
     rows = 0
@@ -48,8 +53,9 @@ def read(source: Source, contract: FileContract, names: list[str], add: Sink, re
     # keys that only ever grow are unique, with nothing kept; others take a second look at the file
     if not increasing.holds:
         with source.open(contract.filename) as again:
-            if len(keys.duplicate_keys(again, contract.key, names, block_size)):
-                raise Diagnose
+            duplicates = keys.duplicate_keys(again, contract.key, names, block_size)
+        if len(duplicates):
+            raise Diagnose(duplicates)
     return rows
 
 

@@ -42,7 +42,8 @@ class SourceChanged(SourceError):
 
 
 class Source(Protocol):
-    """Named input files, each read as a stream from its first byte."""
+    """Named input files, each read as a stream from its first byte.  Every method raises
+    SourceMissing when there is no file ``name`` and SourceError when it cannot be read."""
 
     def open(self, name: str) -> pa.NativeFile:
         """A new input stream over the whole of ``name``; the caller closes it."""

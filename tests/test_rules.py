@@ -36,6 +36,7 @@ from hypothesis import strategies as st
 
 from etl_core import diagnose, extract, fast, rules
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, USERS, FileContract, Rule
+from etl_core.source import SourceMissing
 
 USERS_KNOWN = [1, 2, 3, rules.ID_MAX]
 COMPOUNDS_KNOWN = [1, 2, 3, 4, 10**17, rules.ID_MAX]
@@ -51,6 +52,8 @@ class MemorySource:
         self.files = files
 
     def open(self, name: str) -> pa.NativeFile:
+        if name not in self.files:
+            raise SourceMissing(f"{name} is not there", file=name)
         return pa.BufferReader(self.files[name])
 
     def size(self, name: str) -> int:

@@ -138,6 +138,31 @@ def test_a_file_that_changes_between_two_reads_fails_the_read(tmp_path: Path, at
         extract.read_file(_Changing(tmp_path, at), COMPOUNDS, sink)
 
 
+class _Counting(LocalSource):
+    """A directory that counts how often each file is opened."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.opened = 0
+
+    def open(self, name: str) -> pa.NativeFile:
+        self.opened += 1
+        return super().open(name)
+
+
+@pytest.mark.parametrize(("rows", "opened"), [
+    ("1,A,X\n2,B,Y\n", 2),  # the header, the fast path
+    ("2,A,X\n1,B,Y\n", 3),  # ... and the keys, which do not only grow
+    ("2,A,X\n2,B,Y\n", 4),  # ... and the diagnostic path, which uses the keys the fast path found
+    ("1,A,X\n0,B,Y\n", 4),  # the header, the fast path, the keys, the diagnostic path
+])
+def test_a_file_is_read_whole_at_most_three_times(tmp_path: Path, rows: str, opened: int) -> None:
+    (tmp_path / "compounds.csv").write_text("compound_id,compound_name,compound_structure\n" + rows)
+    source = _Counting(tmp_path)
+    extract.read_file(source, COMPOUNDS, extract.Collector(extract.output_schema(COMPOUNDS)))
+    assert source.opened == opened
+
+
 def test_pinned_passes_an_unchanged_file(tmp_path: Path) -> None:
     (tmp_path / "compounds.csv").write_bytes(GOOD)
     pinned = Pinned(LocalSource(tmp_path))
