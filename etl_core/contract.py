@@ -10,17 +10,7 @@ import dataclasses
 from enum import StrEnum
 from typing import Literal
 
-import pyarrow as pa
-
-Kind = Literal["id", "text", "date", "number", "id_list"]
-
-ARROW_TYPES: dict[str, pa.DataType] = {
-    "id": pa.int64(),
-    "text": pa.string(),
-    "date": pa.date32(),
-    "number": pa.float64(),
-    "id_list": pa.string(),  # parsed into list<int64> by the extract step
-}
+Kind = Literal["id", "text", "date", "number", "id_list"]  # what each kind allows: etl_core/rules.py
 
 LIST_SEPARATOR = ";"
 
@@ -98,7 +88,7 @@ RULE_TEXT: dict[Rule, str] = {
     Rule.MISSING_COLUMN: "a required column is not in the header",
     Rule.DUPLICATE_COLUMN: "a column name appears twice in the header",
     Rule.FIELD_COUNT: "a line has more or fewer fields than the header (also: a truncated last line)",
-    Rule.NOT_POSITIVE_INTEGER: "an id is not a positive integer below 2^63",
+    Rule.NOT_POSITIVE_INTEGER: "an id (or an item of an id list) is not a positive integer of at most 18 digits",
     Rule.EMPTY_VALUE: "a text field is empty",
     Rule.NOT_ISO_DATE: "a date is not an ISO 8601 calendar date (YYYY-MM-DD)",
     Rule.NOT_NON_NEGATIVE_NUMBER: "a run time is not a non-negative decimal number",

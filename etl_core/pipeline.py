@@ -28,6 +28,7 @@ from etl_core.errors import (
 )
 from etl_core.guard import Volume
 from etl_core.logs import log_event
+from etl_core.source import LocalSource, Source
 from etl_core.store import Run as StoreRun
 from etl_core.store import Store
 
@@ -236,17 +237,18 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, data_dir: Path, *, f
     log_event("run_started", run_id=run_id, policy=policy, data_dir=str(data_dir))
 
     with _phase(seconds, "extract"):
-        _check_headers(data_dir)
+        source = LocalSource(data_dir)
+        _check_headers(source)
         users_sink = extract.Collector(extract.output_schema(USERS))
         compounds_sink = extract.Collector(extract.output_schema(COMPOUNDS))
-        users = _read(settings, data_dir, USERS, users_sink, run_id)
-        compounds = _read(settings, data_dir, COMPOUNDS, compounds_sink, run_id)
+        users = _read(settings, source, USERS, users_sink, run_id)
+        compounds = _read(settings, source, COMPOUNDS, compounds_sink, run_id)
         users_table = users_sink.table()
         compounds_table = compounds_sink.table().sort_by("compound_id")
         refs = extract.References.of(users_table["user_id"].combine_chunks(),
                                      compounds_table["compound_id"].combine_chunks())
         with counting.ExperimentCounter(refs.users.keys, refs.compounds.keys) as counter:
-            experiments = _read(settings, data_dir, EXPERIMENTS, counter, run_id, refs=refs)
+            experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs)
             counts = counter.result()  # the counting thread finishes with the file
     results = [users, compounds, experiments]
     violations = pa.concat_tables([r.violations for r in results])
@@ -310,16 +312,16 @@ def _after_commit(step: Callable[..., Any], *args: Any, run_id: int, what: str) 
         log_event("after_commit_failed", level=logging.WARNING, run_id=run_id, reason=f"could not {what}: {reason}")
 
 
-def _check_headers(data_dir: Path) -> None:
+def _check_headers(source: Source) -> None:
     """Every file-level problem (missing, empty, bad header) of all three files, before any row is read."""
     problems = []
     for contract in FILES:
         try:
-            extract.read_header(data_dir / contract.filename, contract)
+            extract.read_header(source, contract)
         except extract.FileProblem as problem:
-            problems.append(problem.violation)
+            problems.append(problem.table)
     if problems:
-        table = pa.Table.from_pylist(problems, schema=extract.VIOLATION_SCHEMA)
+        table = pa.concat_tables(problems)
         raise ContractViolation(
             f"{len(problems)} input file(s) cannot be read under the data contract; nothing was loaded",
             violations=_report(table, len(problems)),
@@ -331,10 +333,9 @@ def _file_violation(filename: str, rule: Rule) -> pa.Table:
                                   "rule": rule.value, "raw": None}], schema=extract.VIOLATION_SCHEMA)
 
 
-def _read(settings: Settings, data_dir: Path, contract: FileContract, sink: extract.Sink, run_id: int,
+def _read(settings: Settings, source: Source, contract: FileContract, sink: extract.Sink, run_id: int,
           refs: extract.References | None = None) -> extract.FileResult:
-    path = data_dir / contract.filename
-    size = path.stat().st_size
+    size = source.size(contract.filename)
     last = [time.monotonic()]
 
     def progress(rows: int, offset: int) -> None:
@@ -344,7 +345,7 @@ def _read(settings: Settings, data_dir: Path, contract: FileContract, sink: extr
             log_event("progress", run_id=run_id, file=contract.filename, rows=rows,
                       mb=round(offset / 1e6, 1), mb_total=round(size / 1e6, 1))
 
-    result = extract.read_file(path, contract, sink, refs=refs, block_size=settings.block_size, progress=progress)
+    result = extract.read_file(source, contract, sink, refs=refs, block_size=settings.block_size, progress=progress)
     log_event("file_read", run_id=run_id, file=contract.filename, rows=result.rows_read,
               rejected=result.rows_rejected, mb=round(size / 1e6, 1))
     return result

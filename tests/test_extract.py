@@ -10,8 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etl_core import extract
+from etl_core import diagnose, extract
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, USERS, FileContract, Rule
+from etl_core.source import LocalSource
 
 pytestmark = pytest.mark.unit
 
@@ -26,7 +27,7 @@ def read(tmp_path: Path, contract: FileContract, content: bytes, refs: extract.R
     path = tmp_path / contract.filename
     path.write_bytes(content)
     sink = extract.Collector(extract.output_schema(contract))
-    result = extract.read_file(path, contract, sink, refs=refs, block_size=1 << 16)
+    result = extract.read_file(LocalSource(tmp_path), contract, sink, refs=refs, block_size=1 << 16)
     return sink.table(), result
 
 
@@ -69,6 +70,20 @@ def test_extra_columns_are_ignored_and_reported(tmp_path: Path) -> None:
     assert result.extra_columns == ("vendor",)
 
 
+@pytest.mark.parametrize(("header", "row"), [
+    ("compound_id,compound_name,compound_structure", "NULL,,"),
+    ("compound_id,compound_name,compound_structure", "NA,,"),
+    ("compound_id,compound_name,compound_structure,vendor", ",,,acme"),
+], ids=["null-is-a-value", "na-is-a-value", "an-extra-field-is-not-blank"])
+def test_a_row_is_blank_only_when_every_field_is_empty(tmp_path: Path, header: str, row: str) -> None:
+    good = "1,A,X" + ",v" * (header.count(",") - 2)
+    table, result = read(tmp_path, COMPOUNDS, f"{header}\n{good}\n{row}\n\n".encode())
+    assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()] == [
+        (3, "not_positive_integer"), (3, "empty_value"), (3, "empty_value")]
+    assert table["compound_id"].to_pylist() == [1]
+    assert (result.rows_read, result.rows_rejected) == (2, 1)
+
+
 def test_compound_lists_become_lists_of_ids(tmp_path: Path) -> None:
     refs = extract.References.of(pa.array([1, 2], pa.int64()), pa.array([1, 2, 3], pa.int64()))
     table, _ = read(tmp_path, EXPERIMENTS,
@@ -96,6 +111,41 @@ def test_lines_stay_exact_after_rows_with_a_wrong_field_count(tmp_path: Path) ->
     assert found == [(3, "field_count"), (4, "field_count"), (5, "empty_value")]
 
 
+def test_lines_that_are_not_utf8_are_reported_and_the_rest_still_read(tmp_path: Path) -> None:
+    content = (b"user_id,name,email,signup_date\r\n1,Alice,a@x,2023-01-01\r\n2,Ren\xe9\r\n"
+               b"3,Ren\xe9,c@x,2023-01-01\r\n4,,d@x,2023-01-01\r\n5,\xff\xfe,x\r\n\r\n6,E,e@x,2023-01-01\r\n"
+               b"7,G\xe9,\"g,h\",2023-01-01,x")
+    table, result = read(tmp_path, USERS, content)
+    found = [(v["line"], v["column"], v["rule"]) for v in result.violations.to_pylist()]
+    assert found == [(3, None, "encoding"), (4, "name", "encoding"), (5, "name", "empty_value"),
+                     (6, None, "encoding"), (9, None, "encoding")]
+    assert result.violations["raw"][0].as_py() == "2,Ren\ufffd"
+    assert table["user_id"].to_pylist() == [1, 6]
+    assert (result.rows_read, result.rows_rejected) == (7, 5)
+
+
+def test_lines_stay_exact_with_many_broken_rows_across_batches(tmp_path: Path) -> None:
+    rows = []
+    for i in range(1, 3001):  # 150 kB: three batches, a thousand rows with a wrong field count
+        rows.append(f"{i},C" if i % 3 == 0 else f"{i},,X" if i % 7 == 0 else f"{i},C{i},{'X' * 40}")
+    _, result = read(tmp_path, COMPOUNDS, ("compound_id,compound_name,compound_structure\n" + "\n".join(rows)).encode())
+    want = [(i + 1, "field_count" if i % 3 == 0 else "empty_value") for i in range(1, 3001) if i % 3 == 0 or i % 7 == 0]
+    assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()] == want
+
+
+@pytest.mark.parametrize(("rows", "found", "accepted"), [
+    ("1,A\n", [(2, "field_count")], []),
+    ('1,\t"A, B",X\n', [], [1]),
+    ('1,A\n2,\t"A, B",X\n3,B,Y,Z', [(2, "field_count"), (4, "field_count")], [2]),
+], ids=["one-broken-row", "one-recovered-row", "no-row-that-pyarrow-returns"])
+def test_rows_are_not_lost_when_pyarrow_returns_no_other_row(tmp_path: Path, rows: str, found: list[object],
+                                                            accepted: list[int]) -> None:
+    table, result = read(tmp_path, COMPOUNDS, ("compound_id,compound_name,compound_structure\n" + rows).encode())
+    assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()] == found
+    assert table["compound_id"].to_pylist() == accepted
+    assert result.rows_read == len(rows.strip().splitlines())
+
+
 def test_unknown_compound_reports_the_offending_id(tmp_path: Path) -> None:
     refs = extract.References.of(pa.array([1], pa.int64()), pa.array([1, 2], pa.int64()))
     _, result = read(tmp_path, EXPERIMENTS,
@@ -110,6 +160,70 @@ def test_huge_ids_are_not_positive_integers(tmp_path: Path) -> None:
     assert result.violations["rule"].to_pylist() == [Rule.NOT_POSITIVE_INTEGER.value]
 
 
+@pytest.mark.parametrize("other", ["", "x,B,b@x,2023-01-01\n"], ids=["fast-path", "diagnostic-path"])
+def test_an_id_has_at_most_18_digits_on_either_path(tmp_path: Path, other: str) -> None:
+    content = ("user_id,name,email,signup_date\n"
+               "123456789012345678,A,a@x,2023-01-01\n"  # 18 digits
+               "1234567890123456789,B,b@x,2023-01-01\n"  # 19
+               "000000000000000000007,C,c@x,2023-01-01\n"  # 7, leading zeros aside
+               + other)
+    table, result = read(tmp_path, USERS, content.encode())
+    found = [(v["line"], v["column"], v["rule"]) for v in result.violations.to_pylist()]
+    want = [(3, "user_id", "not_positive_integer")] + ([(5, "user_id", "not_positive_integer")] if other else [])
+    assert found == want  # each once
+    assert table["user_id"].to_pylist() == [123456789012345678, 7]
+
+
+@pytest.mark.parametrize("other", ["", "4,1,x,1\n"], ids=["fast-path", "diagnostic-path"])
+def test_ids_in_experiments_have_at_most_18_digits_on_either_path(tmp_path: Path, other: str) -> None:
+    big = 1234567890123456789  # an accepted compound could not have it: only the digit limit rejects it here
+    refs = extract.References.of(pa.array([1], pa.int64()), pa.array([1, 123456789012345678, big], pa.int64()))
+    content = ("experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
+               f"1,1,1;123456789012345678,10\n2,1,1;{big},10\n{big},1,1,10\n" + other)
+    table, result = read(tmp_path, EXPERIMENTS, content.encode(), refs)
+    found = [(v["line"], v["column"], v["rule"]) for v in result.violations.to_pylist()]
+    want = [(3, "experiment_compound_ids", "not_positive_integer"), (4, "experiment_id", "not_positive_integer")]
+    assert found == want + ([(5, "experiment_compound_ids", "not_positive_integer")] if other else [])
+    assert table["experiment_compound_ids"].to_pylist() == [[1, 123456789012345678]]
+
+
+def test_an_id_may_have_a_plus_sign(tmp_path: Path) -> None:
+    refs = extract.References.of(pa.array([1, 2], pa.int64()), pa.array([1, 2, 3], pa.int64()))
+    table, result = read(tmp_path, EXPERIMENTS, b"experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
+                                                b"+1,+2,+3; +1,10\n2,1,1;+,10\n", refs)
+    assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()] == [(3, "not_positive_integer")]
+    assert table.to_pylist() == [{"experiment_id": 1, "user_id": 2, "experiment_compound_ids": [3, 1],
+                                  "experiment_run_time": 10.0}]
+
+
+@pytest.mark.parametrize("block", [1 << 16, 1 << 20])
+@pytest.mark.parametrize("other", ["", "9,1,x,1\n"], ids=["fast-path", "diagnostic-path"])
+def test_a_hexadecimal_id_is_not_an_id(tmp_path: Path, other: str, block: int) -> None:
+    """pyarrow reads 0x1A as the integer 26; the contract's ids are decimal, on either path."""
+    refs = extract.References.of(pa.array([1, 26], pa.int64()), pa.array([1, 2, 16], pa.int64()))
+    padding = "".join(f"{i},1,1,10\n" for i in range(10, 6000))  # 0x comes after the first 64 KiB block
+    content = ("experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
+               "1,1,1,10\n" + padding + '2,0x1A,1,10\n3,1,2;0X10,10\n4,1," 0x2",10\n' + other)
+    table, result = read(tmp_path, EXPERIMENTS, content.encode(), refs)
+    bad = [(v["line"], v["column"], v["rule"]) for v in result.violations.to_pylist()]
+    assert bad[:3] == [(5993, "user_id", "not_positive_integer"),
+                       (5994, "experiment_compound_ids", "not_positive_integer"),
+                       (5995, "experiment_compound_ids", "not_positive_integer")]
+    assert table.num_rows == 5991
+
+
+@pytest.mark.parametrize("zero", ["-0", "-0.0", "-.0", "-0e5"])
+@pytest.mark.parametrize("other", ["", "9,1,x,1\n"], ids=["fast-path", "diagnostic-path"])
+def test_a_run_time_with_a_minus_sign_is_negative_even_when_zero(tmp_path: Path, other: str, zero: str) -> None:
+    refs = extract.References.of(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
+    content = ("experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
+               f"1,1,1,0\n2,1,1,{zero}\n3,1,1,+0\n4,1,1,1e-400\n" + other)
+    table, result = read(tmp_path, EXPERIMENTS, content.encode(), refs)
+    assert [(v["line"], v["value"], v["rule"]) for v in result.violations.to_pylist()][:1] == [
+        (3, zero, "not_non_negative_number")]
+    assert table["experiment_run_time"].to_pylist() == [0.0, 0.0, 0.0]
+
+
 @pytest.mark.parametrize(("content", "rule"), [
     (None, Rule.MISSING_FILE),
     (b"", Rule.EMPTY_FILE),
@@ -122,7 +236,7 @@ def test_unreadable_files_are_file_problems(tmp_path: Path, content: bytes | Non
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(extract.FileProblem, match=rule.value) as info:
-        extract.read_header(path, USERS)
+        extract.read_header(LocalSource(tmp_path), USERS)
     assert info.value.violation["rule"] == rule.value
 
 
@@ -156,7 +270,7 @@ def test_any_bytes_give_rows_or_contract_violations_never_a_crash(tmp_path: Path
     path.write_bytes(content)
     sink = extract.Collector(extract.output_schema(EXPERIMENTS))
     try:
-        result = extract.read_file(path, EXPERIMENTS, sink, refs=refs, block_size=1 << 16)
+        result = extract.read_file(LocalSource(tmp_path), EXPERIMENTS, sink, refs=refs, block_size=1 << 16)
     except extract.FileProblem:
         return
     rules = set(result.violations["rule"].to_pylist())
@@ -179,6 +293,17 @@ def test_keys_in_any_order_are_checked_for_duplicates_across_batches(tmp_path: P
         (3, "duplicate_key"), (3995, "duplicate_key")]
 
 
+@pytest.mark.parametrize("twice", ["3", " 3 ", '"3"', "+3", "003", '3,\t"C, again",Y'])
+@pytest.mark.parametrize("other", ["", "x,B,Y\n"], ids=["fast-path", "diagnostic-path"])
+def test_a_key_is_the_same_key_however_it_is_written(tmp_path: Path, twice: str, other: str) -> None:
+    row = twice if "," in twice else f"{twice},C again,Y"
+    content = f"compound_id,compound_name,compound_structure\n3,C,X\n4,D,Y\n{row}\n{other}"
+    table, result = read(tmp_path, COMPOUNDS, content.encode())
+    assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()][:3] == [
+        (2, "duplicate_key"), (4, "duplicate_key")] + ([(5, "not_positive_integer")] if other else [])
+    assert table["compound_id"].to_pylist() == [4]
+
+
 def test_a_failing_sink_fails_the_read_without_a_diagnostic_re_read(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     from etl_core import counting
@@ -190,12 +315,24 @@ def test_a_failing_sink_fails_the_read_without_a_diagnostic_re_read(tmp_path: Pa
         raise AssertionError("the file was read again on the diagnostic path")
 
     monkeypatch.setattr(counting.ExperimentCounter, "_partition", broken)
-    monkeypatch.setattr(extract, "_diagnose", no_diagnosis)
+    monkeypatch.setattr(diagnose, "read", no_diagnosis)
     path = tmp_path / EXPERIMENTS.filename
     path.write_text("experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
                     + "".join(f"{i},1,1,10\n" for i in range(1, 20001)))
     with counting.ExperimentCounter(pa.array([1], pa.int64()), pa.array([1], pa.int64())) as counter:
         with pytest.raises(counting.CountingFailed):
-            extract.read_file(path, EXPERIMENTS, counter, refs=extract.References.of(
+            extract.read_file(LocalSource(tmp_path), EXPERIMENTS, counter, refs=extract.References.of(
                 pa.array([1], pa.int64()), pa.array([1], pa.int64())), block_size=1 << 16)
             counter.result()
+
+
+def test_the_fast_path_sees_0x_across_two_buffers() -> None:
+    from etl_core import fast
+
+    watched = fast._Watched()
+    for chunk in (b"id\n1,0", b"x1A\n"):
+        assert watched(pa.py_buffer(chunk)).to_pybytes() == chunk
+    assert watched.hex and watched.bytes == 10
+    plain = fast._Watched()
+    plain(pa.py_buffer(b"name,email\nAlex,alex@example.com\n0,x\n"))
+    assert not plain.hex

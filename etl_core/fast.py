@@ -1,0 +1,135 @@
+"""The fast path: a file read with pinned types on all cores and checked batch by batch.
+
+Good data never leaves this path.  At any doubt (a value pyarrow's reader cannot convert, a row
+with the wrong number of fields, a value that breaks a rule, a key that may occur twice) it raises
+``Diagnose`` (or pyarrow's ``ArrowInvalid`` comes through), and the caller reads the file again on
+the diagnostic path, which says what is wrong and where.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from etl_core import keys, rules
+from etl_core.contract import Column, FileContract
+from etl_core.source import Source
+
+Add = Callable[[pa.RecordBatch], None]  # where accepted batches go: a sink's add
+
+
+class Diagnose(Exception):
+    """Raise inside the fast path: something is off, read the file again on the diagnostic path.
+    ``duplicates``: the keys that occur twice, when the fast path has looked them up already."""
+
+    def __init__(self, duplicates: pa.Array | None = None) -> None:
+        super().__init__("read the file on the diagnostic path")
+        self.duplicates = duplicates
+
+
+def read(source: Source, contract: FileContract, names: list[str], add: Add, refs: keys.References | None,
+         block_size: int, progress: Callable[[int, int], None] | None) -> int:
+    """Read the file into ``add`` batch by batch; return the number of rows read."""
+    rows = 0
+    increasing = keys.Increasing()
+    watched = _Watched()
+    extra = len(names) > len(contract.columns)
+    with source.open(contract.filename) as raw:
+        for batch in _typed_batches(pa.TransformInputStream(raw, watched), contract, names, block_size):
+            out = check(_drop_blank(batch, extra), contract, refs)
+            if watched.hex:
+                raise Diagnose
+            rows += out.num_rows
+            increasing.add(out.column(contract.key))
+            add(out)
+            if progress:
+                progress(rows, watched.bytes)
+    if watched.hex:
+        raise Diagnose
+    # keys that only ever grow are unique, with nothing kept; others take a second look at the file
+    if not increasing.holds:
+        with source.open(contract.filename) as again:
+            duplicates = keys.duplicate_keys(again, contract.key, names, block_size)
+        if len(duplicates):
+            raise Diagnose(duplicates)
+    return rows
+
+
+def _typed_batches(stream: pa.NativeFile, contract: FileContract, names: list[str], block_size: int
+                   ) -> pacsv.CSVStreamingReader:
+    return pacsv.open_csv(
+        stream,
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size),
+        parse_options=pacsv.ParseOptions(ignore_empty_lines=False),  # a bad row raises: diagnose
+        convert_options=pacsv.ConvertOptions(
+            column_types={c.name: rules.RULES[c.kind].read_as for c in contract.columns},
+            include_columns=contract.column_names, strings_can_be_null=False, quoted_strings_can_be_null=False,
+            null_values=[""],  # an empty field only: pyarrow's default nulls (NULL, NA, nan, ...) are values
+        ),
+    )
+
+
+class _Watched:
+    """A stream transform that passes the bytes on unchanged, counting them (for progress) and
+    watching for '0x' and '0X': pyarrow's reader takes 0x1A for the integer 26 (so does its cast,
+    which parses id lists), but the contract's ids are decimal.  A file with either anywhere, even
+    in a text field, is left to the diagnostic path."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+        self.hex = False
+        self._last = b""  # the byte before this buffer: '0' may end one buffer and 'x' start the next
+
+    def __call__(self, buf: pa.Buffer) -> pa.Buffer:
+        if buf.size and not self.hex:
+            data = buf.to_pybytes()
+            self.hex = _has_hex(self._last + data[:1]) or _has_hex(data)
+            self._last = data[-1:]
+        self.bytes += buf.size
+        return buf
+
+
+_HEX = {b"x": re.compile(b"0x"), b"X": re.compile(b"0X")}
+
+
+def _has_hex(data: bytes) -> bool:
+    """Whether ``data`` holds '0x' or '0X' (memchr finds a rare 'x' fast; only then look for the pair)."""
+    return any(x in data and pair.search(data) for x, pair in _HEX.items())
+
+
+def _drop_blank(batch: pa.RecordBatch, extra: bool) -> pa.RecordBatch:
+    """Blank lines arrive as rows with every field empty: they are ignored.  When the file has extra
+    columns, which this path does not read, such a row may not be blank: Diagnose."""
+    blank = None
+    for field, col in zip(batch.schema, batch.columns, strict=True):
+        empty = pc.equal(col, "") if pa.types.is_string(field.type) else pc.is_null(col)
+        blank = empty if blank is None else pc.and_(blank, empty)
+    if blank is None or not pc.any(blank).as_py():
+        return batch
+    if extra:
+        raise Diagnose
+    return batch.filter(pc.invert(blank))
+
+
+def check(batch: pa.RecordBatch, contract: FileContract, refs: keys.References | None) -> pa.RecordBatch:
+    """The batch as it is handed on (text trimmed, id lists parsed); raises Diagnose if any value
+    breaks a rule."""
+    columns = [_column(col, batch.column(col.name), refs) for col in contract.columns]
+    return pa.RecordBatch.from_arrays(columns, schema=rules.output_schema(contract))
+
+
+def _column(col: Column, values: pa.Array, refs: keys.References | None) -> pa.Array:
+    if values.null_count:  # an empty field that is not text
+        raise Diagnose
+    accepted = rules.RULES[col.kind].accept(values)
+    if accepted is None:
+        raise Diagnose
+    if refs is not None and col.kind == "id_list" and not refs.compounds.contains_all(accepted.values):
+        raise Diagnose
+    if refs is not None and col.name == "user_id" and not refs.users.contains_all(accepted):
+        raise Diagnose
+    return accepted

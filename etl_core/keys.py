@@ -1,0 +1,96 @@
+"""Keys: each file's key must be unique, and experiments must point to accepted users and compounds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from etl_core import repair, rules
+
+
+class KeySet:
+    """The accepted keys of one file, with a fast membership test for whole arrays."""
+
+    def __init__(self, keys: pa.Array) -> None:
+        self.keys = keys
+        self._range: tuple[int, int] | None = None
+        if len(keys):
+            bounds = pc.min_max(keys).as_py()
+            if bounds["max"] - bounds["min"] + 1 == len(keys):  # keys are unique: a full range
+                self._range = (bounds["min"], bounds["max"])
+
+    def contains_all(self, values: pa.Array) -> bool:
+        """Whether every value (none null) is one of the keys."""
+        if len(values) == 0:
+            return True
+        if self._range is not None:
+            bounds = pc.min_max(values).as_py()
+            return bool(self._range[0] <= bounds["min"] and bounds["max"] <= self._range[1])
+        return bool(pc.all(pc.is_in(values, value_set=self.keys)).as_py())
+
+    def missing(self, values: pa.Array) -> pa.Array:
+        """Per value: True where it is not null and not one of the keys."""
+        return pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, value_set=self.keys)))
+
+
+@dataclasses.dataclass(frozen=True)
+class References:
+    """The accepted keys of users.csv and compounds.csv, which experiments must point to."""
+
+    users: KeySet
+    compounds: KeySet
+
+    @classmethod
+    def of(cls, user_ids: pa.Array, compound_ids: pa.Array) -> References:
+        return cls(KeySet(user_ids), KeySet(compound_ids))
+
+
+class Increasing:
+    """Whether every key so far is greater than the one before it (across batches too)."""
+
+    def __init__(self) -> None:
+        self.holds = True
+        self._last: int | None = None
+
+    def add(self, keys: pa.Array) -> None:
+        if not self.holds or len(keys) == 0:
+            return
+        first = keys[0].as_py()
+        if self._last is not None and first <= self._last:
+            self.holds = False
+        elif len(keys) > 1 and not pc.all(pc.less(keys[:-1], keys[1:])).as_py():
+            self.holds = False
+        self._last = keys[-1].as_py()
+
+
+def duplicate_keys(stream: pa.NativeFile, key: str, names: list[str], block_size: int) -> pa.Array:
+    """The valid key values that occur more than once in a file (one pass over its key column).  A key
+    is read as the checks read it: trimmed and unquoted, also in rows that ``repair.recover`` takes
+    back from those with a wrong field count."""
+    skipped: list[tuple[int, str]] = []
+
+    def skip(row: pacsv.InvalidRow) -> str:
+        skipped.append((row.number, row.text))
+        return "skip"
+
+    reader = pacsv.open_csv(
+        stream,
+        read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=skip, ignore_empty_lines=False),
+        convert_options=pacsv.ConvertOptions(column_types={key: pa.binary()}, include_columns=[key],
+                                             strings_can_be_null=False),
+    )
+    found = [_ids(batch.column(0)) for batch in reader]
+    recovered, _ = repair.recover(skipped, len(names))
+    found.append(_ids(pa.array([fields[names.index(key)].encode() for _, fields in recovered], pa.binary())))
+    counts = pc.value_counts(pa.concat_arrays(found))
+    return counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+
+
+def _ids(raw: pa.Array) -> pa.Array:
+    """The valid ids among ``raw`` (bytes)."""
+    ids, ok = rules.ID.parse(rules.clean(rules.as_text(raw)))
+    return ids.filter(ok)

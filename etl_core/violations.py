@@ -1,0 +1,58 @@
+"""Violation rows: the one place they are built, and the error that carries a whole file's problem.
+
+Every report of the extract step (file, line, column, value, rule, raw row) is a table of
+``VIOLATION_SCHEMA`` made by ``rows``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeAlias
+
+import pyarrow as pa
+
+from etl_core.contract import FileContract, Rule
+
+VIOLATION_SCHEMA = pa.schema(
+    [
+        ("file", pa.string()),
+        ("line", pa.int64()),
+        ("column", pa.string()),
+        ("value", pa.string()),
+        ("rule", pa.string()),
+        ("raw", pa.string()),
+    ]
+)
+
+Lines: TypeAlias = "pa.Array | Sequence[int | None]"
+Texts: TypeAlias = "pa.Array | Sequence[str | None]"
+
+
+def rows(filename: str, rule: Rule, lines: Lines, *, column: str | None = None,
+         values: Texts | None = None, raws: Texts | None = None) -> pa.Table:
+    """One violation of ``rule`` per entry of ``lines``, all in ``filename`` and ``column``; ``values``
+    and ``raws`` (the offending value, the row as read) line up with ``lines``, or are all null."""
+    n = len(lines)
+    return pa.table({
+        "file": pa.repeat(pa.scalar(filename, pa.string()), n),
+        "line": pa.array(lines, pa.int64()),
+        "column": pa.repeat(pa.scalar(column, pa.string()), n),
+        "value": pa.nulls(n, pa.string()) if values is None else pa.array(values, pa.string()),
+        "rule": pa.repeat(pa.scalar(rule.value, pa.string()), n),
+        "raw": pa.nulls(n, pa.string()) if raws is None else pa.array(raws, pa.string()),
+    }, schema=VIOLATION_SCHEMA)
+
+
+class FileProblem(Exception):
+    """Raise when a whole file is unusable (missing, empty, bad header); carries its one violation."""
+
+    def __init__(self, contract: FileContract, rule: Rule, *, line: int | None = None,
+                 column: str | None = None, value: str | None = None) -> None:
+        super().__init__(f"{contract.filename}: {rule.value}")
+        self.table = rows(contract.filename, rule, [line], column=column, values=[value])
+
+    @property
+    def violation(self) -> dict[str, object]:
+        """The violation as a dict (the keys of ``VIOLATION_SCHEMA``)."""
+        row: dict[str, object] = self.table.to_pylist()[0]
+        return row
