@@ -31,6 +31,7 @@ from etl_core.logs import log_event
 from etl_core.source import LocalSource, Source
 from etl_core.store import Run as StoreRun
 from etl_core.store import Store
+from etl_core.violations import rows as violation_rows
 
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
 REPORTED_CHARS = 200  # characters of a reported row's raw text and value; the rest is counted, not sent
@@ -256,7 +257,7 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, data_dir: Path, *, f
         "rows_read": r.rows_read, "rows_accepted": r.rows_accepted, "rows_rejected": r.rows_rejected,
         "extra_columns": list(r.extra_columns)} for r in results}
     for header_only in (r for r in (users, compounds) if r.rows_read == 0):
-        violations = pa.concat_tables([violations, _file_violation(header_only.contract.filename, Rule.NO_ROWS)])
+        violations = pa.concat_tables([violations, violation_rows(header_only.contract.filename, Rule.NO_ROWS, [None])])
     if violations.num_rows and policy == "strict":
         raise ContractViolation(
             f"the input breaks the data contract in {violations.num_rows} place(s); nothing was loaded",
@@ -326,11 +327,6 @@ def _check_headers(source: Source) -> None:
             f"{len(problems)} input file(s) cannot be read under the data contract; nothing was loaded",
             violations=_report(table, len(problems)),
         )
-
-
-def _file_violation(filename: str, rule: Rule) -> pa.Table:
-    return pa.Table.from_pylist([{"file": filename, "line": None, "column": None, "value": None,
-                                  "rule": rule.value, "raw": None}], schema=extract.VIOLATION_SCHEMA)
 
 
 def _read(settings: Settings, source: Source, contract: FileContract, sink: extract.Sink, run_id: int,
