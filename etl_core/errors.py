@@ -1,8 +1,9 @@
 """One error tree for the whole job.
 
-Foreign exceptions (pyarrow's ArrowInvalid, pg8000's errors, OSError) are translated into these
-exactly once, where they are raised, with ``raise ... from``.  HTTP status codes are not decided
-here: the handler maps each class to a status in one place.
+Foreign exceptions are translated into these, with ``raise ... from``, at the edge that meets them:
+pg8000's in the store (``etl_core.store``), the file system's in the source (``etl_core.source``),
+the CSV reader's in extract.  Whatever else escapes is a bug, answered as ``InternalError``.  HTTP
+status codes are not decided here: the handler maps each class to a status in one place.
 """
 
 from __future__ import annotations
