@@ -6,7 +6,7 @@ and imported as ``localhost/debian-python:bookworm``; later runs find it in the 
 skip that step.  The function image is the project's Dockerfile, built unchanged with only
 ``--build-arg BASE_IMAGE=...``; the SAM test's ``sam build`` then reuses its cached layers.
 
-Podman needs a few flags here (see shared/notes/containers.md): ``--runtime runc`` (crun cannot
+Podman needs a few flags here (what follows was checked on the CI machine): ``--runtime runc`` (crun cannot
 work with this kernel's hybrid cgroups) and explicit ulimits.  Docker, where it works, needs none.
 Measurements (build time, image size, init duration) are shown in the terminal even under output
 capture, kept as ``record_property`` values, and appended to ``.cache/container-tests/report.txt``.
