@@ -15,7 +15,11 @@ primary key.  ``ours_pandas`` is our job in a venv that has pandas installed.
 Wall time is the whole process (interpreter start, imports, reading, computing, loading, commit),
 from the parent's fork to its wait4(); peak RSS is the child's ru_maxrss from wait4() (the client
 process only: the PostgreSQL server's memory is not in it).  Before each run the server is asked for
-a CHECKPOINT, so that no run pays for writing out the previous one's table.  With ``--repeat N`` the
+a CHECKPOINT, so that no run pays for writing out the previous one's table, and a VACUUM of the
+table it writes (as autovacuum would do between two scheduled runs; this server runs without it).
+Each implementation writes to a schema of its own per scale (``bench_<impl>_<scale>``): our job
+replaces the rows of its table with DELETE and COPY (so that views and grants on it survive), and a
+table that held L's million rows is still that large on disk when C's ten rows follow.  With ``--repeat N`` the
 implementations take turns, N rounds of one run each, and each shows its median (the lower middle
 one for an even N).
 """
@@ -105,10 +109,14 @@ def precompile() -> None:
                        check=True)
 
 
-def run_impl(impl: str, data: Path, url: str, timeout: float) -> dict[str, Any]:
+def schema_of(impl: str, scale: str) -> str:
+    return f"bench_{impl}_{scale}".lower()
+
+
+def run_impl(impl: str, data: Path, schema: str, url: str, timeout: float) -> dict[str, Any]:
     """One run in its own process: wall seconds, peak RSS (MiB), and the JSON line it printed."""
     cmd = [python_for(impl), str(BENCH / f"impl_{SCRIPT.get(impl, impl)}.py"), "--data", str(data),
-           "--schema", f"bench_{impl}", "--database-url", url]
+           "--schema", schema, "--database-url", url]
     code = code_version()  # the code a run imports is what is on disk when it starts
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
@@ -318,10 +326,13 @@ def main() -> int:
             for impl in impls:
                 if runs[impl] and "error" in runs[impl][-1]:
                     continue  # failed once: not run again
+                schema = schema_of(impl, scale)
+                if conn.run("SELECT to_regclass(:t)", t=f"{_common.q(schema)}.{_common.TABLE}")[0][0]:
+                    conn.run(f"VACUUM {_common.q(schema)}.{_common.TABLE}")
                 conn.run("CHECKPOINT")
                 print(f"[{scale}] {impl} run {attempt + 1}/{args.repeat} ...", end=" ", flush=True)
                 load_before = round(os.getloadavg()[0], 2)
-                r = run_impl(impl, data[scale]["dir"], args.database_url, args.timeout)
+                r = run_impl(impl, data[scale]["dir"], schema, args.database_url, args.timeout)
                 r["load_before"] = load_before  # 1-minute load average: near 0 on an idle machine
                 print(f"{r['wall']:.2f} s, {r['rss_mb']:.0f} MB" + (f", FAILED: {r['error']}" if "error" in r else ""),
                       flush=True)
@@ -337,7 +348,7 @@ def main() -> int:
             if "error" in chosen:
                 chosen["check"] = "-"
             else:
-                digest = table_digest(conn, f"bench_{impl}")
+                digest = table_digest(conn, schema_of(impl, scale))
                 if impl == "ours":
                     reference = digest
                     chosen["check"] = "(reference)" if digest else "unreadable"
@@ -347,7 +358,7 @@ def main() -> int:
                     chosen["check"] = "identical"
                 else:
                     chosen["check"] = "DIFFERENT"
-                    chosen["differences"] = differences(conn, "bench_ours", f"bench_{impl}")
+                    chosen["differences"] = differences(conn, schema_of("ours", scale), schema_of(impl, scale))
                     print(json.dumps(chosen["differences"], indent=1), flush=True)
                 chosen["digest"] = digest
             results.append(chosen)
