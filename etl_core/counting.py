@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl_core import transform
+from etl_core import literals, transform
 
 # user positions per bucket: 25 buckets at 100k users, so that both cores share them; fewer beyond
 # 524,287 compounds, so that a bucket's keys fit in 32 bits
@@ -50,8 +50,8 @@ class Bucket:
     def __init__(self, key_type: pa.DataType, compact_at: int) -> None:
         self.key_type = key_type
         self.compact_at = compact_at
-        self.keys = pa.array([], key_type)
-        self.counts = pa.array([], pa.int64())
+        self.keys = literals.empty(key_type)
+        self.counts = literals.empty(pa.int64())
         self.pending: list[pa.Array] = []
         self.pending_rows = 0
         self.taken = False
@@ -77,7 +77,7 @@ class Bucket:
             raise RuntimeError("these counts have been used already")
         self.compact()
         keys, counts = self.keys, self.counts
-        self.keys, self.counts, self.taken = pa.array([], self.key_type), pa.array([], pa.int64()), True
+        self.keys, self.counts, self.taken = literals.empty(self.key_type), literals.empty(pa.int64()), True
         return keys, counts
 
 
@@ -176,7 +176,7 @@ class ExperimentCounter:
         """One batch's keys, each into the bucket of its user (on the counting thread)."""
         users, lists = item
         keys = transform.experiment_keys(users, lists, self.user_ids, self.compound_ids)
-        span = self.bucket_users * self.stride
+        span = literals.scalar(self.bucket_users * self.stride, pa.int64())
         bucket = pc.divide(keys, span)  # integer division: keys are non-negative
         order = pc.array_sort_indices(bucket)
         bucket = bucket.take(order)
