@@ -4,23 +4,22 @@ streamed into PostgreSQL with COPY through pg8000 (one transaction, primary key 
 from __future__ import annotations
 
 import io
+from pathlib import Path
+from typing import Any
 
 import _common
 
 COPY_CHUNK = 1 << 20
 
 
-def main() -> None:
-    opts = _common.args("polars")
-    phases = _common.Phases()
-    import pg8000.native
+def features(data: Path, run_id: int) -> Any:
+    """The features table as a polars DataFrame, in user_id order (one lazy query)."""
     import polars as pl
 
-    phases.mark("import")
-    users = pl.scan_csv(opts.data / "users.csv", schema_overrides={"user_id": pl.Int64, "name": pl.String})
-    compounds = pl.scan_csv(opts.data / "compounds.csv",
+    users = pl.scan_csv(data / "users.csv", schema_overrides={"user_id": pl.Int64, "name": pl.String})
+    compounds = pl.scan_csv(data / "compounds.csv",
                             schema_overrides={"compound_id": pl.Int64, "compound_name": pl.String})
-    experiments = pl.scan_csv(opts.data / "user_experiments.csv",
+    experiments = pl.scan_csv(data / "user_experiments.csv",
                               schema_overrides={"user_id": pl.Int64, "experiment_compound_ids": pl.String})
     exp = experiments.select(
         "user_id",
@@ -38,7 +37,7 @@ def main() -> None:
     )
     n_experiments = experiments.select(pl.len()).collect().item()
     n_users = users.select(pl.len()).collect().item()
-    out = (
+    return (
         users.select("user_id", pl.col("name").alias("user_name"))
         .join(per_user, on="user_id", how="left")
         .join(favourites, on="user_id", how="left")
@@ -50,10 +49,20 @@ def main() -> None:
             pl.concat_str(pl.lit("{"), pl.col("ids").cast(pl.List(pl.String)).list.join(","), pl.lit("}"))
             .alias("most_common_compound_ids"),
             pl.lit(n_experiments / n_users, pl.Float64).alias("average_experiments"),
-            pl.lit(_common.RUN_ID, pl.Int64).alias("run_id"),
+            pl.lit(run_id, pl.Int64).alias("run_id"),
         )
         .collect()
     )
+
+
+def main() -> None:
+    opts = _common.args("polars")
+    phases = _common.Phases()
+    import pg8000.native
+    import polars  # noqa: F401 - its import timed here
+
+    phases.mark("import")
+    out = features(opts.data, _common.RUN_ID)
     phases.mark("compute")
     buffer = io.BytesIO()
     out.write_csv(buffer, include_header=False, null_value="")

@@ -5,11 +5,21 @@ wall time and peak RSS, check that all of them wrote the same table, print and s
     python bench/run.py --scales M L --with-2l        # and ours at 2L (20M experiments), for memory
     python bench/run.py --scales L --with-2l --with-4l  # ... and at 4L (40M), past the pending-keys budget
     python bench/run.py --scales M --impls ours duckdb --repeat 3
+    python bench/run.py --scales C M L --with-4l --impls-at-2l ours duckdb_copy polars_copy --repeat 5
+
+Scale C is the challenge's own data (tests/data/challenge: 10 users), where the fixed costs are all
+there is.  ``duckdb_copy`` and ``polars_copy`` are the plain peers, what a user would write (the
+query, then a plain COPY into a table without a primary key); ``duckdb`` and ``polars`` also add the
+primary key.  ``ours_pandas`` is our job in a venv that has pandas installed.
 
 Wall time is the whole process (interpreter start, imports, reading, computing, loading, commit),
 from the parent's fork to its wait4(); peak RSS is the child's ru_maxrss from wait4() (the client
 process only: the PostgreSQL server's memory is not in it).  Before each run the server is asked for
-a CHECKPOINT, so that no run pays for writing out the previous one's table.  With ``--repeat N`` the
+a CHECKPOINT, so that no run pays for writing out the previous one's table, and a VACUUM of the
+table it writes (as autovacuum would do between two scheduled runs; this server runs without it).
+Each implementation writes to a schema of its own per scale (``bench_<impl>_<scale>``): our job
+replaces the rows of its table with DELETE and COPY (so that views and grants on it survive), and a
+table that held L's million rows is still that large on disk when C's ten rows follow.  With ``--repeat N`` the
 implementations take turns, N rounds of one run each, and each shows its median (the lower middle
 one for an even N).
 """
@@ -36,7 +46,11 @@ sys.path.insert(0, str(BENCH))
 import _common  # noqa: E402
 import generate  # noqa: E402
 
-IMPLS = ("ours", "duckdb", "pandas", "polars")
+IMPLS = ("ours", "ours_pandas", "duckdb", "duckdb_copy", "pandas", "polars", "polars_copy")
+# ours_pandas: our job in the venv running this script, which has pandas (pyarrow imports pandas on
+# its first conversion from Python objects when pandas is installed)
+SCRIPT = {"ours_pandas": "ours"}
+CHALLENGE = BENCH.parent / "tests" / "data" / "challenge"  # scale C: the challenge's own three files
 COMPARED = ("user_id", "user_name", "total_experiments", "most_common_compounds", "most_common_compound_ids",
             "round(average_experiments::numeric, 9)")
 
@@ -49,6 +63,12 @@ def connect(url: str) -> Any:
 
 def ensure_data(scale: str, seed: int) -> dict[str, Any]:
     """The scale's files, generated (in a child process, timed) unless present with the same parameters."""
+    if scale == "C":
+        rows = {p.stem: sum(1 for _ in p.open(encoding="utf-8")) - 1 for p in CHALLENGE.glob("*.csv")}
+        return {"dir": CHALLENGE, "users": rows["users"], "compounds": rows["compounds"],
+                "experiments": rows["user_experiments"], "seed": None,
+                "bytes": {p.name: p.stat().st_size for p in sorted(CHALLENGE.glob("*.csv"))},
+                "generated_seconds": None}
     users, compounds, experiments = generate.SCALES[scale]
     want = {"users": users, "compounds": compounds, "experiments": experiments, "seed": seed}
     out = OUT / scale
@@ -68,7 +88,7 @@ def python_for(impl: str) -> str:
     """Each implementation runs with its own dependencies only.  Ours gets a venv with just
     requirements.txt, as in the image: pyarrow imports pandas whenever it is installed (0.3-0.5 s)."""
     if impl != "ours":
-        return sys.executable
+        return sys.executable  # ours_pandas too: this venv has pandas
     venv = BENCH / "out" / "venv-ours"
     python = venv / "bin" / "python"
     requirements = BENCH.parent / "requirements.txt"
@@ -89,10 +109,14 @@ def precompile() -> None:
                        check=True)
 
 
-def run_impl(impl: str, data: Path, url: str, timeout: float) -> dict[str, Any]:
+def schema_of(impl: str, scale: str) -> str:
+    return f"bench_{impl}_{scale}".lower()
+
+
+def run_impl(impl: str, data: Path, schema: str, url: str, timeout: float) -> dict[str, Any]:
     """One run in its own process: wall seconds, peak RSS (MiB), and the JSON line it printed."""
-    cmd = [python_for(impl), str(BENCH / f"impl_{impl}.py"), "--data", str(data), "--schema", f"bench_{impl}",
-           "--database-url", url]
+    cmd = [python_for(impl), str(BENCH / f"impl_{SCRIPT.get(impl, impl)}.py"), "--data", str(data),
+           "--schema", schema, "--database-url", url]
     code = code_version()  # the code a run imports is what is on disk when it starts
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.perf_counter()
@@ -188,13 +212,18 @@ def fmt_phases(result: dict[str, Any]) -> str:
     return " ".join(shown + [f"{k.removeprefix('run.')}={v:.2f}" for k, v in phases.items() if k not in skip])
 
 
+def is_ours(impl: str) -> bool:
+    return impl.startswith("ours")
+
+
 def choose(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """The run with the median wall time, carrying the highest peak RSS of all; a failure if all failed."""
     ok = [r for r in runs if "error" not in r]
     if not ok:
         return dict(runs[-1], walls=[])
     chosen = dict(sorted(ok, key=lambda r: r["wall"])[(len(ok) - 1) // 2])
-    chosen.update(rss_mb=max(r["rss_mb"] for r in ok), walls=[r["wall"] for r in ok])
+    chosen.update(rss_mb=max(r["rss_mb"] for r in ok), walls=[r["wall"] for r in ok],
+                  loads=[r.get("load_before", 0.0) for r in ok])
     return chosen
 
 
@@ -210,34 +239,46 @@ def render(header: list[str], results: list[dict[str, Any]], data: dict[str, dic
         gen = f"{d['generated_seconds']:.1f}" if d["generated_seconds"] is not None else "(cached)"
         lines.append(f"| {scale} | {d['users']:,} | {d['compounds']:,} | {d['experiments']:,} | "
                      f"{d['bytes'].get('user_experiments.csv', 0) / 1e6:.0f} | {gen} |")
-    lines += ["", "| implementation | scale | wall s | peak RSS MB | rows | same as ours | phases (s) |",
-              "|---|---|---:|---:|---:|---|---|"]
+    lines += ["", "| implementation | scale | wall s | peak RSS MB | rows | same as ours | load before | phases (s) |",
+              "|---|---|---:|---:|---:|---|---|---|"]
     for r in results:
-        wall = f"{r['wall']:.2f}" + (f" (median of {len(r['walls'])}: {', '.join(f'{w:.2f}' for w in r['walls'])})"
-                                     if len(r["walls"]) > 1 else "")
+        walls = r["walls"]
+        wall = f"{r['wall']:.2f}" + (f" ({min(walls):.2f}-{max(walls):.2f}; median of {len(walls)}: "
+                                     f"{', '.join(f'{w:.2f}' for w in walls)})" if len(walls) > 1 else "")
         status = f"FAILED: {r['error']}" if r.get("error") else fmt_phases(r)
         if r.get("code_note"):
             status += f" ({r['code_note']})"
+        loads = r.get("loads") or [0.0]
         lines.append(f"| {r['impl']} | {r['scale']} | {wall} | {r['rss_mb']:.0f} | {r['rows'] or '-'} | "
-                     f"{r['check']} | {status} |")
-    lines += ["", "| scale | ours/duckdb wall | ours/duckdb RSS | ours/polars wall | ours/polars RSS | "
-              "ours/pandas wall | ours/pandas RSS |", "|---|---:|---:|---:|---:|---:|---:|"]
+                     f"{r['check']} | {min(loads):.2f}-{max(loads):.2f} | {status} |")
+    others = [i for i in IMPLS if not is_ours(i) and any(r["impl"] == i for r in results)]
+    lines += ["", "ours against each: wall (median) and peak RSS; spread = (max - min) / median of the runs", "",
+              "| scale | " + " | ".join(f"ours/{o} wall | ours/{o} RSS" for o in others) + " | spread: "
+              + ", ".join(i for i in IMPLS if any(r["impl"] == i for r in results)) + " |",
+              "|---|" + "---:|---:|" * len(others) + "---|"]
     for scale in data:
         by = {r["impl"]: r for r in results if r["scale"] == scale and not r.get("error")}
         if "ours" not in by:
             continue
         cells = []
-        for other in ("duckdb", "polars", "pandas"):
+        for other in others:
             o = by.get(other)
             cells += [ratio(by["ours"]["wall"], o and o["wall"]), ratio(by["ours"]["rss_mb"], o and o["rss_mb"])]
-        lines.append(f"| {scale} | " + " | ".join(cells) + " |")
+        spreads = [f"{i} {spread(by[i]['walls']):.0%}" for i in IMPLS if i in by and len(by[i]["walls"]) > 1]
+        lines.append(f"| {scale} | " + " | ".join(cells) + " | " + (", ".join(spreads) or "-") + " |")
     return lines
+
+
+def spread(walls: list[float]) -> float:
+    """(max - min) / median: how far apart the runs of one implementation were."""
+    ordered = sorted(walls)
+    return (ordered[-1] - ordered[0]) / ordered[(len(ordered) - 1) // 2]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", nargs="+", default=["M", "L"],
-                        choices=[s for s in generate.SCALES if s not in ("2L", "4L")])
+                        choices=["C", *(s for s in generate.SCALES if s not in ("2L", "4L"))])
     parser.add_argument("--with-2l", action="store_true", help="also run --impls-at-2l at 2L (20M experiments)")
     parser.add_argument("--with-4l", action="store_true", help="also run --impls-at-2l at 4L (40M experiments)")
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
@@ -285,10 +326,13 @@ def main() -> int:
             for impl in impls:
                 if runs[impl] and "error" in runs[impl][-1]:
                     continue  # failed once: not run again
+                schema = schema_of(impl, scale)
+                if conn.run("SELECT to_regclass(:t)", t=f"{_common.q(schema)}.{_common.TABLE}")[0][0]:
+                    conn.run(f"VACUUM {_common.q(schema)}.{_common.TABLE}")
                 conn.run("CHECKPOINT")
                 print(f"[{scale}] {impl} run {attempt + 1}/{args.repeat} ...", end=" ", flush=True)
                 load_before = round(os.getloadavg()[0], 2)
-                r = run_impl(impl, data[scale]["dir"], args.database_url, args.timeout)
+                r = run_impl(impl, data[scale]["dir"], schema, args.database_url, args.timeout)
                 r["load_before"] = load_before  # 1-minute load average: near 0 on an idle machine
                 print(f"{r['wall']:.2f} s, {r['rss_mb']:.0f} MB" + (f", FAILED: {r['error']}" if "error" in r else ""),
                       flush=True)
@@ -298,13 +342,13 @@ def main() -> int:
             chosen = choose(runs[impl])
             chosen.update(scale=scale)
             codes = sorted({r["code"] for r in runs[impl]})
-            if impl == "ours" and (len(codes) > 1 or codes[0] != header_code):  # only ours imports etl_core
+            if is_ours(impl) and (len(codes) > 1 or codes[0] != header_code):  # only ours imports etl_core
                 chosen["code_note"] = "code changed: " + "; ".join(codes)
                 print(f"  warning: {chosen['code_note']}", flush=True)
             if "error" in chosen:
                 chosen["check"] = "-"
             else:
-                digest = table_digest(conn, f"bench_{impl}")
+                digest = table_digest(conn, schema_of(impl, scale))
                 if impl == "ours":
                     reference = digest
                     chosen["check"] = "(reference)" if digest else "unreadable"
@@ -314,14 +358,14 @@ def main() -> int:
                     chosen["check"] = "identical"
                 else:
                     chosen["check"] = "DIFFERENT"
-                    chosen["differences"] = differences(conn, "bench_ours", f"bench_{impl}")
+                    chosen["differences"] = differences(conn, schema_of("ours", scale), schema_of(impl, scale))
                     print(json.dumps(chosen["differences"], indent=1), flush=True)
                 chosen["digest"] = digest
             results.append(chosen)
     conn.close()
 
     lines = render(header, results, data)
-    checks = [r["check"] for r in results if r["impl"] != "ours"]
+    checks = [r["check"] for r in results if r["impl"] != "ours"]  # ours_pandas is checked against ours too
     verdict = ("all compared tables identical to ours" if checks and all(c == "identical" for c in checks)
                else f"checks: {checks}")
     lines += ["", f"correctness: {verdict}"]

@@ -32,7 +32,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl_core import transform
+from etl_core import literals, transform
 
 # user positions per bucket: 25 buckets at 100k users, so that both cores share them; fewer beyond
 # 524,287 compounds, so that a bucket's keys fit in 32 bits
@@ -50,8 +50,8 @@ class Bucket:
     def __init__(self, key_type: pa.DataType, compact_at: int) -> None:
         self.key_type = key_type
         self.compact_at = compact_at
-        self.keys = pa.array([], key_type)
-        self.counts = pa.array([], pa.int64())
+        self.keys = literals.empty(key_type)
+        self.counts = literals.empty(pa.int64())
         self.pending: list[pa.Array] = []
         self.pending_rows = 0
         self.taken = False
@@ -77,7 +77,7 @@ class Bucket:
             raise RuntimeError("these counts have been used already")
         self.compact()
         keys, counts = self.keys, self.counts
-        self.keys, self.counts, self.taken = pa.array([], self.key_type), pa.array([], pa.int64()), True
+        self.keys, self.counts, self.taken = literals.empty(self.key_type), literals.empty(pa.int64()), True
         return keys, counts
 
 
@@ -113,11 +113,13 @@ class ExperimentCounter:
     listed twice in one experiment counts once for that experiment.  The counting thread starts when
     the block is entered and is fed through a short queue, so that it uses the second core while the
     caller reads and checks the next batch.  ``add``, ``reset`` and ``result`` work inside the block
-    only; leaving it stops the thread, dropping what is still queued when there was no result.
+    only; leaving it stops the thread, dropping what is still queued when there was no result.  With
+    ``threaded=False`` (a file of one batch, where there is nothing to overlap) each batch is counted
+    at once on the caller's thread, and no thread is started.
     """
 
     def __init__(self, user_ids: pa.Array, compound_ids: pa.Array, *, bucket_users: int = BUCKET_USERS,
-                 compact_at: int | None = None) -> None:
+                 compact_at: int | None = None, threaded: bool = True) -> None:
         self.user_ids = user_ids.take(pc.array_sort_indices(user_ids))
         self.compound_ids = compound_ids
         self.width = len(compound_ids)
@@ -128,7 +130,8 @@ class ExperimentCounter:
         self._compact_at = compact_at or max(1, PENDING_KEYS // max(self._bucket_count, 1))
         self.experiments = 0
         self._buckets: tuple[Bucket, ...] = ()
-        self._worker: _Worker | None = None
+        self._threaded = threaded
+        self._worker: _Worker | _Inline | None = None
         self._entered = False
         self._exited = False
 
@@ -165,9 +168,9 @@ class ExperimentCounter:
     def _start(self) -> None:
         self.experiments = 0
         self._buckets = tuple(Bucket(self._key_type, self._compact_at) for _ in range(self._bucket_count))
-        self._worker = _Worker(self._partition)
+        self._worker = _Worker(self._partition) if self._threaded else _Inline(self._partition)
 
-    def _open(self) -> _Worker:
+    def _open(self) -> _Worker | _Inline:
         if self._worker is None or self._exited:
             raise RuntimeError("a counter counts inside its with block only")
         return self._worker
@@ -176,7 +179,7 @@ class ExperimentCounter:
         """One batch's keys, each into the bucket of its user (on the counting thread)."""
         users, lists = item
         keys = transform.experiment_keys(users, lists, self.user_ids, self.compound_ids)
-        span = self.bucket_users * self.stride
+        span = literals.scalar(self.bucket_users * self.stride, pa.int64())
         bucket = pc.divide(keys, span)  # integer division: keys are non-negative
         order = pc.array_sort_indices(bucket)
         bucket = bucket.take(order)
@@ -239,6 +242,29 @@ class _Worker:
                 from self._error
 
 
+class _Inline:
+    """``_Worker``'s promises on the caller's thread: each item is worked on when it is put."""
+
+    def __init__(self, work: Callable[[Any], None]) -> None:
+        self._work = work
+        self._stopped = False
+
+    def put(self, item: Any) -> None:
+        if self._stopped:
+            raise RuntimeError("the counter has stopped: nothing more can be added")
+        try:
+            self._work(item)
+        except Exception as exc:  # its own class, as on the thread: not a problem of the input file
+            self._stopped = True
+            raise CountingFailed(f"the counting failed: {type(exc).__name__}: {exc}") from exc
+
+    def finish(self) -> None:
+        self._stopped = True
+
+    def close(self) -> None:
+        self._stopped = True
+
+
 def feature_batches(users: pa.Table, compounds: pa.Table, counts: Counts) -> Generator[pa.RecordBatch, None, None]:
     """One row per user of ``users`` (the users counted), by user id: totals, the tied most common
     compounds, the average; one batch per bucket, in order.  ``compounds`` must be sorted by
@@ -259,8 +285,13 @@ def feature_batches(users: pa.Table, compounds: pa.Table, counts: Counts) -> Gen
         keys, n = counts.buckets[b].take()
         return transform.favourites(keys, n, counts.bucket_size(b), counts.stride)
 
-    pool = ThreadPoolExecutor(max(1, min(len(counts.buckets), os.cpu_count() or 1)),
-                              thread_name_prefix="etl-features")
+    threads = min(len(counts.buckets), os.cpu_count() or 1)
+    if threads <= 1:  # one bucket (or one core): nothing to share, no thread to start
+        for b in range(len(counts.buckets)):
+            mine = users.slice(b * counts.bucket_users, counts.bucket_size(b))
+            yield transform.feature_batch(mine, one(b), names, compound_ids, average)
+        return
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="etl-features")
     try:
         futures = [pool.submit(one, b) for b in range(len(counts.buckets))]
         for b, future in enumerate(futures):

@@ -26,7 +26,7 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from etl_core import diagnose, fast
+from etl_core import diagnose, fast, literals
 from etl_core.contract import FileContract
 from etl_core.header import read_header
 from etl_core.keys import KeySet, References
@@ -73,7 +73,7 @@ class FileResult:
     rows_read: int = 0
     rows_rejected: int = 0
     extra_columns: tuple[str, ...] = ()
-    violations: pa.Table = dataclasses.field(default_factory=VIOLATION_SCHEMA.empty_table)
+    violations: pa.Table = dataclasses.field(default_factory=lambda: literals.empty_table(VIOLATION_SCHEMA))
 
     @property
     def rows_accepted(self) -> int:

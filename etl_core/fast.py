@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core import keys, rules
+from etl_core import keys, literals, rules
 from etl_core.contract import Column, FileContract
 from etl_core.source import Source
 
@@ -101,12 +101,15 @@ def _has_hex(data: bytes) -> bool:
     return any(x in data and pair.search(data) for x, pair in _HEX.items())
 
 
+_EMPTY = literals.scalar("", pa.string())
+
+
 def _drop_blank(batch: pa.RecordBatch, extra: bool) -> pa.RecordBatch:
     """Blank lines arrive as rows with every field empty: they are ignored.  When the file has extra
     columns, which this path does not read, such a row may not be blank: Diagnose."""
     blank = None
     for field, col in zip(batch.schema, batch.columns, strict=True):
-        empty = pc.equal(col, "") if pa.types.is_string(field.type) else pc.is_null(col)
+        empty = pc.equal(col, _EMPTY) if pa.types.is_string(field.type) else pc.is_null(col)
         blank = empty if blank is None else pc.and_(blank, empty)
     if blank is None or not pc.any(blank).as_py():
         return batch

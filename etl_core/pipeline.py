@@ -248,7 +248,9 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, data_dir: Path, *, f
         compounds_table = compounds_sink.table().sort_by("compound_id")
         refs = extract.References.of(users_table["user_id"].combine_chunks(),
                                      compounds_table["compound_id"].combine_chunks())
-        with counting.ExperimentCounter(refs.users.keys, refs.compounds.keys) as counter:
+        # a file of one block is one batch: counting it on a thread would overlap with nothing
+        threaded = source.size(EXPERIMENTS.filename) > settings.block_size
+        with counting.ExperimentCounter(refs.users.keys, refs.compounds.keys, threaded=threaded) as counter:
             experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs)
             counts = counter.result()  # the counting thread finishes with the file
     results = [users, compounds, experiments]

@@ -17,6 +17,7 @@ from typing import Protocol
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from etl_core import literals
 from etl_core.contract import LIST_SEPARATOR, FileContract, Rule
 
 ID_DIGITS = 18  # an id is a positive integer of at most 18 digits (leading zeros aside)
@@ -106,12 +107,15 @@ def _accept_ids(values: pa.Array) -> pa.Array | None:
 # --- text: not empty once trimmed
 
 
+_TWO = literals.scalar(2, pa.int32())  # utf8_length of a string array is int32
+
+
 def clean(text: pa.Array) -> pa.Array:
     """Trim whitespace; a value still wrapped in quotes (quoted after whitespace, which the CSV
     reader keeps as text) loses them, and its doubled quotes become single."""
     trimmed = pc.utf8_trim_whitespace(text)
     quoted = pc.and_(pc.starts_with(trimmed, '"'), pc.ends_with(trimmed, '"'))
-    quoted = pc.and_(quoted, pc.greater_equal(pc.utf8_length(trimmed), 2))
+    quoted = pc.and_(quoted, pc.greater_equal(pc.utf8_length(trimmed), _TWO))
     if not pc.any(quoted).as_py():
         return trimmed
     inner = pc.replace_substring(pc.utf8_slice_codeunits(trimmed, 1, -1), '""', '"')

@@ -19,8 +19,13 @@ import dataclasses
 
 import pyarrow as pa
 import pyarrow.compute as pc
+from pyarrow._acero import AggregateNodeOptions, Declaration, TableSourceNodeOptions
+
+from etl_core import literals
+from etl_core.literals import scalar
 
 LIST_JOINER = ";"
+_JOINER = scalar(LIST_JOINER, pa.string())
 MAX_SHIFTS = 8  # lists longer than this are deduplicated with a hash instead of shifted compares
 
 FEATURES_SCHEMA = pa.schema(
@@ -46,7 +51,7 @@ def rank(ids: pa.Array, sorted_ids: pa.Array, offset: int | None) -> pa.Array:
     """Each id's position among ``sorted_ids`` (every id is one of them); ``offset`` is
     ``offset_if_range(sorted_ids)``."""
     if offset is not None:
-        return pc.subtract(ids, offset)
+        return pc.subtract(ids, scalar(offset, pa.int64()))
     return pc.index_in(ids, value_set=sorted_ids).cast(pa.int64())
 
 
@@ -58,18 +63,18 @@ def repeated_in_list(parents: pa.Array, compounds: pa.Array, lists: pa.Array) ->
     n = len(compounds)
     longest = pc.max(pc.list_value_length(lists)).as_py() or 0
     if n == 0 or longest <= 1:
-        return pa.array([False] * n, pa.bool_())
+        return literals.repeat(False, pa.bool_(), n)
     if longest <= MAX_SHIFTS:
-        repeated = pa.array([False] * n, pa.bool_())
+        repeated = literals.repeat(False, pa.bool_(), n)
         for shift in range(1, longest):
             same = pc.and_(pc.equal(parents[shift:], parents[:-shift]),
                            pc.equal(compounds[shift:], compounds[:-shift]))
-            repeated = pc.or_(repeated, pa.concat_arrays([pa.array([False] * shift, pa.bool_()), same]))
+            repeated = pc.or_(repeated, pa.concat_arrays([literals.repeat(False, pa.bool_(), shift), same]))
         return repeated
     # Long lists: an item is a repeat unless it is the first of its (row, compound) pair.
-    position = pa.array(range(n), pa.int64())
+    position = pc.subtract(pc.cumulative_sum(literals.repeat(1, pa.int64(), n)), scalar(1, pa.int64()))
     table = pa.table({"row": parents, "compound": compounds, "position": position})
-    first = table.group_by(["row", "compound"], use_threads=False).aggregate([("position", "min")])
+    first = group_by(table, ["row", "compound"], [("position", "hash_min")])
     return pc.invert(pc.is_in(position, value_set=first["position_min"]))
 
 
@@ -84,17 +89,17 @@ def experiment_keys(users: pa.Array, lists: pa.ListArray, user_ids: pa.Array, co
     parents = pc.list_parent_indices(lists)
     compounds = rank(pc.list_flatten(lists), compound_ids, offset_if_range(compound_ids))
     firsts = pc.invert(repeated_in_list(parents, compounds, lists))
-    base = pc.multiply(positions, width + 1)
+    base = pc.multiply(positions, scalar(width + 1, pa.int64()))
     return pa.concat_arrays([
         pc.add(base.take(parents.filter(firsts)), compounds.filter(firsts)),
-        pc.add(base, width),
+        pc.add(base, scalar(width, pa.int64())),
     ])
 
 
 def count_keys(keys: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
     """Each distinct key once, and how often it occurs (int64), in no particular order."""
-    counted = pa.table({"k": keys}).group_by("k", use_threads=False).aggregate([("k", "count")])
-    return _array(counted.column(0)), _array(counted.column(1))
+    counted = group_by(pa.table({"k": keys}), ["k"], [("k", "hash_count")])
+    return _array(counted.column("k")), _array(counted.column("k_count"))
 
 
 def add_counts(keys: pa.Array, counts: pa.Array, more_keys: pa.Array,
@@ -103,8 +108,20 @@ def add_counts(keys: pa.Array, counts: pa.Array, more_keys: pa.Array,
     if not len(keys):
         return more_keys, more_counts
     both = pa.table({"k": pa.chunked_array([keys, more_keys]), "n": pa.chunked_array([counts, more_counts])})
-    summed = both.group_by("k", use_threads=False).aggregate([("n", "sum")])
-    return _array(summed.column(0)), _array(summed.column(1))
+    summed = group_by(both, ["k"], [("n", "hash_sum")])
+    return _array(summed.column("k")), _array(summed.column("n_sum"))
+
+
+def group_by(table: pa.Table, keys: list[str], aggregates: list[tuple[str, str]]) -> pa.Table:
+    """``table.group_by(keys, use_threads=False).aggregate(...)`` with hash_ functions, each result named
+    ``<column>_<function without hash_>``.  Straight to Acero's ``pyarrow._acero``: ``pyarrow.acero``
+    imports ``pyarrow.dataset`` (0.1 s), and that imports pandas where pandas is installed."""
+    specs = [([column], function, None, f"{column}_{function.removeprefix('hash_')}")
+             for column, function in aggregates]
+    return Declaration.from_sequence([
+        Declaration("table_source", TableSourceNodeOptions(table)),
+        Declaration("aggregate", AggregateNodeOptions(specs, keys=keys)),
+    ]).to_table(use_threads=False)
 
 
 def _array(column: pa.ChunkedArray) -> pa.Array:
@@ -123,7 +140,7 @@ class Favourites:
 def user_totals(positions: pa.Array, counts: pa.Array, users: int) -> pa.Array:
     """Experiments per user position ``0 .. users - 1`` (int64, 0 for a user without any), from the
     counted experiment keys: the position of each, and its count."""
-    return pc.fill_null(pc.scatter(counts, positions, max_index=users - 1), 0).cast(pa.int64())
+    return pc.fill_null(pc.scatter(counts, positions, max_index=users - 1), scalar(0, counts.type)).cast(pa.int64())
 
 
 def tied_favourites(keys: pa.Array, positions: pa.Array, counts: pa.Array, users: int,
@@ -132,24 +149,26 @@ def tied_favourites(keys: pa.Array, positions: pa.Array, counts: pa.Array, users
     (``position * stride + index``), its position (``key // stride``, which the caller has already)
     and its count.  Returns how many compounds tie for each position ``0 .. users - 1`` (0: none) and
     their indices, user after user, ascending within a user (both int64)."""
-    best = pa.table({"user": positions, "n": counts}).group_by("user", use_threads=False).aggregate([("n", "max")])
+    best = group_by(pa.table({"user": positions, "n": counts}), ["user"], [("n", "hash_max")])
     top = pc.scatter(best["n_max"].combine_chunks(), best["user"].combine_chunks(), max_index=users - 1)
     tied = keys.filter(pc.equal(counts, top.take(positions)))
     tied = tied.take(pc.array_sort_indices(tied))  # by user, then compound index
-    tied_user = pc.divide(tied, stride)
+    stride_ = scalar(stride, tied.type)
+    tied_user = pc.divide(tied, stride_)
     runs = pc.run_end_encode(tied_user)
-    ends = pa.concat_arrays([pa.array([0], pa.int64()), runs.run_ends.cast(pa.int64())])
+    ends = pa.concat_arrays([literals.array([0], pa.int64()), runs.run_ends.cast(pa.int64())])
     lengths = pc.pairwise_diff(ends)[1:]
-    per_user = pc.fill_null(pc.scatter(lengths, runs.values, max_index=users - 1), 0)
-    return per_user, pc.subtract(tied, pc.multiply(tied_user, stride)).cast(pa.int64())
+    per_user = pc.fill_null(pc.scatter(lengths, runs.values, max_index=users - 1), scalar(0, pa.int64()))
+    return per_user, pc.subtract(tied, pc.multiply(tied_user, stride_)).cast(pa.int64())
 
 
 def favourites(keys: pa.Array, counts: pa.Array, users: int, stride: int) -> Favourites:
     """Totals and tied favourites of ``users`` consecutive users, from their counted keys (each
     key's position counted from the first of them)."""
-    user = pc.divide(keys, stride)
-    compound = pc.subtract(keys, pc.multiply(user, stride))
-    experiment = pc.equal(compound, stride - 1)
+    stride_ = scalar(stride, keys.type)
+    user = pc.divide(keys, stride_)
+    compound = pc.subtract(keys, pc.multiply(user, stride_))
+    experiment = pc.equal(compound, scalar(stride - 1, keys.type))
     totals = user_totals(user.filter(experiment), counts.filter(experiment), users)
     pair = pc.invert(experiment)
     per_user, tied = tied_favourites(keys.filter(pair), user.filter(pair), counts.filter(pair), users, stride)
@@ -166,7 +185,7 @@ def by_user_id(users: pa.Table) -> pa.Table:
 
 def average(experiments: int, users: int) -> pa.Scalar:
     """Experiments per user, over all users (0.0 without users)."""
-    return pa.scalar(experiments / users if users else 0.0, pa.float64())
+    return scalar(experiments / users if users else 0.0, pa.float64())
 
 
 def feature_batch(users: pa.Table, favourites: Favourites, names: pa.Array, compound_ids: pa.Array,
@@ -174,13 +193,13 @@ def feature_batch(users: pa.Table, favourites: Favourites, names: pa.Array, comp
     """The rows of ``users`` (user_id, name; in position order) with their ``favourites``; ``names``
     and ``compound_ids`` are the compounds' by index, ``average`` is the same on every row."""
     per_user = favourites.tied_per_user
-    offsets = pa.concat_arrays([pa.array([0], pa.int64()), pc.cumulative_sum(per_user)]).cast(pa.int32())
-    none = pc.equal(per_user, 0)
+    offsets = pa.concat_arrays([literals.array([0], pa.int64()), pc.cumulative_sum(per_user)]).cast(pa.int32())
+    none = pc.equal(per_user, scalar(0, per_user.type))
     return pa.RecordBatch.from_arrays([
         users["user_id"].combine_chunks(),
         users["name"].combine_chunks(),
         favourites.totals,
-        pc.binary_join(pa.ListArray.from_arrays(offsets, names.take(favourites.tied), mask=none), LIST_JOINER),
+        pc.binary_join(pa.ListArray.from_arrays(offsets, names.take(favourites.tied), mask=none), _JOINER),
         pa.ListArray.from_arrays(offsets, compound_ids.take(favourites.tied), mask=none),
         pa.repeat(average, users.num_rows),
     ], schema=FEATURES_SCHEMA)
@@ -194,11 +213,11 @@ def compute_features(users: pa.Table, compounds: pa.Table, experiments: pa.Table
     experiments are counted batch by batch, so memory follows the distinct (user, compound) pairs."""
     users = by_user_id(users)
     if users.num_rows == 0:
-        return FEATURES_SCHEMA.empty_table()
+        return literals.empty_table(FEATURES_SCHEMA)
     compounds = compounds.sort_by("compound_id")
     user_ids = users["user_id"].combine_chunks()
     compound_ids = compounds["compound_id"].combine_chunks()
-    keys, counts = pa.array([], pa.int64()), pa.array([], pa.int64())
+    keys, counts = literals.empty(pa.int64()), literals.empty(pa.int64())
     for batch in experiments.to_batches():
         if batch.num_rows:
             more = experiment_keys(batch.column("user_id"), batch.column("experiment_compound_ids"),

@@ -28,15 +28,15 @@ def batch_of(rows: list[tuple[int, list[int]]]) -> pa.RecordBatch:
 
 
 @settings(max_examples=150, deadline=None)
-@given(data(), st.integers(1, 16), st.integers(1, 5), st.integers(1, 10))
+@given(data(), st.integers(1, 16), st.integers(1, 5), st.integers(1, 10), st.booleans())
 def test_features_match_the_oracle_for_any_data_and_batching(
         dataset: tuple[list[int], list[int], list[tuple[int, list[int]]]], batch: int, bucket_users: int,
-        compact_at: int) -> None:
+        compact_at: int, threaded: bool) -> None:
     # small buckets and early counting, so that examples span buckets and recount running totals
     users, compounds, experiments = dataset
     compounds_t = compounds_table(compounds).sort_by("compound_id")
     with ExperimentCounter(pa.array(users, pa.int64()), compounds_t["compound_id"].combine_chunks(),
-                           bucket_users=bucket_users, compact_at=compact_at) as counter:
+                           bucket_users=bucket_users, compact_at=compact_at, threaded=threaded) as counter:
         for part in experiments_table(experiments).to_batches(max_chunksize=batch):
             counter.add(part)
         counts = counter.result()
@@ -93,6 +93,27 @@ def test_a_failure_of_the_counting_thread_is_its_own_error_and_ends_the_thread(
         with pytest.raises(counting.CountingFailed, match="ArrowInvalid: a bug in counting"):
             counter.result()
         with pytest.raises(RuntimeError, match="has stopped"):  # not a put onto a queue nobody reads
+            counter.add(batch_of([(1, [1])]))
+
+
+def test_unthreaded_counting_starts_no_thread_and_fails_with_its_own_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    with ExperimentCounter(pa.array([1, 2], pa.int64()), pa.array([1, 2], pa.int64()), threaded=False) as counter:
+        counter.add(batch_of([(1, [1, 2]), (2, [2])]))
+        assert threads("etl-counts") == []
+        counts = counter.result()
+    out = feature_table(users_table([1, 2]), compounds_table([1, 2]), counts)  # one bucket: no pool either
+    assert threads("etl-features") == []
+    assert [r["most_common_compound_ids"] for r in as_rows(out)] == [[1, 2], [2]]
+
+    def broken(self: ExperimentCounter, item: Any) -> None:
+        raise pa.ArrowInvalid("a bug in counting")
+
+    monkeypatch.setattr(ExperimentCounter, "_partition", broken)
+    with ExperimentCounter(pa.array([1], pa.int64()), pa.array([1], pa.int64()), threaded=False) as counter:
+        with pytest.raises(counting.CountingFailed, match="ArrowInvalid: a bug in counting"):
+            counter.add(batch_of([(1, [1])]))
+        with pytest.raises(RuntimeError, match="has stopped"):
             counter.add(batch_of([(1, [1])]))
 
 

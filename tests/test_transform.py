@@ -63,7 +63,10 @@ def test_the_core_imports_pyarrow_only() -> None:
     tree = ast.parse((ROOT / "etl_core" / "transform.py").read_text())
     imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-    assert imported == {"__future__", "dataclasses", "pyarrow", "pyarrow.compute"}
+    # pyarrow._acero: the hash aggregations without pyarrow.acero's import of pyarrow.dataset (and pandas);
+    # etl_core.literals: Arrow literals from bytes, pure as well
+    assert imported == {"__future__", "dataclasses", "pyarrow", "pyarrow.compute", "pyarrow._acero", "etl_core",
+                        "etl_core.literals"}
 
 
 # --- ranks
@@ -320,3 +323,21 @@ def test_compute_features_matches_the_oracle_for_any_data_and_batching(
     batches = pa.Table.from_batches(table.to_batches(max_chunksize=batch), schema=table.schema)
     out = compute_features(users_table(users), compounds_table(compounds), batches)
     assert out.to_pylist() == oracle(users, compounds, experiments)
+
+
+# --- literals: made from bytes, equal to pyarrow's own conversions
+
+
+@pytest.mark.parametrize(("values", "type_"), [
+    ([1, -2, 2**62], pa.int64()), ([0, 5], pa.int32()), ([-3], pa.int8()), ([0.5, 1e300, -0.0], pa.float64()),
+    ([True, False, True] * 5, pa.bool_()), (["", "a", "é;\""], pa.string()),
+])
+def test_literals_equal_pyarrows_conversions(values: list[object], type_: pa.DataType) -> None:
+    from etl_core import literals
+
+    made = literals.array(values, type_)  # type: ignore[arg-type]
+    made.validate(full=True)
+    assert made.equals(pa.array(values, type_))
+    assert literals.scalar(values[0], type_).equals(pa.scalar(values[0], type_))  # type: ignore[arg-type]
+    assert literals.repeat(values[0], type_, 3).equals(pa.array([values[0]] * 3, type_))  # type: ignore[arg-type]
+    assert literals.empty(type_).equals(pa.array([], type_))

@@ -23,6 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 from pg8000.native import identifier
 
+from etl_core import literals
 from etl_core.config import DbSettings
 from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
@@ -31,6 +32,7 @@ from etl_core.store.db import Connection
 
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
 LARGEST_ID = 2**63 - 1  # run ids are bigint
+_COMMA, _OPEN, _CLOSE, _NOTHING = (literals.scalar(text, pa.string()) for text in (",", "{", "}", ""))
 
 
 @contextmanager
@@ -358,8 +360,8 @@ def _rollback(conn: Connection) -> None:
 def _features_rows(features: pa.RecordBatch, run_id: int) -> pa.Table:
     ids = features["most_common_compound_ids"]
     # bigint[] in COPY's text form: {1,2}; NULL stays NULL
-    as_text = pc.binary_join(pc.cast(ids, pa.list_(pa.string())), ",")
-    array_literal = pc.binary_join_element_wise("{", as_text, "}", "")
+    as_text = pc.binary_join(pc.cast(ids, pa.list_(pa.string())), _COMMA)
+    array_literal = pc.binary_join_element_wise(_OPEN, as_text, _CLOSE, _NOTHING)
     return pa.table({
         "user_id": features["user_id"],
         "user_name": features["user_name"],
@@ -367,7 +369,7 @@ def _features_rows(features: pa.RecordBatch, run_id: int) -> pa.Table:
         "most_common_compounds": features["most_common_compounds"],
         "most_common_compound_ids": array_literal,
         "average_experiments": features["average_experiments"],
-        "run_id": pa.repeat(pa.scalar(run_id, pa.int64()), features.num_rows),
+        "run_id": literals.repeat(run_id, pa.int64(), features.num_rows),
     })
 
 

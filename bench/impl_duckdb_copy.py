@@ -1,0 +1,49 @@
+"""DuckDB, plain: what a user would write.  The same SQL as impl_duckdb.py, written to a CSV file by
+DuckDB, then a plain COPY into a table (no primary key, nothing else), committed."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import _common
+
+
+def main() -> None:
+    opts = _common.args("duckdb_copy")
+    phases = _common.Phases()
+    import duckdb
+    import pg8000.native
+    from impl_duckdb import FEATURES_SQL
+
+    phases.mark("import")
+    data: Path = opts.data
+    db = duckdb.connect()
+    db.execute("CREATE TABLE users AS SELECT user_id, name FROM read_csv(?, header = true, "
+               "columns = {'user_id': 'BIGINT', 'name': 'VARCHAR', 'email': 'VARCHAR', 'signup_date': 'DATE'})",
+               [str(data / "users.csv")])
+    db.execute("CREATE TABLE compounds AS SELECT compound_id, compound_name FROM read_csv(?, header = true, "
+               "columns = {'compound_id': 'BIGINT', 'compound_name': 'VARCHAR', 'compound_structure': 'VARCHAR'})",
+               [str(data / "compounds.csv")])
+    with tempfile.TemporaryDirectory(prefix="bench-duckdb-copy-") as tmp:
+        out = Path(tmp) / "features.csv"
+        query = FEATURES_SQL.replace(":experiments", "$experiments").replace(":run_id", "$run_id")
+        db.execute(f"COPY ({query}) TO '{out}' (FORMAT csv, HEADER false)",
+                   {"experiments": str(data / "user_experiments.csv"), "run_id": _common.RUN_ID})
+        db.close()
+        phases.mark("compute_and_write_csv")
+        conn = pg8000.native.Connection(**_common.pg_params(opts.database_url), application_name="bench-duckdb-copy")
+        conn.run("BEGIN")
+        for statement in _common.create_table_sql(opts.schema):
+            conn.run(statement)
+        with open(out, "rb") as f:
+            conn.run(_common.copy_sql(opts.schema), stream=f)
+        rows = conn.row_count  # the COPY's
+        conn.run("COMMIT")
+        conn.close()
+        phases.mark("copy_commit")
+    phases.report("duckdb_copy", rows=rows)
+
+
+if __name__ == "__main__":
+    main()
