@@ -91,7 +91,7 @@ def _reported(exc: EtlError) -> EtlError:
 
 # what a caller (or the data) did wrong, not the service: a warning, not an error
 _CALLERS_CODES = {"bad_request", "unsupported_event", "run_not_found", "run_in_progress", "contract_violation",
-                  "load_refused", "foreign_key_conflict"}
+                  "load_refused", "foreign_key_conflict", "source_missing", "source_changed", "bad_manifest"}
 
 
 def _unexpected(exc: BaseException) -> InternalError:
