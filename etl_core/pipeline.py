@@ -34,6 +34,7 @@ from etl_core.source import LocalSource, Pinned, Source, SourceMissing, s3_sourc
 from etl_core.store import Run as StoreRun
 from etl_core.store import Store
 
+MANIFEST = manifest.MANIFEST  # the object whose S3 notification starts a run
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
 REPORTED_CHARS = 200  # characters of a reported row's raw text and value; the rest is counted, not sent
 SHOWN_CHARS = 200  # characters of a caller's value repeated in an error
@@ -59,6 +60,20 @@ class Trigger:
             raise BadRequest(f"unknown parameter(s) {', '.join(sorted(map(_shown, unknown)))}; "
                              "the accepted ones are policy, data and force")
         return cls(policy=_policy(policy), data=_data(data), force=_force(force))
+
+    @classmethod
+    def of_object(cls, settings: Settings, bucket: str, key: str) -> Trigger:
+        """The trigger of an S3 notification for ``key`` (decoded) in ``bucket``: the set whose manifest
+        it is, as a ``data`` prefix below DATA_URL.  BadRequest for another bucket, or a key outside it."""
+        url = settings.data_url
+        shown = shorten(f"s3://{bucket}/{key}", SHOWN_CHARS)
+        if url is None:
+            raise BadRequest("an S3 notification, but DATA_URL is not an s3:// URL", object=shown)
+        root_bucket, _, root = url.removeprefix("s3://").partition("/")
+        directory = key.rpartition("/")[0]
+        if bucket != root_bucket or not (directory + "/").startswith(root):
+            raise BadRequest("the object is not below DATA_URL", object=shown)
+        return cls(data=directory[len(root):] or None)
 
 
 def _policy(value: object) -> str | None:

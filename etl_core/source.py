@@ -135,9 +135,9 @@ class S3Source(FileSystemSource):
             stream = self.fs.open_input_stream(self._path(name))  # a HEAD request; no byte is read
             try:
                 meta = stream.metadata()
-                size = stream.size()
             finally:
                 stream.close()
+        size = int(_text(meta.get("Content-Length")) or 0)
         etag = _text(meta.get("ETag"))
         found = {"key": f"s3://{self._path(name)}", "size": int(size), "etag": etag,
                  "identity": f"{size}:{etag}"}
