@@ -147,7 +147,8 @@ class Sam:
 
     def env_vars(self, name: str, schema: str, database_url: str) -> str:
         path = self.home / f"{name}.env.json"
-        path.write_text(json.dumps({FUNCTION: {"DATABASE_URL": database_url, "DB_SCHEMA": schema}}), encoding="utf-8")
+        variables = {"DATABASE_URL": database_url, "DB_SCHEMA": schema, "DATA_URL": "/var/task/data"}  # not S3
+        path.write_text(json.dumps({FUNCTION: variables}), encoding="utf-8")
         return str(path)
 
 
