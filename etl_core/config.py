@@ -62,11 +62,23 @@ class Settings:
     max_rejected_share: float | None = None
     metrics: MetricsSettings = MetricsSettings()
     health_max_age: float | None = None  # seconds; None: /health does not judge the features' age
+    data_url: str | None = None  # s3://bucket/prefix/ when the data is in S3; None: data_dir
+    s3_endpoint: str | None = None  # http(s)://host:port of an S3 endpoint other than AWS's
+    s3_region: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
-        data_dir = Path(env.get("DATA_DIR") or REPO_DATA_DIR).resolve()
+        data_url = env.get("DATA_URL") or None
+        if data_url is not None and data_url.startswith("s3://"):
+            data_url = _s3_url(data_url)
+            data_dir = REPO_DATA_DIR
+        else:
+            data_dir = Path(data_url or env.get("DATA_DIR") or REPO_DATA_DIR).resolve()
+            data_url = None
         data_root = Path(env.get("DATA_ROOT") or data_dir).resolve()
+        endpoint = env.get("DATA_S3_ENDPOINT") or None
+        if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"DATA_S3_ENDPOINT must be an http:// or https:// URL, not {endpoint!r}")
         policy = env.get("ETL_POLICY", "strict")
         if policy not in POLICIES:
             raise ConfigError(f"ETL_POLICY must be one of {', '.join(POLICIES)}, not {policy!r}")
@@ -82,7 +94,19 @@ class Settings:
             max_rejected_share=_share(env, "ETL_GUARD_MAX_REJECTED_SHARE", None),
             metrics=metrics_settings(env),
             health_max_age=_seconds(env, "ETL_HEALTH_MAX_AGE_SECONDS"),
+            data_url=data_url,
+            s3_endpoint=endpoint,
+            s3_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
         )
+
+
+def _s3_url(url: str) -> str:
+    """``s3://bucket/prefix/`` with one trailing slash (the prefix may be empty)."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    if not bucket or "/" in bucket or ".." in prefix.split("/"):
+        raise ConfigError(f"DATA_URL must be s3://bucket/prefix/ or a local directory, not {url!r}")
+    prefix = prefix.strip("/")
+    return f"s3://{bucket}/{prefix + '/' if prefix else ''}"
 
 
 def metrics_settings(env: Mapping[str, str]) -> MetricsSettings:

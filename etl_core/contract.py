@@ -13,6 +13,9 @@ from typing import Literal
 Kind = Literal["id", "text", "date", "number", "id_list"]  # what each kind allows: etl_core/rules.py
 
 LIST_SEPARATOR = ";"
+# The contract's version, part of every run's input fingerprint: bump it with any change to a rule or to
+# how features are computed, and the next trigger reloads data that is otherwise unchanged.
+VERSION = 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -77,6 +77,30 @@ class DatabaseUnavailable(TransientLoadError):
     """Raise when no connection to PostgreSQL could be made within the configured attempts."""
 
 
+class SourceError(EtlError, code="source_unreadable"):
+    """Raise when an input object cannot be read (I/O errors, an object that is not what it should be)."""
+
+
+class SourceMissing(SourceError, code="source_missing"):
+    """Raise when an input object is not there (or is not a file)."""
+
+
+class SourceChanged(SourceError, code="source_changed"):
+    """Raise when an input object changed while a run was reading it: nothing is loaded; run again."""
+
+
+class SourceUnavailable(SourceError, code="source_unavailable"):
+    """Raise when the object store does not answer (endpoint down, timeouts, throttling): retry later."""
+
+
+class SourceForbidden(SourceUnavailable, code="source_forbidden"):
+    """Raise when the object store refuses the job's credentials: an operator must fix the role or keys."""
+
+
+class ManifestError(InputError, code="bad_manifest"):
+    """Raise when an S3 prefix's manifest is missing, unreadable, or does not name exactly the three files."""
+
+
 class RunInProgress(EtlError, code="run_in_progress"):
     """Raise when another run holds the job's lock."""
 

@@ -91,7 +91,7 @@ def read_file(
 ) -> FileResult:
     """Read one file of ``source`` into ``sink``; return its counts and violations (never raises for
     bad rows).  Every read of the file sees the version the first one saw, or SourceChanged is raised."""
-    source = Pinned(source)
+    source = source if isinstance(source, Pinned) else Pinned(source)  # a run's pins hold across its files
     names, extra = read_header(source, contract)
     result = FileResult(contract, extra_columns=extra)
     with translated(contract.filename):

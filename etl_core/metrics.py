@@ -25,7 +25,7 @@ from etl_core import logs
 from etl_core.config import MetricsSettings
 
 # every status a finished run can have; each is a metric of its own: Runs<Status>
-STATUSES = ("succeeded", "partial", "failed")
+STATUSES = ("succeeded", "partial", "failed", "unchanged")
 COUNT, SECONDS = "Count", "Seconds"
 ROWS = ("rows_read", "rows_accepted", "rows_rejected")
 Emit = Callable[[str], None]

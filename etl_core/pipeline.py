@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import time
@@ -13,9 +14,10 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from etl_core import counting, extract, guard, logs, metrics
+from etl_core import counting, extract, guard, logs, manifest, metrics
 from etl_core.config import POLICIES, Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
+from etl_core.contract import VERSION as CONTRACT_VERSION
 from etl_core.errors import (
     BadRequest,
     ContractViolation,
@@ -28,11 +30,12 @@ from etl_core.errors import (
 )
 from etl_core.guard import Volume
 from etl_core.logs import log_event
-from etl_core.source import LocalSource, Source
+from etl_core.source import LocalSource, Pinned, Source, SourceMissing, s3_source
 from etl_core.store import Run as StoreRun
 from etl_core.store import Store
 from etl_core.violations import rows as violation_rows
 
+MANIFEST = manifest.MANIFEST  # the object whose S3 notification starts a run
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
 REPORTED_CHARS = 200  # characters of a reported row's raw text and value; the rest is counted, not sent
 SHOWN_CHARS = 200  # characters of a caller's value repeated in an error
@@ -58,6 +61,20 @@ class Trigger:
             raise BadRequest(f"unknown parameter(s) {', '.join(sorted(map(_shown, unknown)))}; "
                              "the accepted ones are policy, data and force")
         return cls(policy=_policy(policy), data=_data(data), force=_force(force))
+
+    @classmethod
+    def of_object(cls, settings: Settings, bucket: str, key: str) -> Trigger:
+        """The trigger of an S3 notification for ``key`` (decoded) in ``bucket``: the set whose manifest
+        it is, as a ``data`` prefix below DATA_URL.  BadRequest for another bucket, or a key outside it."""
+        url = settings.data_url
+        shown = shorten(f"s3://{bucket}/{key}", SHOWN_CHARS)
+        if url is None:
+            raise BadRequest("an S3 notification, but DATA_URL is not an s3:// URL", object=shown)
+        root_bucket, _, root = url.removeprefix("s3://").partition("/")
+        directory = key.rpartition("/")[0]
+        if bucket != root_bucket or not (directory + "/").startswith(root):
+            raise BadRequest("the object is not below DATA_URL", object=shown)
+        return cls(data=directory[len(root):] or None)
 
 
 def _policy(value: object) -> str | None:
@@ -114,6 +131,42 @@ def resolve_data_dir(settings: Settings, data: str | None) -> Path:
     if not is_dir:
         raise BadRequest("data is not a directory below the data root", data=shown)
     return resolved
+
+
+@dataclasses.dataclass(frozen=True)
+class Location:
+    """Where one run reads: the source, how the ledger shows it, and (S3) the manifest's directory key."""
+
+    source: Source
+    where: str
+    manifest_prefix: str | None = None  # None: a local directory, which needs no manifest
+
+
+def resolve_location(settings: Settings, data: str | None) -> Location:
+    """The source to read: DATA_URL's (or DATA_DIR's), or ``data`` below it; nothing outside it, and
+    no other bucket.  Errors name ``data`` as given, never the root."""
+    if settings.data_url is None:
+        directory = resolve_data_dir(settings, data)
+        return Location(LocalSource(directory), str(directory))
+    url = settings.data_url
+    if data:
+        shown = shorten(data, SHOWN_CHARS)
+        parts = data.strip("/").split("/")
+        if data.startswith("/") or "://" in data or ".." in parts or "\0" in data:
+            raise BadRequest("data must be a relative key prefix below DATA_URL, without '..' or another bucket",
+                             data=shown)
+        url = f"{url}{'/'.join(p for p in parts if p)}/"
+    source = s3_source(url, endpoint=settings.s3_endpoint, region=settings.s3_region)
+    return Location(source, url, manifest_prefix=url.removeprefix("s3://").partition("/")[2].rstrip("/"))
+
+
+def fingerprint(policy: str, inputs: dict[str, dict[str, Any] | None]) -> str:
+    """What decides whether a trigger loads: each input's key and identity (size and mtime_ns, or size
+    and ETag), the policy and the contract's version; never the data itself (nothing is read for it)."""
+    made_of = {"contract": CONTRACT_VERSION, "policy": policy,
+               "inputs": {name: None if found is None else [found["key"], found["identity"]]
+                          for name, found in sorted(inputs.items())}}
+    return hashlib.sha256(json.dumps(made_of, sort_keys=True).encode()).hexdigest()
 
 
 def _path_problem(exc: Exception) -> str:
@@ -198,13 +251,13 @@ def run(settings: Settings, trigger: Trigger, *, store: Store | None = None) -> 
     policy = trigger.policy or settings.policy
     if policy not in POLICIES:
         raise BadRequest(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
-    data_dir = resolve_data_dir(settings, trigger.data)
+    location = resolve_location(settings, trigger.data)
     own = store is None
     store = store or _postgres(settings)
     try:
-        with store.run(policy=policy, source=str(data_dir)) as ledger, logs.bound(run_id=ledger.run_id):
+        with store.run(policy=policy, source=location.where) as ledger, logs.bound(run_id=ledger.run_id):
             try:
-                return _run(settings, ledger, policy, data_dir, force=trigger.force)
+                return _run(settings, ledger, policy, location, force=trigger.force)
             except EtlError as exc:
                 _failed(exc)
                 ledger.fail(exc.to_dict())
@@ -231,14 +284,24 @@ def _postgres(settings: Settings) -> Store:
     return PostgresStore(settings.db, settings.schema)
 
 
-def _run(settings: Settings, ledger: StoreRun, policy: str, data_dir: Path, *, force: bool) -> dict[str, Any]:
+def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, *, force: bool) -> dict[str, Any]:
     run_id = ledger.run_id
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    log_event("run_started", run_id=run_id, policy=policy, data_dir=str(data_dir))
+    log_event("run_started", run_id=run_id, policy=policy, data_dir=location.where)
 
     with _phase(seconds, "extract"):
-        source = LocalSource(data_dir)
+        # the input's identity is decided before a byte of it is read, and every read must see it
+        source = Pinned(location.source)
+        expected = _manifest(location)
+        inputs = _describe(source)
+        found = fingerprint(policy, inputs)
+        ledger.record_inputs(found, inputs)
+        if expected is not None:
+            manifest.check_etags(expected, {name: item for name, item in inputs.items() if item is not None})
+        last = ledger.last_loaded
+        if not force and last is not None and last.fingerprint == found:
+            return _unchanged(ledger, policy, last.run_id, found, inputs, started)
         _check_headers(source)
         users_sink = extract.Collector(extract.output_schema(USERS))
         compounds_sink = extract.Collector(extract.output_schema(COMPOUNDS))
@@ -299,11 +362,51 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, data_dir: Path, *, f
     summary = {
         "run_id": run_id, "status": status, "policy": policy, "files": files,
         "users_written": written, "violations": _report(violations, settings.max_reported),
-        "seconds": seconds,
+        "seconds": seconds, "same_as": None, "fingerprint": found, "inputs": inputs,
     }
     log_event("run_finished", run_id=run_id, status=status, users_written=written, seconds=seconds, files=files,
               rejects=violations.num_rows)
     return summary
+
+
+def _unchanged(ledger: StoreRun, policy: str, same_as: int, found: str, inputs: dict[str, Any],
+               started: float) -> dict[str, Any]:
+    """The input is the one run ``same_as`` loaded: record that, and load nothing."""
+    seconds = {"total": round(time.perf_counter() - started, 3)}
+    ledger.unchanged(same_as=same_as, seconds=seconds)
+    log_event("run_unchanged", run_id=ledger.run_id, same_as=same_as, fingerprint=found)
+    return {"run_id": ledger.run_id, "status": "unchanged", "policy": policy, "files": {}, "users_written": 0,
+            "violations": {"total": 0, "first": []}, "seconds": seconds, "same_as": same_as,
+            "fingerprint": found, "inputs": inputs}
+
+
+def _manifest(location: Location) -> dict[str, str | None] | None:
+    """The manifest's ETags of an S3 set (None for a local directory, which has no manifest); a missing
+    manifest is the contract's missing_file for it."""
+    if location.manifest_prefix is None:
+        return None
+    names = [c.filename for c in FILES]
+    try:
+        return manifest.read(location.source, names, location.manifest_prefix)
+    except SourceMissing:
+        raise ContractViolation(
+            f"there is no {manifest.MANIFEST} at {location.where}: a set is complete only once its manifest "
+            "is written; nothing was loaded",
+            violations=_report(
+                violation_rows(manifest.MANIFEST, Rule.MISSING_FILE, [None], values=[manifest.MANIFEST]), 1),
+        ) from None
+
+
+def _describe(source: Pinned) -> dict[str, dict[str, Any] | None]:
+    """Each input file's key, size and identity (None: not there, which the header check reports), pinned
+    for the rest of the run."""
+    described: dict[str, dict[str, Any] | None] = {}
+    for name in (c.filename for c in FILES):
+        try:
+            described[name] = source.describe(name)
+        except SourceMissing:
+            described[name] = None
+    return described
 
 
 def _after_commit(step: Callable[..., Any], *args: Any, run_id: int, what: str) -> None:

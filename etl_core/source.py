@@ -15,30 +15,24 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from etl_core.errors import EtlError
+from etl_core.errors import (
+    SourceChanged,
+    SourceError,
+    SourceForbidden,
+    SourceMissing,
+    SourceUnavailable,
+    redact,
+)
 
-
-class SourceError(EtlError):
-    """Raise when an input file cannot be read (permissions, I/O errors, a store that does not answer)."""
-
-    code = "source_unreadable"
-
-
-class SourceMissing(SourceError):
-    """Raise when an input file is not there (or is not a file)."""
-
-    code = "source_missing"
-
-
-class SourceChanged(SourceError):
-    """Raise when an input file changed between two reads of one run."""
-
-    code = "source_changed"
+__all__ = [
+    "FileSystemSource", "LocalSource", "Pinned", "S3Source", "Source", "SourceChanged", "SourceError",
+    "SourceForbidden", "SourceMissing", "SourceUnavailable", "translated",
+]
 
 
 class Source(Protocol):
@@ -54,7 +48,12 @@ class Source(Protocol):
         ...
 
     def identity(self, name: str) -> str:
-        """A token that changes whenever ``name`` changes (size and modification time)."""
+        """A token that changes whenever ``name`` changes (size and modification time, or ETag)."""
+        ...
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """What the runs ledger records of ``name``: ``key``, ``size``, what the identity is made of
+        (``mtime_ns``; ``etag`` and ``version_id``) and the ``identity`` itself."""
         ...
 
 
@@ -77,6 +76,16 @@ class FileSystemSource:
         info = self._info(name)
         return f"{info.size}:{info.mtime_ns}"
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """What the runs ledger records of ``name``: its key, size and what its identity is made of."""
+        info = self._info(name)
+        return {"key": name, "size": int(info.size), "mtime_ns": info.mtime_ns,
+                "identity": f"{info.size}:{info.mtime_ns}"}
+
+    def location(self, name: str = "") -> str:
+        """Where ``name`` (or the source itself) is, as the runs ledger shows it."""
+        return self._path(name) if name else self.base
+
     def _path(self, name: str) -> str:
         return f"{self.base}/{name}"
 
@@ -96,6 +105,65 @@ class LocalSource(FileSystemSource):
 
     def __init__(self, directory: Path | str) -> None:
         super().__init__(pafs.LocalFileSystem(), str(Path(directory).resolve()))
+
+
+S3_READ_SIZE = 8 << 20  # bytes per ranged GET: the CSV reader's 1 MiB blocks are served from this buffer
+
+
+class S3Source(FileSystemSource):
+    """The objects below ``bucket/prefix`` of an S3 bucket, read as buffered streams: every ranged GET
+    fetches ``read_size`` bytes, whatever block size the CSV reader asks for.  An object's identity is
+    its size and ETag (S3's ``mtime`` is only the upload's second), read from the HEAD request that
+    opening a stream makes; nothing is downloaded to find it."""
+
+    def __init__(self, fs: pafs.FileSystem, base: str, *, read_size: int = S3_READ_SIZE) -> None:
+        super().__init__(fs, base)
+        self.read_size = read_size
+
+    def open(self, name: str) -> pa.NativeFile:
+        with translated(name):
+            return self.fs.open_input_stream(self._path(name), buffer_size=self.read_size)
+
+    def size(self, name: str) -> int:
+        return int(self.describe(name)["size"])
+
+    def identity(self, name: str) -> str:
+        return str(self.describe(name)["identity"])
+
+    def describe(self, name: str) -> dict[str, Any]:
+        with translated(name):
+            stream = self.fs.open_input_stream(self._path(name))  # a HEAD request; no byte is read
+            try:
+                meta = stream.metadata()
+            finally:
+                stream.close()
+        size = int(_text(meta.get("Content-Length")) or 0)
+        etag = _text(meta.get("ETag"))
+        found = {"key": f"s3://{self._path(name)}", "size": int(size), "etag": etag,
+                 "identity": f"{size}:{etag}"}
+        if meta.get("VersionId"):
+            found["version_id"] = _text(meta["VersionId"])
+        return found
+
+    def location(self, name: str = "") -> str:
+        return f"s3://{self._path(name) if name else self.base + '/'}"
+
+
+def s3_source(url: str, *, endpoint: str | None = None, region: str | None = None) -> S3Source:
+    """The source of an ``s3://bucket/prefix/`` URL.  ``endpoint`` (``http://host:port``) overrides
+    AWS's endpoint, e.g. for a local S3 server (pyarrow does not read AWS_ENDPOINT_URL_S3); credentials
+    come from the usual AWS variables or the function's role, through the AWS SDK in pyarrow."""
+    bucket, _, prefix = url.removeprefix("s3://").partition("/")
+    options: dict[str, Any] = {"region": region} if region else {}
+    if endpoint:
+        scheme, _, host = endpoint.rpartition("://")
+        options.update(endpoint_override=host.rstrip("/"), scheme=scheme or "https")
+    fs = pafs.S3FileSystem(connect_timeout=5, request_timeout=30, **options)
+    return S3Source(fs, f"{bucket}/{prefix.strip('/')}".rstrip("/"))
+
+
+def _text(value: bytes | str | None) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class Pinned:
@@ -118,6 +186,12 @@ class Pinned:
             self._seen[name] = self.source.identity(name)
         return self._seen[name]
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """``name`` described, and its identity pinned: the version every later read must see."""
+        found = self.source.describe(name)
+        self._seen.setdefault(name, found["identity"])
+        return found
+
     def check(self, name: str) -> None:
         """Raise ``SourceChanged`` if ``name`` is no longer the version seen first."""
         now = self.source.identity(name)
@@ -133,6 +207,22 @@ def translated(name: str) -> Iterator[None]:
         yield
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
         raise SourceMissing(f"{name} is not there", file=name) from exc
-    except OSError as exc:  # pyarrow's I/O errors are OSErrors too
-        raise SourceError(f"cannot read {name}: {exc}", file=name) from exc
+    except OSError as exc:  # pyarrow's I/O errors are OSErrors too (AWS's among them)
+        text = str(exc)
+        if any(mark in text for mark in _FORBIDDEN):
+            raise SourceForbidden(f"the object store refused access to {name}: check the function's "
+                                  f"credentials and the bucket's policy ({redact(text)})", file=name) from exc
+        if any(mark in text for mark in _UNAVAILABLE):
+            raise SourceUnavailable(f"the object store did not answer for {name}; try again later "
+                                    f"({redact(text)})", file=name) from exc
+        if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
+            raise SourceMissing(f"{name} is not there (no such bucket)", file=name) from exc
+        raise SourceError(f"cannot read {name}: {redact(text)}", file=name) from exc
+
+
+# how the AWS SDK in pyarrow words a refusal and a store that does not answer
+_FORBIDDEN = ("ACCESS_DENIED", "HTTP status 403", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+              "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "EXPIRED_TOKEN")
+_UNAVAILABLE = ("NETWORK_CONNECTION", "curlCode", "SERVICE_UNAVAILABLE", "SLOW_DOWN", "REQUEST_TIMEOUT",
+                "HTTP status 500", "HTTP status 502", "HTTP status 503", "HTTP status 504", "THROTTLING")
 

@@ -26,10 +26,15 @@ from etl_core.errors import (
     InternalError,
     LoadError,
     LoadRefused,
+    ManifestError,
     MethodNotAllowed,
     RouteNotFound,
     RunInProgress,
     RunNotFound,
+    SourceChanged,
+    SourceError,
+    SourceForbidden,
+    SourceUnavailable,
     TransientLoadError,
     shorten,
 )
@@ -56,8 +61,10 @@ STATUS: tuple[tuple[type[EtlError], int], ...] = (
     (MethodNotAllowed, 405),
     (RunInProgress, 409),
     (ForeignKeyConflict, 409),
+    (SourceChanged, 409),
     (InputError, 422),
     (TransientLoadError, 503),
+    (SourceUnavailable, 503),
     (FeaturesStale, 503),
     (ConfigError, 500),
     (EtlError, 500),  # InternalError (internal_error), LoadError (load_failed)
@@ -86,7 +93,8 @@ def answer(exc: EtlError, headers: Mapping[str, str] | None = None) -> JSONRespo
 # requests that reach no route): the OpenAPI document lists them by status, from STATUS.
 SERVER_ERRORS = (TransientLoadError, LoadError, ConfigError, InternalError)
 ROUTE_ERRORS: dict[str, tuple[type[EtlError], ...]] = {
-    "/trigger-etl": (BadRequest, RunInProgress, ForeignKeyConflict, ContractViolation, LoadRefused, *SERVER_ERRORS),
+    "/trigger-etl": (BadRequest, RunInProgress, ForeignKeyConflict, SourceChanged, ContractViolation, ManifestError,
+                     LoadRefused, SourceUnavailable, SourceForbidden, SourceError, *SERVER_ERRORS),
     "/runs": (BadRequest, *SERVER_ERRORS),
     "/runs/{run_id}": (BadRequest, RunNotFound, *SERVER_ERRORS),
     "/runs/{run_id}/rejects": (BadRequest, RunNotFound, *SERVER_ERRORS),

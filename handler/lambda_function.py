@@ -91,7 +91,7 @@ def _reported(exc: EtlError) -> EtlError:
 
 # what a caller (or the data) did wrong, not the service: a warning, not an error
 _CALLERS_CODES = {"bad_request", "unsupported_event", "run_not_found", "run_in_progress", "contract_violation",
-                  "load_refused", "foreign_key_conflict"}
+                  "load_refused", "foreign_key_conflict", "source_missing", "source_changed", "bad_manifest"}
 
 
 def _unexpected(exc: BaseException) -> InternalError:
@@ -120,6 +120,8 @@ def _direct(event: Any) -> dict[str, Any]:
 
     if isinstance(event, dict) and event.get("source") == "aws.events":
         return get_service().trigger(Trigger())
+    if event_kind(event) == "s3":
+        return _s3(event["Records"])
     action = event.get("action") if isinstance(event, dict) else None
     if action == "trigger-etl":
         fields = {key: value for key, value in event.items() if key != "action"}
@@ -149,10 +151,41 @@ def _direct(event: Any) -> dict[str, Any]:
     shown = sorted(event)[:10] if isinstance(event, dict) else type(event).__name__
     raise UnsupportedEvent(
         "cannot route this event: expected an HTTP event (API Gateway, function URL, ALB), an "
-        f"EventBridge schedule, or a direct invocation with \"action\" one of {', '.join(ACTIONS)}",
+        "EventBridge schedule, an S3 notification (of a set's _manifest.json), or a direct invocation with "
+        f"\"action\" one of {', '.join(ACTIONS)}",
         received=shown,
         example={"action": "trigger-etl", "policy": "strict"},
     )
+
+
+def _s3(records: list[Any]) -> dict[str, Any]:
+    """An S3 notification: each distinct set whose manifest was written is run once, in order; objects
+    that are not a manifest start nothing (their set is not complete until its manifest is written).
+    Keys arrive URL-encoded ('+' for a space, %xx).  A run that meets another one in progress raises
+    RunInProgress, a function error: Lambda retries the asynchronous event, and the retry finds the set
+    unchanged or loads the newer one."""
+    from urllib.parse import unquote_plus
+
+    from etl_core.pipeline import MANIFEST, Trigger
+
+    objects = []
+    for record in records:
+        try:
+            objects.append((record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"])))
+        except (KeyError, TypeError):
+            raise UnsupportedEvent("an S3 notification record without s3.bucket.name and s3.object.key",
+                                   example={"Records": [{"eventSource": "aws:s3", "s3": {
+                                       "bucket": {"name": "lab-exports"},
+                                       "object": {"key": "exports/" + MANIFEST}}}]}) from None
+    manifests = list(dict.fromkeys(o for o in objects if o[1].rpartition("/")[2] == MANIFEST))
+    if not manifests:
+        logs.log_event("s3_event_ignored", objects=[f"s3://{b}/{k}" for b, k in objects][:10])
+        return {"status": "ignored", "reason": f"no {MANIFEST} among the objects: a set starts a run only "
+                "once its manifest is written", "objects": [f"s3://{b}/{k}" for b, k in objects][:10]}
+    settings = get_settings()
+    triggers = [Trigger.of_object(settings, bucket, key) for bucket, key in manifests]
+    summaries = [get_service().trigger(trigger) for trigger in dict.fromkeys(triggers)]
+    return summaries[0] if len(summaries) == 1 else {"runs": summaries}
 
 
 def _fields(event: dict[str, Any]) -> dict[str, Any]:

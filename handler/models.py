@@ -10,7 +10,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from etl_core.errors import BadRequest
 
-RunStatus = Literal["running", "succeeded", "partial", "failed"]  # etl_core.store.RUN_STATUSES
+RunStatus = Literal["running", "succeeded", "partial", "failed", "unchanged"]  # etl_core.store.RUN_STATUSES
 MAX_PAGE = 1000  # items in one page of runs or rejects
 DateTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 
@@ -50,16 +50,36 @@ class Violations(Strict):
     first: list[Violation] = Field(description="the first ETL_MAX_REPORTED_VIOLATIONS violations")
 
 
+class InputObject(Strict):
+    """One input file as the run found it before reading it: what its fingerprint is made of."""
+
+    key: str = Field(description="the file's name, or the object's s3:// URL")
+    size: int
+    identity: str = Field(description="size and mtime_ns (a local file) or size and ETag (S3)")
+    mtime_ns: int | None = None
+    etag: str | None = None
+    version_id: str | None = Field(None, description="the object's version, where the bucket is versioned")
+
+
+FINGERPRINT = "what decides whether a trigger loads: the inputs' identities, the policy, the contract's version"
+INPUTS = "each input file as found before the run read it (null: not there)"
+
+
 class RunSummary(Strict):
-    """What a trigger answers when the run published its features."""
+    """What a trigger answers when the run published its features, or found the input unchanged."""
 
     run_id: int
-    status: Literal["succeeded", "partial"] = Field(description="partial: some rows were rejected (quarantine)")
+    status: Literal["succeeded", "partial", "unchanged"] = Field(
+        description="partial: some rows were rejected (quarantine); unchanged: the input is the one run "
+                    "same_as loaded, nothing was loaded (force=true loads anyway)")
     policy: Literal["strict", "quarantine"]
-    files: dict[str, FileCounts]
+    files: dict[str, FileCounts] = Field(description="per file; empty when unchanged")
     users_written: int
     violations: Violations
     seconds: dict[str, float] = Field(description="time per phase: extract, transform, load, total")
+    same_as: int | None = Field(None, description="unchanged: the run that loaded this input")
+    fingerprint: str | None = Field(None, description=FINGERPRINT)
+    inputs: dict[str, InputObject | None] | None = Field(None, description=INPUTS)
 
 
 class ErrorDetail(BaseModel):
@@ -85,6 +105,9 @@ class RunRecord(Strict):
     seconds: dict[str, float] | None
     error: ErrorDetail | None
     rejects: int = Field(description="rejected rows stored in etl_rejects: GET /runs/{run_id}/rejects")
+    fingerprint: str | None = Field(None, description=FINGERPRINT)
+    inputs: dict[str, InputObject | None] | None = Field(None, description=INPUTS)
+    same_as: int | None = Field(None, description="unchanged: the run that loaded this input")
 
 
 class RunsPage(Strict):

@@ -467,10 +467,11 @@ def pages(path: str, cursor: str, first: dict[str, str]) -> list[dict[str, Any]]
 
 def test_runs_page_newest_first_without_gaps_or_repeats(env: dict[str, str], tmp_path: Path) -> None:
     with installed(quarantined(env, tmp_path, 1)):
-        ids = [call(event("trigger-etl-quarantine.json"))[1]["run_id"] for _ in range(3)]
+        forced = {"policy": "quarantine", "force": "true"}  # the same input: without force, 'unchanged'
+        ids = [call(event("trigger-etl-quarantine.json", query=forced))[1]["run_id"] for _ in range(3)]
         call(event("trigger-etl.json"))  # strict: failed
         ids.append(ids[-1] + 1)
-        ids += [call(event("trigger-etl-quarantine.json"))[1]["run_id"] for _ in range(3)]
+        ids += [call(event("trigger-etl-quarantine.json", query=forced))[1]["run_id"] for _ in range(3)]
         found = pages("/runs", "before", {"limit": "2"})
         assert [len(p["runs"]) for p in found] == [2, 2, 2, 1]
         assert [r["run_id"] for p in found for r in p["runs"]] == ids[::-1]

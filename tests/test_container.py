@@ -71,7 +71,10 @@ def test_build_sh_builds_and_serves_the_image(engine: Engine, base_image: str, f
         assert features_rows(db, schema) == EXPECTED
 
         second = json.loads(invoke(url, "events/trigger-etl.json").split("\n", 1)[1])
-        assert second["run_id"] == summary["run_id"] + 1
+        assert second["run_id"] == summary["run_id"] + 1  # recorded, and
+        assert (second["status"], second["same_as"]) == ("unchanged", summary["run_id"])  # the same files: no load
+        forced = invoke_event(url, {"action": "trigger-etl", "force": True})
+        assert (forced["run_id"], forced["status"]) == (summary["run_id"] + 2, "succeeded")
         assert features_rows(db, schema) == EXPECTED  # replaced, not appended: still one row per user
 
         bad = post(url, "events/bad-event.json")
@@ -182,8 +185,11 @@ def test_operating_the_function_in_the_container(engine: Engine, function_image:
         status, partial = http(url, "/trigger-etl", {"policy": "quarantine", "data": "bad"})
         assert (status, partial["status"], partial["files"]["users.csv"]["rows_rejected"]) == (200, "partial", 7)
         runs = [partial["run_id"]]
-        for _ in range(2):
+        statuses = []
+        for _ in range(2):  # the image's data: loaded, then the same files again: unchanged
             runs.append(http(url, "/trigger-etl")[1]["run_id"])
+            statuses.append(invoke_event(url, {"action": "get-run", "run_id": runs[-1]})["status"])
+        assert statuses == ["succeeded", "unchanged"]
         failed = invoke_event(url, {"action": "trigger-etl", "data": "bad"})  # strict: a function error
         assert failed["errorType"] == "ContractViolation"
         runs.append(json.loads(failed["errorMessage"])["run_id"])

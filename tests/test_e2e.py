@@ -52,13 +52,13 @@ def test_build_local_invoke_and_query(running: dict[str, str], db: Any, schema: 
 
     log = (ROOT / ".run" / "function.log").read_text()
     invocations = by_invocation(log)
-    assert len(invocations) == 3  # two triggers, one event of an S3 notification's shape
+    assert len(invocations) == 3  # two triggers, one event of an SQS message's shape (unsupported)
     for request_id, lines in invocations.items():  # the runtime's JSON lines, as in AWS (LoggingConfig)
         found = [json.loads(line) for line in lines]
         assert found and all(line["requestId"] == request_id and (line.get("level") or "_aws" in line)
                              for line in found), lines
     ours = [json.loads(line) for lines in invocations.values() for line in lines if '"logger": "etl"' in line]
-    assert {line["kind"] for line in ours} == {"http", "s3"} and all(line.get("run_id") for line in ours
+    assert {line["kind"] for line in ours} == {"http", "direct"} and all(line.get("run_id") for line in ours
                                                                          if line["message"] == "run_finished")
     init = re.search(r"INIT REPORT\(durationMs: ([0-9.]+)\)", log)
     durations = re.findall(r"REPORT RequestId: \S+\s+(?:Init Duration: [0-9.]+ ms\s+)?Duration: ([0-9.]+) ms", log)

@@ -21,18 +21,22 @@ from tests.helpers import features_dump, features_rows
 
 
 def test_running_twice_gives_the_same_rows_never_duplicates(settings: Settings, db: Any, schema: str) -> None:
+    """The same input again is 'unchanged' and loads nothing; forced, it loads the same rows again."""
     first = pipeline.run(settings, pipeline.Trigger())
     rows_after_first = features_rows(db, schema)
-    second = pipeline.run(settings, pipeline.Trigger())
+    again = pipeline.run(settings, pipeline.Trigger())
+    assert (again["status"], again["same_as"], again["users_written"]) == ("unchanged", first["run_id"], 0)
+    second = pipeline.run(settings, pipeline.Trigger(force=True))
+    assert second["status"] == "succeeded"
     assert features_rows(db, schema) == rows_after_first
     assert len(rows_after_first) == 10
-    assert second["run_id"] == first["run_id"] + 1
+    assert second["run_id"] == first["run_id"] + 2
     [[run_ids]] = db.run(f'SELECT array_agg(DISTINCT run_id) FROM "{schema}".user_features')
     assert run_ids == [second["run_id"]]
 
 
 def test_each_run_is_recorded(settings: Settings, db: Any, schema: str) -> None:
-    summary = pipeline.run(settings, pipeline.Trigger())
+    summary = pipeline.run(settings, pipeline.Trigger(force=True))
     [[status, files, written, started, finished]] = db.run(
         f'SELECT status, files, users_written, started_at, finished_at FROM "{schema}".etl_runs WHERE id = :id',
         id=summary["run_id"])
@@ -45,7 +49,7 @@ def test_each_run_is_recorded(settings: Settings, db: Any, schema: str) -> None:
 
 
 def test_the_summary_reports_rows_per_file_and_time_per_phase(settings: Settings) -> None:
-    summary = pipeline.run(settings, pipeline.Trigger())
+    summary = pipeline.run(settings, pipeline.Trigger(force=True))
     assert {k: v["rows_read"] for k, v in summary["files"].items()} == {
         "users.csv": 10, "compounds.csv": 3, "user_experiments.csv": 11}
     assert summary["users_written"] == 10
@@ -82,17 +86,17 @@ def kill_before_the_commit(monkeypatch: pytest.MonkeyPatch, database_url: str) -
 
 def test_a_connection_killed_before_the_commit_leaves_the_old_table(
         settings: Settings, db: Any, schema: str, database_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    pipeline.run(settings, pipeline.Trigger())
+    pipeline.run(settings, pipeline.Trigger(force=True))
     before = features_dump(db, schema)
     kill_before_the_commit(monkeypatch, database_url)
     with pytest.raises(TransientLoadError):
-        pipeline.run(settings, pipeline.Trigger())
+        pipeline.run(settings, pipeline.Trigger(force=True))
     monkeypatch.undo()
 
     assert features_dump(db, schema) == before
     [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs ORDER BY id DESC LIMIT 1')
     assert (status, error["code"]) == ("failed", "database_unavailable")
-    assert pipeline.run(settings, pipeline.Trigger())["status"] == "succeeded"
+    assert pipeline.run(settings, pipeline.Trigger(force=True))["status"] == "succeeded"
 
 
 @pytest.fixture
@@ -108,7 +112,7 @@ def test_a_server_restart_during_the_load_rolls_back_and_the_next_run_succeeds(
         private_server: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     server, url = private_server
     settings = Settings.from_env({"DATABASE_URL": url, "DB_CONNECT_ATTEMPTS": "5"})
-    pipeline.run(settings, pipeline.Trigger())
+    pipeline.run(settings, pipeline.Trigger(force=True))
     check = dbmod.connect(settings.db)
     before = features_dump(check, "public")
     dbmod.close_quietly(check)
@@ -123,7 +127,7 @@ def test_a_server_restart_during_the_load_rolls_back_and_the_next_run_succeeds(
 
     after_the_features_are_written(monkeypatch, restart)
     with pytest.raises(TransientLoadError):
-        pipeline.run(settings, pipeline.Trigger())
+        pipeline.run(settings, pipeline.Trigger(force=True))
     monkeypatch.undo()
 
     check = dbmod.connect(settings.db)
@@ -133,23 +137,23 @@ def test_a_server_restart_during_the_load_rolls_back_and_the_next_run_succeeds(
         assert status == "failed"
     finally:
         dbmod.close_quietly(check)
-    assert pipeline.run(settings, pipeline.Trigger())["status"] == "succeeded"
+    assert pipeline.run(settings, pipeline.Trigger(force=True))["status"] == "succeeded"
 
 
 def test_a_run_cut_off_before_it_finished_is_marked_failed_by_the_next(settings: Settings, db: Any,
                                                                        schema: str) -> None:
-    pipeline.run(settings, pipeline.Trigger())
+    pipeline.run(settings, pipeline.Trigger(force=True))
     # what a Lambda killed at its timeout leaves behind: a 'running' row nobody will finish
     [[stale]] = db.run(f"INSERT INTO \"{schema}\".etl_runs (status, policy, data_dir) "
                        "VALUES ('running', 'strict', 'x') RETURNING id")
-    pipeline.run(settings, pipeline.Trigger())
+    pipeline.run(settings, pipeline.Trigger(force=True))
     [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs WHERE id = :id', id=stale)
     assert (status, error["code"]) == ("failed", "abandoned")
 
 
 def test_a_second_trigger_while_one_runs_is_refused_with_the_running_id(
         settings: Settings, db: Any, schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    pipeline.run(settings, pipeline.Trigger())  # tables exist
+    pipeline.run(settings, pipeline.Trigger(force=True))  # tables exist
     staged, release = threading.Event(), threading.Event()
 
     def wait(publication: Any) -> None:
@@ -158,12 +162,12 @@ def test_a_second_trigger_while_one_runs_is_refused_with_the_running_id(
 
     after_the_features_are_written(monkeypatch, wait)
     outcome: dict[str, Any] = {}
-    first = threading.Thread(target=lambda: outcome.update(first=pipeline.run(settings, pipeline.Trigger())))
+    first = threading.Thread(target=lambda: outcome.update(first=pipeline.run(settings, pipeline.Trigger(force=True))))
     first.start()
     try:
         assert staged.wait(30)
         with pytest.raises(RunInProgress) as refused:
-            pipeline.run(settings, pipeline.Trigger())
+            pipeline.run(settings, pipeline.Trigger(force=True))
     finally:
         release.set()
         first.join(30)
@@ -174,7 +178,7 @@ def test_a_second_trigger_while_one_runs_is_refused_with_the_running_id(
 
 def test_a_lock_held_elsewhere_times_out_and_leaves_the_old_table(
         settings: Settings, db: Any, schema: str, database_url: str) -> None:
-    pipeline.run(settings, pipeline.Trigger())
+    pipeline.run(settings, pipeline.Trigger(force=True))
     before = features_dump(db, schema)
     blocker = dbmod.connect(db_settings({"DATABASE_URL": database_url}))
     try:
@@ -183,7 +187,7 @@ def test_a_lock_held_elsewhere_times_out_and_leaves_the_old_table(
         blocker.run(f'LOCK TABLE "{schema}".user_features IN SHARE MODE')
         started = time.monotonic()
         with pytest.raises(TransientLoadError, match="55P03"):
-            pipeline.run(settings, pipeline.Trigger())
+            pipeline.run(settings, pipeline.Trigger(force=True))
         assert time.monotonic() - started < 30
     finally:
         blocker.run("ROLLBACK")
@@ -201,7 +205,7 @@ def test_a_failure_of_ours_in_the_middle_of_the_copy_loses_nothing(
     from etl_core import counting
     from etl_core.errors import EtlError
 
-    pipeline.run(settings, pipeline.Trigger())
+    pipeline.run(settings, pipeline.Trigger(force=True))
     before = features_dump(db, schema)
     real = counting.feature_batches
 
@@ -222,26 +226,26 @@ def test_a_failure_of_ours_in_the_middle_of_the_copy_loses_nothing(
         from etl_core.store import postgres
         monkeypatch.setattr(postgres, "_features_rows", failing_csv)
     with pytest.raises(EtlError, match="unexpected RuntimeError: boom") as caught:
-        pipeline.run(settings, pipeline.Trigger())
+        pipeline.run(settings, pipeline.Trigger(force=True))
     assert features_dump(db, schema) == before
     [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs WHERE id = :id',
                                id=caught.value.details["run_id"])
     assert status == "failed" and "boom" in error["message"]
     assert [t.name for t in threading.enumerate() if t.name.startswith(("etl-features", "etl-counts"))] == []
     monkeypatch.undo()
-    assert pipeline.run(settings, pipeline.Trigger())["status"] == "succeeded"
+    assert pipeline.run(settings, pipeline.Trigger(force=True))["status"] == "succeeded"
 
 
 def test_a_dead_cached_connection_is_replaced(settings: Settings, database_url: str) -> None:
     service = Service(settings)
     try:
-        service.trigger(pipeline.Trigger())
+        service.trigger(pipeline.Trigger(force=True))
         with service.store.connection() as conn:
             [[pid]] = conn.run("SELECT pg_backend_pid()")
         killer = dbmod.connect(db_settings({"DATABASE_URL": database_url}))
         killer.run("SELECT pg_terminate_backend(:pid)", pid=pid)
         dbmod.close_quietly(killer)
-        assert service.trigger(pipeline.Trigger())["status"] == "succeeded"
+        assert service.trigger(pipeline.Trigger(force=True))["status"] == "succeeded"
         with service.store.connection() as conn:
             assert conn.run("SELECT pg_backend_pid()") != [[pid]]
     finally:
@@ -268,8 +272,8 @@ def test_the_least_privileges_in_the_readme_are_enough(database_url: str, schema
         url = database_url.replace("postgres@", f"{role}@", 1)
         settings = Settings.from_env({"DATABASE_URL": url, "DB_SCHEMA": schema})
         assert settings.db.user == role
-        pipeline.run(settings, pipeline.Trigger())
-        assert pipeline.run(settings, pipeline.Trigger())["status"] == "succeeded"
+        pipeline.run(settings, pipeline.Trigger(force=True))
+        assert pipeline.run(settings, pipeline.Trigger(force=True))["status"] == "succeeded"
         assert len(features_rows(db, schema)) == 10
     finally:
         db.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
@@ -281,7 +285,7 @@ def test_the_run_logs_each_phase_as_json_lines(settings: Settings, caplog: pytes
     from tests.helpers import logged
 
     caplog.set_level("INFO", logger="etl")
-    pipeline.run(settings, pipeline.Trigger())
+    pipeline.run(settings, pipeline.Trigger(force=True))
     events = logged(caplog.records)
     assert [e["event"] for e in events] == ["run_started", "file_read", "file_read", "file_read", "run_finished"]
     assert [e["message"] for e in events] == [e["event"] for e in events]
@@ -301,7 +305,7 @@ def test_an_unexpected_error_is_recorded_and_answered(settings: Settings, db: An
 
     monkeypatch.setattr(counting, "feature_batches", broken)
     with pytest.raises(InternalError, match="unexpected ZeroDivisionError: a bug"):
-        pipeline.run(settings, pipeline.Trigger())
+        pipeline.run(settings, pipeline.Trigger(force=True))
     [[status, error]] = db.run(f'SELECT status, error FROM "{schema}".etl_runs ORDER BY id DESC LIMIT 1')
     assert (status, error["code"]) == ("failed", "internal_error")
 
@@ -317,7 +321,7 @@ def test_long_files_log_progress_with_rows_and_megabytes(env: dict[str, str], tm
     settings = Settings.from_env({**env, "DATA_DIR": str(data), "ETL_BLOCK_SIZE": str(1 << 16)})
     monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 0.0)  # a line per batch instead of every 5 s
     caplog.set_level("INFO", logger="etl")
-    pipeline.run(settings, pipeline.Trigger())
+    pipeline.run(settings, pipeline.Trigger(force=True))
     lines = [p for p in logged(caplog.records, "progress") if p["file"] == "user_experiments.csv"]
     assert len(lines) >= 3
     assert [p["rows"] for p in lines] == sorted(p["rows"] for p in lines)
@@ -331,12 +335,12 @@ def test_no_counting_thread_outlives_a_run(env: dict[str, str], tmp_path: Path) 
     def counting_threads() -> list[str]:
         return [t.name for t in threading.enumerate() if t.name == "etl-counts"]
 
-    pipeline.run(Settings.from_env(env), pipeline.Trigger())
+    pipeline.run(Settings.from_env(env), pipeline.Trigger(force=True))
     assert counting_threads() == []
     bad = write_files(tmp_path, {"user_experiments.csv": "experiment_id,user_id,experiment_compound_ids,"
                                                          "experiment_run_time\n1,1,1;9,10\n"})
     with pytest.raises(ContractViolation):
-        pipeline.run(Settings.from_env({**env, "DATA_DIR": str(bad)}), pipeline.Trigger())
+        pipeline.run(Settings.from_env({**env, "DATA_DIR": str(bad)}), pipeline.Trigger(force=True))
     assert counting_threads() == []
 
 
@@ -439,7 +443,7 @@ def test_a_bug_of_ours_in_the_load_is_500_internal_error_not_503(settings: Setti
     from handler import lambda_function
     from tests.test_api import event, installed
 
-    pipeline.run(settings, pipeline.Trigger())
+    pipeline.run(settings, pipeline.Trigger(force=True))
     before = features_dump(db, schema)
 
     def broken(schema: str) -> list[str]:
@@ -448,7 +452,7 @@ def test_a_bug_of_ours_in_the_load_is_500_internal_error_not_503(settings: Setti
     from etl_core.store import sql
     monkeypatch.setattr(sql, "delete_all", broken)
     with installed(settings):
-        reply = lambda_function.handler(event("trigger-etl.json"), None)
+        reply = lambda_function.handler(event("trigger-etl.json", query={"force": "true"}), None)
     body = json.loads(reply["body"])
     assert (reply["statusCode"], body["error"]["code"]) == (500, "internal_error")
     assert body["error"]["message"] == "unexpected TypeError: unsupported operand type(s) for +: 'int' and 'str'"

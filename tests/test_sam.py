@@ -147,7 +147,8 @@ class Sam:
 
     def env_vars(self, name: str, schema: str, database_url: str) -> str:
         path = self.home / f"{name}.env.json"
-        path.write_text(json.dumps({FUNCTION: {"DATABASE_URL": database_url, "DB_SCHEMA": schema}}), encoding="utf-8")
+        variables = {"DATABASE_URL": database_url, "DB_SCHEMA": schema, "DATA_URL": "/var/task/data"}  # not S3
+        path.write_text(json.dumps({FUNCTION: variables}), encoding="utf-8")
         return str(path)
 
 
@@ -245,9 +246,9 @@ def test_sam_local_start_api_serves_the_http_routes(sam: Sam, db_socket: tuple[s
             api.kill()
             api.wait(timeout=10)
     assert (first_status, second_status) == (200, 200), (first, second)
-    assert first["status"] == second["status"] == "succeeded"
-    assert second["run_id"] == first["run_id"] + 1
-    assert first["users_written"] == second["users_written"] == 10
+    assert (first["status"], second["status"], second["same_as"]) == ("succeeded", "unchanged", first["run_id"])
+    assert second["run_id"] == first["run_id"] + 1  # the same files again: recorded, not loaded
+    assert (first["users_written"], second["users_written"]) == (10, 0)
     assert run_status == 200 and run_record["run_id"] == first["run_id"] and run_record["status"] == "succeeded"
     assert run_record["users_written"] == 10, run_record
     assert missing_status == 404 and missing["error"]["code"] == "run_not_found", missing

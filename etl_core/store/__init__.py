@@ -7,6 +7,7 @@ test tier.  One test suite (tests/test_store.py) runs against both, so that they
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
@@ -15,10 +16,21 @@ import pyarrow as pa
 
 from etl_core.guard import Volume
 
-RUN_STATUSES = ("running", "succeeded", "partial", "failed")
+RUN_STATUSES = ("running", "succeeded", "partial", "failed", "unchanged")
 # the statuses of a run that confirmed the table's rows: /health reports the last one
-# ('unchanged' is a status to come: a run that found the data as it was)
+# ('unchanged': a run that found the input as the last load read it, and loaded nothing)
 CONFIRMING = ("succeeded", "partial", "unchanged")
+# the statuses of a run that published features: the last one's fingerprint decides 'unchanged'
+LOADED = ("succeeded", "partial")
+
+
+@dataclasses.dataclass(frozen=True)
+class LastLoaded:
+    """The newest run that published features, and the fingerprint of the input it read (None: a run
+    from before fingerprints, which nothing equals)."""
+
+    run_id: int
+    fingerprint: str | None
 
 
 class Publication(Protocol):
@@ -44,6 +56,16 @@ class Run(Protocol):
     """A run in progress: it holds the job's lock until its ``with`` block ends."""
 
     run_id: int
+    last_loaded: LastLoaded | None  # as it was when this run started
+
+    def record_inputs(self, fingerprint: str, inputs: Any) -> None:
+        """What the run reads (its fingerprint, and each object's key, size, ETag or mtime): kept with
+        the run and written with its outcome (finish, fail, unchanged)."""
+        ...
+
+    def unchanged(self, *, same_as: int, seconds: Any) -> None:
+        """Finish the run as 'unchanged': its input is the one run ``same_as`` loaded; nothing is published."""
+        ...
 
     def publishing(self) -> AbstractContextManager[Publication]: ...
 
@@ -61,7 +83,7 @@ class Run(Protocol):
 class Store(Protocol):
     def run(self, *, policy: str, source: str) -> AbstractContextManager[Run]:
         """Take the job's lock (RunInProgress if another run has it), mark runs a dead process left
-        'running' as failed, and record a new run."""
+        'running' as failed, and record a new run (with ``last_loaded`` as the ledger had it)."""
         ...
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:

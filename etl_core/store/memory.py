@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from etl_core.errors import LoadError, RunInProgress, shorten
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING
+from etl_core.store import CONFIRMING, LOADED, LastLoaded
 
 LARGEST_ID = 2**63 - 1
 
@@ -41,11 +41,14 @@ class MemoryStore:
                     record.update(status="failed", finished_at=_now(), error={
                         "type": "Abandoned", "code": "abandoned",
                         "message": "the run stopped before it finished (connection or process lost)"})
+            loaded = [i for i, r in self.runs.items() if r["status"] in LOADED]
+            last = LastLoaded(max(loaded), self.runs[max(loaded)]["fingerprint"]) if loaded else None
             run_id = max(self.runs, default=0) + 1
             self.runs[run_id] = {"run_id": run_id, "status": "running", "policy": policy, "data_dir": source,
                                  "started_at": _now(), "finished_at": None, "files": None, "users_written": None,
-                                 "seconds": None, "error": None}
-            yield MemoryRun(self, run_id)
+                                 "seconds": None, "error": None, "fingerprint": None, "inputs": None,
+                                 "same_as": None}
+            yield MemoryRun(self, run_id, last)
         finally:
             self._lock.release()
 
@@ -88,18 +91,27 @@ class MemoryStore:
 
 
 class MemoryRun:
-    def __init__(self, store: MemoryStore, run_id: int) -> None:
+    def __init__(self, store: MemoryStore, run_id: int, last_loaded: LastLoaded | None) -> None:
         self._store = store
         self.run_id = run_id
+        self.last_loaded = last_loaded
+        self._inputs: dict[str, Any] = {}
+
+    def record_inputs(self, fingerprint: str, inputs: Any) -> None:
+        self._inputs = {"fingerprint": fingerprint, "inputs": inputs}
+
+    def unchanged(self, *, same_as: int, seconds: Any) -> None:
+        self._store.runs[self.run_id].update(status="unchanged", finished_at=_now(), seconds=seconds,
+                                             same_as=same_as, **self._inputs)
 
     @contextmanager
     def publishing(self) -> Iterator[MemoryPublication]:
-        publication = MemoryPublication(self._store, self.run_id)
+        publication = MemoryPublication(self._store, self.run_id, self._inputs)
         yield publication  # an exception leaves the store as it was: nothing was applied yet
         publication.apply()
 
     def fail(self, error: dict[str, Any]) -> None:
-        self._store.runs[self.run_id].update(status="failed", finished_at=_now(), error=error)
+        self._store.runs[self.run_id].update(status="failed", finished_at=_now(), error=error, **self._inputs)
 
     def analyze(self) -> None:
         pass
@@ -109,7 +121,8 @@ class MemoryRun:
 
 
 class MemoryPublication:
-    def __init__(self, store: MemoryStore, run_id: int) -> None:
+    def __init__(self, store: MemoryStore, run_id: int, inputs: dict[str, Any]) -> None:
+        self._inputs = inputs
         self._store = store
         self._run_id = run_id
         self._features: pa.Table | None = None
@@ -140,7 +153,7 @@ class MemoryPublication:
 
     def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
         self._finished = {"status": status, "files": files, "users_written": users_written, "seconds": seconds,
-                          "finished_at": _now()}
+                          "finished_at": _now(), **self._inputs}
 
     def apply(self) -> None:
         """The commit: every change of the publication at once."""

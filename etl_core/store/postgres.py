@@ -27,7 +27,7 @@ from etl_core import literals
 from etl_core.config import DbSettings
 from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, db, sql
+from etl_core.store import CONFIRMING, LastLoaded, db, sql
 from etl_core.store.db import Connection
 
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
@@ -99,10 +99,10 @@ class PostgresStore:
                 with _translated():
                     self._ensure_tables(conn)
                     self._fail_abandoned(conn)
-                    [[run_id]] = conn.run(
-                        f"INSERT INTO {sql.q(self.schema, sql.RUNS)} (status, policy, data_dir) "
-                        "VALUES ('running', :policy, :source) RETURNING id", policy=policy, source=source)
-                yield PostgresRun(self, conn, int(run_id))
+                    [[run_id, last_id, last_fingerprint]] = conn.run(sql.start_run(self.schema), policy=policy,
+                                                                     source=source)
+                last = None if last_id is None else LastLoaded(int(last_id), last_fingerprint)
+                yield PostgresRun(self, conn, int(run_id), last)
             finally:
                 try:
                     conn.run("SELECT pg_advisory_unlock(hashtext(:name))", name=sql.lock_name(self.schema))
@@ -153,10 +153,10 @@ class PostgresStore:
                     code = db.sqlstate(exc)
                     if code in ("42P01", "3F000"):  # no runs table (or schema) yet
                         return []
-                    if code != "42703" or attempt:  # 42703: undefined column (seq)
+                    if code != "42703" or attempt:  # 42703: undefined column (seq; the ledger's v2 columns)
                         raise
                     self._numbered = False
-                    self._number_rejects(conn)
+                    self._ensure_tables(conn, trust_stamp=False)
         raise AssertionError("unreachable")
 
     def health(self) -> dict[str, Any]:
@@ -176,7 +176,14 @@ class PostgresStore:
             pass
         raise RunInProgress("another run holds the ETL lock; try again when it has finished", running_run_id=running)
 
-    def _ensure_tables(self, conn: Connection) -> None:
+    def _ensure_tables(self, conn: Connection, *, trust_stamp: bool = True) -> None:
+        """One catalog query when the ledger carries the current stamp; else create what is missing,
+        migrate what is old, and stamp it (several processes may try at once: the runs table's lock
+        orders them)."""
+        table = sql.q(self.schema, sql.RUNS)
+        if trust_stamp and conn.run(sql.ledger_stamp(), table=table) == [[sql.LEDGER_STAMP]]:
+            self._numbered = True  # numbering came with the stamp's version
+            return
         # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
         # look first, so that a role with rights on its schema only (README, Security) is enough
         if not conn.run("SELECT 1 FROM pg_namespace WHERE nspname = :name", name=self.schema):
@@ -184,6 +191,14 @@ class PostgresStore:
         for statement in sql.create_tables(self.schema):
             conn.run(statement)
         self._number_rejects(conn)
+        conn.run("BEGIN")
+        try:
+            for statement in sql.migrate_runs(self.schema):
+                conn.run(statement)
+            conn.run("COMMIT")
+        except BaseException:
+            _rollback(conn)
+            raise
 
     def _number_rejects(self, conn: Connection) -> None:
         """Number the rows of a rejects table made before rejects were numbered, once (several
@@ -212,10 +227,20 @@ class PostgresStore:
 
 
 class PostgresRun:
-    def __init__(self, store: PostgresStore, conn: Connection, run_id: int) -> None:
+    def __init__(self, store: PostgresStore, conn: Connection, run_id: int, last_loaded: LastLoaded | None) -> None:
         self._store = store
         self._conn = conn
         self.run_id = run_id
+        self.last_loaded = last_loaded
+        self._inputs: dict[str, Any] = {}
+
+    def record_inputs(self, fingerprint: str, inputs: Any) -> None:
+        self._inputs = {"fingerprint": fingerprint, "inputs": inputs}
+
+    def unchanged(self, *, same_as: int, seconds: Any) -> None:
+        with _translated():
+            _finish(self._conn, self._schema, self.run_id, status="unchanged", seconds=seconds, same_as=same_as,
+                    **self._inputs)
 
     @property
     def _schema(self) -> str:
@@ -226,7 +251,7 @@ class PostgresRun:
         """Commit when the block ends, else roll all of it back and raise.  An error raised while
         making a COPY's rows is raised as it is; mid-COPY the protocol cannot go on, so the session is
         closed, which rolls back on the server."""
-        publication = PostgresPublication(self._conn, self._schema, self.run_id)
+        publication = PostgresPublication(self._conn, self._schema, self.run_id, self._inputs)
         with _translated():
             self._conn.run("BEGIN")
         try:
@@ -246,7 +271,7 @@ class PostgresRun:
             conn = self._conn if attempt == 0 else None
             try:
                 conn = conn or db.connect(self._store.settings)
-                _finish(conn, self._schema, self.run_id, status="failed", error=error)
+                _finish(conn, self._schema, self.run_id, status="failed", error=error, **self._inputs)
                 return
             except Exception:  # noqa: BLE001,S112 - the next run marks abandoned runs failed
                 continue
@@ -265,7 +290,8 @@ class PostgresRun:
 
 
 class PostgresPublication:
-    def __init__(self, conn: Connection, schema: str, run_id: int) -> None:
+    def __init__(self, conn: Connection, schema: str, run_id: int, inputs: dict[str, Any]) -> None:
+        self._inputs = inputs
         self._conn = conn
         self._schema = schema
         self._run_id = run_id
@@ -311,7 +337,7 @@ class PostgresPublication:
     def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
         with _translated():
             _finish(self._conn, self._schema, self._run_id, status=status, files=files,
-                    users_written=users_written, seconds=seconds)
+                    users_written=users_written, seconds=seconds, **self._inputs)
 
     def _copy(self, statement: str, chunks: Iterable[memoryview]) -> None:
         self._streams.append(stream := _Stream(chunks))
@@ -335,18 +361,22 @@ class _Stream:
 
 
 def _finish(conn: Connection, schema: str, run_id: int, *, status: str, files: Any = None,
-            users_written: int | None = None, seconds: Any = None, error: Any = None) -> None:
+            users_written: int | None = None, seconds: Any = None, error: Any = None,
+            fingerprint: str | None = None, inputs: Any = None, same_as: int | None = None) -> None:
     conn.run(sql.finish_run(schema), status=status, files=_json(files), written=users_written,
-             seconds=_json(seconds), error=_json(error), id=run_id)
+             seconds=_json(seconds), error=_json(error), fingerprint=fingerprint, inputs=_json(inputs),
+             same_as=same_as, id=run_id)
 
 
 def _run_record(row: list[Any]) -> dict[str, Any]:
-    (id_, status, policy, data_dir, started, finished, files, written, seconds, error, rejects) = row
+    (id_, status, policy, data_dir, started, finished, files, written, seconds, error, fingerprint, inputs, same_as,
+     rejects) = row
     return {
         "run_id": id_, "status": status, "policy": policy, "data_dir": data_dir,
         "started_at": started.isoformat() if started else None,
         "finished_at": finished.isoformat() if finished else None,
         "files": files, "users_written": written, "seconds": seconds, "error": error, "rejects": rejects,
+        "fingerprint": fingerprint, "inputs": inputs, "same_as": same_as,
     }
 
 

@@ -8,6 +8,12 @@ FEATURES = "user_features"
 RUNS = "etl_runs"
 REJECTS = "etl_rejects"
 STAGING = "user_features__staging"
+# the ledger's schema version, stamped as a comment on the runs table: a run whose catalog query finds
+# it skips every CREATE ... IF NOT EXISTS; an older (or no) stamp migrates the tables first
+LEDGER_VERSION = 2
+LEDGER_STAMP = f"experiment-etl ledger v{LEDGER_VERSION}"
+STATUS_CHECK = "CHECK (status IN ('running', 'succeeded', 'partial', 'failed', 'unchanged'))"
+LOADED = ("succeeded", "partial")  # the statuses of a run that published features
 
 
 def q(schema: str, table: str) -> str:
@@ -21,13 +27,16 @@ def create_tables(schema: str) -> list[str]:
             id bigserial PRIMARY KEY,
             started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
             finished_at timestamptz,
-            status text NOT NULL CHECK (status IN ('running', 'succeeded', 'partial', 'failed')),
+            status text NOT NULL CONSTRAINT etl_runs_status_check {STATUS_CHECK},
             policy text NOT NULL,
             data_dir text NOT NULL,
             files jsonb,
             users_written bigint,
             seconds jsonb,
-            error jsonb
+            error jsonb,
+            fingerprint text,
+            inputs jsonb,
+            same_as bigint
         )""",
         f"""CREATE TABLE IF NOT EXISTS {q(schema, REJECTS)} (
             run_id bigint NOT NULL REFERENCES {q(schema, RUNS)} (id) ON DELETE CASCADE,
@@ -42,6 +51,32 @@ def create_tables(schema: str) -> list[str]:
         )""",
         features_table(schema, FEATURES, if_not_exists=True, primary_key=True),
     ]
+
+
+def ledger_stamp() -> str:
+    """One catalog query: the runs table's comment, or NULL when there is no table (or schema)."""
+    return "SELECT obj_description(to_regclass(:table), 'pg_class')"
+
+
+def migrate_runs(schema: str) -> list[str]:
+    """Bring a runs table of any earlier version to this one (idempotent; in one transaction) and stamp it."""
+    table = q(schema, RUNS)
+    return [
+        f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE",
+        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS fingerprint text, ADD COLUMN IF NOT EXISTS inputs jsonb, "
+        f"ADD COLUMN IF NOT EXISTS same_as bigint, DROP CONSTRAINT IF EXISTS etl_runs_status_check, "
+        f"ADD CONSTRAINT etl_runs_status_check {STATUS_CHECK}",
+        f"COMMENT ON TABLE {table} IS '{LEDGER_STAMP}'",
+    ]
+
+
+def start_run(schema: str) -> str:
+    """Record a new run; return its id and the newest run that published features (its id, fingerprint)."""
+    table = q(schema, RUNS)
+    loaded = ", ".join(f"'{status}'" for status in LOADED)
+    return (f"WITH last AS (SELECT id, fingerprint FROM {table} WHERE status IN ({loaded}) ORDER BY id DESC "
+            f"LIMIT 1), made AS (INSERT INTO {table} (status, policy, data_dir) VALUES ('running', :policy, :source) "
+            "RETURNING id) SELECT made.id, last.id, last.fingerprint FROM made LEFT JOIN last ON true")
 
 
 def features_table(schema: str, table: str, *, if_not_exists: bool = False, primary_key: bool = False) -> str:
@@ -61,7 +96,8 @@ FEATURE_COLUMNS = (
     "most_common_compound_ids", "average_experiments", "run_id",
 )
 REJECT_COLUMNS = ("run_id", "seq", "file", "line", "column_name", "value", "rule", "raw")
-RUN_COLUMNS = "id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error"
+RUN_COLUMNS = ("id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error, "
+               "fingerprint, inputs, same_as")
 
 
 def copy_in(schema: str, table: str, columns: tuple[str, ...]) -> str:
@@ -117,7 +153,8 @@ def fail_abandoned(schema: str) -> str:
 def finish_run(schema: str) -> str:
     return (f"UPDATE {q(schema, RUNS)} SET status = :status, finished_at = clock_timestamp(), "
             "files = CAST(:files AS jsonb), users_written = :written, seconds = CAST(:seconds AS jsonb), "
-            "error = CAST(:error AS jsonb) WHERE id = :id")
+            "error = CAST(:error AS jsonb), fingerprint = :fingerprint, inputs = CAST(:inputs AS jsonb), "
+            "same_as = :same_as WHERE id = :id")
 
 
 def _rejects_count(schema: str) -> str:
