@@ -277,7 +277,7 @@ def spread(walls: list[float]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scales", nargs="+", default=["M", "L"],
+    parser.add_argument("--scales", nargs="*", default=["M", "L"],
                         choices=["C", *(s for s in generate.SCALES if s not in ("2L", "4L"))])
     parser.add_argument("--with-2l", action="store_true", help="also run --impls-at-2l at 2L (20M experiments)")
     parser.add_argument("--with-4l", action="store_true", help="also run --impls-at-2l at 4L (40M experiments)")

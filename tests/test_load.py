@@ -195,13 +195,13 @@ def test_a_lock_held_elsewhere_times_out_and_leaves_the_old_table(
     assert features_dump(db, schema) == before
 
 
-@pytest.mark.parametrize("where", ["transform", "csv"])
+@pytest.mark.parametrize("where", ["transform", "binary", "csv"])
 def test_a_failure_of_ours_in_the_middle_of_the_copy_loses_nothing(
         settings: Settings, db: Any, schema: str, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     """The features stream into the COPY; then our own code fails: the transform after one batch was
-    sent, or the CSV formatting.  The error raised is ours (not a database error, which would read
-    as 'retry later'), the old features stay, the run is recorded as failed, no thread is left
-    computing, and the next run works."""
+    sent, or the formatting of the COPY's rows (binary; CSV where the table's types have changed).
+    The error raised is ours (not a database error, which would read as 'retry later'), the old
+    features stay, the run is recorded as failed, no thread is left computing, and the next run works."""
     from etl_core import counting
     from etl_core.errors import EtlError
 
@@ -224,7 +224,9 @@ def test_a_failure_of_ours_in_the_middle_of_the_copy_loses_nothing(
         monkeypatch.setattr(counting, "feature_batches", failing_transform)
     else:
         from etl_core.store import postgres
-        monkeypatch.setattr(postgres, "_features_rows", failing_csv)
+        if where == "csv":  # a column of another type than ours: the rows go as CSV
+            db.run(f'ALTER TABLE "{schema}".user_features ALTER COLUMN user_name TYPE varchar(200)')
+        monkeypatch.setattr(postgres, "_binary_rows" if where == "binary" else "_features_rows", failing_csv)
     with pytest.raises(EtlError, match="unexpected RuntimeError: boom") as caught:
         pipeline.run(settings, pipeline.Trigger(force=True))
     assert features_dump(db, schema) == before
@@ -234,6 +236,17 @@ def test_a_failure_of_ours_in_the_middle_of_the_copy_loses_nothing(
     assert [t.name for t in threading.enumerate() if t.name.startswith(("etl-features", "etl-counts"))] == []
     monkeypatch.undo()
     assert pipeline.run(settings, pipeline.Trigger(force=True))["status"] == "succeeded"
+
+
+def test_a_table_whose_column_types_changed_is_loaded_with_csv(settings: Settings, db: Any, schema: str) -> None:
+    """Binary COPY sends the table's own types; where a column was given another type since (which
+    the store allows: it never recreates the table), the rows go as CSV and come out the same."""
+    pipeline.run(settings, pipeline.Trigger())
+    before = features_dump(db, schema)
+    db.run(f'ALTER TABLE "{schema}".user_features ALTER COLUMN user_name TYPE varchar(200), '
+           "ALTER COLUMN total_experiments TYPE integer")
+    assert pipeline.run(settings, pipeline.Trigger())["status"] == "succeeded"
+    assert [row[:-1] for row in features_dump(db, schema)] == [row[:-1] for row in before]
 
 
 def test_a_dead_cached_connection_is_replaced(settings: Settings, database_url: str) -> None:

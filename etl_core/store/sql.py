@@ -100,9 +100,23 @@ RUN_COLUMNS = ("id, status, policy, data_dir, started_at, finished_at, files, us
                "fingerprint, inputs, same_as")
 
 
-def copy_in(schema: str, table: str, columns: tuple[str, ...]) -> str:
+def copy_in(schema: str, table: str, columns: tuple[str, ...], *, binary: bool = False) -> str:
     cols = ", ".join(identifier(c) for c in columns)
-    return f"COPY {q(schema, table)} ({cols}) FROM STDIN WITH (FORMAT csv)"
+    return f"COPY {q(schema, table)} ({cols}) FROM STDIN WITH (FORMAT {'binary' if binary else 'csv'})"
+
+
+# The types binary COPY sends the features as (the features table's own): a table whose columns were
+# given other types since is loaded with CSV, which the server converts from
+BINARY_FEATURE_TYPES = {
+    "user_id": "bigint", "user_name": "text", "total_experiments": "bigint", "most_common_compounds": "text",
+    "most_common_compound_ids": "bigint[]", "average_experiments": "double precision", "run_id": "bigint",
+}
+
+
+def column_types() -> str:
+    """Each column of ``:table`` (a quoted name) with its type."""
+    return ("SELECT attname, format_type(atttypid, NULL) FROM pg_attribute "
+            "WHERE attrelid = CAST(:table AS regclass) AND attnum > 0 AND NOT attisdropped")
 
 
 def lock_features(schema: str) -> str:
