@@ -245,7 +245,7 @@ def test_a_table_whose_column_types_changed_is_loaded_with_csv(settings: Setting
     before = features_dump(db, schema)
     db.run(f'ALTER TABLE "{schema}".user_features ALTER COLUMN user_name TYPE varchar(200), '
            "ALTER COLUMN total_experiments TYPE integer")
-    assert pipeline.run(settings, pipeline.Trigger())["status"] == "succeeded"
+    assert pipeline.run(settings, pipeline.Trigger(force=True))["status"] == "succeeded"
     assert [row[:-1] for row in features_dump(db, schema)] == [row[:-1] for row in before]
 
 
