@@ -78,7 +78,8 @@ class DatabaseUnavailable(TransientLoadError):
 
 
 class SourceError(EtlError, code="source_unreadable"):
-    """Raise when an input object cannot be read (I/O errors, an object that is not what it should be)."""
+    """Raise when an input object cannot be read (I/O errors, an object that is not what it should be);
+    the message names the object, never the server's paths."""
 
 
 class SourceMissing(SourceError, code="source_missing"):
@@ -90,7 +91,8 @@ class SourceChanged(SourceError, code="source_changed"):
 
 
 class SourceUnavailable(SourceError, code="source_unavailable"):
-    """Raise when the object store does not answer (endpoint down, timeouts, throttling): retry later."""
+    """Raise when the object store does not answer (endpoint down, timeouts, throttling): a retry may
+    succeed, so it is answered 503."""
 
 
 class SourceForbidden(SourceUnavailable, code="source_forbidden"):
@@ -98,7 +100,8 @@ class SourceForbidden(SourceUnavailable, code="source_forbidden"):
 
 
 class ManifestError(InputError, code="bad_manifest"):
-    """Raise when an S3 prefix's manifest is missing, unreadable, or does not name exactly the three files."""
+    """Raise when an S3 prefix's manifest is unreadable or does not name exactly the three files
+    (a missing manifest is the contract's missing_file)."""
 
 
 class RunInProgress(EtlError, code="run_in_progress"):
@@ -110,7 +113,8 @@ class RunNotFound(EtlError, code="run_not_found"):
 
 
 class FeaturesStale(EtlError, code="features_stale"):
-    """Raise when /health finds that no run has confirmed the features within the allowed age."""
+    """Raise when /health finds that no run has confirmed the features within the allowed age
+    (ETL_HEALTH_MAX_AGE_SECONDS)."""
 
 
 class RouteNotFound(EtlError, code="not_found"):

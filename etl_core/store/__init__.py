@@ -33,6 +33,19 @@ class LastLoaded:
     fingerprint: str | None
 
 
+class RunRecord:
+    """What both stores' runs keep of themselves: the id, the last loaded run as it was when this run
+    started, and the inputs (fingerprint, files) once the pipeline has recorded them."""
+
+    def __init__(self, run_id: int, last_loaded: LastLoaded | None) -> None:
+        self.run_id = run_id
+        self.last_loaded = last_loaded
+        self._inputs: dict[str, Any] = {}
+
+    def record_inputs(self, fingerprint: str, inputs: Any) -> None:
+        self._inputs = {"fingerprint": fingerprint, "inputs": inputs}
+
+
 class Publication(Protocol):
     """One transaction that replaces the features: everything in it is published together at the end
     of the ``with`` block, or nothing is (any exception rolls all of it back)."""

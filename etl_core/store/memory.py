@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from etl_core.errors import LoadError, RunInProgress, shorten
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, LOADED, LastLoaded
+from etl_core.store import CONFIRMING, LOADED, LastLoaded, RunRecord
 
 LARGEST_ID = 2**63 - 1
 
@@ -90,15 +90,10 @@ class MemoryStore:
         pass
 
 
-class MemoryRun:
+class MemoryRun(RunRecord):
     def __init__(self, store: MemoryStore, run_id: int, last_loaded: LastLoaded | None) -> None:
+        super().__init__(run_id, last_loaded)
         self._store = store
-        self.run_id = run_id
-        self.last_loaded = last_loaded
-        self._inputs: dict[str, Any] = {}
-
-    def record_inputs(self, fingerprint: str, inputs: Any) -> None:
-        self._inputs = {"fingerprint": fingerprint, "inputs": inputs}
 
     def unchanged(self, *, same_as: int, seconds: Any) -> None:
         self._store.runs[self.run_id].update(status="unchanged", finished_at=_now(), seconds=seconds,

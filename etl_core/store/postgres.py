@@ -27,7 +27,7 @@ from etl_core import literals
 from etl_core.config import DbSettings
 from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, LastLoaded, db, sql
+from etl_core.store import CONFIRMING, LastLoaded, RunRecord, db, sql
 from etl_core.store.db import Connection
 
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
@@ -226,16 +226,11 @@ class PostgresStore:
             "message": "the run stopped before it finished (connection or process lost)"}))
 
 
-class PostgresRun:
+class PostgresRun(RunRecord):
     def __init__(self, store: PostgresStore, conn: Connection, run_id: int, last_loaded: LastLoaded | None) -> None:
+        super().__init__(run_id, last_loaded)
         self._store = store
         self._conn = conn
-        self.run_id = run_id
-        self.last_loaded = last_loaded
-        self._inputs: dict[str, Any] = {}
-
-    def record_inputs(self, fingerprint: str, inputs: Any) -> None:
-        self._inputs = {"fingerprint": fingerprint, "inputs": inputs}
 
     def unchanged(self, *, same_as: int, seconds: Any) -> None:
         with _translated():
