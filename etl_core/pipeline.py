@@ -284,89 +284,156 @@ def _postgres(settings: Settings) -> Store:
     return PostgresStore(settings.db, settings.schema)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Extracted:
+    """What extract made of the three files: the accepted users and compounds, the experiments'
+    counts, and every file's result (rows read, accepted, rejected, violations)."""
+
+    users: pa.Table
+    compounds: pa.Table  # sorted by compound_id: the order ties are listed in
+    counts: counting.Counts
+    results: tuple[extract.FileResult, ...]
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        return {r.contract.filename: {
+            "rows_read": r.rows_read, "rows_accepted": r.rows_accepted, "rows_rejected": r.rows_rejected,
+            "extra_columns": list(r.extra_columns)} for r in self.results}
+
+    @property
+    def violations(self) -> pa.Table:
+        """Every violation, with a ``no_rows`` one for a users or compounds file that has only a header."""
+        header_only = [violation_rows(r.contract.filename, Rule.NO_ROWS, [None])
+                       for r in self.results if r.contract in (USERS, COMPOUNDS) and r.rows_read == 0]
+        return pa.concat_tables([r.violations for r in self.results] + header_only)
+
+    @property
+    def volume(self) -> Volume:
+        experiments = next(r for r in self.results if r.contract is EXPERIMENTS)
+        return Volume(users=self.users.num_rows, experiments=experiments.rows_accepted)
+
+
+class _Stopwatch:
+    """Seconds spent waiting on an iterator's items (the COPY waiting for the features)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    def timed(self, items: Generator[T, None, None]) -> Generator[T, None, None]:
+        """The items of ``items``, counting the time each took to come; closing this closes ``items``."""
+        try:
+            while True:
+                start = time.perf_counter()
+                try:
+                    item = next(items)
+                except StopIteration:
+                    return
+                finally:
+                    self.seconds += time.perf_counter() - start
+                yield item
+        finally:
+            items.close()
+
+
 def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, *, force: bool) -> dict[str, Any]:
-    run_id = ledger.run_id
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    log_event("run_started", run_id=run_id, policy=policy, data_dir=location.where)
-
+    log_event("run_started", run_id=ledger.run_id, policy=policy, data_dir=location.where)
     with _phase(seconds, "extract"):
         # the input's identity is decided before a byte of it is read, and every read must see it
         source = Pinned(location.source)
-        expected = _manifest(location)
-        inputs = _describe(source)
-        found = fingerprint(policy, inputs)
-        ledger.record_inputs(found, inputs)
-        if expected is not None:
-            manifest.check_etags(expected, {name: item for name, item in inputs.items() if item is not None})
+        found, inputs = _identify(ledger, location, source, policy)
         last = ledger.last_loaded
         if not force and last is not None and last.fingerprint == found:
             return _unchanged(ledger, policy, last.run_id, found, inputs, started)
-        _check_headers(source)
-        users_sink = extract.Collector(extract.output_schema(USERS))
-        compounds_sink = extract.Collector(extract.output_schema(COMPOUNDS))
-        users = _read(settings, source, USERS, users_sink, run_id)
-        compounds = _read(settings, source, COMPOUNDS, compounds_sink, run_id)
-        users_table = users_sink.table()
-        compounds_table = compounds_sink.table().sort_by("compound_id")
-        refs = extract.References.of(users_table["user_id"].combine_chunks(),
-                                     compounds_table["compound_id"].combine_chunks())
-        # a file of one block is one batch: counting it on a thread would overlap with nothing
-        threaded = source.size(EXPERIMENTS.filename) > settings.block_size
-        with counting.ExperimentCounter(refs.users.keys, refs.compounds.keys, threaded=threaded) as counter:
-            experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs)
-            counts = counter.result()  # the counting thread finishes with the file
-    results = [users, compounds, experiments]
-    violations = pa.concat_tables([r.violations for r in results])
-    files = {r.contract.filename: {
-        "rows_read": r.rows_read, "rows_accepted": r.rows_accepted, "rows_rejected": r.rows_rejected,
-        "extra_columns": list(r.extra_columns)} for r in results}
-    for header_only in (r for r in (users, compounds) if r.rows_read == 0):
-        violations = pa.concat_tables([violations, violation_rows(header_only.contract.filename, Rule.NO_ROWS, [None])])
-    if violations.num_rows and policy == "strict":
-        raise ContractViolation(
-            f"the input breaks the data contract in {violations.num_rows} place(s); nothing was loaded",
-            run_id=run_id, files=files, violations=_report(violations, settings.max_reported),
-        )
-    if users_table.num_rows == 0:
-        raise ContractViolation("no user row was accepted; nothing was loaded", run_id=run_id, files=files,
-                                violations=_report(violations, settings.max_reported))
-
-    status = "partial" if violations.num_rows else "succeeded"
-    if not force:
-        guard.check_rejects(rows_read=sum(r.rows_read for r in results),
-                            rows_rejected=sum(r.rows_rejected for r in results),
-                            max_share=settings.max_rejected_share)
-    incoming = Volume(users=users_table.num_rows, experiments=experiments.rows_accepted)
-    # the features stream into the COPY bucket by bucket: the server parses while we compute, and
-    # 'transform' counts the time the COPY waited for them (it is part of 'load')
-    waited = [0.0]
-    features = _timed(counting.feature_batches(users_table, compounds_table, counts), waited)
-    try:
-        with _phase(seconds, "load"):
-            with ledger.publishing() as publication:
-                current = publication.volume()
-                if not force:
-                    guard.check_volume(current, incoming, min_share=settings.min_share)
-                written = publication.replace_features(features)
-                publication.store_rejects(violations)
-                publication.finish(status=status, files=files, users_written=written,
-                                   seconds=dict(seconds, total=round(time.perf_counter() - started, 3)))
-            _after_commit(ledger.analyze, run_id=run_id, what="analyze the features table")
-    finally:
-        features.close()  # a failed COPY leaves no bucket being worked out
-    seconds["transform"] = round(waited[0], 3)
+        extracted = _extract(settings, source, ledger.run_id)
+    violations = extracted.violations
+    status = _verdict(settings, extracted, violations, policy, ledger.run_id, force=force)
+    written, waited = _publish(settings, ledger, extracted, violations, status, force=force,
+                               seconds=seconds, started=started)
+    seconds["transform"] = round(waited, 3)
     seconds["total"] = round(time.perf_counter() - started, 3)
     # the load phase's time too; the run itself is committed already, so this may not fail it
-    _after_commit(ledger.record_seconds, seconds, run_id=run_id, what="record the load time")
-    summary = {
-        "run_id": run_id, "status": status, "policy": policy, "files": files,
+    _after_commit(ledger.record_seconds, seconds, run_id=ledger.run_id, what="record the load time")
+    files = extracted.files
+    log_event("run_finished", run_id=ledger.run_id, status=status, users_written=written, seconds=seconds,
+              files=files, rejects=violations.num_rows)
+    return {
+        "run_id": ledger.run_id, "status": status, "policy": policy, "files": files,
         "users_written": written, "violations": _report(violations, settings.max_reported),
         "seconds": seconds, "same_as": None, "fingerprint": found, "inputs": inputs,
     }
-    log_event("run_finished", run_id=run_id, status=status, users_written=written, seconds=seconds, files=files,
-              rejects=violations.num_rows)
-    return summary
+
+
+def _identify(ledger: StoreRun, location: Location, source: Pinned, policy: str) -> tuple[str, dict[str, Any]]:
+    """The input's fingerprint and each file's identity, recorded in the run before anything is read;
+    an S3 set's objects must be the ones its manifest names."""
+    expected = _manifest(location)
+    inputs = _describe(source)
+    found = fingerprint(policy, inputs)
+    ledger.record_inputs(found, inputs)
+    if expected is not None:
+        manifest.check_etags(expected, {name: item for name, item in inputs.items() if item is not None})
+    return found, inputs
+
+
+def _extract(settings: Settings, source: Pinned, run_id: int) -> _Extracted:
+    _check_headers(source)
+    users_sink = extract.Collector(extract.output_schema(USERS))
+    compounds_sink = extract.Collector(extract.output_schema(COMPOUNDS))
+    users = _read(settings, source, USERS, users_sink, run_id)
+    compounds = _read(settings, source, COMPOUNDS, compounds_sink, run_id)
+    users_table = users_sink.table()
+    compounds_table = compounds_sink.table().sort_by("compound_id")
+    refs = extract.References.of(users_table["user_id"].combine_chunks(),
+                                 compounds_table["compound_id"].combine_chunks())
+    # a file of one block is one batch: counting it on a thread would overlap with nothing
+    threaded = source.size(EXPERIMENTS.filename) > settings.block_size
+    with counting.ExperimentCounter(refs.users.keys, refs.compounds.keys, threaded=threaded) as counter:
+        experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs)
+        counts = counter.result()  # the counting thread finishes with the file
+    return _Extracted(users_table, compounds_table, counts, (users, compounds, experiments))
+
+
+def _verdict(settings: Settings, extracted: _Extracted, violations: pa.Table, policy: str, run_id: int, *,
+             force: bool) -> str:
+    """The run's status if it may publish; else the ContractViolation or LoadRefused that stops it."""
+    def refuse(message: str) -> ContractViolation:
+        return ContractViolation(message, run_id=run_id, files=extracted.files,
+                                 violations=_report(violations, settings.max_reported))
+
+    if violations.num_rows and policy == "strict":
+        raise refuse(f"the input breaks the data contract in {violations.num_rows} place(s); nothing was loaded")
+    if extracted.users.num_rows == 0:
+        raise refuse("no user row was accepted; nothing was loaded")
+    if not force:
+        guard.check_rejects(rows_read=sum(r.rows_read for r in extracted.results),
+                            rows_rejected=sum(r.rows_rejected for r in extracted.results),
+                            max_share=settings.max_rejected_share)
+    return "partial" if violations.num_rows else "succeeded"
+
+
+def _publish(settings: Settings, ledger: StoreRun, extracted: _Extracted, violations: pa.Table, status: str, *,
+             force: bool, seconds: dict[str, float], started: float) -> tuple[int, float]:
+    """Replace the features and finish the run in one transaction; the rows written, and the seconds the
+    COPY waited for the features (they stream into it bucket by bucket: the server parses while we
+    compute, so that 'transform' time is part of 'load')."""
+    stopwatch = _Stopwatch()
+    features = stopwatch.timed(counting.feature_batches(extracted.users, extracted.compounds, extracted.counts))
+    try:
+        with _phase(seconds, "load"):
+            with ledger.publishing() as publication:
+                current = publication.volume()  # also locks the table against new foreign keys
+                if not force:
+                    guard.check_volume(current, extracted.volume, min_share=settings.min_share)
+                written = publication.replace_features(features)
+                publication.store_rejects(violations)
+                publication.finish(status=status, files=extracted.files, users_written=written,
+                                   seconds=dict(seconds, total=round(time.perf_counter() - started, 3)))
+            _after_commit(ledger.analyze, run_id=ledger.run_id, what="analyze the features table")
+    finally:
+        features.close()  # a failed COPY leaves no bucket being worked out
+    return written, stopwatch.seconds
 
 
 def _unchanged(ledger: StoreRun, policy: str, same_as: int, found: str, inputs: dict[str, Any],
@@ -462,23 +529,6 @@ def _report(violations: pa.Table, limit: int) -> dict[str, Any]:
 
 def _cut(text: str | None) -> str | None:
     return None if text is None else shorten(text, REPORTED_CHARS)
-
-
-def _timed(items: Generator[T, None, None], spent: list[float]) -> Generator[T, None, None]:
-    """The items of ``items``, adding the time spent waiting for each to ``spent[0]``; closing this
-    closes ``items``."""
-    try:
-        while True:
-            start = time.perf_counter()
-            try:
-                item = next(items)
-            except StopIteration:
-                return
-            finally:
-                spent[0] += time.perf_counter() - start
-            yield item
-    finally:
-        items.close()
 
 
 @contextmanager
