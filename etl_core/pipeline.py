@@ -259,6 +259,7 @@ def run(settings: Settings, trigger: Trigger, *, store: Store | None = None) -> 
             try:
                 return _run(settings, ledger, policy, location, force=trigger.force)
             except EtlError as exc:
+                exc.details.setdefault("run_id", ledger.run_id)  # the answer names the run it recorded
                 _failed(exc)
                 ledger.fail(exc.to_dict())
                 raise

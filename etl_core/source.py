@@ -79,7 +79,8 @@ class FileSystemSource:
     def describe(self, name: str) -> dict[str, Any]:
         """What the runs ledger records of ``name``: its key, size and what its identity is made of."""
         info = self._info(name)
-        return {"key": name, "size": int(info.size), "mtime_ns": info.mtime_ns,
+        # the whole path: two directories holding files of the same names, sizes and times are two inputs
+        return {"key": self._path(name), "size": int(info.size), "mtime_ns": info.mtime_ns,
                 "identity": f"{info.size}:{info.mtime_ns}"}
 
     def location(self, name: str = "") -> str:

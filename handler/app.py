@@ -34,6 +34,7 @@ from etl_core.errors import (
     SourceChanged,
     SourceError,
     SourceForbidden,
+    SourceMissing,
     SourceUnavailable,
     TransientLoadError,
     shorten,
@@ -62,6 +63,7 @@ STATUS: tuple[tuple[type[EtlError], int], ...] = (
     (RunInProgress, 409),
     (ForeignKeyConflict, 409),
     (SourceChanged, 409),
+    (SourceMissing, 422),  # a file gone between the header check and its read
     (InputError, 422),
     (TransientLoadError, 503),
     (SourceUnavailable, 503),
@@ -181,7 +183,7 @@ def trigger_etl(request: Request, policy: str | None = None, data: str | None = 
     ``force``: true/false (also 1/0, yes/no): override the load guard.
     """
     # every query parameter, so that a misspelt one is refused rather than ignored
-    return get_service().trigger(Trigger.parse(**request.query_params))
+    return get_service().trigger(Trigger.parse(**_single_values(request)))
 
 
 @app.get("/runs", response_model=RunsPage, responses=errors("/runs"))
@@ -228,3 +230,13 @@ def _openapi() -> dict[str, Any]:
 
 
 app.openapi = _openapi  # type: ignore[method-assign]
+
+
+def _single_values(request: Request) -> dict[str, str]:
+    """The query string's parameters, each given once: a repeated one (``?force=true&force=false``)
+    is refused rather than decided by its last value."""
+    repeated = sorted({key for key, _ in request.query_params.multi_items()
+                       if len(request.query_params.getlist(key)) > 1})
+    if repeated:
+        raise BadRequest(f"parameter(s) given more than once: {', '.join(repeated)}; give each once")
+    return dict(request.query_params)

@@ -590,3 +590,12 @@ def test_every_answer_fits_its_documented_model(env: dict[str, str], tmp_path: P
         models.Health.model_validate(lambda_function.handler({"action": "health"}, None))
         for name in ("runs.json", "rejects-1.json", "health.json", "get-run-1.json"):
             assert call(event(name))[0] == 200, name
+
+
+def test_a_repeated_trigger_parameter_is_400_not_the_last_value(service: Service) -> None:
+    evt = event("trigger-etl.json")
+    evt["rawQueryString"] = "force=true&force=false"
+    evt["queryStringParameters"] = {"force": "true,false"}
+    status, body = call(evt)
+    assert (status, body["error"]["code"]) == (400, "bad_request")
+    assert "more than once: force" in body["error"]["message"]

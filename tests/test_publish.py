@@ -276,6 +276,8 @@ def test_a_valid_export_cut_short_is_refused_unless_forced(
         run_on(env, data)
     details = info.value.details
     assert (info.value.code, details["reason"], details["min_share"]) == ("load_refused", "shrink", 0.5)
+    [[last_run]] = db.run(f'SELECT max(id) FROM "{schema}".etl_runs')
+    assert details["run_id"] == last_run  # the answer names the run it recorded as failed
     assert details["current"] == {"users": 10, "experiments": 11}
     assert details["incoming"] == {"users": 10 if cut == "experiments" else 2, "experiments": 3}
     assert features_dump(db, schema) == before

@@ -128,7 +128,7 @@ def test_an_old_ledger_is_migrated_then_stamped_and_not_migrated_again(
     try:
         old, loaded, unchanged = (store.get_run(i) for i in (1, 2, 3))
         assert old is not None and old["fingerprint"] is None and old["status"] == "succeeded"
-        assert loaded is not None and loaded["inputs"]["users.csv"]["key"] == "users.csv"
+        assert loaded is not None and loaded["inputs"]["users.csv"]["key"] == str(settings.data_dir / "users.csv")
         assert unchanged is not None and (unchanged["status"], unchanged["same_as"]) == ("unchanged", 2)
         assert unchanged["fingerprint"] == loaded["fingerprint"]
         assert store.last_confirmed()["run_id"] == 3  # type: ignore[index]
@@ -168,3 +168,21 @@ def test_over_http_the_second_trigger_answers_unchanged_and_the_runs_list_shows_
     assert (body["status"], body["same_as"], body["users_written"]) == ("unchanged", first["run_id"], 0)
     assert set(body["inputs"]) == {"users.csv", "compounds.csv", "user_experiments.csv"}
     assert [r["run_id"] for r in listed["runs"]] == [body["run_id"]]
+
+
+@pytest.mark.unit
+def test_another_directory_with_files_of_the_same_names_sizes_and_times_is_loaded(tmp_path: Path) -> None:
+    """A copy kept with its times (cp -p, rsync -a, tar) but with other contents is another input."""
+    first = data_copy(tmp_path)
+    second = tmp_path / "other"
+    shutil.copytree(first, second)
+    users = second / "users.csv"
+    stat = users.stat()
+    users.write_bytes(users.read_bytes().replace(b"Alice", b"Zelda"))  # same size
+    os.utime(users, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    settings = Settings.from_env({"DATA_ROOT": str(tmp_path), "DATA_DIR": str(first)})
+    store = MemoryStore()
+    pipeline.run(settings, pipeline.Trigger(data="data"), store=store)
+    summary = pipeline.run(settings, pipeline.Trigger(data="other"), store=store)
+    assert summary["status"] == "succeeded"
+    assert store.features is not None and "Zelda" in store.features["user_name"].to_pylist()

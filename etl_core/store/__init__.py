@@ -21,6 +21,7 @@ RUN_STATUSES = ("running", "succeeded", "partial", "failed", "unchanged")
 # ('unchanged': a run that found the input as the last load read it, and loaded nothing)
 CONFIRMING = ("succeeded", "partial", "unchanged")
 # the statuses of a run that published features: the last one's fingerprint decides 'unchanged'
+LARGEST_ID = 2**63 - 1  # run ids are PostgreSQL bigints: any other number is no run
 LOADED = ("succeeded", "partial")
 
 

@@ -17,9 +17,7 @@ import pyarrow.compute as pc
 
 from etl_core.errors import LoadError, RunInProgress, shorten
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, LOADED, LastLoaded, RunRecord
-
-LARGEST_ID = 2**63 - 1
+from etl_core.store import CONFIRMING, LARGEST_ID, LOADED, LastLoaded, RunRecord
 
 
 class MemoryStore:
@@ -144,7 +142,7 @@ class MemoryPublication:
         return table.num_rows
 
     def store_rejects(self, rejects: pa.Table) -> None:
-        self._rejects = rejects
+        self._rejects = rejects if self._rejects is None else pa.concat_tables([self._rejects, rejects])
 
     def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
         self._finished = {"status": status, "files": files, "users_written": users_written, "seconds": seconds,

@@ -27,11 +27,10 @@ from etl_core import literals
 from etl_core.config import DbSettings
 from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, LastLoaded, RunRecord, db, sql
+from etl_core.store import CONFIRMING, LARGEST_ID, LastLoaded, RunRecord, db, sql
 from etl_core.store.db import Connection
 
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
-LARGEST_ID = 2**63 - 1  # run ids are bigint
 _COMMA, _OPEN, _CLOSE, _NOTHING = (literals.scalar(text, pa.string()) for text in (",", "{", "}", ""))
 
 
@@ -315,7 +314,7 @@ class PostgresPublication:
         table = sql.q(self._schema, sql.FEATURES)
         with _translated(self):
             if self._conn.run(sql.referencing_keys(), table=table):
-                self._conn.run(sql.create_staging())  # made with the features table's types
+                self._conn.run(sql.create_staging())  # our column types; INSERT ... SELECT converts
                 self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=True),
                            _binary_chunks(counted(features), self._run_id))
                 self._conn.run(sql.delete_missing(self._schema))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pg8000.native import identifier
 
+from etl_core.store import LOADED
+
 FEATURES = "user_features"
 RUNS = "etl_runs"
 REJECTS = "etl_rejects"
@@ -13,7 +15,6 @@ STAGING = "user_features__staging"
 LEDGER_VERSION = 2
 LEDGER_STAMP = f"experiment-etl ledger v{LEDGER_VERSION}"
 STATUS_CHECK = "CHECK (status IN ('running', 'succeeded', 'partial', 'failed', 'unchanged'))"
-LOADED = ("succeeded", "partial")  # the statuses of a run that published features
 
 
 def q(schema: str, table: str) -> str:
