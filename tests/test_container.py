@@ -95,6 +95,18 @@ def test_build_sh_builds_and_serves_the_image(engine: Engine, base_image: str, f
                                                                 "(start of the runtime client, imports)")
         for label, line in zip(["cold start: first invocation", "warm: second invocation"], reports, strict=False):
             report(request, label, line)
+        # the emulator's Max Memory Used is the configured size, not a measurement: the container's
+        # cgroup's peak (cgroup v2, or v1's memory controller)
+        for peak_file in ("/sys/fs/cgroup/memory.peak", "/sys/fs/cgroup/memory/memory.max_usage_in_bytes"):
+            peak = engine("exec", CONTAINER, "cat", peak_file, check=False)
+            if peak.returncode == 0 and peak.stdout.strip().isdigit():
+                report(request, "container peak memory (its cgroup's, all invocations)",
+                       f"{int(peak.stdout) / 2**20:.0f} MiB ({peak_file})")
+                break
+        hwm = engine("exec", CONTAINER, "sh", "-c", "grep -h VmHWM /proc/[0-9]*/status", check=False)
+        peaks = [int(line.split()[1]) for line in hwm.stdout.splitlines() if line.startswith("VmHWM")]
+        if peaks:
+            report(request, "largest process peak RSS in the container (VmHWM)", f"{max(peaks) / 1024:.0f} MiB")
     finally:
         run([str(ROOT / "build.sh"), "stop"], env=env, check=False, timeout=120)
     assert engine("ps", "-a", "--filter", f"name=^{CONTAINER}$", "--format", "{{.Names}}").stdout.strip() == ""
