@@ -88,7 +88,8 @@ class Run(Protocol):
         ...
 
     def analyze(self) -> None:
-        """Refresh the planner's statistics of the features table (after the publication)."""
+        """Refresh the planner's statistics of the features table after the publication, and reclaim its
+        dead rows where nothing else would."""
         ...
 
     def record_seconds(self, seconds: Any) -> None: ...

@@ -274,8 +274,13 @@ class PostgresRun(RunRecord):
                     db.close_quietly(conn)
 
     def analyze(self) -> None:
+        """ANALYZE; and VACUUM too where autovacuum is off (for the server or this table), since each
+        run leaves the old rows behind as dead rows and nothing else would reclaim them.  Neither
+        blocks readers or writers (SHARE UPDATE EXCLUSIVE), and both run after the commit."""
+        table = sql.q(self._schema, sql.FEATURES)
         with _translated():
-            self._conn.run(f"ANALYZE {sql.q(self._schema, sql.FEATURES)}")
+            [[autovacuum]] = self._conn.run(sql.autovacuum_on(), table=table)
+            self._conn.run(f"ANALYZE {table}" if autovacuum else f"VACUUM (ANALYZE) {table}")
 
     def record_seconds(self, seconds: Any) -> None:
         with _translated():

@@ -232,6 +232,12 @@ def number_rejects(schema: str) -> list[str]:
     ]
 
 
+def autovacuum_on() -> str:
+    """Whether autovacuum looks after the table ``:table``: on for the server, not off for the table."""
+    return ("SELECT current_setting('autovacuum')::boolean AND NOT coalesce("
+            "'autovacuum_enabled=false' = ANY (reloptions), false) FROM pg_class WHERE oid = CAST(:table AS regclass)")
+
+
 def lock_name(schema: str) -> str:
     """The text whose hash is the advisory lock key: one job at a time per schema."""
     return f"experiment-etl:{schema}"
