@@ -83,10 +83,6 @@ class FileSystemSource:
         return {"key": self._path(name), "size": int(info.size), "mtime_ns": info.mtime_ns,
                 "identity": f"{info.size}:{info.mtime_ns}"}
 
-    def location(self, name: str = "") -> str:
-        """Where ``name`` (or the source itself) is, as the runs ledger shows it."""
-        return self._path(name) if name else self.base
-
     def _path(self, name: str) -> str:
         return f"{self.base}/{name}"
 
@@ -145,9 +141,6 @@ class S3Source(FileSystemSource):
         if meta.get("VersionId"):
             found["version_id"] = _text(meta["VersionId"])
         return found
-
-    def location(self, name: str = "") -> str:
-        return f"s3://{self._path(name) if name else self.base + '/'}"
 
 
 def s3_source(url: str, *, endpoint: str | None = None, region: str | None = None) -> S3Source:
