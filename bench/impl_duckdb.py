@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import _common
 
@@ -39,6 +40,23 @@ FROM users u LEFT JOIN per_user p USING (user_id) LEFT JOIN favourites f USING (
 """
 
 
+def read_small_tables(db: Any, data: Path) -> None:
+    """users and compounds as DuckDB tables, typed as the contract says."""
+    db.execute("""CREATE TABLE users AS SELECT user_id, name FROM read_csv(?, header = true, quote = '"',
+                  escape = '"', columns = {'user_id': 'BIGINT', 'name': 'VARCHAR', 'email': 'VARCHAR',
+                  'signup_date': 'DATE'})""", [str(data / "users.csv")])
+    db.execute("""CREATE TABLE compounds AS SELECT compound_id, compound_name FROM read_csv(?, header = true,
+                  quote = '"', escape = '"', columns = {'compound_id': 'BIGINT', 'compound_name': 'VARCHAR',
+                  'compound_structure': 'VARCHAR'})""", [str(data / "compounds.csv")])
+
+
+def write_features_csv(db: Any, data: Path, out: Path) -> None:
+    """The features query over the experiments file, written by DuckDB as CSV to ``out``."""
+    query = FEATURES_SQL.replace(":experiments", "$experiments").replace(":run_id", "$run_id")
+    db.execute(f"COPY ({query}) TO '{out}' (FORMAT csv, HEADER false)",
+               {"experiments": str(data / "user_experiments.csv"), "run_id": _common.RUN_ID})
+
+
 def main() -> None:
     opts = _common.args("duckdb")
     phases = _common.Phases()
@@ -48,18 +66,11 @@ def main() -> None:
     phases.mark("import")
     data: Path = opts.data
     db = duckdb.connect()
-    db.execute("""CREATE TABLE users AS SELECT user_id, name FROM read_csv(?, header = true, quote = '"',
-                  escape = '"', columns = {'user_id': 'BIGINT', 'name': 'VARCHAR', 'email': 'VARCHAR',
-                  'signup_date': 'DATE'})""", [str(data / "users.csv")])
-    db.execute("""CREATE TABLE compounds AS SELECT compound_id, compound_name FROM read_csv(?, header = true,
-                  quote = '"', escape = '"', columns = {'compound_id': 'BIGINT', 'compound_name': 'VARCHAR',
-                  'compound_structure': 'VARCHAR'})""", [str(data / "compounds.csv")])
+    read_small_tables(db, data)
     phases.mark("read_small")
     with tempfile.TemporaryDirectory(prefix="bench-duckdb-") as tmp:
         out = Path(tmp) / "features.csv"
-        query = FEATURES_SQL.replace(":experiments", "$experiments").replace(":run_id", "$run_id")
-        db.execute(f"COPY ({query}) TO '{out}' (FORMAT csv, HEADER false)",
-                   {"experiments": str(data / "user_experiments.csv"), "run_id": _common.RUN_ID})
+        write_features_csv(db, data, out)
         phases.mark("compute_and_write_csv")
         db.close()
         conn = pg8000.native.Connection(**_common.pg_params(opts.database_url), application_name="bench-duckdb")

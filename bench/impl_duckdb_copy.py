@@ -14,22 +14,15 @@ def main() -> None:
     phases = _common.Phases()
     import duckdb
     import pg8000.native
-    from impl_duckdb import FEATURES_SQL
+    from impl_duckdb import read_small_tables, write_features_csv
 
     phases.mark("import")
     data: Path = opts.data
     db = duckdb.connect()
-    db.execute("CREATE TABLE users AS SELECT user_id, name FROM read_csv(?, header = true, "
-               "columns = {'user_id': 'BIGINT', 'name': 'VARCHAR', 'email': 'VARCHAR', 'signup_date': 'DATE'})",
-               [str(data / "users.csv")])
-    db.execute("CREATE TABLE compounds AS SELECT compound_id, compound_name FROM read_csv(?, header = true, "
-               "columns = {'compound_id': 'BIGINT', 'compound_name': 'VARCHAR', 'compound_structure': 'VARCHAR'})",
-               [str(data / "compounds.csv")])
+    read_small_tables(db, data)
     with tempfile.TemporaryDirectory(prefix="bench-duckdb-copy-") as tmp:
         out = Path(tmp) / "features.csv"
-        query = FEATURES_SQL.replace(":experiments", "$experiments").replace(":run_id", "$run_id")
-        db.execute(f"COPY ({query}) TO '{out}' (FORMAT csv, HEADER false)",
-                   {"experiments": str(data / "user_experiments.csv"), "run_id": _common.RUN_ID})
+        write_features_csv(db, data, out)
         db.close()
         phases.mark("compute_and_write_csv")
         conn = pg8000.native.Connection(**_common.pg_params(opts.database_url), application_name="bench-duckdb-copy")
