@@ -43,7 +43,7 @@ def main() -> None:
                                   "DATA_DIR": str(opts.data)})
     profiler = cProfile.Profile()
     profiler.enable()
-    summary = pipeline.run(settings, pipeline.Trigger())
+    summary = pipeline.run(settings, pipeline.Trigger(force=True))
     profiler.disable()
     print("phases (s):", summary["seconds"])
     if opts.stats:
@@ -95,7 +95,7 @@ def kernel_times(opts: argparse.Namespace) -> None:
             setattr(pc, name, timed(name, fn))
     settings = Settings.from_env({"DATABASE_URL": opts.database_url, "DB_SCHEMA": opts.schema,
                                   "DATA_DIR": str(opts.data)})
-    summary = pipeline.run(settings, pipeline.Trigger())
+    summary = pipeline.run(settings, pipeline.Trigger(force=True))
     print("phases (s):", summary["seconds"])
     print(f"\n==== pyarrow.compute functions by wall time (top {opts.top}) ====")
     print(f"{'seconds':>8} {'calls':>6}  function  <-  caller")
