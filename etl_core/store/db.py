@@ -38,6 +38,11 @@ class Connection(Protocol):
 
     def close(self) -> None: ...
 
+    @property
+    def row_count(self) -> int:
+        """Rows the last statement affected (-1: not known)."""
+        ...
+
 
 def connect(settings: DbSettings, *, sleep: Any = time.sleep) -> Connection:
     """Open a connection, retrying transient failures ``connect_attempts`` times in all."""
