@@ -278,7 +278,7 @@ class PostgresRun(RunRecord):
     def analyze(self) -> None:
         """ANALYZE; and VACUUM too where autovacuum is off (for the server or this table) and the
         publication left the old rows behind as dead rows, since nothing else would reclaim them (a
-        first load leaves none: its VACUUM would only set hint bits, 0.2-0.3 s of a million rows).
+        first load leaves none, and its VACUUM would have nothing to reclaim).
         Neither blocks readers or writers (SHARE UPDATE EXCLUSIVE), and both run after the commit."""
         table = sql.q(self._schema, sql.FEATURES)
         with _translated():
