@@ -2,7 +2,10 @@
 throwaway cluster with ``ssl=on`` and a certificate made here by a CA of our own, for the host name
 ``localhost`` only (so 127.0.0.1 fails a host name check, while the chain still verifies).
 
-Whether a connection is encrypted is the server's word: ``pg_stat_ssl`` for its own backend."""
+Whether a connection is encrypted is the server's word: ``pg_stat_ssl`` for its own backend.
+
+What the change saves is shown by the context ``prefer`` hands to pg8000 (it holds no CA certificate),
+not by a fresh process that never imports ssl: pg8000 imports scramp, which imports ssl at once."""
 
 from __future__ import annotations
 
