@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# Install the system packages the tests need (container engine, base-image builder, linters, psql),
-# as root on a Debian/Ubuntu machine; only what is missing, so a second run does nothing.
+# Install the system packages the tests need (container engine, base-image builder, linters, psql,
+# openssl for the TLS tests' certificates), as root on a Debian/Ubuntu machine; only what is
+# missing, so a second run does nothing.
 #
 #   .ci/setup-system.sh
 set -euo pipefail
 
-packages=(podman runc debootstrap shellcheck curl postgresql-client)
+packages=(podman runc debootstrap shellcheck curl postgresql-client openssl)
 missing=()
 for package in "${packages[@]}"; do
     if [ "$(dpkg-query -W -f '${db:Status-Status}' "$package" 2>/dev/null)" != installed ]; then

@@ -17,11 +17,17 @@ from etl_core.errors import ConfigError
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 POLICIES = ("strict", "quarantine")
 MAX_DIMENSIONS = 9  # dimensions in one set, as the embedded metric format's schema allows
+SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")  # libpq's, without "allow"
 
 
 @dataclasses.dataclass(frozen=True)
 class DbSettings:
-    """Where and how to connect; ``unix_sock`` wins over host/port when set."""
+    """Where and how to connect; ``unix_sock`` wins over host/port when set (and then no TLS is asked
+    for, as libpq ignores sslmode for Unix-domain sockets).
+
+    ``sslmode`` is one of ``SSLMODES``; ``sslrootcert`` is the CA file that verifies the server's
+    certificate, ``"system"`` for the system's CA store, or None (verify-*: the system store).
+    """
 
     host: str = "127.0.0.1"
     port: int = 5432
@@ -34,6 +40,8 @@ class DbSettings:
     retry_delay: float = 0.5
     statement_timeout_ms: int = 600_000
     lock_timeout_ms: int = 5_000
+    sslmode: str = "prefer"
+    sslrootcert: str | None = None
 
     def describe(self) -> str:
         """Where we connect, without the password."""
@@ -139,7 +147,7 @@ def db_settings(env: Mapping[str, str]) -> DbSettings:
     }
     url = env.get("DATABASE_URL")
     if url:
-        return _from_url(url, password=env.get("PGPASSWORD"), **timing)
+        return _from_url(url, env, **timing)
     host = env.get("PGHOST", "127.0.0.1")
     port = _int(env, "PGPORT", 5432, minimum=1)
     return DbSettings(
@@ -149,11 +157,14 @@ def db_settings(env: Mapping[str, str]) -> DbSettings:
         database=env.get("PGDATABASE", "postgres"),
         password=env.get("PGPASSWORD"),
         unix_sock=_socket_path(host, port),
+        **_tls({}, env),
         **timing,
     )
 
 
-def _from_url(url: str, *, password: str | None, **timing: Any) -> DbSettings:
+def _from_url(url: str, env: Mapping[str, str], **timing: Any) -> DbSettings:
+    """The URI's parts and query parameters; the password, sslmode and sslrootcert fall back to the
+    PG* variables when the URI has none, as in libpq."""
     parts = urlsplit(url)
     if parts.scheme not in ("postgres", "postgresql"):
         raise ConfigError("DATABASE_URL must start with postgresql:// (the libpq URI form)")
@@ -170,10 +181,33 @@ def _from_url(url: str, *, password: str | None, **timing: Any) -> DbSettings:
         port=port,
         user=unquote(parts.username or "") or query.get("user") or "postgres",
         database=unquote(parts.path.lstrip("/")) or query.get("dbname") or "postgres",
-        password=unquote(parts.password) if parts.password else password,
+        password=unquote(parts.password) if parts.password else env.get("PGPASSWORD"),
         unix_sock=_socket_path(host, port),
+        **_tls(query, env),
         **timing,
     )
+
+
+def _tls(query: Mapping[str, str], env: Mapping[str, str]) -> dict[str, Any]:
+    """sslmode and sslrootcert from DATABASE_URL's query, else PGSSLMODE and PGSSLROOTCERT.
+
+    As in libpq (16 and later), ``sslrootcert=system`` makes verify-full the default and refuses a
+    weaker mode: a public CA signs certificates for any host name its customers own, so only the
+    host name check makes the system store mean something.  The CA file must exist now, not at the
+    first connect."""
+    mode_from = "DATABASE_URL's sslmode" if query.get("sslmode") else "PGSSLMODE"
+    mode = query.get("sslmode") or env.get("PGSSLMODE") or None
+    root_from = "DATABASE_URL's sslrootcert" if query.get("sslrootcert") else "PGSSLROOTCERT"
+    root = query.get("sslrootcert") or env.get("PGSSLROOTCERT") or None
+    if mode is None:
+        mode = "verify-full" if root == "system" else "prefer"
+    if mode not in SSLMODES:
+        raise ConfigError(f"{mode_from} must be one of {', '.join(SSLMODES)}, not {mode!r}")
+    if root == "system" and mode != "verify-full":
+        raise ConfigError(f"{root_from}=system needs sslmode=verify-full (as in libpq), not {mode}")
+    if root is not None and root != "system" and not Path(root).is_file():
+        raise ConfigError(f"{root_from} names no file: {root}")
+    return {"sslmode": mode, "sslrootcert": root}
 
 
 def _socket_path(host: str, port: int) -> str | None:

@@ -55,12 +55,14 @@ class _Throwaway:
             shutil.chown(self.dir, "postgres")
             self.prefix = ["runuser", "-u", "postgres", "--"]
 
-    def start(self) -> str:
+    def start(self, *options: str) -> str:
+        """Start the cluster; ``options`` are more server settings, ``name=value`` (no spaces)."""
         data = self.dir / "data"
         subprocess.run([*self.prefix, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
                         "--no-sync"], check=True, capture_output=True)
+        more = "".join(f" -c {option}" for option in options)
         subprocess.run([*self.prefix, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w",
-                        "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off",
+                        "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off{more}",
                         "start"], check=True, capture_output=True)
         url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         conn = connect(db_settings({"DATABASE_URL": url}))

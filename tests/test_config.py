@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,47 @@ def test_paths_are_resolved(tmp_path: Path) -> None:
     settings = Settings.from_env({"DATA_DIR": str(tmp_path / "a" / ".." / "b"), "DATA_ROOT": str(tmp_path)})
     assert settings.data_dir == tmp_path / "b"
     assert settings.data_root == tmp_path
+
+
+def test_tls_settings_from_the_url_query(tmp_path: Path) -> None:
+    ca = tmp_path / "ca.pem"
+    ca.write_text("a CA bundle\n")  # only its existence is checked here; the TLS tests load real ones
+    db = db_settings({"DATABASE_URL": f"postgresql://etl@db.example/lab?sslmode=verify-full&sslrootcert={ca}"})
+    assert (db.sslmode, db.sslrootcert) == ("verify-full", str(ca))
+
+
+def test_tls_settings_from_pg_variables_without_a_url(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("a CA bundle\n")
+    db = db_settings({"PGHOST": "db.example", "PGSSLMODE": "verify-ca", "PGSSLROOTCERT": str(tmp_path / "ca.pem")})
+    assert (db.sslmode, db.sslrootcert) == ("verify-ca", str(tmp_path / "ca.pem"))
+
+
+def test_the_url_wins_and_pg_variables_fill_what_it_lacks(tmp_path: Path) -> None:
+    """As in libpq: a connection string's parameter wins over the PG* variable, which fills a gap."""
+    (tmp_path / "ca.pem").write_text("a CA bundle\n")
+    env = {"PGSSLMODE": "disable", "PGSSLROOTCERT": str(tmp_path / "ca.pem")}
+    assert db_settings({**env, "DATABASE_URL": "postgresql://etl@db/lab?sslmode=require"}).sslmode == "require"
+    from_env = db_settings({**env, "DATABASE_URL": "postgresql://etl@db/lab"})
+    assert (from_env.sslmode, from_env.sslrootcert) == ("disable", str(tmp_path / "ca.pem"))
+
+
+def test_tls_defaults_are_libpqs() -> None:
+    """prefer by default; sslrootcert=system makes verify-full the default (libpq 16)."""
+    assert (db_settings({}).sslmode, db_settings({}).sslrootcert) == ("prefer", None)
+    assert db_settings({"DATABASE_URL": "postgresql://etl@db/lab"}).sslmode == "prefer"
+    system = db_settings({"DATABASE_URL": "postgresql://etl@db/lab?sslrootcert=system"})
+    assert (system.sslmode, system.sslrootcert) == ("verify-full", "system")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"PGSSLMODE": "allow"}, "PGSSLMODE must be one of disable, prefer, require, verify-ca, verify-full, not 'allow'"),
+    ({"DATABASE_URL": "postgresql://etl@db/lab?sslmode=verify_full"},
+     "DATABASE_URL's sslmode must be one of disable, prefer, require, verify-ca, verify-full, not 'verify_full'"),
+    ({"PGSSLMODE": "require", "PGSSLROOTCERT": "system"}, "PGSSLROOTCERT=system needs sslmode=verify-full"),
+    ({"PGSSLROOTCERT": "/nowhere/rds-ca.pem"}, "PGSSLROOTCERT names no file: /nowhere/rds-ca.pem"),
+    ({"DATABASE_URL": "postgresql://etl@db/lab?sslmode=verify-full&sslrootcert=/nowhere/ca.pem"},
+     "DATABASE_URL's sslrootcert names no file: /nowhere/ca.pem"),
+])
+def test_bad_tls_settings_say_what_is_wrong(env: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Settings.from_env(env)

@@ -1,14 +1,16 @@
-"""The PostgreSQL edge: connecting (bounded retries, timeouts) and translating pg8000's errors once.
+"""The PostgreSQL edge: connecting (bounded retries, timeouts, TLS as libpq's sslmode says) and
+translating pg8000's errors once.
 
 pg8000 has no type hints, so the rest of the code talks to the small ``Connection`` protocol below.
 """
 
 from __future__ import annotations
 
+import functools
 import socket
 import time
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from etl_core.config import DbSettings
 from etl_core.errors import (
@@ -21,6 +23,9 @@ from etl_core.errors import (
     TransientLoadError,
 )
 
+if TYPE_CHECKING:
+    import ssl
+
 # SQLSTATE classes and codes that may go away on their own: connection trouble, the server shutting
 # down or starting, timeouts, lock trouble, serialization failures.
 _TRANSIENT_PREFIXES = ("08", "53", "57P", "40")
@@ -30,6 +35,11 @@ _FOREIGN_KEY_VIOLATION = "23503"
 # OSError as its cause) and for a call it cannot make (a missing parameter, no password to offer):
 # only the first kind may go away on retry
 _CONNECTION_LOST = ("network error", "communication error", "connection is closed", "Can't create a connection")
+# what pg8000 raises when it asked for TLS with a context of ours and the server answered 'N'
+_REFUSES_TLS = "Server refuses SSL"
+# OpenSSL's X509_V_ERR_HOSTNAME_MISMATCH and X509_V_ERR_IP_ADDRESS_MISMATCH: the certificate is good but
+# does not name the host (a DNS name or an IP address) the connection was made to
+_NAME_MISMATCH = (62, 64)
 
 
 class Connection(Protocol):
@@ -46,27 +56,13 @@ class Connection(Protocol):
 
 def connect(settings: DbSettings, *, sleep: Any = time.sleep) -> Connection:
     """Open a connection, retrying transient failures ``connect_attempts`` times in all."""
-    import pg8000.native  # lazily: not needed to answer an event that never touches the database
-
+    tls = _tls_context(settings)
     last: Exception | None = None
     for attempt in range(settings.connect_attempts):
         if attempt:
             sleep(settings.retry_delay * 2 ** (attempt - 1))
         try:
-            conn = pg8000.native.Connection(
-                user=settings.user,
-                password=settings.password,
-                host=settings.host,
-                port=settings.port,
-                database=settings.database,
-                unix_sock=settings.unix_sock,
-                timeout=settings.connect_timeout,
-                application_name="experiment-etl",
-                startup_params={
-                    "statement_timeout": str(settings.statement_timeout_ms),
-                    "lock_timeout": str(settings.lock_timeout_ms),
-                },
-            )
+            conn = _open(settings, tls)
             # the connect timeout also bounds every socket read; a long COPY or swap is bounded by
             # statement_timeout instead
             conn._usock.settimeout(None if not settings.statement_timeout_ms
@@ -77,6 +73,7 @@ def connect(settings: DbSettings, *, sleep: Any = time.sleep) -> Connection:
                 conn._usock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             return conn
         except Exception as exc:
+            _raise_if_tls_failed(exc, settings)
             err = translate(exc)
             if isinstance(err, InternalError) and _is_interface_error(exc):
                 # the server asks for what our settings cannot give (a password, an auth method)
@@ -91,6 +88,98 @@ def connect(settings: DbSettings, *, sleep: Any = time.sleep) -> Connection:
         database=settings.describe(),
         attempts=settings.connect_attempts,
     ) from last
+
+
+def _open(settings: DbSettings, tls: ssl.SSLContext | bool) -> Any:
+    """One connection attempt (pg8000's Connection); ``tls`` False: no SSLRequest at all; a context:
+    TLS, or pg8000 raises InterfaceError when the server refuses it, and then sslmode=prefer asks
+    once more without TLS (pg8000 has closed the first socket)."""
+    import pg8000.native  # lazily: not needed to answer an event that never touches the database
+
+    try:
+        return _pg8000_connection(pg8000.native, settings, tls)
+    except Exception as exc:
+        if tls is False or settings.sslmode != "prefer" or not _refuses_tls(exc):
+            raise
+    return _pg8000_connection(pg8000.native, settings, False)
+
+
+def _pg8000_connection(pg8000_native: Any, settings: DbSettings, tls: ssl.SSLContext | bool) -> Any:
+    return pg8000_native.Connection(
+        user=settings.user,
+        password=settings.password,
+        host=settings.host,
+        port=settings.port,
+        database=settings.database,
+        unix_sock=settings.unix_sock,
+        timeout=settings.connect_timeout,
+        ssl_context=tls,
+        application_name="experiment-etl",
+        startup_params={
+            "statement_timeout": str(settings.statement_timeout_ms),
+            "lock_timeout": str(settings.lock_timeout_ms),
+        },
+    )
+
+
+def _tls_context(settings: DbSettings) -> ssl.SSLContext | bool:
+    """What pg8000 gets as ``ssl_context``: False (no TLS asked for) over a Unix socket, as libpq
+    ignores sslmode there, and for disable; otherwise a context of ours, since pg8000's default
+    (None) loads the system's CA store on every connect (20-40 ms) only to verify nothing."""
+    if settings.unix_sock is not None or settings.sslmode == "disable":
+        return False
+    # libpq: require with a CA file verifies the chain as verify-ca does; prefer never verifies
+    # (it would fall back to plain text on a failed check, which protects nothing)
+    verify = settings.sslmode.startswith("verify-") or (settings.sslmode == "require"
+                                                       and settings.sslrootcert is not None)
+    return _context(verify, settings.sslmode == "verify-full", settings.sslrootcert if verify else None)
+
+
+@functools.lru_cache(maxsize=8)
+def _context(verify: bool, check_hostname: bool, rootcert: str | None) -> ssl.SSLContext:
+    """One context per kind in a process: loading a CA store costs milliseconds, a context is reusable."""
+    import ssl  # lazily, as pg8000 is: importing this module costs no ssl import (15-20 ms)
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # TLS 1.2 or later; loads no CA store by itself
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    context.check_hostname = check_hostname  # pg8000 passes server_hostname=host
+    context.verify_mode = ssl.CERT_REQUIRED
+    try:
+        if rootcert is None or rootcert == "system":
+            context.load_default_certs()
+        else:
+            context.load_verify_locations(cafile=rootcert)
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError: not a PEM file, no certificate in it
+        raise ConfigError(f"sslrootcert {rootcert} holds no CA certificate that can be loaded: {exc}") from exc
+    return context
+
+
+def _refuses_tls(exc: BaseException) -> bool:
+    return _is_interface_error(exc) and str(exc) == _REFUSES_TLS
+
+
+def _raise_if_tls_failed(exc: BaseException, settings: DbSettings) -> None:
+    """A server without TLS when TLS is required, or a certificate that fails verification, is bad
+    config: trying again would meet the same server and the same certificate."""
+    if _refuses_tls(exc):
+        raise ConfigError(f"the server at {settings.describe()} does not accept TLS, but sslmode={settings.sslmode}",
+                          database=settings.describe()) from exc
+    import ssl  # pg8000 has imported it already (through scramp)
+
+    # pg8000 (1.31) lets the handshake's error through as it is; look one level down too, should a
+    # later version wrap it
+    seen = next((candidate for candidate in (exc, exc.__cause__, exc.__context__)
+                 if isinstance(candidate, ssl.SSLCertVerificationError)), None)
+    if seen is not None:
+        hint = ""
+        if seen.verify_code in _NAME_MISMATCH:
+            hint = f" (verify-full: the certificate must name the host connected to, {settings.host})"
+        raise ConfigError(f"the server at {settings.describe()} failed TLS verification "
+                          f"(sslmode={settings.sslmode}): {seen.verify_message or seen}{hint}",
+                          database=settings.describe()) from exc
 
 
 def is_alive(conn: Connection) -> bool:
