@@ -177,46 +177,42 @@ class PostgresStore:
 
     def _ensure_tables(self, conn: Connection, *, trust_stamp: bool = True) -> None:
         """One catalog query when the ledger carries the current stamp; else create what is missing,
-        migrate what is old, and stamp it (several processes may try at once: the runs table's lock
-        orders them)."""
+        migrate what is old, and stamp it, in one transaction (one commit to wait for on a first run,
+        not five; several processes may try at once: the runs table's lock orders them)."""
         table = sql.q(self.schema, sql.RUNS)
         if trust_stamp and conn.run(sql.ledger_stamp(), table=table) == [[sql.LEDGER_STAMP]]:
             self._numbered = True  # numbering came with the stamp's version
             return
-        # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
-        # look first, so that a role with rights on its schema only (README, Security) is enough
-        if not conn.run("SELECT 1 FROM pg_namespace WHERE nspname = :name", name=self.schema):
-            conn.run(f"CREATE SCHEMA {identifier(self.schema)}")
-        for statement in sql.create_tables(self.schema):
-            conn.run(statement)
-        self._number_rejects(conn)
         conn.run("BEGIN")
         try:
+            # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
+            # look first, so that a role with rights on its schema only (README, Security) is enough
+            if not conn.run("SELECT 1 FROM pg_namespace WHERE nspname = :name", name=self.schema):
+                conn.run(f"CREATE SCHEMA {identifier(self.schema)}")
+            for statement in sql.create_tables(self.schema):
+                conn.run(statement)
+            self._number_rejects(conn)  # before the stamp, which promises it
             for statement in sql.migrate_runs(self.schema):
                 conn.run(statement)
             conn.run("COMMIT")
         except BaseException:
+            self._numbered = False  # rolled back with the rest
             _rollback(conn)
             raise
 
     def _number_rejects(self, conn: Connection) -> None:
-        """Number the rows of a rejects table made before rejects were numbered, once (several
-        processes may try at once: the table's lock orders them, and the later ones find it done)."""
+        """Number the rows of a rejects table made before rejects were numbered, once, inside the
+        caller's transaction (several processes may try at once: the table's lock orders them, and
+        the later ones find it done)."""
         table = sql.q(self.schema, sql.REJECTS)
         if self._numbered or conn.run(sql.has_column(table, "seq"), table=table):
             self._numbered = True  # checked once per process: a warm run saves the round trip
             return
-        conn.run("BEGIN")
-        try:
-            conn.run(sql.lock_rejects(self.schema))
-            if not conn.run(sql.has_column(table, "seq"), table=table):
-                for statement in sql.number_rejects(self.schema):
-                    conn.run(statement)
-            conn.run("COMMIT")
-            self._numbered = True
-        except BaseException:
-            _rollback(conn)
-            raise
+        conn.run(sql.lock_rejects(self.schema))
+        if not conn.run(sql.has_column(table, "seq"), table=table):
+            for statement in sql.number_rejects(self.schema):
+                conn.run(statement)
+        self._numbered = True
 
     def _fail_abandoned(self, conn: Connection) -> None:
         """Runs still 'running' while we hold the lock were cut off (their connection died)."""
