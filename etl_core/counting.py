@@ -38,10 +38,12 @@ from etl_core import literals, transform
 # 524,287 compounds, so that a bucket's keys fit in 32 bits
 BUCKET_USERS = 1 << 12
 # Keys wait in their bucket until there are more of them than twice the bucket's counted pairs and
-# than the bucket's share of PENDING_KEYS (2^27 keys, 512 MiB as int32, across all buckets); then they
+# than the bucket's share of PENDING_KEYS (2^28 keys, 1 GiB as int32, across all buckets); then they
 # are counted.  Counting sooner would cost time and, while most pairs are new, memory too: a counted
-# pair takes 12 bytes, a pending key 4.
-PENDING_KEYS = 1 << 27
+# pair takes 12 bytes, a pending key 4.  At 4L (160M keys, 67M distinct pairs) a budget of 2^27 had
+# every bucket counted once while the file was read, to 1.24 GB peak RSS and 20-22 s; with 2^28 none
+# is, to 1.14 GB and 17-19.5 s (bench/README.md).
+PENDING_KEYS = 1 << 28
 
 
 class Bucket:
