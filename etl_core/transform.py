@@ -8,9 +8,9 @@ Each user gets a position (its rank among the sorted user ids) and each compound
 among the sorted compound ids).  With ``width`` compounds and ``stride = width + 1``, every experiment
 gives one key per distinct compound it lists, ``position * stride + index``, and one more,
 ``position * stride + width``, that counts the experiment itself (``experiment_keys``).  Counted keys
-(``count_keys``, ``add_counts``) give each user's total of experiments (``user_totals``) and the
-compounds tied for its top count (``tied_favourites``); ``favourites`` does both for the keys of a
-range of users, and ``feature_batch`` turns them into those users' rows of the features table.
+(``count_keys``, sorted by ``sort_small``, and ``add_counts``) give each user's total of experiments
+(``user_totals``) and the compounds tied for its top count (``tied_favourites``); ``favourites`` does
+both for the keys of a range of users, and ``feature_batch`` turns them into those users' rows of the features table.
 """
 
 from __future__ import annotations
@@ -97,9 +97,40 @@ def experiment_keys(users: pa.Array, lists: pa.ListArray, user_ids: pa.Array, co
 
 
 def count_keys(keys: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
-    """Each distinct key once, and how often it occurs (int64), in no particular order."""
-    counted = group_by(pa.table({"k": keys}), ["k"], [("k", "hash_count")])
-    return _array(counted.column("k")), _array(counted.column("k_count"))
+    """Each distinct key once, ascending, and how often it occurs (int64).  The keys are not negative.
+
+    Sorted rather than hashed: ``sort_small`` and one run-length encoding took a bucket's 163k keys
+    in 3.2 ms where a hash aggregation took 8 ms."""
+    if isinstance(keys, pa.ChunkedArray):
+        keys = keys.combine_chunks() if keys.num_chunks else literals.empty(keys.type)
+    runs = pc.run_end_encode(sort_small(keys))
+    ends = pa.concat_arrays([literals.array([0], pa.int64()), runs.run_ends.cast(pa.int64())])
+    return runs.values, pc.pairwise_diff(ends)[1:]
+
+
+RADIX_BITS = 12  # pyarrow sorts integers that span at most 2^12 values with a counting sort (O(n))
+_DIGIT = {width: scalar((1 << RADIX_BITS) - 1, pa.int64() if width == 64 else pa.int32()) for width in (32, 64)}
+
+
+def sort_small(values: pa.Array) -> pa.Array:
+    """``values`` (int32 or int64, none negative, no nulls) in ascending order: a radix sort, 12 bits
+    at a time from the lowest, each digit by pyarrow's stable counting sort.  Bucket keys span 26
+    bits: three passes, where pyarrow's comparison sort of a bucket's keys took four to five times as
+    long."""
+    if len(values) < 2:
+        return values
+    top = pc.max(values).as_py()
+    digit = _DIGIT[values.type.bit_width]
+    shift = 0
+    while True:
+        if shift == 0 and top <= digit.as_py():
+            part = values  # one digit: its own counting sort
+        else:
+            part = pc.bit_wise_and(pc.shift_right(values, scalar(shift, values.type)), digit)
+        values = values.take(pc.array_sort_indices(part))
+        shift += RADIX_BITS
+        if top >> shift == 0:
+            return values
 
 
 def add_counts(keys: pa.Array, counts: pa.Array, more_keys: pa.Array,
@@ -152,7 +183,7 @@ def tied_favourites(keys: pa.Array, positions: pa.Array, counts: pa.Array, users
     best = group_by(pa.table({"user": positions, "n": counts}), ["user"], [("n", "hash_max")])
     top = pc.scatter(best["n_max"].combine_chunks(), best["user"].combine_chunks(), max_index=users - 1)
     tied = keys.filter(pc.equal(counts, top.take(positions)))
-    tied = tied.take(pc.array_sort_indices(tied))  # by user, then compound index
+    tied = sort_small(tied)  # by user, then compound index
     stride_ = scalar(stride, tied.type)
     tied_user = pc.divide(tied, stride_)
     runs = pc.run_end_encode(tied_user)
