@@ -10,7 +10,8 @@ gives one key per distinct compound it lists, ``position * stride + index``, and
 ``position * stride + width``, that counts the experiment itself (``experiment_keys``).  Counted keys
 (``count_keys``, sorted by ``sort_small``, and ``add_counts``) give each user's total of experiments
 (``user_totals``) and the compounds tied for its top count (``tied_favourites``); ``favourites`` does
-both for the keys of a range of users, and ``feature_batch`` turns them into those users' rows of the features table.
+both for the keys of a range of users, and ``feature_batch`` turns them into those users' rows of the
+features table.
 """
 
 from __future__ import annotations
@@ -114,9 +115,9 @@ _DIGIT = {width: scalar((1 << RADIX_BITS) - 1, pa.int64() if width == 64 else pa
 
 def sort_small(values: pa.Array) -> pa.Array:
     """``values`` (int32 or int64, none negative, no nulls) in ascending order: a radix sort, 12 bits
-    at a time from the lowest, each digit by pyarrow's stable counting sort.  Bucket keys span 26
-    bits: three passes, where pyarrow's comparison sort of a bucket's keys took four to five times as
-    long."""
+    at a time from the lowest, each digit by pyarrow's stable counting sort.  A bucket's keys span 26
+    bits at L (three passes), 22 at M (two); pyarrow's own sort of them, a comparison sort, took four to
+    five times as long as the three passes."""
     if len(values) < 2:
         return values
     top = pc.max(values).as_py()
