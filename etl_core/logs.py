@@ -49,6 +49,8 @@ def configure() -> None:
     runtime = sys.modules.get("awslambdaric.bootstrap")
     if runtime is not None and logging.getLogger().handlers:
         _fields_in_message = os.environ.get("AWS_LAMBDA_LOG_FORMAT", "").upper() != "JSON"
+        for handler in logging.getLogger().handlers:
+            with_context(handler)
         return
     if not logging.getLogger().handlers and not LOGGER.handlers:
         from awslambdaric.lambda_runtime_log_utils import JsonFormatter  # the runtime's own format
@@ -57,6 +59,27 @@ def configure() -> None:
         stream.terminator = ""  # the formatter ends each line itself
         stream.setFormatter(JsonFormatter())
         LOGGER.addHandler(stream)
+
+
+class _Context(logging.Filter):
+    """Gives every record the context's fields it does not have yet: the lines of other libraries'
+    loggers (Mangum's access line, ``GET /trigger-etl 200``) then carry ``kind`` (and ``run_id``,
+    when they are written inside the run) as ours do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name, value in _CONTEXT.get().items():
+            if name not in record.__dict__:
+                setattr(record, name, value)
+        return True
+
+
+_WITH_CONTEXT = _Context()
+
+
+def with_context(handler: logging.Handler) -> logging.Handler:
+    """``handler`` writing the context's fields into every line it gets (once: a second call adds nothing)."""
+    handler.addFilter(_WITH_CONTEXT)
+    return handler
 
 
 def current() -> dict[str, Any]:

@@ -186,7 +186,8 @@ def test_operating_the_function_in_the_container(engine: Engine, function_image:
     assert PASSWORD in with_password
     env = {"RIE_PORT": str(port), "DATABASE_URL": with_password, "DB_SCHEMA": schema, "DATA_ROOT": "/data",
            "DATA_DIR": "/data/good", "ETL_HEALTH_MAX_AGE_SECONDS": "3600",
-           "ETL_METRICS_DIMENSIONS": "Service=container-test"}
+           "ETL_METRICS_DIMENSIONS": "Service=container-test",
+           "AWS_LAMBDA_LOG_LEVEL": "INFO"}  # as the template's LoggingConfig sets it (ApplicationLogLevel)
     engine("run", "-d", *engine.flags, "--name", name, "--network", "host", "-v", f"{root}:/data:ro",
            *(arg for key, value in env.items() for arg in ("-e", f"{key}={value}")), function_image)
     try:
@@ -249,6 +250,7 @@ def test_operating_the_function_in_the_container(engine: Engine, function_image:
     invocations = by_invocation(log)
     assert len(invocations) == INVOKED.count(url), list(invocations)
     documents = []
+    mangum_lines = 0
     for request_id, lines in invocations.items():
         for line in lines:
             try:
@@ -263,6 +265,9 @@ def test_operating_the_function_in_the_container(engine: Engine, function_image:
                 assert found["level"] in ("INFO", "WARNING", "ERROR") and found["kind"] in ("http", "direct"), line
                 if found["message"] in ("run_started", "file_read", "run_finished", "run_failed"):
                     assert isinstance(found.get("run_id"), int), line
+            elif found.get("logger", "").startswith("mangum"):  # its access line: GET /path 200
+                assert found["level"] == "INFO" and found["kind"] == "http", line
+                mangum_lines += 1
             else:  # the runtime's own report of a failed direct invocation, or another library's line
                 assert found.get("level"), line
     [cold] = [d for d in documents if "ColdStart" in d]
@@ -275,5 +280,7 @@ def test_operating_the_function_in_the_container(engine: Engine, function_image:
     assert (runs_documents[3]["RunsFailed"], runs_documents[3]["error_code"]) == (1, "contract_violation")
     errors = [json.loads(line) for line in invocations[runs_documents[3]["requestId"]]]
     assert {e.get("errorType") for e in errors} >= {"ContractViolation"}  # the runtime's report, same request id
+    assert mangum_lines, "no access line of Mangum's in the log"
     report(request, "operating", f"{len(invocations)} invocations, {sum(map(len, invocations.values()))} lines, "
-                                 f"all JSON with their request id; {len(documents)} EMF documents valid")
+                                 f"all JSON with their request id; {len(documents)} EMF documents valid; "
+                                 f"{mangum_lines} access lines of Mangum's, each with its kind")

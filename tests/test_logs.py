@@ -3,6 +3,7 @@ the event's kind and the run id, in worker threads and error reports too."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
@@ -88,6 +89,34 @@ def memory_service(tmp_path: Any) -> Iterator[Service]:
     set_service(service)
     yield service
     set_service(None)
+
+
+def test_other_libraries_lines_carry_the_context_too() -> None:
+    """The runtime's handler gets ``with_context``: a line of Mangum's logger, written inside an
+    invocation, carries its kind (and run id) in the runtime's JSON format; outside, nothing."""
+    from awslambdaric.lambda_runtime_log_utils import JsonFormatter
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.terminator = ""  # the formatter ends each line itself
+    handler.setFormatter(JsonFormatter())
+    assert logs.with_context(logs.with_context(handler)).filters == handler.filters[:1]  # once only
+    other = logging.getLogger("mangum.http")
+    saved = (other.level, other.propagate)
+    other.addHandler(handler)
+    other.setLevel(logging.INFO)
+    other.propagate = False
+    try:
+        with logs.bound(kind="http", run_id=7):
+            other.info("%s %s %s", "GET", "/trigger-etl", 200)
+        other.info("outside an invocation")
+    finally:
+        other.removeHandler(handler)
+        other.level, other.propagate = saved
+    inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (inside["message"], inside["logger"]) == ("GET /trigger-etl 200", "mangum.http")
+    assert (inside["kind"], inside["run_id"]) == ("http", 7)
+    assert "kind" not in outside and "run_id" not in outside
 
 
 def test_every_line_of_an_http_invocation_carries_its_request_id_kind_and_run(
