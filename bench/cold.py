@@ -25,7 +25,7 @@ import statistics
 import subprocess
 import time
 
-from warm import PODMAN_FLAGS, ROOT, build, free_ports, invoke, listening, sh
+from warm import ROOT, add_engine_options, build, dirty, engine_of, free_ports, invoke, listening, sh
 
 _INIT = re.compile(r"INIT REPORT\(durationMs: ([\d.]+)\)")
 _REPORT = re.compile(r"^REPORT RequestId: \S+\s+(?:Init Duration: [\d.]+ ms\s+)?Duration: ([\d.]+) ms", re.M)
@@ -72,18 +72,12 @@ def one_start(engine: list[str], flags: list[str], image: str, database_url: str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--starts", type=int, default=10, help="cold starts, each in a new container")
-    parser.add_argument("--engine", default="podman")
-    parser.add_argument("--base-image", default="localhost/debian-python:bookworm")
-    parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL",
-                                                                 "postgresql://postgres@127.0.0.1:5432/test"))
+    add_engine_options(parser)
     args = parser.parse_args()
-    engine = [args.engine]
-    flags = PODMAN_FLAGS if args.engine == "podman" else []
-    event = (ROOT / "events" / "trigger-etl.json").read_bytes()
-    commit = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD").strip()
-    dirty = " (with uncommitted changes)" if sh("git", "-C", str(ROOT), "status", "--porcelain").strip() else ""
+    engine, flags, event = engine_of(args)
+    commit = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD").strip() + dirty()
     image = "localhost/experiment-etl:cold-head"
-    print(f"building {image} ({commit}{dirty})", flush=True)
+    print(f"building {image} ({commit})", flush=True)
     build(engine, flags, args.base_image, ROOT, image)
     rows = []
     for start in range(args.starts):
@@ -93,7 +87,7 @@ def main() -> None:
         print(f"start {start + 1}/{args.starts} (load {load:.2f}): INIT {row['init_ms']:.0f} ms + first "
               f"{row['first_ms']:.0f} ms = {row['cold_ms']:.0f} ms; warm {row['warm_ms']:.1f} ms; "
               f"peak {row['peak_mib']:.0f} MiB", flush=True)
-    print(f"\n{args.starts} cold starts of {image} ({commit}{dirty}), medians (ranges):")
+    print(f"\n{args.starts} cold starts of {image} ({commit}), medians (ranges):")
     for key, label in (("init_ms", "INIT REPORT"), ("first_ms", "first invocation (REPORT)"),
                        ("cold_ms", "INIT + first invocation"), ("warm_ms", "second (warm) invocation (REPORT)"),
                        ("first_wall_ms", "first invocation, client wall"), ("peak_mib", "cgroup peak memory, MiB")):

@@ -72,29 +72,42 @@ def invoke(port: int, event: bytes) -> float:
     return spent
 
 
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    """The options bench/warm.py and bench/cold.py share: engine, base image, database."""
+    parser.add_argument("--engine", default="podman")
+    parser.add_argument("--base-image", default="localhost/debian-python:bookworm")
+    parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL",
+                                                                 "postgresql://postgres@127.0.0.1:5432/test"))
+
+
+def engine_of(args: argparse.Namespace) -> tuple[list[str], list[str], bytes]:
+    """The engine's command, its flags, and the HTTP API event for GET /trigger-etl."""
+    return [args.engine], PODMAN_FLAGS if args.engine == "podman" else [], (
+        ROOT / "events" / "trigger-etl.json").read_bytes()
+
+
+def dirty() -> str:
+    return " (with uncommitted changes)" if sh("git", "-C", str(ROOT), "status", "--porcelain").strip() else ""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--base", default="main", help="the commit to compare with (default: main)")
     parser.add_argument("--rounds", type=int, default=25, help="measured invocations of each image")
     parser.add_argument("--warmup", type=int, default=3, help="invocations of each before measuring")
-    parser.add_argument("--engine", default="podman")
-    parser.add_argument("--base-image", default="localhost/debian-python:bookworm")
-    parser.add_argument("--database-url", default=os.environ.get("TEST_DATABASE_URL",
-                                                                 "postgresql://postgres@127.0.0.1:5432/test"))
+    add_engine_options(parser)
     args = parser.parse_args()
-    engine = [args.engine]
-    flags = PODMAN_FLAGS if args.engine == "podman" else []
-    event = (ROOT / "events" / "trigger-etl.json").read_bytes()
+    engine, flags, event = engine_of(args)
     base_commit = sh("git", "-C", str(ROOT), "rev-parse", "--short", args.base).strip()
     head_commit = sh("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD").strip()
-    dirty = " (with uncommitted changes)" if sh("git", "-C", str(ROOT), "status", "--porcelain").strip() else ""
+    changed = dirty()
     images = {"base": f"localhost/experiment-etl:warm-{base_commit}", "head": "localhost/experiment-etl:warm-head"}
     with tempfile.TemporaryDirectory(prefix="warm-") as tmp:
         archive = Path(tmp) / "base.tar"
         sh("git", "-C", str(ROOT), "archive", "-o", str(archive), args.base)
         (Path(tmp) / "base").mkdir()
         sh("tar", "-xf", str(archive), "-C", str(Path(tmp) / "base"))
-        print(f"building {images['base']} ({args.base} = {base_commit}) and {images['head']} ({head_commit}{dirty})")
+        print(f"building {images['base']} ({args.base} = {base_commit}) and {images['head']} ({head_commit}{changed})")
         build(engine, flags, args.base_image, Path(tmp) / "base", images["base"])
     build(engine, flags, args.base_image, ROOT, images["head"])
 
@@ -144,7 +157,7 @@ def main() -> None:
     for label, found in (("emulator REPORT Duration", reported), ("client wall time", wall)):
         base, head = statistics.median(found["base"]), statistics.median(found["head"])
         print(f"{label}: median {base:.2f} ms at {args.base} ({base_commit}), {head:.2f} ms at HEAD ({head_commit}"
-              f"{dirty}): {head - base:+.2f} ms; ranges {min(found['base']):.1f}-{max(found['base']):.1f} and "
+              f"{changed}): {head - base:+.2f} ms; ranges {min(found['base']):.1f}-{max(found['base']):.1f} and "
               f"{min(found['head']):.1f}-{max(found['head']):.1f} ms")
 
 

@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from glob import glob
 from pathlib import Path
 
@@ -76,6 +77,16 @@ class _Throwaway:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+@contextmanager
+def throwaway_server() -> Iterator[str]:
+    """A throwaway cluster's URL (database ``test``) for the block; the cluster is gone after it."""
+    server = _Throwaway()
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """A URL of a reachable PostgreSQL database that tests may create schemas in."""
@@ -88,11 +99,8 @@ def database_url() -> Iterator[str]:
     if _reachable(LOCAL_URL):
         yield LOCAL_URL
         return
-    server = _Throwaway()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    with throwaway_server() as url:
+        yield url
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ import pytest
 from etl_core.config import db_settings
 from etl_core.errors import ConfigError
 from etl_core.store import db as dbmod
-from tests.conftest import _Throwaway
+from tests.conftest import _Throwaway, throwaway_server
 
 SERVER_EXTENSIONS = """\
 subjectAltName = DNS:localhost
@@ -109,11 +109,8 @@ def plain_url(database_url: str) -> Iterator[str]:
     if ssl_setting == "off":
         yield database_url
         return
-    server = _Throwaway()
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+    with throwaway_server() as url:
+        yield url
 
 
 def encrypted(settings: Any, sleeps: list[float] | None = None) -> bool:
