@@ -5,6 +5,9 @@
 #                         (docker, or podman), the emulator on localhost:${RIE_PORT:-9000}
 #   ./build.sh --local    no containers: a venv, the RIE on the host in front of
 #                         `python -m awslambdaric`, on 127.0.0.1:${RIE_PORT:-9000}, against DATABASE_URL
+#   ./build.sh --local --s3   the same, reading from a local S3 server (moto's, on 127.0.0.1:${S3_PORT:-5900})
+#                         that holds data/ as s3://experiment-etl-lab-data/exports/, the bucket and key of
+#                         events/s3-put.json:  ./invoke.sh events/s3-put.json
 #   ./build.sh stop       stop whatever this script started
 #   ./build.sh --help
 #
@@ -15,6 +18,7 @@
 #   DATA_DIR              the CSV directory (default: the repo's data/; in the image, the baked-in copy)
 #   DB_SCHEMA             the schema the function writes to (default public)
 #   RIE_PORT              the emulator's port on this machine (default 9000)
+#   S3_PORT               the local S3 server's port with --s3 (default 5900)
 #   CONTAINER_ENGINE      docker or podman (default: the first one that works)
 #   BASE_IMAGE            base image for the build (default in the Dockerfile: python:3.12-slim)
 #   IMAGE                 image name (default experiment-etl:latest)
@@ -34,6 +38,8 @@ IMAGE=${IMAGE:-experiment-etl:latest}
 NAME=experiment-etl
 SAM_CLI_VERSION=1.170.0
 LOCAL_DB_URL="postgresql://postgres@127.0.0.1:5432/postgres"
+S3_PORT=${S3_PORT:-5900}
+S3_DATA_URL="s3://experiment-etl-lab-data/exports/"  # where events/s3-put.json's manifest is
 
 say() { printf '%s\n' "$*" >&2; }
 die() { say "build.sh: $*"; exit 1; }
@@ -91,6 +97,7 @@ start_local() {
     stop_local quiet
     check_port_free
     mkdir -p "$RUN_DIR"
+    if [ "${1:-}" = --s3 ]; then start_s3; elif [ -n "${1:-}" ]; then usage >&2; exit 64; fi
     export DATABASE_URL=${DATABASE_URL:-}
     if [ -z "$DATABASE_URL" ] && [ -z "${PGHOST:-}" ]; then DATABASE_URL=$LOCAL_DB_URL; fi
     [ -n "$DATABASE_URL" ] || unset DATABASE_URL
@@ -109,7 +116,12 @@ start_local() {
 }
 
 stop_local() {
-    local pidfile="$RUN_DIR/local.pid"
+    stop_pid "$RUN_DIR/local.pid" "the local function" "${1:-}"
+    stop_pid "$RUN_DIR/s3.pid" "the local S3 server" "${1:-}"
+}
+
+stop_pid() {  # pidfile what [quiet]
+    local pidfile=$1
     [ -f "$pidfile" ] || return 0
     local pid
     pid=$(cat "$pidfile")
@@ -117,9 +129,38 @@ stop_local() {
         kill "$pid" 2>/dev/null || true
         for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
         kill -9 "$pid" 2>/dev/null || true
-        [ "${1:-}" = quiet ] || say "stopped the local function (pid $pid)"
+        [ "${3:-}" = quiet ] || say "stopped $2 (pid $pid)"
     fi
     rm -f "$pidfile"
+}
+
+start_s3() {
+    # moto's server is a test dependency, pinned in requirements-dev.txt; never in the image
+    local moto
+    moto=$(grep -oE '^moto\[server\]==[^ ]+' requirements-dev.txt)
+    if ! .venv/bin/python -c 'import moto.server' 2>/dev/null; then
+        say "installing $moto into .venv (the local S3 server)"
+        .venv/bin/pip install --quiet --disable-pip-version-check "$moto"
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$S3_PORT") 2>/dev/null; then
+        die "port $S3_PORT is taken: set S3_PORT to a free one"
+    fi
+    PYTHONPATH="$ROOT" nohup .venv/bin/python -m tests.s3server --port "$S3_PORT" \
+        --upload "${DATA_DIR:-$ROOT/data}" "$S3_DATA_URL" >"$RUN_DIR/s3.log" 2>&1 &
+    echo $! >"$RUN_DIR/s3.pid"
+    local deadline=$((SECONDS + 30))
+    until grep -q '^http://' "$RUN_DIR/s3.log" 2>/dev/null; do  # it prints its endpoint once the set is uploaded
+        if [ $SECONDS -ge $deadline ] || ! kill -0 "$(cat "$RUN_DIR/s3.pid")" 2>/dev/null; then
+            cat "$RUN_DIR/s3.log" >&2
+            die "the local S3 server did not start"
+        fi
+        sleep 0.2
+    done
+    # the function reads the set from there, with the server's dummy credentials
+    export DATA_URL=$S3_DATA_URL DATA_S3_ENDPOINT="http://127.0.0.1:$S3_PORT" AWS_ACCESS_KEY_ID=testing \
+        AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 AWS_EC2_METADATA_DISABLED=true
+    say "local S3 server on http://127.0.0.1:$S3_PORT (pid $(cat "$RUN_DIR/s3.pid")) holds ${DATA_DIR:-data/} as $S3_DATA_URL"
+    say "a run from it:  ./invoke.sh events/s3-put.json   (the upload's notification of exports/_manifest.json)"
 }
 
 pick_engine() {
@@ -193,7 +234,7 @@ stop_containers() {
 }
 
 case "${1:-}" in
-    --local) start_local ;;
+    --local) start_local "${2:-}" ;;
     stop)
         stop_local
         if [ -f "$RUN_DIR/engine" ]; then stop_containers "$(cat "$RUN_DIR/engine")"; rm -f "$RUN_DIR/engine"; fi

@@ -72,3 +72,28 @@ def test_invoke_says_when_nothing_answers() -> None:
     done = sh("./invoke.sh", env=env, check=False)
     assert done.returncode == 3
     assert "nothing answers" in done.stderr
+
+
+def test_build_local_s3_serves_the_set_from_a_local_s3_server(database_url: str, schema: str, db: Any) -> None:
+    """``./build.sh --local --s3``: moto's server on loopback holds data/ where events/s3-put.json's
+    manifest is; the upload's notification loads it, the same notification again is 'unchanged', and
+    ``./build.sh stop`` stops both processes."""
+    env = {**os.environ, "DATABASE_URL": database_url, "DB_SCHEMA": schema, "RIE_PORT": str(free_port()),
+           "S3_PORT": str(free_port())}
+    for name in ("DATA_DIR", "DATA_URL", "DATA_S3_ENDPOINT"):
+        env.pop(name, None)
+    started = sh("./build.sh", "--local", "--s3", env=env)
+    pids = [int((ROOT / ".run" / name).read_text()) for name in ("local.pid", "s3.pid")]
+    try:
+        assert f"http://127.0.0.1:{env['S3_PORT']}" in started.stderr
+        first = json.loads(sh("./invoke.sh", "events/s3-put.json", env=env).stdout)
+        again = json.loads(sh("./invoke.sh", "events/s3-put.json", env=env).stdout)
+    finally:
+        sh("./build.sh", "stop", env=env)
+    assert (first["status"], first["users_written"]) == ("succeeded", 10)
+    assert first["inputs"]["users.csv"]["key"] == "s3://experiment-etl-lab-data/exports/users.csv"
+    assert (again["status"], again["same_as"]) == ("unchanged", first["run_id"])
+    assert features_rows(db, schema) == EXPECTED
+    for pid in pids:  # both stopped
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
