@@ -91,6 +91,16 @@ def copy_sql(schema: str) -> str:
     return f"COPY {q(schema)}.{TABLE} ({', '.join(COLUMNS)}) FROM STDIN WITH (FORMAT csv)"
 
 
+def copy_into_new_table(conn: Any, schema: str, csv: Any) -> int:
+    """In a transaction of its own, left open: the table made anew, then ``csv`` (a file or an iterable
+    of chunks) COPYed into it; the rows the COPY read."""
+    conn.run("BEGIN")
+    for statement in create_table_sql(schema):
+        conn.run(statement)
+    conn.run(copy_sql(schema), stream=csv)
+    return int(conn.row_count)
+
+
 def primary_key_sql(schema: str) -> str:
     return f"ALTER TABLE {q(schema)}.{TABLE} ADD PRIMARY KEY (user_id)"
 

@@ -74,11 +74,8 @@ def main() -> None:
         phases.mark("compute_and_write_csv")
         db.close()
         conn = pg8000.native.Connection(**_common.pg_params(opts.database_url), application_name="bench-duckdb")
-        conn.run("BEGIN")
-        for statement in _common.create_table_sql(opts.schema):
-            conn.run(statement)
         with open(out, "rb") as f:
-            conn.run(_common.copy_sql(opts.schema), stream=f)
+            _common.copy_into_new_table(conn, opts.schema, f)
         phases.mark("copy")
         conn.run(_common.primary_key_sql(opts.schema))
         conn.run("COMMIT")

@@ -26,12 +26,8 @@ def main() -> None:
         db.close()
         phases.mark("compute_and_write_csv")
         conn = pg8000.native.Connection(**_common.pg_params(opts.database_url), application_name="bench-duckdb-copy")
-        conn.run("BEGIN")
-        for statement in _common.create_table_sql(opts.schema):
-            conn.run(statement)
         with open(out, "rb") as f:
-            conn.run(_common.copy_sql(opts.schema), stream=f)
-        rows = conn.row_count  # the COPY's
+            rows = _common.copy_into_new_table(conn, opts.schema, f)
         conn.run("COMMIT")
         conn.close()
         phases.mark("copy_commit")

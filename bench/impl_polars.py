@@ -70,11 +70,7 @@ def main() -> None:
     phases.mark("write_csv")
 
     conn = pg8000.native.Connection(**_common.pg_params(opts.database_url), application_name="bench-polars")
-    conn.run("BEGIN")
-    for statement in _common.create_table_sql(opts.schema):
-        conn.run(statement)
-    conn.run(_common.copy_sql(opts.schema),
-             stream=(data[i:i + COPY_CHUNK] for i in range(0, len(data), COPY_CHUNK)))
+    _common.copy_into_new_table(conn, opts.schema, (data[i:i + COPY_CHUNK] for i in range(0, len(data), COPY_CHUNK)))
     phases.mark("copy")
     conn.run(_common.primary_key_sql(opts.schema))
     conn.run("COMMIT")

@@ -22,11 +22,8 @@ def main() -> None:
     data = memoryview(buffer.getbuffer())
     phases.mark("compute_and_write_csv")
     conn = pg8000.native.Connection(**_common.pg_params(opts.database_url), application_name="bench-polars-copy")
-    conn.run("BEGIN")
-    for statement in _common.create_table_sql(opts.schema):
-        conn.run(statement)
-    conn.run(_common.copy_sql(opts.schema),
-             stream=(data[i:i + COPY_CHUNK] for i in range(0, len(data), COPY_CHUNK)))
+    _common.copy_into_new_table(conn, opts.schema,
+                                (data[i:i + COPY_CHUNK] for i in range(0, len(data), COPY_CHUNK)))
     conn.run("COMMIT")
     conn.close()
     phases.mark("copy_commit")
