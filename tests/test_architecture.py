@@ -100,3 +100,24 @@ def test_the_readme_picture_is_the_import_graph() -> None:
         actual = {short(m) for m in ours(imported) if m != module}
         assert drawn.get(short(module), set()) == actual, f"{module} imports {sorted(actual)}"
     assert set(drawn) <= {short(m) for m in GRAPH}, "the README draws a module that does not exist"
+
+
+def test_the_benchmarks_table_is_the_jobs_table_without_its_key() -> None:
+    """bench/_common.py writes the peers' table itself (importing etl_core would cost the peers its
+    imports); this keeps it the same table as etl_core's, column for column."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import _common
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from etl_core.store import sql
+
+    def columns(ddl: str) -> list[str]:
+        body = ddl[ddl.index("(") + 1:ddl.rindex(")")]
+        return [" ".join(line.split()) for line in body.split(",")]
+
+    ours = [c.replace(" PRIMARY KEY", "") for c in columns(sql.features_table("s", _common.TABLE, primary_key=True))]
+    assert columns(_common.create_table_sql("s")[-1]) == ours
+    assert tuple(_common.COLUMNS) == sql.FEATURE_COLUMNS

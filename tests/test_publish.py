@@ -353,7 +353,8 @@ def test_dead_rows_are_reclaimed_where_autovacuum_would_not(
 
     data = write_files(tmp_path, {})
     run_on(env, data)
-    assert maintained()[0] is None and maintained()[1] is not None  # nothing to reclaim yet
+    vacuumed, analyzed = maintained()
+    assert vacuumed is None and analyzed is not None  # nothing to reclaim yet
     if not table_autovacuum:
         db.run(f'ALTER TABLE "{schema}".user_features SET (autovacuum_enabled = false)')
     run_on(env, data, force=True)

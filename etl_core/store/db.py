@@ -94,18 +94,18 @@ def _open(settings: DbSettings, tls: ssl.SSLContext | bool) -> Any:
     """One connection attempt (pg8000's Connection); ``tls`` False: no SSLRequest at all; a context:
     TLS, or pg8000 raises InterfaceError when the server refuses it, and then sslmode=prefer asks
     once more without TLS (pg8000 has closed the first socket)."""
-    import pg8000.native  # lazily: not needed to answer an event that never touches the database
-
     try:
-        return _pg8000_connection(pg8000.native, settings, tls)
+        return _pg8000_connection(settings, tls)
     except Exception as exc:
         if tls is False or settings.sslmode != "prefer" or not _refuses_tls(exc):
             raise
-    return _pg8000_connection(pg8000.native, settings, False)
+    return _pg8000_connection(settings, False)
 
 
-def _pg8000_connection(pg8000_native: Any, settings: DbSettings, tls: ssl.SSLContext | bool) -> Any:
-    return pg8000_native.Connection(
+def _pg8000_connection(settings: DbSettings, tls: ssl.SSLContext | bool) -> Any:
+    import pg8000.native  # lazily: not needed to answer an event that never touches the database
+
+    return pg8000.native.Connection(
         user=settings.user,
         password=settings.password,
         host=settings.host,
