@@ -223,10 +223,10 @@ def test_a_failure_of_ours_in_the_middle_of_the_copy_loses_nothing(
     if where == "transform":
         monkeypatch.setattr(counting, "feature_batches", failing_transform)
     else:
-        from etl_core.store import postgres
+        from etl_core.store import copy_binary, postgres
         if where == "csv":  # a column of another type than ours: the rows go as CSV
             db.run(f'ALTER TABLE "{schema}".user_features ALTER COLUMN user_name TYPE varchar(200)')
-        monkeypatch.setattr(postgres, "_binary_rows" if where == "binary" else "_features_rows", failing_csv)
+        monkeypatch.setattr(*(copy_binary, "rows") if where == "binary" else (postgres, "_features_rows"), failing_csv)
     with pytest.raises(EtlError, match="unexpected RuntimeError: boom") as caught:
         pipeline.run(settings, pipeline.Trigger(force=True))
     assert features_dump(db, schema) == before

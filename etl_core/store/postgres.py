@@ -27,7 +27,7 @@ from etl_core import literals
 from etl_core.config import DbSettings
 from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, LARGEST_ID, LastLoaded, RunRecord, db, sql
+from etl_core.store import CONFIRMING, LARGEST_ID, LastLoaded, RunRecord, copy_binary, db, sql
 from etl_core.store.db import Connection
 
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
@@ -426,79 +426,13 @@ def _reject_rows(rejects: pa.Table, run_id: int, *, first: int) -> pa.Table:
     })
 
 
-# --- binary COPY: every value big-endian after its length, made with pyarrow kernels
-
-_BINARY = pa.binary()
-
-
-def _bytes(data: bytes) -> pa.Scalar:
-    """A binary scalar (made from its bytes: see etl_core.literals)."""
-    offsets = pa.py_buffer((0).to_bytes(4, "little") + len(data).to_bytes(4, "little"))
-    return pa.Array.from_buffers(_BINARY, 1, [None, offsets, pa.py_buffer(data)])[0]
-
-
-_COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")  # no flags, no extension
-_COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
-_FIELD_COUNT = _bytes(len(sql.FEATURE_COLUMNS).to_bytes(2, "big"))
-_LENGTH_8 = _bytes((8).to_bytes(4, "big"))
-_NULL = _bytes((-1).to_bytes(4, "big", signed=True))
-_NOTHING_B = _bytes(b"")
-# an array's header after its length: one dimension, no nulls, elements of type int8 (oid 20); then
-# the dimension's length, and its lower bound (1)
-_ARRAY_HEAD = _bytes((1).to_bytes(4, "big") + (0).to_bytes(4, "big") + (20).to_bytes(4, "big"))
-_LOWER_BOUND = _bytes((1).to_bytes(4, "big"))
-
-
-def _big_endian(values: pa.Array, width: int) -> pa.Array:
-    """Each fixed-width value's bytes, most significant first (binary)."""
-    return pc.binary_reverse(values.view(pa.binary(width)).cast(_BINARY))
-
-
-def _fixed_8(values: pa.Array) -> pa.Array:
-    """int64 or float64 fields (no nulls)."""
-    return pc.binary_join_element_wise(_LENGTH_8, _big_endian(values, 8), _NOTHING_B)
-
-
-def _text(values: pa.Array) -> pa.Array:
-    raw = values.cast(_BINARY)
-    return pc.fill_null(pc.binary_join_element_wise(_big_endian(pc.binary_length(raw), 4), raw, _NOTHING_B), _NULL)
-
-
-def _int8_array(lists: pa.Array) -> pa.Array:
-    """bigint[] fields: the header, then each element's length and value (a null list: NULL)."""
-    n = pc.list_value_length(lists)  # int32, null for a null list
-    items = pc.binary_join_element_wise(_LENGTH_8, _big_endian(pc.list_flatten(lists), 8), _NOTHING_B)
-    lengths = pc.fill_null(n, literals.scalar(0, pa.int32()))
-    offsets = pa.concat_arrays([literals.array([0], pa.int32()), pc.cumulative_sum(lengths)])
-    joined = pc.binary_join(pa.ListArray.from_arrays(offsets, items, mask=pc.is_null(n)), _NOTHING_B)
-    size = pc.add(pc.multiply(n, literals.scalar(12, pa.int32())), literals.scalar(20, pa.int32()))
-    field = pc.binary_join_element_wise(_big_endian(size, 4), _ARRAY_HEAD, _big_endian(n, 4), _LOWER_BOUND, joined,
-                                        _NOTHING_B)
-    return pc.fill_null(field, _NULL)
-
-
-def _binary_rows(features: pa.RecordBatch, run_id: int) -> memoryview:
-    """The rows of ``features`` in binary COPY's tuple format, one after the other."""
-    rows = pc.binary_join_element_wise(
-        _FIELD_COUNT,
-        _fixed_8(features["user_id"]), _text(features["user_name"]), _fixed_8(features["total_experiments"]),
-        _text(features["most_common_compounds"]), _int8_array(features["most_common_compound_ids"]),
-        _fixed_8(features["average_experiments"]), _fixed_8(literals.repeat(run_id, pa.int64(), features.num_rows)),
-        _NOTHING_B,
-    )
-    _, offsets, data = rows.buffers()
-    ends = pa.Array.from_buffers(pa.int32(), len(rows) + 1, [None, offsets], offset=rows.offset)
-    start, end = ends[0].as_py(), ends[len(rows)].as_py()
-    return memoryview(data.slice(start, end - start))
-
-
 def _binary_chunks(batches: Iterable[pa.RecordBatch], run_id: int) -> Iterator[memoryview]:
     """Binary COPY data, ROWS_PER_CHUNK rows at a time, each made only when the previous one is sent."""
-    yield memoryview(_COPY_HEADER)
+    yield memoryview(copy_binary.HEADER)
     for features in batches:
         for start in range(0, features.num_rows, ROWS_PER_CHUNK):
-            yield _binary_rows(features.slice(start, ROWS_PER_CHUNK), run_id)
-    yield memoryview(_COPY_TRAILER)
+            yield copy_binary.rows(features.slice(start, ROWS_PER_CHUNK), run_id)
+    yield memoryview(copy_binary.TRAILER)
 
 
 def _csv_chunks(tables: Iterable[pa.Table]) -> Iterator[memoryview]:
