@@ -88,15 +88,17 @@ def read_file(
     refs: References | None = None,
     block_size: int = 1 << 20,
     progress: Callable[[int, int], None] | None = None,
+    size: int | None = None,
 ) -> FileResult:
     """Read one file of ``source`` into ``sink``; return its counts and violations (never raises for
-    bad rows).  Every read of the file sees the version the first one saw, or SourceChanged is raised."""
+    bad rows).  Every read of the file sees the version the first one saw, or SourceChanged is raised.
+    ``size``: the file's size, where the caller knows it (the fast path reads a small file whole)."""
     source = source if isinstance(source, Pinned) else Pinned(source)  # a run's pins hold across its files
     names, extra = read_header(source, contract)
     result = FileResult(contract, extra_columns=extra)
     with translated(contract.filename):
         try:
-            result.rows_read = fast.read(source, contract, names, sink.add, refs, block_size, progress)
+            result.rows_read = fast.read(source, contract, names, sink.add, refs, block_size, progress, size=size)
         except (fast.Diagnose, pa.ArrowInvalid) as doubt:
             sink.reset()
             duplicates = doubt.duplicates if isinstance(doubt, fast.Diagnose) else None

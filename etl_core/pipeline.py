@@ -514,7 +514,8 @@ def _read(settings: Settings, source: Source, contract: FileContract, sink: extr
             log_event("progress", run_id=run_id, file=contract.filename, rows=rows,
                       mb=round(offset / 1e6, 1), mb_total=round(size / 1e6, 1))
 
-    result = extract.read_file(source, contract, sink, refs=refs, block_size=settings.block_size, progress=progress)
+    result = extract.read_file(source, contract, sink, refs=refs, block_size=settings.block_size, progress=progress,
+                               size=size)
     log_event("file_read", run_id=run_id, file=contract.filename, rows=result.rows_read,
               rejected=result.rows_rejected, mb=round(size / 1e6, 1))
     return result

@@ -340,13 +340,15 @@ def plain_rows(table: pa.Table) -> list[tuple[Any, ...]]:
     return [tuple(row.values()) for row in table.to_pylist()]
 
 
-def run_fast(contract: FileContract, content: bytes, refs: extract.References | None) -> list[Any] | None:
-    """The fast path alone: the rows it hands on, or None when it leaves the file to the diagnostic path."""
+def run_fast(contract: FileContract, content: bytes, refs: extract.References | None, *, whole: bool = False
+             ) -> list[Any] | None:
+    """The fast path alone: the rows it hands on, or None when it leaves the file to the diagnostic path.
+    ``whole``: the file is read whole (as a small file is), not streamed."""
     source = MemorySource({contract.filename: content})
     names = content.split(b"\n", 1)[0].decode().split(",")
     collector = extract.Collector(rules.output_schema(contract))
     try:
-        fast.read(source, contract, names, collector.add, refs, 1 << 16, None)
+        fast.read(source, contract, names, collector.add, refs, 1 << 16, None, size=len(content) if whole else None)
     except (fast.Diagnose, pa.ArrowInvalid):
         return None
     return plain_rows(collector.table())
@@ -385,8 +387,10 @@ def check_both_paths(contract: FileContract, rows: list[Row], extra: bool) -> No
         if taken is not None:
             assert taken == [tuple(f.value for f in row.fields.values())], alone.decode()
 
-    # the whole file: the fast path takes it only when it is valid, and then hands on the same rows
+    # the whole file: the fast path takes it only when it is valid, and then hands on the same rows,
+    # streamed or read whole
     whole = run_fast(contract, content, refs)
+    assert run_fast(contract, content, refs, whole=True) == whole, content.decode()
     if whole is not None:
         assert not want, content.decode()
         assert whole == diagnosed
