@@ -22,12 +22,13 @@ USERS_ROWS = [
 ]
 
 
-def read(tmp_path: Path, contract: FileContract, content: bytes, refs: extract.References | None = None
-         ) -> tuple[pa.Table, extract.FileResult]:
+def read(tmp_path: Path, contract: FileContract, content: bytes, refs: extract.References | None = None, *,
+         size: int | None = None) -> tuple[pa.Table, extract.FileResult]:
+    """``size``: the size read_file is told the file has (a small file is read whole)."""
     path = tmp_path / contract.filename
     path.write_bytes(content)
     sink = extract.Collector(extract.output_schema(contract))
-    result = extract.read_file(LocalSource(tmp_path), contract, sink, refs=refs, block_size=1 << 16)
+    result = extract.read_file(LocalSource(tmp_path), contract, sink, refs=refs, block_size=1 << 16, size=size)
     return sink.table(), result
 
 
@@ -196,15 +197,16 @@ def test_an_id_may_have_a_plus_sign(tmp_path: Path) -> None:
                                   "experiment_run_time": 10.0}]
 
 
-@pytest.mark.parametrize("block", [1 << 16, 1 << 20])
+@pytest.mark.parametrize("whole", [False, True], ids=["streamed", "read-whole"])
 @pytest.mark.parametrize("other", ["", "9,1,x,1\n"], ids=["fast-path", "diagnostic-path"])
-def test_a_hexadecimal_id_is_not_an_id(tmp_path: Path, other: str, block: int) -> None:
-    """pyarrow reads 0x1A as the integer 26; the contract's ids are decimal, on either path."""
+def test_a_hexadecimal_id_is_not_an_id(tmp_path: Path, other: str, whole: bool) -> None:
+    """pyarrow reads 0x1A as the integer 26; the contract's ids are decimal, on either path, whether the
+    file is streamed or read whole."""
     refs = extract.References.of(pa.array([1, 26], pa.int64()), pa.array([1, 2, 16], pa.int64()))
     padding = "".join(f"{i},1,1,10\n" for i in range(10, 6000))  # 0x comes after the first 64 KiB block
     content = ("experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
                "1,1,1,10\n" + padding + '2,0x1A,1,10\n3,1,2;0X10,10\n4,1," 0x2",10\n' + other)
-    table, result = read(tmp_path, EXPERIMENTS, content.encode(), refs)
+    table, result = read(tmp_path, EXPERIMENTS, content.encode(), refs, size=len(content) if whole else None)
     bad = [(v["line"], v["column"], v["rule"]) for v in result.violations.to_pylist()]
     assert bad[:3] == [(5993, "user_id", "not_positive_integer"),
                        (5994, "experiment_compound_ids", "not_positive_integer"),
@@ -324,6 +326,15 @@ def test_a_failing_sink_fails_the_read_without_a_diagnostic_re_read(tmp_path: Pa
             extract.read_file(LocalSource(tmp_path), EXPERIMENTS, counter, refs=extract.References.of(
                 pa.array([1], pa.int64()), pa.array([1], pa.int64())), block_size=1 << 16)
             counter.result()
+
+
+def test_a_file_read_whole_is_read_to_its_end_when_it_is_longer_than_said(tmp_path: Path) -> None:
+    """The size a whole read is told is only where it starts: a file that grew since is read to its end
+    (and Source.check, at the end of read_file, reports the change where the source can tell)."""
+    content = b"compound_id,compound_name,compound_structure\n" + b"".join(
+        b"%d,C%d,CC\n" % (i, i) for i in range(1, 101))
+    table, result = read(tmp_path, COMPOUNDS, content, size=len(content) // 3)
+    assert result.rows_read == 100 and table["compound_id"].to_pylist() == list(range(1, 101))
 
 
 def test_the_fast_path_sees_0x_across_two_buffers() -> None:
