@@ -33,8 +33,8 @@ class Diagnose(Exception):
 
 # A file of at most this many bytes is read whole: into memory in one read, looked over for hex once,
 # its blocks parsed on all cores at once (M's 28 MB of experiments read and checked in 0.17-0.19 s,
-# streamed in 0.21-0.22 s, where the reader parses one block at a time).  The file and the table it
-# makes, about twice its size, are let go batch by batch as they are checked.  Larger files stream.
+# streamed in 0.21-0.22 s, where the reader parses one block at a time).  The file's bytes are let go
+# once parsed, and the table, about twice the file, batch by batch as it is checked.  Larger files stream.
 WHOLE_READ_BYTES = 64 << 20
 
 
@@ -48,8 +48,9 @@ def read(source: Source, contract: FileContract, names: list[str], add: Add, ref
     extra = len(names) > len(contract.columns)
     whole = size is not None and size <= WHOLE_READ_BYTES
     with source.open(contract.filename) as raw:
-        stream = _checked_whole(raw, watched, size or 0) if whole else pa.TransformInputStream(raw, watched)
-        for batch in _typed_batches(stream, contract, names, block_size, whole):
+        batches = _typed_batches(_checked_whole(raw, watched, size or 0) if whole else
+                                 pa.TransformInputStream(raw, watched), contract, names, block_size, whole)
+        for batch in batches:
             out = check(_drop_blank(batch, extra), contract, refs)
             if watched.hex:
                 raise Diagnose
@@ -84,6 +85,7 @@ def _typed_batches(stream: pa.NativeFile, contract: FileContract, names: list[st
         return
     batches = pacsv.read_csv(stream, read_options=read_options, parse_options=parse_options,
                              convert_options=convert_options).to_batches()
+    del stream  # the file's bytes, parsed
     batches.reverse()
     while batches:  # each batch let go once it is handed on
         yield batches.pop()
