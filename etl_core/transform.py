@@ -181,10 +181,12 @@ def tied_favourites(keys: pa.Array, positions: pa.Array, counts: pa.Array, users
     (``position * stride + index``), its position (``key // stride``, which the caller has already)
     and its count.  Returns how many compounds tie for each position ``0 .. users - 1`` (0: none) and
     their indices, user after user, ascending within a user (both int64)."""
-    best = group_by(pa.table({"user": positions, "n": counts}), ["user"], [("n", "hash_max")])
-    top = pc.scatter(best["n_max"].combine_chunks(), best["user"].combine_chunks(), max_index=users - 1)
-    tied = keys.filter(pc.equal(counts, top.take(positions)))
-    tied = sort_small(tied)  # by user, then compound index
+    if ascending(keys):  # as count_keys gives them: each user's keys are one run
+        tied = keys.filter(pc.equal(counts, run_maximum(positions, counts)))  # still ascending
+    else:  # counts merged by add_counts: a hash aggregation for the maximum, then a sort
+        best = group_by(pa.table({"user": positions, "n": counts}), ["user"], [("n", "hash_max")])
+        top = pc.scatter(best["n_max"].combine_chunks(), best["user"].combine_chunks(), max_index=users - 1)
+        tied = sort_small(keys.filter(pc.equal(counts, top.take(positions))))  # by user, then compound index
     stride_ = scalar(stride, tied.type)
     tied_user = pc.divide(tied, stride_)
     runs = pc.run_end_encode(tied_user)
@@ -192,6 +194,26 @@ def tied_favourites(keys: pa.Array, positions: pa.Array, counts: pa.Array, users
     lengths = pc.pairwise_diff(ends)[1:]
     per_user = pc.fill_null(pc.scatter(lengths, runs.values, max_index=users - 1), scalar(0, pa.int64()))
     return per_user, pc.subtract(tied, pc.multiply(tied_user, stride_)).cast(pa.int64())
+
+
+def ascending(values: pa.Array) -> bool:
+    """Whether each value is greater than the one before it."""
+    return len(values) < 2 or bool(pc.all(pc.less(values[:-1], values[1:])).as_py())
+
+
+def run_maximum(groups: pa.Array, values: pa.Array) -> pa.Array:
+    """For each value, the largest value of its group, where ``groups`` (int64, not negative) come in
+    runs, one run per group, and ``values`` are not negative: a running maximum of ``group * span +
+    value`` (a later group's values out-weigh every earlier one's), read at the end of each run.  A
+    bucket's keys at M: 0.8 ms, against 1.4 ms for a hash aggregation and the sort it needs after."""
+    if not len(values):
+        return values
+    span = scalar(pc.max(values).as_py() + 1, pa.int64())
+    running = pc.cumulative_max(pc.add(pc.multiply(groups, span), values.cast(pa.int64())))
+    runs = pc.run_end_encode(groups)
+    last = pc.subtract(runs.run_ends.cast(pa.int64()), scalar(1, pa.int64()))
+    best = pc.subtract(running.take(last), pc.multiply(runs.values, span)).cast(values.type)
+    return pc.run_end_decode(pa.RunEndEncodedArray.from_arrays(runs.run_ends, best))
 
 
 def favourites(keys: pa.Array, counts: pa.Array, users: int, stride: int) -> Favourites:

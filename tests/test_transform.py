@@ -193,6 +193,36 @@ def test_tied_favourites_list_every_top_compound_of_each_user_in_index_order() -
     assert tied.type == pa.int64()
 
 
+def test_run_maximum_gives_each_value_the_largest_of_its_run() -> None:
+    groups, values = ints([0, 0, 0, 3, 5, 5], pa.int32()), ints([2, 7, 7, 0, 1, 9])
+    assert transform.run_maximum(groups, values).to_pylist() == [7, 7, 7, 0, 9, 9]
+    assert transform.run_maximum(ints([], pa.int32()), ints([])).to_pylist() == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.dictionaries(st.tuples(st.integers(0, 20), st.integers(0, 6)), st.integers(1, 40), max_size=80),
+       st.randoms(use_true_random=False))
+def test_tied_favourites_are_the_same_from_keys_in_order_or_not(pairs: dict[tuple[int, int], int],
+                                                                rng: random.Random) -> None:
+    """count_keys gives keys ascending (a running maximum per user); add_counts does not (a hash
+    aggregation, then a sort): both give each user's top compounds, ascending."""
+    stride, users = 8, 21
+    rows = sorted((user * stride + compound, user, n) for (user, compound), n in pairs.items())
+    want_per_user = [0] * users
+    want_tied = []
+    for user in range(users):
+        mine = [(key % stride, n) for key, u, n in rows if u == user]
+        top = max((n for _, n in mine), default=None)
+        tied = sorted(compound for compound, n in mine if n == top)
+        want_per_user[user] = len(tied)
+        want_tied += tied
+    for order in (rows, rng.sample(rows, len(rows))):
+        keys, positions, counts = (ints([row[i] for row in order], pa.int32() if i < 2 else pa.int64())
+                                   for i in range(3))
+        per_user, tied = transform.tied_favourites(keys, positions, counts, users, stride)
+        assert (per_user.to_pylist(), tied.to_pylist()) == (want_per_user, want_tied)
+
+
 def test_favourites_split_experiment_keys_from_pair_keys() -> None:
     keys = ints([2, 11, 0, 3, 1, 9], pa.int32())  # 3 and 11: the experiments of users 0 and 2
     fav = transform.favourites(keys, ints([2, 5, 2, 3, 1, 5]), 3, 4)
