@@ -213,7 +213,10 @@ def run_maximum(groups: pa.Array, values: pa.Array) -> pa.Array:
     runs = pc.run_end_encode(groups)
     last = pc.subtract(runs.run_ends.cast(pa.int64()), scalar(1, pa.int64()))
     best = pc.subtract(running.take(last), pc.multiply(runs.values, span)).cast(values.type)
-    return pc.run_end_decode(pa.RunEndEncodedArray.from_arrays(runs.run_ends, best))
+    # from_buffers, not RunEndEncodedArray.from_arrays, which imports pandas where it is installed
+    encoded = pa.Array.from_buffers(pa.run_end_encoded(runs.run_ends.type, best.type), len(values), [None],
+                                    children=[runs.run_ends, best])
+    return pc.run_end_decode(encoded)
 
 
 def favourites(keys: pa.Array, counts: pa.Array, users: int, stride: int) -> Favourites:
