@@ -13,9 +13,10 @@ Every file is read through a ``Source`` (etl_core/source.py): its header (etl_co
 Both paths check values against one table of the contract's rules (etl_core/rules.py).  Either
 path also reads the key column in a pass of its own when keys may repeat (etl_core/keys.py): the fast
 path when they do not only grow, the diagnostic path always, unless the fast path found the
-duplicates already.  So a file is read whole once when it is good and its keys grow, at most three
-times otherwise.  Accepted rows go to a ``Sink`` batch by batch, so the experiments file is never
-held whole.
+duplicates already.  So a file is read through once when it is good and its keys grow, at most three
+times otherwise.  Accepted rows go to a ``Sink`` batch by batch.  The fast path takes a file of at
+most ``fast.WHOLE_READ_BYTES`` (64 MiB) into memory and parses it on all cores at once; a larger
+one streams in blocks, so that a large experiments file is never held whole.
 """
 
 from __future__ import annotations
