@@ -14,8 +14,9 @@ Each batch's keys (``transform.experiment_keys``) are split into buckets of cons
 so that the hash tables that count them stay small enough for the CPU's caches, and a bucket's
 pending keys are counted into its running totals once they pass its share of a budget (PENDING_KEYS):
 beyond that, memory follows the distinct (user, compound) pairs, not the length of the file.  At the
-end ``feature_batches`` works out each bucket's rows on a thread per core (``etl-features``), ahead of
-the caller, and hands them on in user order, one batch per bucket.
+end ``feature_batches`` works out each bucket's rows, on a thread per core (``etl-features``) ahead of
+the caller where users have many keys, else on the caller's thread, and hands them on in user order,
+one batch per bucket.
 """
 
 from __future__ import annotations
@@ -44,6 +45,13 @@ BUCKET_USERS = 1 << 12
 # every bucket counted once while the file was read, to 1.24 GB peak RSS and 20-22 s; with 2^28 none
 # is, to 1.14 GB and 17-19.5 s (bench/README.md).
 PENDING_KEYS = 1 << 28
+# With this many keys per user or fewer, feature_batches works each bucket out on the caller's thread,
+# between the COPY's chunks: a bucket then takes about as long as the server takes to parse its rows,
+# and threads beside the caller would only take the core the server needs (M, 40 keys per user: COPY
+# 0.22-0.25 s against 0.25-0.27 s with two threads; L: the same 2.5 s either way).  With more, the
+# features are the slower side and get a thread per core (4L, 160 keys per user: 5.5-6.3 s against
+# 7.7-8.0 s on the caller's thread).
+INLINE_KEYS_PER_USER = 64
 
 
 class Bucket:
@@ -101,6 +109,12 @@ class Counts:
     def bucket_size(self, b: int) -> int:
         """How many users bucket ``b`` holds."""
         return min(self.bucket_users, len(self.user_ids) - b * self.bucket_users)
+
+    @property
+    def keys(self) -> int:
+        """The keys the features are still to be worked out from: every bucket's pending keys and
+        counted pairs."""
+        return sum(bucket.pending_rows + len(bucket.keys) for bucket in self.buckets)
 
 
 class CountingFailed(Exception):
@@ -273,8 +287,9 @@ def feature_batches(users: pa.Table, compounds: pa.Table, counts: Counts) -> Gen
     compounds, the average; one batch per bucket, in order.  ``compounds`` must be sorted by
     compound_id (the order ties are listed in).
 
-    The buckets are worked out on a thread per core, ahead of the caller, so that a caller that
-    sends each batch on (the COPY) overlaps with them.  This uses ``counts`` up: each bucket's
+    A caller that sends each batch on (the COPY) overlaps with the work on the next.  Where users
+    have more than INLINE_KEYS_PER_USER keys, the buckets are worked out on a thread per core, ahead
+    of the caller; else each when the caller asks for it.  This uses ``counts`` up: each bucket's
     memory is freed as soon as its users are done.  Closing the generator early drops the buckets
     not started yet and waits for the ones being worked out."""
     if users.num_rows != len(counts.user_ids):
@@ -289,7 +304,9 @@ def feature_batches(users: pa.Table, compounds: pa.Table, counts: Counts) -> Gen
         return transform.favourites(keys, n, counts.bucket_size(b), counts.stride)
 
     threads = min(len(counts.buckets), os.cpu_count() or 1)
-    if threads <= 1:  # one bucket (or one core): nothing to share, no thread to start
+    if counts.keys <= INLINE_KEYS_PER_USER * len(counts.user_ids):
+        threads = 1  # the caller's consumer (the server's COPY) is the slower: threads would only compete
+    if threads <= 1:  # one bucket (or one core, or few keys per user): no thread to start
         for b in range(len(counts.buckets)):
             mine = users.slice(b * counts.bucket_users, counts.bucket_size(b))
             yield transform.feature_batch(mine, one(b), names, compound_ids, average)

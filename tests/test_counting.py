@@ -28,11 +28,12 @@ def batch_of(rows: list[tuple[int, list[int]]]) -> pa.RecordBatch:
 
 
 @settings(max_examples=150, deadline=None)
-@given(data(), st.integers(1, 16), st.integers(1, 5), st.integers(1, 10), st.booleans())
+@given(data(), st.integers(1, 16), st.integers(1, 5), st.integers(1, 10), st.booleans(), st.sampled_from([0, 64]))
 def test_features_match_the_oracle_for_any_data_and_batching(
         dataset: tuple[list[int], list[int], list[tuple[int, list[int]]]], batch: int, bucket_users: int,
-        compact_at: int, threaded: bool) -> None:
-    # small buckets and early counting, so that examples span buckets and recount running totals
+        compact_at: int, threaded: bool, inline_keys_per_user: int) -> None:
+    # small buckets and early counting, so that examples span buckets and recount running totals; the
+    # features on threads (0) or on the caller's thread (64: these examples have fewer keys per user)
     users, compounds, experiments = dataset
     compounds_t = compounds_table(compounds).sort_by("compound_id")
     with ExperimentCounter(pa.array(users, pa.int64()), compounds_t["compound_id"].combine_chunks(),
@@ -40,8 +41,27 @@ def test_features_match_the_oracle_for_any_data_and_batching(
         for part in experiments_table(experiments).to_batches(max_chunksize=batch):
             counter.add(part)
         counts = counter.result()
-    out = feature_table(users_table(users), compounds_t, counts)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(counting, "INLINE_KEYS_PER_USER", inline_keys_per_user)
+        out = feature_table(users_table(users), compounds_t, counts)
     assert out.to_pylist() == oracle(users, compounds, experiments)
+
+
+@pytest.mark.parametrize(("experiments_per_user", "on_threads"), [(1, False), (40, True)])
+def test_the_features_get_threads_only_where_users_have_many_keys(experiments_per_user: int,
+                                                                    on_threads: bool) -> None:
+    """Two keys per experiment of one compound: 2 keys per user are worked out between the caller's
+    chunks, 80 (more than INLINE_KEYS_PER_USER) on a thread per core."""
+    users = list(range(1, 41))
+    with ExperimentCounter(pa.array(users, pa.int64()), pa.array([1, 2], pa.int64()), bucket_users=2) as counter:
+        counter.add(batch_of([(u, [1]) for u in users for _ in range(experiments_per_user)]))
+        counts = counter.result()
+    assert counts.keys == 2 * experiments_per_user * len(users)
+    batches = counting.feature_batches(users_table(users), compounds_table([1, 2]), counts)
+    assert next(batches).to_pylist()[0]["total_experiments"] == experiments_per_user
+    assert bool(threads("etl-features")) == on_threads
+    assert sum(batch.num_rows for batch in batches) == len(users) - 2
+    assert threads("etl-features") == []
 
 
 def test_reset_forgets_what_was_added() -> None:
@@ -192,6 +212,7 @@ def test_closing_the_feature_batches_early_stops_their_threads(monkeypatch: pyte
         return real(*args)
 
     monkeypatch.setattr(transform, "favourites", slow)
+    monkeypatch.setattr(counting, "INLINE_KEYS_PER_USER", 0)  # threads, whatever the keys per user
     users = list(range(1, 41))
     with ExperimentCounter(pa.array(users, pa.int64()), pa.array([1, 2], pa.int64()), bucket_users=2) as counter:
         counter.add(batch_of([(u, [1 + u % 2]) for u in users]))
