@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core import keys, repair, rules, violations
+from etl_core import keys, literals, repair, rules, violations
 from etl_core.contract import LIST_SEPARATOR, Column, FileContract, Rule
 from etl_core.source import Source
 
@@ -219,7 +219,7 @@ def _flag_unknown_compounds(name: str, items: rules.Items, refs: keys.References
     table = pa.table({"row": items.parents.filter(unknown).cast(pa.int64()), "item": items.text.filter(unknown)})
     grouped = table.group_by("row", use_threads=False).aggregate([("item", "list")])
     joined = pc.binary_join(grouped["item_list"], LIST_SEPARATOR)
-    index = pc.index_in(pa.array(range(n), pa.int64()), value_set=grouped["row"])
+    index = pc.index_in(literals.arange(n, pa.int64()), value_set=grouped["row"])
     shown = pc.if_else(pc.is_valid(index), joined.take(pc.fill_null(index, 0)), pa.nulls(n, pa.string()))
     found.flag(name, Rule.UNKNOWN_COMPOUND, rows, shown)
 

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 _FORMATS = {pa.int8(): "<b", pa.int32(): "<i", pa.int64(): "<q", pa.float64(): "<d"}
 
@@ -52,3 +53,8 @@ def empty_table(schema: pa.Schema) -> pa.Table:
 def repeat(value: int | float | str | bool, type: pa.DataType, n: int) -> pa.Array:
     """``value`` ``n`` times."""
     return pa.repeat(scalar(value, type), n)
+
+
+def arange(n: int, type: pa.DataType) -> pa.Array:
+    """0, 1, ..., n - 1 (an integer type), made by kernels."""
+    return pc.subtract(pc.cumulative_sum(repeat(1, type, n)), scalar(1, type))

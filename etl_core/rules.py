@@ -221,7 +221,7 @@ class IdListRule:
 def rows_where(parents: pa.Array, item_mask: pa.Array, n: int) -> pa.Array:
     """Row mask: True for each of the ``n`` rows that has at least one item where ``item_mask`` holds."""
     hit = pc.unique(parents.filter(item_mask))
-    return pc.is_in(pa.array(range(n), pa.int64()), value_set=hit.cast(pa.int64()))
+    return pc.is_in(literals.arange(n, pa.int64()), value_set=hit.cast(pa.int64()))
 
 
 RULES: dict[str, KindRule] = {"id": ID, "text": TEXT, "date": DATE, "number": NUMBER, "id_list": IdListRule()}

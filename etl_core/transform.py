@@ -73,7 +73,7 @@ def repeated_in_list(parents: pa.Array, compounds: pa.Array, lists: pa.Array) ->
             repeated = pc.or_(repeated, pa.concat_arrays([literals.repeat(False, pa.bool_(), shift), same]))
         return repeated
     # Long lists: an item is a repeat unless it is the first of its (row, compound) pair.
-    position = pc.subtract(pc.cumulative_sum(literals.repeat(1, pa.int64(), n)), scalar(1, pa.int64()))
+    position = literals.arange(n, pa.int64())
     table = pa.table({"row": parents, "compound": compounds, "position": position})
     first = group_by(table, ["row", "compound"], [("position", "hash_min")])
     return pc.invert(pc.is_in(position, value_set=first["position_min"]))
@@ -236,7 +236,7 @@ def favourites(keys: pa.Array, counts: pa.Array, users: int, stride: int) -> Fav
 def by_user_id(users: pa.Table) -> pa.Table:
     """``users`` sorted by user_id (the same table when it is already)."""
     ids = users["user_id"].combine_chunks()
-    if len(ids) > 1 and not pc.all(pc.less(ids[:-1], ids[1:])).as_py():
+    if not ascending(ids):
         return users.sort_by("user_id")
     return users
 

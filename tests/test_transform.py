@@ -394,3 +394,12 @@ def test_literals_equal_pyarrows_conversions(values: list[object], type_: pa.Dat
     assert literals.scalar(values[0], type_).equals(pa.scalar(values[0], type_))  # type: ignore[arg-type]
     assert literals.repeat(values[0], type_, 3).equals(pa.array([values[0]] * 3, type_))  # type: ignore[arg-type]
     assert literals.empty(type_).equals(pa.array([], type_))
+
+
+@pytest.mark.parametrize("type_", [pa.int32(), pa.int64()])
+@pytest.mark.parametrize("n", [0, 1, 5000])
+def test_arange_counts_from_zero(n: int, type_: pa.DataType) -> None:
+    from etl_core import literals
+
+    made = literals.arange(n, type_)
+    assert made.type == type_ and made.to_pylist() == list(range(n))

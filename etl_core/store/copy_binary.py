@@ -79,17 +79,11 @@ _PARTS: tuple[tuple[tuple[str, int], ...], ...] = (
 )
 
 
-def _arange(n: int) -> pa.Array:
-    """0, 1, ..., n - 1 (int32)."""
-    ones = literals.repeat(1, _I32, n)
-    return pc.subtract(pc.cumulative_sum(ones), literals.scalar(1, _I32))
-
-
 def _gather_index(starts: list[int], steps: list[int], rows: int) -> pa.Array:
     """For ``rows`` rows of ``len(starts)`` bytes each, row-major: byte j of row i is read from
     ``starts[j] + steps[j] * i``."""
     width = len(starts)
-    position = _arange(rows * width)
+    position = literals.arange(rows * width, _I32)
     row = pc.divide(position, literals.scalar(width, _I32))  # integer division
     byte = pc.subtract(position, pc.multiply(row, literals.scalar(width, _I32)))
     start = pc.take(literals.array(starts, _I32), byte)
@@ -117,7 +111,7 @@ def _fixed_index(rows: int) -> tuple[pa.Array, tuple[tuple[int, pa.Buffer], ...]
                 steps += [0] * size
         indexes.append(_gather_index(starts, steps, rows))
         width = len(starts)
-        widths.append((width, pc.multiply(_arange(rows + 1), literals.scalar(width, _I32)).buffers()[1]))
+        widths.append((width, pc.multiply(literals.arange(rows + 1, _I32), literals.scalar(width, _I32)).buffers()[1]))
     return pa.concat_arrays(indexes), tuple(widths)
 
 

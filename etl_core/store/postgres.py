@@ -415,8 +415,8 @@ def _features_rows(features: pa.RecordBatch, run_id: int) -> pa.Table:
 
 def _reject_rows(rejects: pa.Table, run_id: int, *, first: int) -> pa.Table:
     return pa.table({
-        "run_id": pa.repeat(pa.scalar(run_id, pa.int64()), rejects.num_rows),
-        "seq": pc.add(pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), rejects.num_rows)), first - 1),
+        "run_id": literals.repeat(run_id, pa.int64(), rejects.num_rows),
+        "seq": pc.add(literals.arange(rejects.num_rows, pa.int64()), literals.scalar(first, pa.int64())),
         "file": rejects["file"],
         "line": rejects["line"],
         "column_name": rejects["column"],
