@@ -18,6 +18,7 @@ REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 POLICIES = ("strict", "quarantine")
 MAX_DIMENSIONS = 9  # dimensions in one set, as the embedded metric format's schema allows
 SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")  # libpq's, without "allow"
+MEMORY_POOLS = ("jemalloc", "mimalloc", "system")  # Arrow's allocators, the default first (etl_core.memory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Settings:
     data_url: str | None = None  # s3://bucket/prefix/ when the data is in S3; None: data_dir
     s3_endpoint: str | None = None  # http(s)://host:port of an S3 endpoint other than AWS's
     s3_region: str | None = None
+    memory_pool: str = MEMORY_POOLS[0]  # Arrow's allocator (etl_core.memory); ARROW_DEFAULT_MEMORY_POOL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -90,6 +92,9 @@ class Settings:
         policy = env.get("ETL_POLICY", "strict")
         if policy not in POLICIES:
             raise ConfigError(f"ETL_POLICY must be one of {', '.join(POLICIES)}, not {policy!r}")
+        pool = env.get("ARROW_DEFAULT_MEMORY_POOL") or MEMORY_POOLS[0]
+        if pool not in MEMORY_POOLS:
+            raise ConfigError(f"ARROW_DEFAULT_MEMORY_POOL must be one of {', '.join(MEMORY_POOLS)}, not {pool!r}")
         return cls(
             db=db_settings(env),
             data_dir=data_dir,
@@ -105,6 +110,7 @@ class Settings:
             data_url=data_url,
             s3_endpoint=endpoint,
             s3_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
+            memory_pool=pool,
         )
 
 

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from etl_core import counting, extract, guard, logs, manifest, metrics
+from etl_core import counting, extract, guard, logs, manifest, memory, metrics
 from etl_core.config import POLICIES, Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
 from etl_core.contract import VERSION as CONTRACT_VERSION
@@ -339,7 +339,8 @@ class _Stopwatch:
 def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, *, force: bool) -> dict[str, Any]:
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    log_event("run_started", run_id=ledger.run_id, policy=policy, data_dir=location.where)
+    pool = memory.use(settings.memory_pool)  # before the first buffer of the run is made
+    log_event("run_started", run_id=ledger.run_id, policy=policy, data_dir=location.where, memory_pool=pool)
     with _phase(seconds, "extract"):
         # the input's identity is decided before a byte of it is read, and every read must see it
         source = Pinned(location.source)

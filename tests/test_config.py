@@ -110,3 +110,12 @@ def test_tls_defaults_are_libpqs() -> None:
 def test_bad_tls_settings_say_what_is_wrong(env: dict[str, str], message: str) -> None:
     with pytest.raises(ConfigError, match=re.escape(message)):
         Settings.from_env(env)
+
+
+def test_arrow_allocator_is_jemalloc_unless_named() -> None:
+    assert Settings.from_env({}).memory_pool == "jemalloc"
+    assert Settings.from_env({"ARROW_DEFAULT_MEMORY_POOL": ""}).memory_pool == "jemalloc"
+    assert Settings.from_env({"ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}).memory_pool == "mimalloc"
+    with pytest.raises(ConfigError, match="ARROW_DEFAULT_MEMORY_POOL must be one of jemalloc, mimalloc, system, "
+                                          "not 'tcmalloc'"):
+        Settings.from_env({"ARROW_DEFAULT_MEMORY_POOL": "tcmalloc"})

@@ -1,6 +1,6 @@
 """What a fresh process imports to run the job on good data: not pandas (pyarrow imports it, 0.4 s, on
 its first conversion of a Python object whenever it is installed, as it is in the test venv), and
-not pyarrow.dataset (0.1 s, through pyarrow.acero)."""
+not pyarrow.dataset (0.1 s, through pyarrow.acero); and which allocator its Arrow buffers came from."""
 
 from __future__ import annotations
 
@@ -12,18 +12,35 @@ from tests.conftest import REFERENCE_DATA, ROOT
 
 SCRIPT = """
 import json, sys
-from etl_core import pipeline
+import pyarrow as pa
+from etl_core import logs, pipeline
 from etl_core.config import Settings
+logs.configure()
 summary = pipeline.run(Settings.from_env(json.loads(sys.argv[1])), pipeline.Trigger(force=True))
 print(json.dumps({"status": summary["status"], "users": summary["users_written"],
-                  "imported": sorted(m for m in ("pandas", "pyarrow.dataset", "pyarrow.acero") if m in sys.modules)}))
+                  "imported": sorted(m for m in ("pandas", "pyarrow.dataset", "pyarrow.acero") if m in sys.modules),
+                  "pool": pa.default_memory_pool().backend_name}))
 """
+
+
+def _run(env: dict[str, str]) -> tuple[dict[str, object], list[dict[str, object]]]:
+    """The fresh process's result line and its log events (the settings come from ``env``, not from the
+    process's environment, which Arrow would read itself)."""
+    done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps({**env, "DATA_DIR": str(REFERENCE_DATA)})],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    return json.loads(done.stdout.strip().splitlines()[-1]), events
 
 
 def test_a_good_run_converts_no_python_objects(env: dict[str, str]) -> None:
     import pandas  # noqa: F401 - the trap is only there when pandas is installed (requirements-dev.txt has it)
-    done = subprocess.run([sys.executable, "-c", SCRIPT, json.dumps({**env, "DATA_DIR": str(REFERENCE_DATA)})],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    assert result == {"status": "succeeded", "users": 10, "imported": []}
+    result, events = _run(env)
+    assert result == {"status": "succeeded", "users": 10, "imported": [], "pool": "jemalloc"}
+    assert [e["memory_pool"] for e in events if e.get("message") == "run_started"] == ["jemalloc"]
+
+
+def test_the_allocator_named_in_the_settings_is_used(env: dict[str, str]) -> None:
+    result, events = _run({**env, "ARROW_DEFAULT_MEMORY_POOL": "system"})
+    assert (result["status"], result["pool"]) == ("succeeded", "system")
+    assert [e["memory_pool"] for e in events if e.get("message") == "run_started"] == ["system"]
