@@ -254,6 +254,7 @@ def run(settings: Settings, trigger: Trigger, *, store: Store | None = None) -> 
     location = resolve_location(settings, trigger.data)
     own = store is None
     store = store or _postgres(settings)
+    memory.settle()  # the modules a run needs are imported by now
     try:
         with store.run(policy=policy, source=location.where) as ledger, logs.bound(run_id=ledger.run_id):
             try:

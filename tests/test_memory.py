@@ -1,7 +1,9 @@
-"""Arrow's allocator: the run makes the named pool the default, and keeps Arrow's own where the build lacks it."""
+"""Arrow's allocator: the run makes the named pool the default, and keeps Arrow's own where the build lacks it.
+The collector: what exists when the first run starts is frozen, once per process."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -42,3 +44,18 @@ def test_a_build_without_the_allocator_keeps_the_default(monkeypatch: pytest.Mon
 def test_an_unknown_pool_is_refused() -> None:
     with pytest.raises(ValueError, match="tcmalloc"):
         memory.use("tcmalloc")
+
+
+def test_settle_freezes_what_exists_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(memory, "_settled", False)
+    gc.unfreeze()
+    try:
+        memory.settle()
+        frozen = gc.get_freeze_count()
+        assert frozen > 0
+        later = [[] for _ in range(100)]  # tracked containers made after the first settle
+        memory.settle()
+        assert gc.get_freeze_count() == frozen, "a second settle froze again: a warm process would keep its garbage"
+        assert all(gc.is_tracked(item) for item in later)
+    finally:
+        gc.unfreeze()
