@@ -16,7 +16,9 @@ path when they do not only grow, the diagnostic path always, unless the fast pat
 duplicates already.  So a file is read through once when it is good and its keys grow, at most three
 times otherwise.  Accepted rows go to a ``Sink`` batch by batch.  The fast path takes a file of at
 most ``fast.WHOLE_READ_BYTES`` (64 MiB) into memory and parses it on all cores at once; a larger
-one streams in blocks, so that a large experiments file is never held whole.
+one streams in blocks, so that a large experiments file is never held whole.  A small experiments
+file is read and parsed early (``read_early``), on Arrow's pool, while the users and compounds that
+its checks need are read on the caller's thread.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import pyarrow as pa
 
 from etl_core import diagnose, fast, literals
 from etl_core.contract import FileContract
+from etl_core.fast import Early
 from etl_core.header import read_header
 from etl_core.keys import KeySet, References
 from etl_core.rules import output_schema
@@ -36,8 +39,8 @@ from etl_core.source import Pinned, Source, translated
 from etl_core.violations import VIOLATION_SCHEMA, FileProblem
 
 __all__ = [
-    "VIOLATION_SCHEMA", "Collector", "FileProblem", "FileResult", "KeySet", "References", "Sink", "output_schema",
-    "read_file", "read_header",
+    "VIOLATION_SCHEMA", "Collector", "Early", "FileProblem", "FileResult", "KeySet", "References", "Sink",
+    "output_schema", "read_early", "read_file", "read_header",
 ]
 
 
@@ -90,16 +93,21 @@ def read_file(
     block_size: int = 1 << 20,
     progress: Callable[[int, int], None] | None = None,
     size: int | None = None,
+    early: Early | None = None,
+    threads: bool = True,
 ) -> FileResult:
     """Read one file of ``source`` into ``sink``; return its counts and violations (never raises for
     bad rows).  Every read of the file sees the version the first one saw, or SourceChanged is raised.
-    ``size``: the file's size, where the caller knows it (the fast path reads a small file whole)."""
+    ``size``: the file's size, where the caller knows it (the fast path reads a small file whole);
+    ``early``: this file's ``read_early``; ``threads``: False while another file's early read has
+    Arrow's pool (this one is then parsed on the caller's thread)."""
     source = source if isinstance(source, Pinned) else Pinned(source)  # a run's pins hold across its files
     names, extra = read_header(source, contract)
     result = FileResult(contract, extra_columns=extra)
     with translated(contract.filename):
         try:
-            result.rows_read = fast.read(source, contract, names, sink.add, refs, block_size, progress, size=size)
+            result.rows_read = fast.read(source, contract, names, sink.add, refs, block_size, progress, size=size,
+                                         early=early, threads=threads)
         except (fast.Diagnose, pa.ArrowInvalid) as doubt:
             sink.reset()
             duplicates = doubt.duplicates if isinstance(doubt, fast.Diagnose) else None
@@ -108,3 +116,13 @@ def read_file(
             result.violations = outcome.violations
     source.check(contract.filename)
     return result
+
+
+def read_early(source: Pinned, contract: FileContract, *, size: int, block_size: int) -> Early | None:
+    """Start reading and parsing ``contract``'s file on a thread of its own, if it is small enough to be
+    read whole (else None): hand it to ``read_file`` as ``early`` once the files it is checked against
+    are read, and close it in any case.  Its header must have been checked."""
+    if size > fast.WHOLE_READ_BYTES:
+        return None
+    names, _ = read_header(source, contract)
+    return Early(source, contract, names, block_size, size)

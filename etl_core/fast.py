@@ -8,7 +8,9 @@ the diagnostic path, which says what is wrong and where.
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 from collections.abc import Callable, Iterator
 
 import pyarrow as pa
@@ -41,17 +43,25 @@ WHOLE_READ_BYTES = 64 << 20
 
 
 def read(source: Source, contract: FileContract, names: list[str], add: Add, refs: keys.References | None,
-         block_size: int, progress: Callable[[int, int], None] | None, *, size: int | None = None) -> int:
+         block_size: int, progress: Callable[[int, int], None] | None, *, size: int | None = None,
+         early: Early | None = None, threads: bool = True) -> int:
     """Read the file into ``add`` batch by batch; return the number of rows read.  ``size``: the file's
-    size when the caller knows it (a small file is read whole)."""
+    size when the caller knows it (a small file is read whole); ``early``: the file read and parsed
+    already (``Early``); ``threads``: False parses on the caller's thread, leaving Arrow's pool to an
+    ``Early`` read of another file."""
     rows = 0
     increasing = keys.Increasing()
     watched = _Watched()
     extra = len(names) > len(contract.columns)
     whole = size is not None and size <= WHOLE_READ_BYTES
-    with source.open(contract.filename) as raw:
-        batches = _typed_batches(_checked_whole(raw, watched, size or 0) if whole else
-                                 pa.TransformInputStream(raw, watched), contract, names, block_size, whole)
+    with contextlib.ExitStack() as opened:
+        if early is not None:
+            batches = early.batches(watched)
+        else:
+            raw = opened.enter_context(source.open(contract.filename))
+            batches = _typed_batches(_checked_whole(raw, watched, size or 0) if whole else
+                                     pa.TransformInputStream(raw, watched), contract, names, block_size, whole,
+                                     threads)
         for batch in batches:
             out = check(_drop_blank(batch, extra), contract, refs)
             if watched.hex:
@@ -72,9 +82,49 @@ def read(source: Source, contract: FileContract, names: list[str], add: Add, ref
     return rows
 
 
-def _typed_batches(stream: pa.NativeFile, contract: FileContract, names: list[str], block_size: int, whole: bool
-                   ) -> Iterator[pa.RecordBatch]:
-    read_options = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size)
+class Early:
+    """A file small enough to read whole (at most WHOLE_READ_BYTES), read and parsed on a thread of its
+    own, its blocks on Arrow's pool, while the caller reads and checks the files it depends on (the
+    experiments while the users and compounds are read on the caller's thread): the parse does not
+    need them, only the checks do.  ``read`` takes its batches; ``close`` waits for the thread (call
+    it whether or not they were taken).  What the read raised, ``read`` raises."""
+
+    def __init__(self, source: Source, contract: FileContract, names: list[str], block_size: int,
+                 size: int) -> None:
+        self._watched = _Watched()
+        self._batches: list[pa.RecordBatch] = []
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._read, args=(source, contract, names, block_size, size),
+                                        name="etl-early-read", daemon=True)
+        self._thread.start()
+
+    def _read(self, source: Source, contract: FileContract, names: list[str], block_size: int, size: int) -> None:
+        try:
+            with source.open(contract.filename) as raw:
+                whole = _checked_whole(raw, self._watched, size)
+            self._batches = list(_typed_batches(whole, contract, names, block_size, True, True))
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, which raises it
+            self._error = exc
+
+    def batches(self, watched: _Watched) -> Iterator[pa.RecordBatch]:
+        """The batches, each let go once handed on; ``watched`` gets what the read saw."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        watched.bytes, watched.hex = self._watched.bytes, self._watched.hex
+        batches, self._batches = self._batches, []
+        batches.reverse()
+        while batches:
+            yield batches.pop()
+
+    def close(self) -> None:
+        self._thread.join()
+        self._batches = []
+
+
+def _typed_batches(stream: pa.NativeFile, contract: FileContract, names: list[str], block_size: int, whole: bool,
+                   threads: bool) -> Iterator[pa.RecordBatch]:
+    read_options = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size, use_threads=threads)
     parse_options = pacsv.ParseOptions(ignore_empty_lines=False)  # a bad row raises: diagnose
     convert_options = pacsv.ConvertOptions(
         column_types={c.name: rules.RULES[c.kind].read_as for c in contract.columns},

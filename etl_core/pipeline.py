@@ -382,19 +382,27 @@ def _identify(ledger: StoreRun, location: Location, source: Pinned, policy: str)
 
 def _extract(settings: Settings, source: Pinned, run_id: int) -> _Extracted:
     _check_headers(source)
-    users_sink = extract.Collector(extract.output_schema(USERS))
-    compounds_sink = extract.Collector(extract.output_schema(COMPOUNDS))
-    users = _read(settings, source, USERS, users_sink, run_id)
-    compounds = _read(settings, source, COMPOUNDS, compounds_sink, run_id)
-    users_table = users_sink.table()
-    compounds_table = compounds_sink.table().sort_by("compound_id")
-    refs = extract.References.of(users_table["user_id"].combine_chunks(),
-                                 compounds_table["compound_id"].combine_chunks())
-    # a file of one block is one batch: counting it on a thread would overlap with nothing
-    threaded = source.size(EXPERIMENTS.filename) > settings.block_size
-    with counting.ExperimentCounter(refs.users.keys, refs.compounds.keys, threaded=threaded) as counter:
-        experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs)
-        counts = counter.result()  # the counting thread finishes with the file
+    size = source.size(EXPERIMENTS.filename)
+    # a small experiments file is parsed on Arrow's pool while the users and compounds, which only its
+    # checks need, are read on this thread
+    early = extract.read_early(source, EXPERIMENTS, size=size, block_size=settings.block_size)
+    try:
+        users_sink = extract.Collector(extract.output_schema(USERS))
+        compounds_sink = extract.Collector(extract.output_schema(COMPOUNDS))
+        users = _read(settings, source, USERS, users_sink, run_id, threads=early is None)
+        compounds = _read(settings, source, COMPOUNDS, compounds_sink, run_id, threads=early is None)
+        users_table = users_sink.table()
+        compounds_table = compounds_sink.table().sort_by("compound_id")
+        refs = extract.References.of(users_table["user_id"].combine_chunks(),
+                                     compounds_table["compound_id"].combine_chunks())
+        # a file of one block is one batch: counting it on a thread would overlap with nothing
+        threaded = size > settings.block_size
+        with counting.ExperimentCounter(refs.users.keys, refs.compounds.keys, threaded=threaded) as counter:
+            experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs, early=early)
+            counts = counter.result()  # the counting thread finishes with the file
+    finally:
+        if early is not None:
+            early.close()
     return _Extracted(users_table, compounds_table, counts, (users, compounds, experiments))
 
 
@@ -505,7 +513,8 @@ def _check_headers(source: Source) -> None:
 
 
 def _read(settings: Settings, source: Source, contract: FileContract, sink: extract.Sink, run_id: int,
-          refs: extract.References | None = None) -> extract.FileResult:
+          refs: extract.References | None = None, early: extract.Early | None = None,
+          threads: bool = True) -> extract.FileResult:
     size = source.size(contract.filename)
     last = [time.monotonic()]
 
@@ -517,7 +526,7 @@ def _read(settings: Settings, source: Source, contract: FileContract, sink: extr
                       mb=round(offset / 1e6, 1), mb_total=round(size / 1e6, 1))
 
     result = extract.read_file(source, contract, sink, refs=refs, block_size=settings.block_size, progress=progress,
-                               size=size)
+                               size=size, early=early, threads=threads)
     log_event("file_read", run_id=run_id, file=contract.filename, rows=result.rows_read,
               rejected=result.rows_rejected, mb=round(size / 1e6, 1))
     return result

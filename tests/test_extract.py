@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from etl_core import diagnose, extract
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, USERS, FileContract, Rule
-from etl_core.source import LocalSource
+from etl_core.source import LocalSource, Pinned, SourceMissing
 
 pytestmark = pytest.mark.unit
 
@@ -23,12 +23,20 @@ USERS_ROWS = [
 
 
 def read(tmp_path: Path, contract: FileContract, content: bytes, refs: extract.References | None = None, *,
-         size: int | None = None) -> tuple[pa.Table, extract.FileResult]:
-    """``size``: the size read_file is told the file has (a small file is read whole)."""
+         size: int | None = None, early: bool = False) -> tuple[pa.Table, extract.FileResult]:
+    """``size``: the size read_file is told the file has (a small file is read whole); ``early``: the
+    file is read and parsed ahead on its own thread (extract.read_early), as the pipeline reads a small
+    experiments file."""
     path = tmp_path / contract.filename
     path.write_bytes(content)
     sink = extract.Collector(extract.output_schema(contract))
-    result = extract.read_file(LocalSource(tmp_path), contract, sink, refs=refs, block_size=1 << 16, size=size)
+    source = Pinned(LocalSource(tmp_path))
+    ahead = extract.read_early(source, contract, size=len(content), block_size=1 << 16) if early else None
+    try:
+        result = extract.read_file(source, contract, sink, refs=refs, block_size=1 << 16, size=size, early=ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()
     return sink.table(), result
 
 
@@ -197,16 +205,18 @@ def test_an_id_may_have_a_plus_sign(tmp_path: Path) -> None:
                                   "experiment_run_time": 10.0}]
 
 
-@pytest.mark.parametrize("whole", [False, True], ids=["streamed", "read-whole"])
+@pytest.mark.parametrize(("whole", "early"), [(False, False), (True, False), (True, True)],
+                         ids=["streamed", "read-whole", "read-early"])
 @pytest.mark.parametrize("other", ["", "9,1,x,1\n"], ids=["fast-path", "diagnostic-path"])
-def test_a_hexadecimal_id_is_not_an_id(tmp_path: Path, other: str, whole: bool) -> None:
+def test_a_hexadecimal_id_is_not_an_id(tmp_path: Path, other: str, whole: bool, early: bool) -> None:
     """pyarrow reads 0x1A as the integer 26; the contract's ids are decimal, on either path, whether the
-    file is streamed or read whole."""
+    file is streamed, read whole or read early."""
     refs = extract.References.of(pa.array([1, 26], pa.int64()), pa.array([1, 2, 16], pa.int64()))
     padding = "".join(f"{i},1,1,10\n" for i in range(10, 6000))  # 0x comes after the first 64 KiB block
     content = ("experiment_id,user_id,experiment_compound_ids,experiment_run_time\n"
                "1,1,1,10\n" + padding + '2,0x1A,1,10\n3,1,2;0X10,10\n4,1," 0x2",10\n' + other)
-    table, result = read(tmp_path, EXPERIMENTS, content.encode(), refs, size=len(content) if whole else None)
+    table, result = read(tmp_path, EXPERIMENTS, content.encode(), refs, size=len(content) if whole else None,
+                         early=early)
     bad = [(v["line"], v["column"], v["rule"]) for v in result.violations.to_pylist()]
     assert bad[:3] == [(5993, "user_id", "not_positive_integer"),
                        (5994, "experiment_compound_ids", "not_positive_integer"),
@@ -347,3 +357,42 @@ def test_the_fast_path_sees_0x_across_two_buffers() -> None:
     plain = fast._Watched()
     plain(pa.py_buffer(b"name,email\nAlex,alex@example.com\n0,x\n"))
     assert not plain.hex
+
+
+@pytest.mark.parametrize("bad", ["5,1,1,10,extra\n", "5,1\n"], ids=["more-fields", "fewer-fields"])
+def test_a_row_the_early_parse_cannot_read_is_reported_and_the_rest_loaded(tmp_path: Path, bad: str) -> None:
+    """The early read's parse fails (pyarrow raises where the fast path would); the file is read again on
+    the diagnostic path, which names the line, and every good row still arrives."""
+    refs = extract.References.of(pa.array([1], pa.int64()), pa.array([1], pa.int64()))
+    good = "".join(f"{i},1,1,10\n" for i in range(6, 3000))
+    content = "experiment_id,user_id,experiment_compound_ids,experiment_run_time\n1,1,1,10\n" + bad + good
+    table, result = read(tmp_path, EXPERIMENTS, content.encode(), refs, size=len(content), early=True)
+    assert [v["line"] for v in result.violations.to_pylist()][:1] == [3]
+    assert table["experiment_id"].to_pylist()[:2] == [1, 6] and table.num_rows == 2995
+
+
+def test_an_early_read_raises_its_error_where_its_batches_are_taken(tmp_path: Path) -> None:
+    from etl_core import fast
+
+    names = [c.name for c in EXPERIMENTS.columns]
+    early = fast.Early(LocalSource(tmp_path), EXPERIMENTS, names, 1 << 16, 100)  # no such file
+    with pytest.raises(SourceMissing, match=EXPERIMENTS.filename):
+        list(early.batches(fast._Watched()))
+    early.close()
+    gone = fast.Early(LocalSource(tmp_path), EXPERIMENTS, names, 1 << 16, 100)
+    gone.close()  # never taken: the thread is waited for, its error dropped
+    assert not gone._thread.is_alive()
+
+
+def test_a_file_too_large_to_read_whole_is_not_read_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from etl_core import fast
+
+    content = b"compound_id,compound_name,compound_structure\n1,C1,CC\n"
+    (tmp_path / COMPOUNDS.filename).write_bytes(content)
+    source = Pinned(LocalSource(tmp_path))
+    monkeypatch.setattr(fast, "WHOLE_READ_BYTES", len(content) - 1)
+    assert extract.read_early(source, COMPOUNDS, size=len(content), block_size=1 << 16) is None
+    monkeypatch.setattr(fast, "WHOLE_READ_BYTES", len(content))
+    early = extract.read_early(source, COMPOUNDS, size=len(content), block_size=1 << 16)
+    assert early is not None
+    early.close()

@@ -4,6 +4,7 @@ same behaviours are checked against PostgreSQL in test_acceptance, test_contract
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -71,3 +72,64 @@ def test_a_cut_export_is_refused_unless_forced(tmp_path: Path) -> None:
     assert store.features is not None and store.features.num_rows == 10
     assert pipeline.run(settings_for(short), pipeline.Trigger(force=True), store=store)["users_written"] == 10
     assert pa.compute.sum(store.features["total_experiments"]).as_py() == 2
+
+
+def _reads(monkeypatch: pytest.MonkeyPatch, *, fail_on: str | None = None) -> list[tuple[str, bool, bool]]:
+    """Every extract.read_file call of a run: (file, threads, read early); ``fail_on``: that file's read raises."""
+    from etl_core import extract
+
+    calls: list[tuple[str, bool, bool]] = []
+    real = extract.read_file
+
+    def spy(source: object, contract: Any, sink: object, **kw: Any) -> extract.FileResult:
+        calls.append((contract.filename, kw["threads"], kw["early"] is not None))
+        if contract.filename == fail_on:
+            raise OSError("the disk went away")
+        return real(source, contract, sink, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(extract, "read_file", spy)
+    return calls
+
+
+def test_a_small_experiments_file_is_parsed_while_the_users_and_compounds_are_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = _reads(monkeypatch)
+    store = MemoryStore()
+    pipeline.run(settings_for(CHALLENGE_DATA), pipeline.Trigger(), store=store)
+    # the others leave Arrow's pool to the experiments' early read, which their checks then take
+    assert calls == [("users.csv", False, False), ("compounds.csv", False, False),
+                     ("user_experiments.csv", True, True)]
+    assert [(n, t, c, round(a, 9)) for n, t, c, a in rows(store)] == EXPECTED
+
+
+def test_a_large_experiments_file_streams_after_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    from etl_core import fast
+
+    monkeypatch.setattr(fast, "WHOLE_READ_BYTES", 100)  # the challenge's experiments are larger
+    calls = _reads(monkeypatch)
+    store = MemoryStore()
+    pipeline.run(settings_for(CHALLENGE_DATA), pipeline.Trigger(), store=store)
+    assert calls == [("users.csv", True, False), ("compounds.csv", True, False),
+                     ("user_experiments.csv", True, False)]
+    assert [(n, t, c, round(a, 9)) for n, t, c, a in rows(store)] == EXPECTED
+
+
+def test_a_run_that_fails_before_the_experiments_leaves_no_early_read_behind(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+    import time
+
+    from etl_core import fast
+
+    real = fast._checked_whole
+
+    def slow(*args: Any) -> Any:
+        if threading.current_thread().name == "etl-early-read":
+            time.sleep(0.5)  # the early read is still going when the compounds' read fails
+        return real(*args)
+
+    monkeypatch.setattr(fast, "_checked_whole", slow)
+    _reads(monkeypatch, fail_on="compounds.csv")
+    with pytest.raises(Exception, match="the disk went away"):
+        pipeline.run(settings_for(CHALLENGE_DATA), pipeline.Trigger(), store=MemoryStore())
+    assert [t.name for t in threading.enumerate() if t.name == "etl-early-read"] == []
