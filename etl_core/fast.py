@@ -86,8 +86,8 @@ class Early:
     """A file small enough to read whole (at most WHOLE_READ_BYTES), read and parsed on a thread of its
     own, its blocks on Arrow's pool, while the caller reads and checks the files it depends on (the
     experiments while the users and compounds are read on the caller's thread): the parse does not
-    need them, only the checks do.  ``read`` takes its batches; ``close`` waits for the thread (call
-    it whether or not they were taken).  What the read raised, ``read`` raises."""
+    need them, only the checks do.  ``batches`` hands them over, and raises what the read raised;
+    ``close`` waits for the thread (call it whether or not they were taken)."""
 
     def __init__(self, source: Source, contract: FileContract, names: list[str], block_size: int,
                  size: int) -> None:
