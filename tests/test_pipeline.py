@@ -91,26 +91,22 @@ def _reads(monkeypatch: pytest.MonkeyPatch, *, fail_on: str | None = None) -> li
     return calls
 
 
-def test_a_small_experiments_file_is_parsed_while_the_users_and_compounds_are_read(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = _reads(monkeypatch)
-    store = MemoryStore()
-    pipeline.run(settings_for(CHALLENGE_DATA), pipeline.Trigger(), store=store)
+@pytest.mark.parametrize(("whole_read_bytes", "expected"), [
     # the others leave Arrow's pool to the experiments' early read, which their checks then take
-    assert calls == [("users.csv", False, False), ("compounds.csv", False, False),
-                     ("user_experiments.csv", True, True)]
-    assert [(n, t, c, round(a, 9)) for n, t, c, a in rows(store)] == EXPECTED
-
-
-def test_a_large_experiments_file_streams_after_the_others(monkeypatch: pytest.MonkeyPatch) -> None:
+    (None, [("users.csv", False, False), ("compounds.csv", False, False), ("user_experiments.csv", True, True)]),
+    # an experiments file larger than a whole read streams after the others, which parse on the pool
+    (100, [("users.csv", True, False), ("compounds.csv", True, False), ("user_experiments.csv", True, False)]),
+], ids=["small-experiments-read-early", "large-experiments-streamed"])
+def test_where_the_experiments_are_parsed_beside_the_users_and_compounds(
+        monkeypatch: pytest.MonkeyPatch, whole_read_bytes: int | None, expected: list[tuple[str, bool, bool]]) -> None:
     from etl_core import fast
 
-    monkeypatch.setattr(fast, "WHOLE_READ_BYTES", 100)  # the challenge's experiments are larger
+    if whole_read_bytes is not None:
+        monkeypatch.setattr(fast, "WHOLE_READ_BYTES", whole_read_bytes)  # the challenge's experiments are larger
     calls = _reads(monkeypatch)
     store = MemoryStore()
     pipeline.run(settings_for(CHALLENGE_DATA), pipeline.Trigger(), store=store)
-    assert calls == [("users.csv", True, False), ("compounds.csv", True, False),
-                     ("user_experiments.csv", True, False)]
+    assert calls == expected
     assert [(n, t, c, round(a, 9)) for n, t, c, a in rows(store)] == EXPECTED
 
 
