@@ -434,9 +434,10 @@ def _publish(settings: Settings, ledger: StoreRun, extracted: _Extracted, violat
     try:
         with _phase(seconds, "load"):
             with ledger.publishing() as publication:
-                current = publication.volume()  # also locks the table against new foreign keys
-                if not force:
-                    guard.check_volume(current, extracted.volume, min_share=settings.min_share)
+                if force:  # no guard: nothing to count (a scan of the whole table)
+                    publication.lock()  # against new foreign keys, as volume() would
+                else:
+                    guard.check_volume(publication.volume(), extracted.volume, min_share=settings.min_share)
                 written = publication.replace_features(features)
                 publication.store_rejects(violations)
                 publication.finish(status=status, files=extracted.files, users_written=written,

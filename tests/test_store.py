@@ -86,6 +86,21 @@ def test_the_next_publication_replaces_every_row_and_volume_counts_them(store: S
     assert features_of(store) == [(2, 5, run.run_id), (4, 1, run.run_id)]
 
 
+def test_lock_keeps_new_foreign_keys_off_the_table_until_the_commit(store: Store) -> None:
+    """What a forced run takes instead of volume(), which counts: the same lock, and no count."""
+    publish(store, (1, 2))
+    with store.run(policy="strict", source="here") as run, run.publishing() as publication:
+        publication.lock()
+        if isinstance(store, PostgresStore):
+            with store.connection() as other:
+                held = other.run("SELECT mode FROM pg_locks WHERE granted AND relation = "
+                                 "CAST(:t AS regclass)", t=f'"{store.schema}".user_features')
+            assert ["RowExclusiveLock"] == [mode for [mode] in held]
+        publication.replace_features(features((1, 3)))
+        publication.finish(status="succeeded", files={}, users_written=1, seconds={})
+    assert features_of(store) == [(1, 3, run.run_id)]
+
+
 def test_an_empty_store_holds_no_volume(store: Store) -> None:
     with store.run(policy="strict", source="here") as run, run.publishing() as publication:
         assert publication.volume() == Volume(users=0, experiments=0)

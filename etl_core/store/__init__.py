@@ -51,8 +51,12 @@ class Publication(Protocol):
     """One transaction that replaces the features: everything in it is published together at the end
     of the ``with`` block, or nothing is (any exception rolls all of it back)."""
 
+    def lock(self) -> None:
+        """From here on no one else can change how the table is referenced."""
+        ...
+
     def volume(self) -> Volume:
-        """What the table holds now; from here on no one else can change how the table is referenced."""
+        """What the table holds now (counted: the load guard's side of the comparison); locks as ``lock``."""
         ...
 
     def replace_features(self, features: Iterable[pa.RecordBatch]) -> int:

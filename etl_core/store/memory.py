@@ -122,6 +122,9 @@ class MemoryPublication:
         self._rejects: pa.Table | None = None
         self._finished: dict[str, Any] | None = None
 
+    def lock(self) -> None:
+        pass  # one process, one run at a time: nothing to lock against
+
     def volume(self) -> Volume:
         table = self._store.features
         if table is None or table.num_rows == 0:

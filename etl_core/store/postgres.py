@@ -302,9 +302,13 @@ class PostgresPublication:
     def raised_by_rows(self, exc: BaseException) -> bool:
         return any(exc is stream.error for stream in self._streams)
 
-    def volume(self) -> Volume:
+    def lock(self) -> None:
         with _translated():
             self._conn.run(sql.lock_features(self._schema))
+
+    def volume(self) -> Volume:
+        self.lock()
+        with _translated():
             [[users, experiments]] = self._conn.run(sql.features_volume(self._schema))
         self._held = int(users)
         return Volume(users=int(users), experiments=int(experiments))
