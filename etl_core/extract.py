@@ -124,5 +124,4 @@ def read_early(source: Pinned, contract: FileContract, *, size: int, block_size:
     are read, and close it in any case.  Its header must have been checked."""
     if size > fast.WHOLE_READ_BYTES:
         return None
-    names, _ = read_header(source, contract)
-    return Early(source, contract, names, block_size, size)
+    return Early(source, contract, lambda: read_header(source, contract)[0], block_size, size)

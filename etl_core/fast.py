@@ -86,20 +86,24 @@ class Early:
     """A file small enough to read whole (at most WHOLE_READ_BYTES), read and parsed on a thread of its
     own, its blocks on Arrow's pool, while the caller reads and checks the files it depends on (the
     experiments while the users and compounds are read on the caller's thread): the parse does not
-    need them, only the checks do.  ``batches`` hands them over, and raises what the read raised;
-    ``close`` waits for the thread (call it whether or not they were taken)."""
+    need them, only the checks do.  ``header`` gives the file's column names (it reads the header, on
+    the thread: from S3 that is a request of its own).  ``batches`` hands the batches over, and
+    raises what the read raised; ``close`` waits for the thread (call it whether or not they were
+    taken)."""
 
-    def __init__(self, source: Source, contract: FileContract, names: list[str], block_size: int,
+    def __init__(self, source: Source, contract: FileContract, header: Callable[[], list[str]], block_size: int,
                  size: int) -> None:
         self._watched = _Watched()
         self._batches: list[pa.RecordBatch] = []
         self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._read, args=(source, contract, names, block_size, size),
+        self._thread = threading.Thread(target=self._read, args=(source, contract, header, block_size, size),
                                         name="etl-early-read", daemon=True)
         self._thread.start()
 
-    def _read(self, source: Source, contract: FileContract, names: list[str], block_size: int, size: int) -> None:
+    def _read(self, source: Source, contract: FileContract, header: Callable[[], list[str]], block_size: int,
+              size: int) -> None:
         try:
+            names = header()
             with source.open(contract.filename) as raw:
                 whole = _checked_whole(raw, self._watched, size)
             self._batches = list(_typed_batches(whole, contract, names, block_size, True, True))
@@ -109,17 +113,29 @@ class Early:
     def batches(self, watched: _Watched) -> Iterator[pa.RecordBatch]:
         """The batches, each let go once handed on; ``watched`` gets what the read saw."""
         self._thread.join()
-        if self._error is not None:
-            raise self._error
+        # The error's traceback holds the frames it passed, the thread's (which holds this object) and
+        # this one: neither may keep the error, or only the collector would free them, and the file's
+        # bytes with them.
+        error, self._error = self._error, None
+        if error is not None:
+            try:
+                raise error
+            finally:
+                error = None
         watched.bytes, watched.hex = self._watched.bytes, self._watched.hex
         batches, self._batches = self._batches, []
-        batches.reverse()
-        while batches:
-            yield batches.pop()
+        return _handed(batches)
 
     def close(self) -> None:
         self._thread.join()
-        self._batches = []
+        self._batches, self._error = [], None
+
+
+def _handed(batches: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """``batches`` in order, each let go once handed on."""
+    batches.reverse()
+    while batches:
+        yield batches.pop()
 
 
 def _typed_batches(stream: pa.NativeFile, contract: FileContract, names: list[str], block_size: int, whole: bool,
@@ -138,9 +154,7 @@ def _typed_batches(stream: pa.NativeFile, contract: FileContract, names: list[st
     batches = pacsv.read_csv(stream, read_options=read_options, parse_options=parse_options,
                              convert_options=convert_options).to_batches()
     del stream  # the file's bytes, parsed
-    batches.reverse()
-    while batches:  # each batch let go once it is handed on
-        yield batches.pop()
+    yield from _handed(batches)
 
 
 def _checked_whole(raw: pa.NativeFile, watched: _Watched, size: int) -> pa.BufferReader:

@@ -4,6 +4,7 @@ The collector: what exists when the first run starts is frozen, once per process
 from __future__ import annotations
 
 import gc
+import weakref
 from collections.abc import Iterator
 
 import pyarrow as pa
@@ -53,9 +54,20 @@ def test_settle_freezes_what_exists_once(monkeypatch: pytest.MonkeyPatch) -> Non
         memory.settle()
         frozen = gc.get_freeze_count()
         assert frozen > 0
-        later = [[] for _ in range(100)]  # tracked containers made after the first settle
         memory.settle()
         assert gc.get_freeze_count() == frozen, "a second settle froze again: a warm process would keep its garbage"
-        assert all(gc.is_tracked(item) for item in later)
+        cycle: list[object] = []
+        cycle.append(cycle)  # garbage that only the collector frees, made after the first settle
+        later = weakref.ref(_Box(cycle))
+        del cycle
+        gc.collect()
+        assert later() is None
     finally:
         gc.unfreeze()
+
+
+class _Box:
+    """A weakly referenceable member of a cycle."""
+
+    def __init__(self, cycle: list[object]) -> None:
+        cycle.append(self)

@@ -296,7 +296,7 @@ class PostgresPublication:
         self._run_id = run_id
         self._streams: list[_Stream] = []
         self._rejects = 0  # stored so far: the next one's seq is this + 1
-        self._held: int | None = None  # rows (one per user) the table held before, once volume() counted them
+        self._held: int | None = None  # rows the table held before, once volume() counted them (a forced run: never)
         self.left_dead: int | None = None  # rows replace_features deleted or updated (None: not known)
 
     def raised_by_rows(self, exc: BaseException) -> bool:
