@@ -60,8 +60,8 @@ def read(source: Source, contract: FileContract, names: list[str], add: Add, ref
         else:
             raw = opened.enter_context(source.open(contract.filename))
             batches = _typed_batches(_checked_whole(raw, watched, size or 0) if whole else
-                                     pa.TransformInputStream(raw, watched), contract, names, block_size, whole,
-                                     threads)
+                                     pa.TransformInputStream(raw, watched), contract, names, block_size,
+                                     whole=whole, threads=threads)
         for batch in batches:
             out = check(_drop_blank(batch, extra), contract, refs)
             if watched.hex:
@@ -106,7 +106,7 @@ class Early:
             names = header()
             with source.open(contract.filename) as raw:
                 whole = _checked_whole(raw, self._watched, size)
-            self._batches = list(_typed_batches(whole, contract, names, block_size, True, True))
+            self._batches = list(_typed_batches(whole, contract, names, block_size, whole=True, threads=True))
         except BaseException as exc:  # noqa: BLE001 - handed to the reader, which raises it
             self._error = exc
 
