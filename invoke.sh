@@ -2,14 +2,16 @@
 # Invoke the function through the emulator's endpoint, print the result, and exit non-zero when
 # the run failed.
 #
-#   ./invoke.sh                         GET /trigger-etl (events/trigger-etl.json, an HTTP API v2 event)
+#   ./invoke.sh                         POST /trigger-etl (events/post-trigger-etl.json, an HTTP API v2 event)
+#   ./invoke.sh events/trigger-etl.json      the challenge's GET /trigger-etl (served locally; the
+#                                            deployed API routes it only with AllowGetTrigger=true)
 #   ./invoke.sh events/direct-trigger.json   any other event file
 #
 #   FUNCTION_URL  the invocation endpoint
 #                 (default http://localhost:${RIE_PORT:-9000}/2015-03-31/functions/function/invocations)
 set -euo pipefail
 cd "$(dirname "$0")"
-event=${1:-events/trigger-etl.json}
+event=${1:-events/post-trigger-etl.json}
 url=${FUNCTION_URL:-http://localhost:${RIE_PORT:-9000}/2015-03-31/functions/function/invocations}
 [ -f "$event" ] || { echo "invoke.sh: no event file $event" >&2; exit 64; }
 

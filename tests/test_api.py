@@ -72,6 +72,49 @@ def test_get_trigger_etl_runs_the_job_and_returns_the_summary(service: Service) 
     assert body["files"]["users.csv"]["rows_read"] == 10
 
 
+def test_post_trigger_etl_runs_the_job_and_is_not_to_be_cached(service: Service) -> None:
+    reply = lambda_function.handler(event("post-trigger-etl.json"), None)
+    body = json.loads(reply["body"])
+    assert (reply["statusCode"], body["status"], body["users_written"]) == (200, "succeeded", 10)
+    assert reply["headers"]["cache-control"] == "no-store"
+    status, again = call(event("post-trigger-etl.json", query={"force": "true"}))
+    assert (status, again["run_id"], again["status"]) == (200, body["run_id"] + 1, "succeeded")
+
+
+def _recorded_runs(service: Service) -> list[int]:
+    return [run["run_id"] for run in service.runs(limit=1000, status=None, before=None)["runs"]]
+
+
+def test_post_and_get_carry_the_same_trigger(recorded_triggers: list[Trigger]) -> None:
+    query = {"policy": "quarantine", "data": "sub", "force": "Yes"}
+    call(event("post-trigger-etl.json", query=query))
+    call(event("trigger-etl.json", query=query))
+    assert recorded_triggers == [Trigger(policy="quarantine", data="sub", force=True)] * 2
+
+
+@pytest.mark.parametrize("body", ['{"policy": "quarantine"}', "policy=quarantine", " "])
+def test_a_post_trigger_with_a_body_is_400_and_starts_nothing(service: Service, body: str) -> None:
+    """The parameters are the query string's: a body would be ignored, and the run would not be the one
+    the caller meant."""
+    evt = event("post-trigger-etl.json")
+    evt["body"] = body
+    evt["headers"]["content-type"] = "application/json"
+    status, answer = call(evt)
+    assert (status, answer["error"]["code"]) == (400, "bad_request"), answer
+    assert "query string" in answer["error"]["message"]
+    assert _recorded_runs(service) == []
+
+
+@pytest.mark.parametrize("method", ["HEAD", "OPTIONS", "PUT", "PATCH", "DELETE"])
+def test_no_other_method_starts_a_run(service: Service, method: str) -> None:
+    """Only POST (and, locally, GET) start a run: a HEAD (what a link checker sends) or a CORS
+    preflight's OPTIONS is 405 and records nothing."""
+    reply = lambda_function.handler(event("post-trigger-etl.json", method=method), None)
+    assert reply["statusCode"] == 405, reply
+    assert reply["headers"]["allow"] == "GET, POST"
+    assert _recorded_runs(service) == []
+
+
 def test_runs_id_returns_the_recorded_run(service: Service) -> None:
     _, summary = call(event("trigger-etl.json"))
     status, body = call(event("get-run-1.json", path=f"/runs/{summary['run_id']}"))
@@ -349,11 +392,11 @@ def test_an_unknown_route_is_404_json_listing_the_routes(service: Service) -> No
 
 
 def test_a_wrong_method_is_405_json_with_allow(service: Service) -> None:
-    reply = lambda_function.handler(event("trigger-etl.json", method="POST"), None)
+    reply = lambda_function.handler(event("get-run-1.json", method="POST"), None)
     body = json.loads(reply["body"])
     assert (reply["statusCode"], body["error"]["code"]) == (405, "method_not_allowed")
-    assert "POST /trigger-etl" in body["error"]["message"]
-    assert "GET" in reply["headers"]["allow"]
+    assert "POST /runs/1" in body["error"]["message"] and body["error"]["message"].endswith("answers GET")
+    assert reply["headers"]["allow"] == "GET"
 
 
 def test_every_error_answer_is_json(service: Service) -> None:
