@@ -70,7 +70,7 @@ def test_build_sh_builds_and_serves_the_image(engine: Engine, base_image: str, f
         assert summary["users_written"] == 10
         assert features_rows(db, schema) == EXPECTED
 
-        second = json.loads(invoke(url, "events/trigger-etl.json").split("\n", 1)[1])
+        second = json.loads(invoke(url, "events/post-trigger-etl.json").split("\n", 1)[1])  # POST, as deployed
         assert second["run_id"] == summary["run_id"] + 1  # recorded, and
         assert (second["status"], second["same_as"]) == ("unchanged", summary["run_id"])  # the same files: no load
         forced = invoke_event(url, {"action": "trigger-etl", "force": True})

@@ -36,10 +36,11 @@ def running(database_url: str, schema: str) -> Iterator[dict[str, str]]:
 
 def test_build_local_invoke_and_query(running: dict[str, str], db: Any, schema: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
-    first = sh("./invoke.sh", env=running)
+    first = sh("./invoke.sh", env=running)  # POST /trigger-etl
     assert first.stdout.startswith("HTTP 200")
     assert '"users_written": 10' in first.stdout
-    sh("./invoke.sh", env=running)
+    again = sh("./invoke.sh", "events/trigger-etl.json", env=running)  # the challenge's GET, served locally
+    assert again.stdout.startswith("HTTP 200") and '"status": "unchanged"' in again.stdout
     assert features_rows(db, schema) == EXPECTED  # twice: still ten rows
 
     shown = sh("./query.sh", env=running).stdout

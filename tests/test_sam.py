@@ -188,7 +188,7 @@ def sam(docker_host: str, slim_tag: str, function_image: str, tmp_path_factory: 
 def test_sam_local_invoke_runs_the_etl(sam: Sam, db_socket: tuple[str, str], schema: str, db: Any,
                                        request: pytest.FixtureRequest) -> None:
     env_vars = sam.env_vars("invoke", schema, db_socket[1])
-    done = sam("local", "invoke", FUNCTION, "-t", str(sam.template), "-e", str(ROOT / "events/trigger-etl.json"),
+    done = sam("local", "invoke", FUNCTION, "-t", str(sam.template), "-e", str(ROOT / "events/post-trigger-etl.json"),
                "--env-vars", env_vars, "--skip-pull-image")
     reply = json.loads(done.stdout.strip().splitlines()[-1])
     assert reply["statusCode"] == 200, reply
@@ -211,8 +211,9 @@ def test_sam_local_invoke_answers_a_bad_event_clearly(sam: Sam, db_socket: tuple
     report_lines(request, "sam local invoke (bad event)", done.stderr)
 
 
-def curl(url: str) -> tuple[int, Any]:
-    done = run(["curl", "--silent", "--show-error", "--max-time", "300", "--write-out", "\n%{http_code}", url])
+def curl(url: str, method: str = "GET") -> tuple[int, Any]:
+    done = run(["curl", "--silent", "--show-error", "--max-time", "300", "--write-out", "\n%{http_code}",
+                "-X", method, url])
     body, status = done.stdout.rsplit("\n", 1)
     return int(status), json.loads(body)
 
@@ -225,18 +226,21 @@ def test_sam_local_start_api_serves_the_http_routes(sam: Sam, db_socket: tuple[s
     env_vars = sam.env_vars("api", schema, db_socket[1])
     out, err = sam.home / "start-api.out", sam.home / "start-api.err"
     with open(out, "wb") as stdout, open(err, "wb") as stderr:
+        # AllowGetTrigger routes the challenge's GET /trigger-etl as well (the deployed API does not by default)
         api = subprocess.Popen([sam.exe, "local", "start-api", "-t", str(sam.template), "--env-vars", env_vars,
+                                "--parameter-overrides", "AllowGetTrigger=true",
                                 "--skip-pull-image", "--host", "127.0.0.1", "--port", str(port)],
                                cwd=sam.home, env=sam.env, stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr)
     try:
         if not wait_for_port(port, 120, alive=lambda: api.poll() is None):
             pytest.fail(f"sam local start-api did not listen on {port}:\n{tail(err.read_text())}")
         base = f"http://127.0.0.1:{port}"
-        first_status, first = curl(f"{base}/trigger-etl")
-        second_status, second = curl(f"{base}/trigger-etl")
+        first_status, first = curl(f"{base}/trigger-etl", "POST")
+        second_status, second = curl(f"{base}/trigger-etl")  # the challenge's curl
         run_status, run_record = curl(f"{base}/runs/{first['run_id']}")
         missing_status, missing = curl(f"{base}/runs/999999")
-        report(request, "curl GET /trigger-etl", f"{first_status} {json.dumps(first)}")
+        report(request, "curl -X POST /trigger-etl", f"{first_status} {json.dumps(first)}")
+        report(request, "curl GET /trigger-etl", f"{second_status} {json.dumps(second)}")
         report(request, f"curl GET /runs/{first['run_id']}", f"{run_status} {json.dumps(run_record)}")
     finally:
         api.send_signal(signal.SIGINT)  # sam removes the containers it started when interrupted
