@@ -38,7 +38,8 @@ def test_every_route_is_documented() -> None:
         path = getattr(route, "path", "")
         if path.startswith(("/docs", "/openapi", "/redoc")):
             continue
-        assert f"GET {path.replace('{run_id}', '{id}')}" in README, path
+        for method in sorted(getattr(route, "methods", set()) - {"HEAD"}):
+            assert f"{method} {path.replace('{run_id}', '{id}')}" in README, (method, path)
 
 
 def test_the_default_policy_in_the_readme_is_the_code_default() -> None:
