@@ -314,3 +314,16 @@ def test_sam_local_serves_get_trigger_only_when_asked_and_without_an_authorizer(
         expected.discard(("GET", "/trigger-etl"))
     assert set(served) == expected
     assert all(route.function_name == "EtlFunction" and route.authorizer_name is None for route in served.values())
+
+
+def test_the_bucket_refuses_requests_without_tls(monkeypatch: pytest.MonkeyPatch) -> None:
+    params = {"DataBucketName": "lab-exports"}
+    stack = Stack(translated(params, monkeypatch), params)
+    (_, policy), = stack.resources("AWS::S3::BucketPolicy")
+    assert policy["Bucket"] == "<DataBucket>"
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert (statement["Effect"], statement["Principal"], statement["Action"]) == ("Deny", "*", "s3:*")
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert statement["Resource"] == [{"Fn::GetAtt": ["DataBucket", "Arn"]}, "<DataBucket.Arn>/*"]
+    (_, bucket), = stack.resources("AWS::S3::Bucket")
+    assert all(bucket["PublicAccessBlockConfiguration"].values())
