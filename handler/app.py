@@ -217,16 +217,39 @@ def trigger_etl_by_get(request: Request, response: Response, policy: str | None 
     return _trigger(request, response)
 
 
+ROW_TEXT = ("value", "raw")  # a violation's members that repeat the input: names, e-mail addresses
+
+
+def without_rows(record: dict[str, Any]) -> dict[str, Any]:
+    """A run's record as the runs routes show it: the violations its error lists keep their file, line,
+    column and rule but not the row's text, which is personal data and the rejects permission's (those
+    who may read runs need not see it; a direct invocation, a permission on the whole function, still
+    does)."""
+    error = record.get("error")
+    if not isinstance(error, dict):
+        return record
+    violations = error.get("violations")
+    first = violations.get("first") if isinstance(violations, dict) else None
+    if not isinstance(violations, dict) or not isinstance(first, list):
+        return record
+    shown = [{k: v for k, v in item.items() if k not in ROW_TEXT} if isinstance(item, dict) else item
+             for item in first]
+    return {**record, "error": {**error, "violations": {**violations, "first": shown}}}
+
+
 @app.get("/runs", response_model=RunsPage, responses=errors("/runs"))
 def list_runs(query: Annotated[RunsQuery, Query()]) -> dict[str, Any]:
-    """Recorded runs, newest first, a page at a time: pass ``next_before`` as ``before`` for the next."""
-    return get_service().runs(limit=query.limit, status=query.status, before=query.before)
+    """Recorded runs, newest first, a page at a time: pass ``next_before`` as ``before`` for the next.
+    A failed run's violations are listed without their rows' text (``value``, ``raw``)."""
+    page = get_service().runs(limit=query.limit, status=query.status, before=query.before)
+    return {**page, "runs": [without_rows(record) for record in page["runs"]]}
 
 
 @app.get("/runs/{run_id}", response_model=RunRecord, responses=errors("/runs/{run_id}"))
 def get_run(run_id: int) -> dict[str, Any]:
-    """One run's record: status, rows per file, time per phase, error."""
-    return get_service().run_status(run_id)
+    """One run's record: status, rows per file, time per phase, error (its violations without their rows'
+    text: ``value`` and ``raw`` are personal data, behind the rejects route's permission)."""
+    return without_rows(get_service().run_status(run_id))
 
 
 @app.get("/runs/{run_id}/rejects", response_model=RejectsPage, responses=errors("/runs/{run_id}/rejects"))

@@ -166,6 +166,29 @@ def test_a_contract_violation_is_422_with_the_violations(env: dict[str, str], tm
     assert body["error"]["violations"]["first"][0]["line"] == 2
 
 
+def test_the_runs_routes_show_a_failed_runs_violations_without_the_rows_text(env: dict[str, str],
+                                                                            tmp_path: Path) -> None:
+    """Rejected rows are personal data, behind the rejects route's permission: whoever may read runs
+    sees where and which rule, not the name or the e-mail address."""
+    data = write_files(tmp_path / "bad", {"users.csv": "user_id,name,email,signup_date\n"
+                                                        "1,Alice Liddell,alice@example.org,2023-02-30\n"})
+    with installed(Settings.from_env({**env, "DATA_DIR": str(data)})):
+        status, failed = call(event("post-trigger-etl.json"))
+        run_id = failed["error"]["run_id"]
+        _, record = call(event("get-run-1.json", path=f"/runs/{run_id}"))
+        _, page = call(event("runs.json"))
+        direct = lambda_function.handler({"action": "get-run", "run_id": run_id}, None)
+    assert status == 422 and "alice@example.org" in json.dumps(failed)  # the caller who started it
+    for shown in (record, page["runs"][0]):
+        assert shown["run_id"] == run_id and shown["status"] == "failed"
+        first = shown["error"]["violations"]["first"]
+        assert first[0] == {"file": "users.csv", "line": 2, "column": "signup_date", "rule": "not_iso_date"}
+        assert first and all(set(item) == {"file", "line", "column", "rule"} for item in first), first
+        assert shown["error"]["violations"]["total"] == failed["error"]["violations"]["total"]
+        assert "alice" not in json.dumps(shown).lower() and "Liddell" not in json.dumps(shown)
+    assert "alice@example.org" in json.dumps(direct)  # a direct invocation: a permission on the whole function
+
+
 def test_quarantine_through_the_query_string(env: dict[str, str], tmp_path: Path) -> None:
     data = write_files(tmp_path / "bad", {"users.csv": "user_id,name,email,signup_date\n1,,a@x,2023-01-01\n"
                                                       "2,Bob,b@x,2023-01-01\n3,Cy,c@x,2023-01-01\n"})
