@@ -82,16 +82,11 @@ def _reported(exc: EtlError) -> EtlError:
     """The runtime reports errorType (our class name) and errorMessage (this JSON document); our own
     line says it too, with the invocation's context."""
     run_id = exc.details.get("run_id")
-    level = logging.WARNING if exc.code in _CALLERS_CODES else logging.ERROR
+    level = logging.WARNING if exc.caller else logging.ERROR  # the caller's mistake, or the data's
     logs.log_event("invocation_failed", level=level, code=exc.code, error_type=type(exc).__name__,
                    reason=exc.message, **({"run_id": run_id} if run_id else {}))
     exc.args = (json.dumps(exc.to_dict(), default=str),)
     return exc
-
-
-# what a caller (or the data) did wrong, not the service: a warning, not an error
-_CALLERS_CODES = {"bad_request", "unsupported_event", "run_not_found", "run_in_progress", "contract_violation",
-                  "load_refused", "foreign_key_conflict", "source_missing", "source_changed", "bad_manifest"}
 
 
 def _unexpected(exc: BaseException) -> InternalError:
