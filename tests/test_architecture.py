@@ -19,8 +19,8 @@ HTTP = {"fastapi", "starlette", "mangum", "pydantic", "handler"}
 THREADS_AND_IO = {"threading", "queue", "concurrent", "multiprocessing", "os", "io", "socket", "subprocess",
                   "tempfile", "pathlib", "shutil", "logging", "time", "pg8000", "pyarrow.csv", "pyarrow.fs"}
 PURE_CORE = ("etl_core.transform", "etl_core.guard", "etl_core.contract", "etl_core.rules", "etl_core.literals")
-# every layer may name its settings and errors, and write logs and metrics
-SHARED = {"etl_core.config", "etl_core.errors", "etl_core.logs", "etl_core.metrics"}
+# every layer may name its settings, errors and run statuses, and write logs and metrics
+SHARED = {"etl_core.config", "etl_core.errors", "etl_core.logs", "etl_core.metrics", "etl_core.status"}
 
 
 def module_name(path: Path) -> str:

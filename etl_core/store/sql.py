@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pg8000.native import identifier
 
-from etl_core.store import LOADED
+from etl_core.status import LOADED, RunStatus
 
 FEATURES = "user_features"
 RUNS = "etl_runs"
@@ -14,7 +14,7 @@ STAGING = "user_features__staging"
 # it skips every CREATE ... IF NOT EXISTS; an older (or no) stamp migrates the tables first
 LEDGER_VERSION = 2
 LEDGER_STAMP = f"experiment-etl ledger v{LEDGER_VERSION}"
-STATUS_CHECK = "CHECK (status IN ('running', 'succeeded', 'partial', 'failed', 'unchanged'))"
+STATUS_CHECK = "CHECK (status IN (" + ", ".join(f"'{status}'" for status in RunStatus) + "))"
 
 
 def q(schema: str, table: str) -> str:
@@ -76,7 +76,8 @@ def start_run(schema: str) -> str:
     table = q(schema, RUNS)
     loaded = ", ".join(f"'{status}'" for status in LOADED)
     return (f"WITH last AS (SELECT id, fingerprint FROM {table} WHERE status IN ({loaded}) ORDER BY id DESC "
-            f"LIMIT 1), made AS (INSERT INTO {table} (status, policy, data_dir) VALUES ('running', :policy, :source) "
+            f"LIMIT 1), made AS (INSERT INTO {table} (status, policy, data_dir) "
+            f"VALUES ('{RunStatus.RUNNING}', :policy, :source) "
             "RETURNING id) SELECT made.id, last.id, last.fingerprint FROM made LEFT JOIN last ON true")
 
 
@@ -161,8 +162,8 @@ def upsert_staging(schema: str) -> str:
 
 
 def fail_abandoned(schema: str) -> str:
-    return (f"UPDATE {q(schema, RUNS)} SET status = 'failed', finished_at = clock_timestamp(), "
-            "error = CAST(:error AS jsonb) WHERE status = 'running'")
+    return (f"UPDATE {q(schema, RUNS)} SET status = '{RunStatus.FAILED}', finished_at = clock_timestamp(), "
+            f"error = CAST(:error AS jsonb) WHERE status = '{RunStatus.RUNNING}'")
 
 
 def finish_run(schema: str) -> str:
