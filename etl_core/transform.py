@@ -2,7 +2,7 @@
 
 No threads, no files, no database, no settings, no logging: the same arrays in give the same arrays
 out.  ``counting.py`` runs these kernels batch by batch and bucket by bucket, on threads, with a memory
-budget; ``compute_features`` runs them one after the other, for tables already in memory.
+budget (``tests/features.py`` runs them one after the other, for tables already in memory).
 
 Each user gets a position (its rank among the sorted user ids) and each compound an index (its rank
 among the sorted compound ids).  With ``width`` compounds and ``stride = width + 1``, every experiment
@@ -261,27 +261,3 @@ def feature_batch(users: pa.Table, favourites: Favourites, names: pa.Array, comp
         pa.ListArray.from_arrays(offsets, compound_ids.take(favourites.tied), mask=none),
         pa.repeat(average, users.num_rows),
     ], schema=FEATURES_SCHEMA)
-
-
-def compute_features(users: pa.Table, compounds: pa.Table, experiments: pa.Table) -> pa.Table:
-    """One row per user of ``users``, by user id: totals, the tied most common compounds (in compound
-    id order), the average.  Every id in ``experiments`` is one of ``users`` and ``compounds``.
-
-    All at once, on the calling thread, for tables already in memory (tests, small inputs): the
-    experiments are counted batch by batch, so memory follows the distinct (user, compound) pairs."""
-    users = by_user_id(users)
-    if users.num_rows == 0:
-        return literals.empty_table(FEATURES_SCHEMA)
-    compounds = compounds.sort_by("compound_id")
-    user_ids = users["user_id"].combine_chunks()
-    compound_ids = compounds["compound_id"].combine_chunks()
-    keys, counts = literals.empty(pa.int64()), literals.empty(pa.int64())
-    for batch in experiments.to_batches():
-        if batch.num_rows:
-            more = experiment_keys(batch.column("user_id"), batch.column("experiment_compound_ids"),
-                                   user_ids, compound_ids)
-            keys, counts = add_counts(keys, counts, *count_keys(more))
-    batch = feature_batch(users, favourites(keys, counts, users.num_rows, len(compound_ids) + 1),
-                          compounds["compound_name"].combine_chunks(), compound_ids,
-                          average(experiments.num_rows, users.num_rows))
-    return pa.Table.from_batches([batch], schema=FEATURES_SCHEMA)

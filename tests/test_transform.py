@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl_core import transform
-from etl_core.transform import compute_features
 from tests.conftest import ROOT
+from tests.features import compute_features
 
 pytestmark = pytest.mark.unit
 
