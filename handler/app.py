@@ -38,7 +38,7 @@ from etl_core.errors import (
     shorten,
 )
 from etl_core.logs import log_event
-from etl_core.pipeline import Trigger
+from etl_core.service import Trigger
 from handler.models import (
     Health,
     RejectsPage,

@@ -111,7 +111,7 @@ def _http(event: dict[str, Any], context: Any) -> Any:
 
 
 def _direct(event: Any) -> dict[str, Any]:
-    from etl_core.pipeline import Trigger
+    from etl_core.service import Trigger
 
     if isinstance(event, dict) and event.get("source") == "aws.events":
         return get_service().trigger(Trigger())
@@ -161,7 +161,7 @@ def _s3(records: list[Any]) -> dict[str, Any]:
     unchanged or loads the newer one."""
     from urllib.parse import unquote_plus
 
-    from etl_core.pipeline import MANIFEST, Trigger
+    from etl_core.service import MANIFEST, Trigger
 
     objects = []
     for record in records:

@@ -1,5 +1,5 @@
-"""The import graph is the one the README draws: the handler knows only the pipeline; the pipeline
-knows the source, extract, transform and the store; only the store knows pg8000; nothing below the
+"""The import graph is the one the README draws: the handler knows only the service; the pipeline
+knows the inputs, reading, the features and the store; only the store knows pg8000; nothing below the
 handler knows HTTP; nothing in the pure core imports threads or I/O."""
 
 from __future__ import annotations
@@ -56,11 +56,11 @@ def test_only_the_store_imports_pg8000_or_its_database_modules() -> None:
         assert not ours(imported) & {"etl_core.store.db", "etl_core.store.sql"}, f"{module} reaches into the store"
 
 
-def test_the_handler_reaches_the_job_only_through_the_pipeline() -> None:
+def test_the_handler_reaches_the_job_only_through_the_service() -> None:
     for module, imported in GRAPH.items():
         if module.startswith("handler"):
             below = {m for m in ours(imported) if m.startswith("etl_core")}
-            assert below <= {"etl_core.pipeline"}, f"{module} imports {sorted(below)}"
+            assert below <= {"etl_core.service"}, f"{module} imports {sorted(below)}"
 
 
 def test_nothing_below_the_handler_knows_http() -> None:

@@ -17,7 +17,7 @@ import pytest
 from etl_core import logs
 from etl_core.config import Settings
 from etl_core.errors import BadRequest, ContractViolation
-from etl_core.pipeline import Service
+from etl_core.service import Service
 from etl_core.store.memory import MemoryStore
 from handler import lambda_function
 from handler.service import set_service
