@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from etl_core import counting, guard, logs, memory
+from etl_core import counting, guard, logs
 from etl_core.config import POLICIES, Settings
 from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError
 from etl_core.inputs import Location, identify, resolve_location
@@ -35,7 +35,6 @@ def run(settings: Settings, trigger: Trigger, *, store: Store | None = None) -> 
     location = resolve_location(settings, trigger.data)
     own = store is None
     store = store or postgres_store(settings)
-    memory.settle()  # the modules a run needs are imported by now
     try:
         with store.run(policy=policy, source=location.where) as ledger, logs.bound(run_id=ledger.run_id):
             try:
@@ -92,8 +91,8 @@ class _Stopwatch:
 def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, *, force: bool) -> dict[str, Any]:
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    pool = memory.use(settings.memory_pool)  # before the first buffer of the run is made
-    log_event("run_started", run_id=ledger.run_id, policy=policy, data_dir=location.where, memory_pool=pool)
+    log_event("run_started", run_id=ledger.run_id, policy=policy, data_dir=location.where,
+              memory_pool=pa.default_memory_pool().backend_name)
     with _phase(seconds, "extract"):
         # the input's identity is decided before a byte of it is read, and every read must see it
         source = Pinned(location.source)

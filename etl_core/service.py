@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from etl_core import metrics, pipeline
+from etl_core import memory, metrics, pipeline
 from etl_core.config import Settings
 from etl_core.errors import BadRequest, EtlError, FeaturesStale, InternalError, RunInProgress, RunNotFound
 from etl_core.manifest import MANIFEST
@@ -14,7 +14,7 @@ from etl_core.store import Store
 from etl_core.trigger import Trigger
 from etl_core.violations import REPORTED_CHARS
 
-__all__ = ["MANIFEST", "Service", "Trigger"]
+__all__ = ["MANIFEST", "Service", "Trigger", "start"]
 
 
 class Service:
@@ -83,3 +83,14 @@ class Service:
 
     def close(self) -> None:
         self.store.close()
+
+
+def start(settings: Settings) -> Service:
+    """The process's one service, and the process set up for runs (once, at the edge, never inside a
+    run): Arrow's allocator as the settings name it, before the first buffer is made; then, with the
+    modules a run needs imported, what is alive is left out of the collector's walks
+    (``etl_core.memory``)."""
+    memory.use(settings.memory_pool)
+    service = Service(settings)
+    memory.settle()
+    return service

@@ -46,9 +46,9 @@ def get_service() -> Service:
     settings = get_settings()
     with _service_lock:
         if _service is None:
-            from etl_core.service import Service  # pyarrow: on first use, not at cold start
+            from etl_core.service import start  # pyarrow: on first use, not at cold start
 
-            _service = Service(settings)
+            _service = start(settings)
         return _service
 
 
