@@ -24,21 +24,13 @@ from pyarrow._acero import AggregateNodeOptions, Declaration, TableSourceNodeOpt
 
 from etl_core import literals
 from etl_core.literals import scalar
+from etl_core.tables import STORE_ADDS, USER_FEATURES
 
 LIST_JOINER = ";"
 _JOINER = scalar(LIST_JOINER, pa.string())
 MAX_SHIFTS = 8  # lists longer than this are deduplicated with a hash instead of shifted compares
 
-FEATURES_SCHEMA = pa.schema(
-    [
-        pa.field("user_id", pa.int64(), nullable=False),
-        pa.field("user_name", pa.string(), nullable=False),
-        pa.field("total_experiments", pa.int64(), nullable=False),
-        pa.field("most_common_compounds", pa.string()),
-        pa.field("most_common_compound_ids", pa.list_(pa.int64())),
-        pa.field("average_experiments", pa.float64(), nullable=False),
-    ]
-)
+FEATURES_SCHEMA = USER_FEATURES.arrow_schema(without=STORE_ADDS)  # what a run computes
 
 
 def offset_if_range(sorted_ids: pa.Array) -> int | None:

@@ -29,8 +29,11 @@ from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
 from etl_core.store import CONFIRMING, LARGEST_ID, LastLoaded, RunRecord, copy_binary, db, sql
 from etl_core.store.db import Connection
+from etl_core.tables import USER_FEATURES
 
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
+# binary COPY where its encoder lays out the features table as described (else CSV, which any column list takes)
+_BINARY = copy_binary.fits(USER_FEATURES)
 _COMMA, _OPEN, _CLOSE, _NOTHING = (literals.scalar(text, pa.string()) for text in (",", "{", "}", ""))
 
 
@@ -327,15 +330,14 @@ class PostgresPublication:
         with _translated(self):
             if self._conn.run(sql.referencing_keys(), table=table):
                 self._conn.run(sql.create_staging())  # our column types; INSERT ... SELECT converts
-                self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=True),
-                           _binary_chunks(counted(features), self._run_id))
+                self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
+                           _chunks(counted(features), self._run_id, binary=_BINARY))
                 self._conn.run(sql.delete_missing(self._schema))
                 self._conn.run(sql.upsert_staging(self._schema))
                 self.left_dead = self._held  # each old row is deleted or updated
             else:
-                binary = dict(self._conn.run(sql.column_types(), table=table)) == sql.BINARY_FEATURE_TYPES
-                chunks = (_binary_chunks(counted(features), self._run_id) if binary else
-                          _csv_chunks(_features_rows(batch, self._run_id) for batch in counted(features)))
+                binary = _BINARY and dict(self._conn.run(sql.column_types(), table=table)) == sql.BINARY_FEATURE_TYPES
+                chunks = _chunks(counted(features), self._run_id, binary=binary)
                 self._conn.run(sql.delete_all(self._schema))
                 self.left_dead = self._conn.row_count if self._conn.row_count >= 0 else None
                 self._copy(sql.copy_in(self._schema, sql.FEATURES, sql.FEATURE_COLUMNS, binary=binary), chunks)
@@ -402,19 +404,18 @@ def _rollback(conn: Connection) -> None:
 
 
 def _features_rows(features: pa.RecordBatch, run_id: int) -> pa.Table:
-    ids = features["most_common_compound_ids"]
-    # bigint[] in COPY's text form: {1,2}; NULL stays NULL
-    as_text = pc.binary_join(pc.cast(ids, pa.list_(pa.string())), _COMMA)
-    array_literal = pc.binary_join_element_wise(_OPEN, as_text, _CLOSE, _NOTHING)
-    return pa.table({
-        "user_id": features["user_id"],
-        "user_name": features["user_name"],
-        "total_experiments": features["total_experiments"],
-        "most_common_compounds": features["most_common_compounds"],
-        "most_common_compound_ids": array_literal,
-        "average_experiments": features["average_experiments"],
-        "run_id": literals.repeat(run_id, pa.int64(), features.num_rows),
-    })
+    """The features' columns as CSV COPY reads them, in the table's order; the run's id added."""
+    return pa.table({c.name: literals.repeat(run_id, pa.int64(), features.num_rows) if c.name == "run_id" else
+                     _as_csv(features[c.name]) for c in USER_FEATURES.columns})
+
+
+def _as_csv(values: pa.Array) -> pa.Array:
+    """A column as CSV COPY reads it: a list in PostgreSQL's array text form ({1,2}; NULL stays NULL),
+    anything else as it is."""
+    if not pa.types.is_list(values.type):
+        return values
+    as_text = pc.binary_join(pc.cast(values, pa.list_(pa.string())), _COMMA)
+    return pc.binary_join_element_wise(_OPEN, as_text, _CLOSE, _NOTHING)
 
 
 def _reject_rows(rejects: pa.Table, run_id: int, *, first: int) -> pa.Table:
@@ -428,6 +429,13 @@ def _reject_rows(rejects: pa.Table, run_id: int, *, first: int) -> pa.Table:
         "rule": rejects["rule"],
         "raw": rejects["raw"],
     })
+
+
+def _chunks(batches: Iterable[pa.RecordBatch], run_id: int, *, binary: bool) -> Iterator[memoryview]:
+    """The features as COPY data, binary or CSV (the run's id added)."""
+    if binary:
+        return _binary_chunks(batches, run_id)
+    return _csv_chunks(_features_rows(batch, run_id) for batch in batches)
 
 
 def _binary_chunks(batches: Iterable[pa.RecordBatch], run_id: int) -> Iterator[memoryview]:

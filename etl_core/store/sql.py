@@ -5,8 +5,9 @@ from __future__ import annotations
 from pg8000.native import identifier
 
 from etl_core.status import LOADED, RunStatus
+from etl_core.tables import USER_FEATURES, Table
 
-FEATURES = "user_features"
+FEATURES = USER_FEATURES.name
 RUNS = "etl_runs"
 REJECTS = "etl_rejects"
 STAGING = "user_features__staging"
@@ -81,22 +82,21 @@ def start_run(schema: str) -> str:
             "RETURNING id) SELECT made.id, last.id, last.fingerprint FROM made LEFT JOIN last ON true")
 
 
+def create_table(table: Table, schema: str, name: str | None = None, *, if_not_exists: bool = False,
+                 primary_key: bool = False) -> str:
+    """``CREATE TABLE`` of ``table`` as described (in ``schema``, as ``name`` or the table's own)."""
+    columns = ",\n        ".join(
+        f"{identifier(c.name)} {c.sql}{'' if c.nullable else ' NOT NULL'}"
+        f"{' PRIMARY KEY' if primary_key and c.name == table.key else ''}" for c in table.columns)
+    return (f"CREATE TABLE {'IF NOT EXISTS ' if if_not_exists else ''}{q(schema, name or table.name)} (\n"
+            f"        {columns}\n    )")
+
+
 def features_table(schema: str, table: str, *, if_not_exists: bool = False, primary_key: bool = False) -> str:
-    return f"""CREATE TABLE {'IF NOT EXISTS ' if if_not_exists else ''}{q(schema, table)} (
-        user_id bigint NOT NULL{' PRIMARY KEY' if primary_key else ''},
-        user_name text NOT NULL,
-        total_experiments bigint NOT NULL,
-        most_common_compounds text,
-        most_common_compound_ids bigint[],
-        average_experiments double precision NOT NULL,
-        run_id bigint NOT NULL
-    )"""
+    return create_table(USER_FEATURES, schema, table, if_not_exists=if_not_exists, primary_key=primary_key)
 
 
-FEATURE_COLUMNS = (
-    "user_id", "user_name", "total_experiments", "most_common_compounds",
-    "most_common_compound_ids", "average_experiments", "run_id",
-)
+FEATURE_COLUMNS = USER_FEATURES.names
 REJECT_COLUMNS = ("run_id", "seq", "file", "line", "column_name", "value", "rule", "raw")
 RUN_COLUMNS = ("id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error, "
                "fingerprint, inputs, same_as")
@@ -109,10 +109,7 @@ def copy_in(schema: str, table: str, columns: tuple[str, ...], *, binary: bool =
 
 # The types binary COPY sends the features as (the features table's own): a table whose columns were
 # given other types since is loaded with CSV, which the server converts from
-BINARY_FEATURE_TYPES = {
-    "user_id": "bigint", "user_name": "text", "total_experiments": "bigint", "most_common_compounds": "text",
-    "most_common_compound_ids": "bigint[]", "average_experiments": "double precision", "run_id": "bigint",
-}
+BINARY_FEATURE_TYPES = USER_FEATURES.sql_types()
 
 
 def column_types() -> str:
