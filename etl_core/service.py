@@ -81,6 +81,11 @@ class Service:
                                 last_confirmed=last, max_age_seconds=limit)
         return {**found, "last_confirmed": last, "max_age_seconds": limit}
 
+    def migrate(self, *, apply: bool = True) -> dict[str, Any]:
+        """Bring the database's schema to this release's version now (what a run would do first); with
+        ``apply=False`` only say which steps are pending."""
+        return self.store.migrate(apply=apply)
+
     def close(self) -> None:
         self.store.close()
 

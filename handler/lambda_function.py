@@ -23,7 +23,7 @@ from etl_core import logs, metrics
 from etl_core.errors import ConfigError, EtlError, InternalError, UnsupportedEvent, redact
 from handler.service import get_service, get_settings, unexpected
 
-ACTIONS = ("trigger-etl", "get-run", "list-runs", "get-rejects", "health")
+ACTIONS = ("trigger-etl", "get-run", "list-runs", "get-rejects", "health", "migrate")
 _http_handler: Any = None
 _cold = True
 
@@ -143,6 +143,8 @@ def _direct(event: Any) -> dict[str, Any]:
         return get_service().rejects(run_id, limit=rejects.limit, after=rejects.after)
     if action == "health":
         return get_service().health()
+    if action == "migrate":
+        return get_service().migrate(apply=event.get("apply", True) is not False)
     shown = sorted(event)[:10] if isinstance(event, dict) else type(event).__name__
     raise UnsupportedEvent(
         "cannot route this event: expected an HTTP event (API Gateway, function URL, ALB), an "

@@ -122,4 +122,10 @@ class Store(Protocol):
 
     def health(self) -> dict[str, Any]: ...
 
+    def migrate(self, *, apply: bool = True) -> dict[str, Any]:
+        """Bring the store's schema to this release's version now: ``schema``, ``version_before``,
+        ``version``, ``applied`` (the steps' versions), ``pending`` (each step's version and
+        description) and ``latest``.  ``apply=False`` only reads: nothing is applied."""
+        ...
+
     def close(self) -> None: ...

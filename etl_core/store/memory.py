@@ -85,6 +85,13 @@ class MemoryStore:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "database": "memory", "server_version": None}
 
+    def migrate(self, *, apply: bool = True) -> dict[str, Any]:
+        """Memory has one shape, this release's: nothing to apply."""
+        from etl_core.store.migrations import LATEST
+
+        return {"schema": "memory", "version_before": LATEST, "version": LATEST, "applied": [], "pending": [],
+                "latest": LATEST}
+
     def close(self) -> None:
         pass
 

@@ -11,8 +11,8 @@ FEATURES = USER_FEATURES.name
 RUNS = "etl_runs"
 REJECTS = "etl_rejects"
 STAGING = "user_features__staging"
-# the ledger's schema version, stamped as a comment on the runs table: a run whose catalog query finds
-# it skips every CREATE ... IF NOT EXISTS; an older (or no) stamp migrates the tables first
+# the stamp releases before etl_core/store/migrations.py read (a comment on the runs table): migration 1
+# still writes it, so that such a release finds the shape it knows; this release reads the history
 LEDGER_VERSION = 2
 LEDGER_STAMP = f"experiment-etl ledger v{LEDGER_VERSION}"
 STATUS_CHECK = "CHECK (status IN (" + ", ".join(f"'{status}'" for status in RunStatus) + "))"
@@ -53,11 +53,6 @@ def create_tables(schema: str) -> list[str]:
         )""",
         features_table(schema, FEATURES, if_not_exists=True, primary_key=True),
     ]
-
-
-def ledger_stamp() -> str:
-    """One catalog query: the runs table's comment, or NULL when there is no table (or schema)."""
-    return "SELECT obj_description(to_regclass(:table), 'pg_class')"
 
 
 def migrate_runs(schema: str) -> list[str]:
