@@ -1,4 +1,5 @@
-"""Ours: the job itself, exactly as the handler calls it (pipeline.run with Settings.from_env)."""
+"""Ours: the job itself, exactly as the handler sets up the process and calls it (service.start, then
+pipeline.run with Settings.from_env)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ sys.path.insert(0, str(_common.ROOT))
 def main() -> None:
     opts = _common.args("ours")
     phases = _common.Phases()
-    from etl_core import pipeline
+    from etl_core import pipeline, service
     from etl_core.config import Settings
 
     phases.mark("import")
@@ -21,7 +22,8 @@ def main() -> None:
     })
     # force: every timed run is a full load, whatever the schema held before (the load guard would refuse
     # an M run after an L run in the same schema)
-    summary = pipeline.run(settings, pipeline.Trigger(force=True))
+    store = service.start(settings).store  # the process set up as the handler sets it up
+    summary = pipeline.run(settings, pipeline.Trigger(force=True), store=store)
     phases.mark("run")
     phases.seconds.update({f"run.{k}": v for k, v in summary["seconds"].items()})
     # connect, advisory lock, schema and runs-table bookkeeping: inside pipeline.run, outside its phases

@@ -319,8 +319,3 @@ def feature_batches(users: pa.Table, compounds: pa.Table, counts: Counts) -> Gen
             yield transform.feature_batch(mine, future.result(), names, compound_ids, average)
     finally:  # also when the caller stops early: buckets not started yet are dropped
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def feature_table(users: pa.Table, compounds: pa.Table, counts: Counts) -> pa.Table:
-    """``feature_batches`` as one table."""
-    return pa.Table.from_batches(list(feature_batches(users, compounds, counts)), schema=transform.FEATURES_SCHEMA)

@@ -2,8 +2,9 @@
 
 Foreign exceptions are translated into these, with ``raise ... from``, at the edge that meets them:
 pg8000's in the store (``etl_core.store``), the file system's in the source (``etl_core.source``),
-the CSV reader's in extract.  Whatever else escapes is a bug, answered as ``InternalError``.  HTTP
-status codes are not decided here: the handler maps each class to a status in one place.
+the CSV reader's in extract.  Whatever else escapes is a bug, answered as ``InternalError``.  Each
+class says, once, which HTTP status answers it and whether the caller (or the caller's data) is at
+fault; the handler derives its answers, its OpenAPI document and its log levels from them.
 """
 
 from __future__ import annotations
@@ -18,14 +19,23 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w.~/-])/[^\s'\"(),;\[\]]+")
 
 class EtlError(Exception):
     """Base of every error this job raises on purpose.  Each class has a ``code`` that answers carry,
-    given as ``class X(EtlError, code="...")``; a class without one keeps its parent's."""
+    the ``http_status`` that answers it and whether the ``caller`` is at fault (a warning in the log,
+    not an error), given as ``class X(EtlError, code="...", http_status=4xx, caller=True)``; what a
+    class does not give it keeps from its parent."""
 
     code = "etl_error"
+    http_status = 500
+    caller = False  # True: the caller's request or data is wrong, not the service
 
-    def __init_subclass__(cls, *, code: str | None = None, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, code: str | None = None, http_status: int | None = None, caller: bool | None = None,
+                          **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if code is not None:
             cls.code = code
+        if http_status is not None:
+            cls.http_status = http_status
+        if caller is not None:
+            cls.caller = caller
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -40,7 +50,7 @@ class ConfigError(EtlError, code="bad_config"):
     """Raise when a setting is missing or malformed."""
 
 
-class BadRequest(EtlError, code="bad_request"):
+class BadRequest(EtlError, code="bad_request", http_status=400, caller=True):
     """Raise when a trigger asks for something invalid (unknown policy, a data path outside the root)."""
 
 
@@ -48,7 +58,7 @@ class UnsupportedEvent(BadRequest, code="unsupported_event"):
     """Raise when the Lambda handler receives an event it cannot route."""
 
 
-class InputError(EtlError, code="contract_violation"):
+class InputError(EtlError, code="contract_violation", http_status=422, caller=True):
     """Raise when the input files break the data contract."""
 
 
@@ -65,11 +75,11 @@ class LoadError(EtlError, code="load_failed"):
     """Raise when writing to PostgreSQL fails."""
 
 
-class ForeignKeyConflict(LoadError, code="foreign_key_conflict"):
+class ForeignKeyConflict(LoadError, code="foreign_key_conflict", http_status=409, caller=True):
     """Raise when another table's foreign key on the features table forbids the new rows."""
 
 
-class TransientLoadError(LoadError, code="database_unavailable"):
+class TransientLoadError(LoadError, code="database_unavailable", http_status=503):
     """Raise when the failure may go away on retry (connection lost, server restarting, timeouts)."""
 
 
@@ -82,15 +92,15 @@ class SourceError(EtlError, code="source_unreadable"):
     the message names the object, never the server's paths."""
 
 
-class SourceMissing(SourceError, code="source_missing"):
+class SourceMissing(SourceError, code="source_missing", http_status=422, caller=True):
     """Raise when an input object is not there (or is not a file)."""
 
 
-class SourceChanged(SourceError, code="source_changed"):
+class SourceChanged(SourceError, code="source_changed", http_status=409, caller=True):
     """Raise when an input object changed while a run was reading it: nothing is loaded; run again."""
 
 
-class SourceUnavailable(SourceError, code="source_unavailable"):
+class SourceUnavailable(SourceError, code="source_unavailable", http_status=503):
     """Raise when the object store does not answer (endpoint down, timeouts, throttling): a retry may
     succeed, so it is answered 503."""
 
@@ -104,24 +114,24 @@ class ManifestError(InputError, code="bad_manifest"):
     (a missing manifest is the contract's missing_file)."""
 
 
-class RunInProgress(EtlError, code="run_in_progress"):
+class RunInProgress(EtlError, code="run_in_progress", http_status=409, caller=True):
     """Raise when another run holds the job's lock."""
 
 
-class RunNotFound(EtlError, code="run_not_found"):
+class RunNotFound(EtlError, code="run_not_found", http_status=404, caller=True):
     """Raise when a run id is not in the runs table."""
 
 
-class FeaturesStale(EtlError, code="features_stale"):
+class FeaturesStale(EtlError, code="features_stale", http_status=503):
     """Raise when /health finds that no run has confirmed the features within the allowed age
     (ETL_HEALTH_MAX_AGE_SECONDS)."""
 
 
-class RouteNotFound(EtlError, code="not_found"):
+class RouteNotFound(EtlError, code="not_found", http_status=404, caller=True):
     """Raise when an HTTP request names no route of the API."""
 
 
-class MethodNotAllowed(EtlError, code="method_not_allowed"):
+class MethodNotAllowed(EtlError, code="method_not_allowed", http_status=405, caller=True):
     """Raise when an HTTP request uses a method that its route does not answer."""
 
 

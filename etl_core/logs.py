@@ -11,18 +11,17 @@ the same; in the runtime's text format the fields become the message, as JSON, s
 
 The context lives in a context variable: asyncio tasks and the worker threads that Starlette starts
 for FastAPI's endpoints get a copy of it, but a thread started with ``threading`` or an executor does
-not: hand it over explicitly with ``carried`` (or ``current`` and ``bound``).
+not: hand it over explicitly with ``current`` and ``bound``.
 """
 
 from __future__ import annotations
 
 import contextvars
-import functools
 import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from types import MappingProxyType
 from typing import Any, ParamSpec, TypeVar
@@ -97,18 +96,6 @@ def bound(**fields: Any) -> Iterator[None]:
         yield
     finally:
         _CONTEXT.reset(token)
-
-
-def carried(work: Callable[P, T]) -> Callable[P, T]:
-    """``work`` with the caller's context, for a thread of its own (which starts with an empty one)."""
-    fields = current()
-
-    @functools.wraps(work)
-    def with_context(*args: P.args, **kwargs: P.kwargs) -> T:
-        with bound(**fields):
-            return work(*args, **kwargs)
-
-    return with_context
 
 
 def log_event(event: str, *, level: int = logging.INFO, **fields: Any) -> None:

@@ -1,5 +1,6 @@
 """The process's memory: which allocator Arrow's buffers come from, and what Python's collector walks.
-Both are process-wide, set by the run (``pipeline``) before it reads anything.
+Both are process-wide, set once by the process's bootstrap (``service.start``) before its first run,
+never by a run itself.
 
 **Arrow's allocator.**
 

@@ -23,9 +23,8 @@ from typing import Any
 
 from etl_core import logs
 from etl_core.config import MetricsSettings
+from etl_core.status import FINISHED
 
-# every status a finished run can have; each is a metric of its own: Runs<Status>
-STATUSES = ("succeeded", "partial", "failed", "unchanged")
 COUNT, SECONDS = "Count", "Seconds"
 ROWS = ("rows_read", "rows_accepted", "rows_rejected")
 Emit = Callable[[str], None]
@@ -43,7 +42,7 @@ def run_document(settings: MetricsSettings, *, status: str, run_id: int | None =
                  now: float | None = None) -> dict[str, Any] | None:
     """The document of one run, or None when metrics are off.  ``files`` and ``seconds`` are the run
     summary's (a failed run has those it got to, if any)."""
-    values: dict[str, tuple[float, str]] = {f"Runs{s.capitalize()}": (int(s == status), COUNT) for s in STATUSES}
+    values: dict[str, tuple[float, str]] = {f"Runs{s.capitalize()}": (int(s == status), COUNT) for s in FINISHED}
     if files:
         for column in ROWS:
             name = _camel(column)

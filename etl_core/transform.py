@@ -2,7 +2,7 @@
 
 No threads, no files, no database, no settings, no logging: the same arrays in give the same arrays
 out.  ``counting.py`` runs these kernels batch by batch and bucket by bucket, on threads, with a memory
-budget; ``compute_features`` runs them one after the other, for tables already in memory.
+budget (``tests/features.py`` runs them one after the other, for tables already in memory).
 
 Each user gets a position (its rank among the sorted user ids) and each compound an index (its rank
 among the sorted compound ids).  With ``width`` compounds and ``stride = width + 1``, every experiment
@@ -24,21 +24,13 @@ from pyarrow._acero import AggregateNodeOptions, Declaration, TableSourceNodeOpt
 
 from etl_core import literals
 from etl_core.literals import scalar
+from etl_core.tables import STORE_ADDS, USER_FEATURES
 
 LIST_JOINER = ";"
 _JOINER = scalar(LIST_JOINER, pa.string())
 MAX_SHIFTS = 8  # lists longer than this are deduplicated with a hash instead of shifted compares
 
-FEATURES_SCHEMA = pa.schema(
-    [
-        pa.field("user_id", pa.int64(), nullable=False),
-        pa.field("user_name", pa.string(), nullable=False),
-        pa.field("total_experiments", pa.int64(), nullable=False),
-        pa.field("most_common_compounds", pa.string()),
-        pa.field("most_common_compound_ids", pa.list_(pa.int64())),
-        pa.field("average_experiments", pa.float64(), nullable=False),
-    ]
-)
+FEATURES_SCHEMA = USER_FEATURES.arrow_schema(without=STORE_ADDS)  # what a run computes
 
 
 def offset_if_range(sorted_ids: pa.Array) -> int | None:
@@ -261,27 +253,3 @@ def feature_batch(users: pa.Table, favourites: Favourites, names: pa.Array, comp
         pa.ListArray.from_arrays(offsets, compound_ids.take(favourites.tied), mask=none),
         pa.repeat(average, users.num_rows),
     ], schema=FEATURES_SCHEMA)
-
-
-def compute_features(users: pa.Table, compounds: pa.Table, experiments: pa.Table) -> pa.Table:
-    """One row per user of ``users``, by user id: totals, the tied most common compounds (in compound
-    id order), the average.  Every id in ``experiments`` is one of ``users`` and ``compounds``.
-
-    All at once, on the calling thread, for tables already in memory (tests, small inputs): the
-    experiments are counted batch by batch, so memory follows the distinct (user, compound) pairs."""
-    users = by_user_id(users)
-    if users.num_rows == 0:
-        return literals.empty_table(FEATURES_SCHEMA)
-    compounds = compounds.sort_by("compound_id")
-    user_ids = users["user_id"].combine_chunks()
-    compound_ids = compounds["compound_id"].combine_chunks()
-    keys, counts = literals.empty(pa.int64()), literals.empty(pa.int64())
-    for batch in experiments.to_batches():
-        if batch.num_rows:
-            more = experiment_keys(batch.column("user_id"), batch.column("experiment_compound_ids"),
-                                   user_ids, compound_ids)
-            keys, counts = add_counts(keys, counts, *count_keys(more))
-    batch = feature_batch(users, favourites(keys, counts, users.num_rows, len(compound_ids) + 1),
-                          compounds["compound_name"].combine_chunks(), compound_ids,
-                          average(experiments.num_rows, users.num_rows))
-    return pa.Table.from_batches([batch], schema=FEATURES_SCHEMA)

@@ -7,11 +7,12 @@ Every report of the extract step (file, line, column, value, rule, raw row) is a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 import pyarrow as pa
 
 from etl_core.contract import FileContract, Rule
+from etl_core.errors import shorten
 
 VIOLATION_SCHEMA = pa.schema(
     [
@@ -23,6 +24,8 @@ VIOLATION_SCHEMA = pa.schema(
         ("raw", pa.string()),
     ]
 )
+
+REPORTED_CHARS = 200  # characters of a reported row's raw text and value; the rest is counted, not sent
 
 Lines: TypeAlias = "pa.Array | Sequence[int | None]"
 Texts: TypeAlias = "pa.Array | Sequence[str | None]"
@@ -56,3 +59,15 @@ class FileProblem(Exception):
         """The violation as a dict (the keys of ``VIOLATION_SCHEMA``)."""
         row: dict[str, object] = self.table.to_pylist()[0]
         return row
+
+
+def report(violations: pa.Table, limit: int) -> dict[str, Any]:
+    """The total and the first ``limit`` violations, each row's raw text and value cut to REPORTED_CHARS
+    characters (a line may be megabytes long; an answer must stay small)."""
+    first = [{**row, "raw": _cut(row["raw"]), "value": _cut(row["value"])}
+             for row in violations.slice(0, limit).to_pylist()]
+    return {"total": violations.num_rows, "first": first}
+
+
+def _cut(text: str | None) -> str | None:
+    return None if text is None else shorten(text, REPORTED_CHARS)

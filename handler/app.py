@@ -22,7 +22,6 @@ from etl_core.errors import (
     EtlError,
     FeaturesStale,
     ForeignKeyConflict,
-    InputError,
     InternalError,
     LoadError,
     LoadRefused,
@@ -34,13 +33,12 @@ from etl_core.errors import (
     SourceChanged,
     SourceError,
     SourceForbidden,
-    SourceMissing,
     SourceUnavailable,
     TransientLoadError,
     shorten,
 )
 from etl_core.logs import log_event
-from etl_core.pipeline import Trigger
+from etl_core.service import Trigger
 from handler.models import (
     Health,
     RejectsPage,
@@ -54,29 +52,12 @@ from handler.models import (
 )
 from handler.service import get_service, unexpected
 
-# First match wins, so subclasses come before their bases.
-STATUS: tuple[tuple[type[EtlError], int], ...] = (
-    (BadRequest, 400),
-    (RunNotFound, 404),
-    (RouteNotFound, 404),
-    (MethodNotAllowed, 405),
-    (RunInProgress, 409),
-    (ForeignKeyConflict, 409),
-    (SourceChanged, 409),
-    (SourceMissing, 422),  # a file gone between the header check and its read
-    (InputError, 422),
-    (TransientLoadError, 503),
-    (SourceUnavailable, 503),
-    (FeaturesStale, 503),
-    (ConfigError, 500),
-    (EtlError, 500),  # InternalError (internal_error), LoadError (load_failed)
-)
 SHOWN_PATH = 200  # characters of a request's path repeated in a 404
 
 
 def status_for(exc: EtlError | type[EtlError]) -> int:
-    kind = exc if isinstance(exc, type) else type(exc)
-    return next(code for cls, code in STATUS if issubclass(kind, cls))
+    """The HTTP status that answers ``exc`` (or that class): the one its class declares."""
+    return exc.http_status
 
 
 def error_body(exc: EtlError) -> dict[str, Any]:
@@ -92,7 +73,7 @@ def answer(exc: EtlError, headers: Mapping[str, str] | None = None) -> JSONRespo
 
 
 # The errors each route answers with (besides 404 not_found and 405 method_not_allowed, which answer
-# requests that reach no route): the OpenAPI document lists them by status, from STATUS.
+# requests that reach no route): the OpenAPI document lists them by status, as each class declares it.
 SERVER_ERRORS = (TransientLoadError, LoadError, ConfigError, InternalError)
 ROUTE_ERRORS: dict[str, tuple[type[EtlError], ...]] = {
     "/trigger-etl": (BadRequest, RunInProgress, ForeignKeyConflict, SourceChanged, ContractViolation, ManifestError,

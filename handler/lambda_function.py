@@ -23,7 +23,7 @@ from etl_core import logs, metrics
 from etl_core.errors import ConfigError, EtlError, InternalError, UnsupportedEvent, redact
 from handler.service import get_service, get_settings, unexpected
 
-ACTIONS = ("trigger-etl", "get-run", "list-runs", "get-rejects", "health")
+ACTIONS = ("trigger-etl", "get-run", "list-runs", "get-rejects", "health", "migrate")
 _http_handler: Any = None
 _cold = True
 
@@ -82,16 +82,11 @@ def _reported(exc: EtlError) -> EtlError:
     """The runtime reports errorType (our class name) and errorMessage (this JSON document); our own
     line says it too, with the invocation's context."""
     run_id = exc.details.get("run_id")
-    level = logging.WARNING if exc.code in _CALLERS_CODES else logging.ERROR
+    level = logging.WARNING if exc.caller else logging.ERROR  # the caller's mistake, or the data's
     logs.log_event("invocation_failed", level=level, code=exc.code, error_type=type(exc).__name__,
                    reason=exc.message, **({"run_id": run_id} if run_id else {}))
     exc.args = (json.dumps(exc.to_dict(), default=str),)
     return exc
-
-
-# what a caller (or the data) did wrong, not the service: a warning, not an error
-_CALLERS_CODES = {"bad_request", "unsupported_event", "run_not_found", "run_in_progress", "contract_violation",
-                  "load_refused", "foreign_key_conflict", "source_missing", "source_changed", "bad_manifest"}
 
 
 def _unexpected(exc: BaseException) -> InternalError:
@@ -116,7 +111,7 @@ def _http(event: dict[str, Any], context: Any) -> Any:
 
 
 def _direct(event: Any) -> dict[str, Any]:
-    from etl_core.pipeline import Trigger
+    from etl_core.service import Trigger
 
     if isinstance(event, dict) and event.get("source") == "aws.events":
         return get_service().trigger(Trigger())
@@ -148,6 +143,8 @@ def _direct(event: Any) -> dict[str, Any]:
         return get_service().rejects(run_id, limit=rejects.limit, after=rejects.after)
     if action == "health":
         return get_service().health()
+    if action == "migrate":
+        return get_service().migrate(apply=event.get("apply", True) is not False)
     shown = sorted(event)[:10] if isinstance(event, dict) else type(event).__name__
     raise UnsupportedEvent(
         "cannot route this event: expected an HTTP event (API Gateway, function URL, ALB), an "
@@ -166,7 +163,7 @@ def _s3(records: list[Any]) -> dict[str, Any]:
     unchanged or loads the newer one."""
     from urllib.parse import unquote_plus
 
-    from etl_core.pipeline import MANIFEST, Trigger
+    from etl_core.service import MANIFEST, Trigger
 
     objects = []
     for record in records:

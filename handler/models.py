@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 
 from etl_core.errors import BadRequest
+from etl_core.status import RunStatus
 
-RunStatus = Literal["running", "succeeded", "partial", "failed", "unchanged"]  # etl_core.store.RUN_STATUSES
 MAX_PAGE = 1000  # items in one page of runs or rejects
 DateTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
 

@@ -1,4 +1,4 @@
-"""The process's settings and its one ``pipeline.Service``, built from the environment on first use
+"""The process's settings and its one ``etl_core.service.Service``, built from the environment on first use
 (not at import: importing this module costs no pyarrow, so a cold start stays small)."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from etl_core.errors import InternalError
 from etl_core.logs import log_event
 
 if TYPE_CHECKING:
-    from etl_core.pipeline import Service
+    from etl_core.service import Service
 
 
 def unexpected(exc: BaseException) -> InternalError:
@@ -46,9 +46,9 @@ def get_service() -> Service:
     settings = get_settings()
     with _service_lock:
         if _service is None:
-            from etl_core.pipeline import Service  # pyarrow: on first use, not at cold start
+            from etl_core.service import start  # pyarrow: on first use, not at cold start
 
-            _service = Service(settings)
+            _service = start(settings)
         return _service
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from etl_core.config import Settings
 from etl_core.errors import BadRequest, ContractViolation, InternalError, RunNotFound, UnsupportedEvent
-from etl_core.pipeline import Service, Trigger
+from etl_core.service import Service, Trigger
 from handler import lambda_function
 from handler.service import set_service
 from tests import helpers
@@ -151,7 +151,7 @@ def test_a_symlink_leading_out_of_the_root_is_400(env: dict[str, str], tmp_path:
     write_files(root / "good", {})
     (root / "escape").symlink_to(tmp_path)
     settings = Settings.from_env({**env, "DATA_ROOT": str(root), "DATA_DIR": str(root / "good")})
-    from etl_core.pipeline import resolve_data_dir
+    from etl_core.inputs import resolve_data_dir
     assert resolve_data_dir(settings, "good") == root / "good"
     with pytest.raises(BadRequest, match="outside"):
         resolve_data_dir(settings, "escape")
@@ -357,7 +357,7 @@ def test_a_data_value_the_file_system_refuses_is_400_without_the_servers_paths(
 
 
 def test_a_symlink_loop_is_400_without_the_servers_paths(env: dict[str, str], tmp_path: Path) -> None:
-    from etl_core.pipeline import resolve_data_dir
+    from etl_core.inputs import resolve_data_dir
 
     root = tmp_path / "root"
     root.mkdir()
@@ -373,7 +373,7 @@ def test_a_symlink_loop_is_400_without_the_servers_paths(env: dict[str, str], tm
 
 
 def test_every_refusal_of_a_data_value_names_only_that_value(env: dict[str, str], tmp_path: Path) -> None:
-    from etl_core.pipeline import resolve_data_dir
+    from etl_core.inputs import resolve_data_dir
 
     root = tmp_path / "root"
     write_files(root / "good", {})

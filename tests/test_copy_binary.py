@@ -7,6 +7,7 @@ sliced batches (an array's offset is not 0), one row and many.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pyarrow as pa
@@ -67,3 +68,17 @@ def test_a_chunk_of_thousands_of_rows_and_a_long_list(db: Any, temp_table: str) 
 
 def test_a_batch_of_no_rows_is_no_bytes() -> None:
     assert bytes(copy_binary.rows(batch_of([]), 1)) == b""
+
+
+@pytest.mark.unit
+def test_the_encoder_lays_out_the_features_table_as_described() -> None:
+    """The fast encoder's fixed layout is the table's description; a column added to the description
+    and not laid out here turns the binary path off (the load then uses CSV COPY): this test says so."""
+    from etl_core.tables import USER_FEATURES, Column
+
+    assert copy_binary.fits(USER_FEATURES), (
+        "etl_core/tables.py USER_FEATURES no longer matches copy_binary.LAYOUT: loads fall back to CSV COPY; "
+        "lay the new columns out in etl_core/store/copy_binary.py")
+    grown = dataclasses.replace(USER_FEATURES, columns=(
+        *USER_FEATURES.columns, Column("mean_run_time", pa.float64(), "double precision", "", nullable=True)))
+    assert not copy_binary.fits(grown)

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from etl_core import counting, transform
-from etl_core.counting import ExperimentCounter, feature_table
+from etl_core.counting import ExperimentCounter
+from tests.features import compute_features, feature_table
 from tests.test_transform import as_rows, compounds_table, data, experiments_table, oracle, users_table
 
 pytestmark = pytest.mark.unit
@@ -161,7 +162,7 @@ def test_the_engine_gives_what_the_pure_core_gives() -> None:
             counter.add(batch)
         counts = counter.result()
     out = feature_table(users, compounds.sort_by("compound_id"), counts)
-    assert out.to_pylist() == transform.compute_features(users, compounds, experiments).to_pylist()
+    assert out.to_pylist() == compute_features(users, compounds, experiments).to_pylist()
 
 
 # --- the threads' lifetimes

@@ -9,15 +9,17 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from tests.conftest import REFERENCE_DATA, ROOT
 
 SCRIPT = """
 import gc, json, sys
 import pyarrow as pa
-from etl_core import logs, pipeline
+from etl_core import logs, service
 from etl_core.config import Settings
 logs.configure()
-summary = pipeline.run(Settings.from_env(json.loads(sys.argv[1])), pipeline.Trigger(force=True))
+summary = service.start(Settings.from_env(json.loads(sys.argv[1]))).trigger(service.Trigger(force=True))
 print(json.dumps({"status": summary["status"], "users": summary["users_written"],
                   "imported": sorted(m for m in ("pandas", "pyarrow.dataset", "pyarrow.acero") if m in sys.modules),
                   "pool": pa.default_memory_pool().backend_name,
@@ -47,3 +49,38 @@ def test_the_allocator_named_in_the_settings_is_used(env: dict[str, str]) -> Non
     result, events = _run({**env, "ARROW_DEFAULT_MEMORY_POOL": "system"})
     assert (result["status"], result["pool"]) == ("succeeded", "system")
     assert [e["memory_pool"] for e in events if e.get("message") == "run_started"] == ["system"]
+
+
+# The same trap without a database, pandas or not installed: a finder that records every attempt to
+# import pandas (pyarrow tries it on its first conversion of a Python object) and finds nothing.
+UNIT_SCRIPT = """
+import gc, json, sys
+tried = []
+class Recorder:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.split(".")[0] == "pandas":
+            tried.append(name)
+        return None
+sys.meta_path.insert(0, Recorder)
+sys.modules.pop("pandas", None)
+from etl_core import pipeline
+from etl_core.config import Settings
+from etl_core.store.memory import MemoryStore
+summary = pipeline.run(Settings.from_env(json.loads(sys.argv[1])), pipeline.Trigger(), store=MemoryStore())
+print(json.dumps({"status": summary["status"], "users": summary["users_written"], "tried": tried,
+                  "frozen": gc.get_freeze_count()}))
+"""
+
+
+@pytest.mark.unit
+def test_a_good_run_tries_no_pandas_import_even_without_a_database() -> None:
+    """The quick tier's guard on the trap: extract and the features on good data convert no Python
+    object (the database-tier test above covers the PostgreSQL store's side).  A run by itself leaves
+    the process as it found it: freezing the collector's objects is the bootstrap's (service.start)."""
+    env = {"DATA_DIR": str(REFERENCE_DATA), "ETL_METRICS_NAMESPACE": ""}
+    done = subprocess.run([sys.executable, "-c", UNIT_SCRIPT, json.dumps(env)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"status": "succeeded", "users": 10, "tried": [],
+                                                                 "frozen": 0}

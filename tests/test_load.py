@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from etl_core import pipeline
+from etl_core import pipeline, reading
 from etl_core.config import Settings, db_settings
 from etl_core.errors import RunInProgress, TransientLoadError
-from etl_core.pipeline import Service
+from etl_core.service import Service
 from etl_core.store import db as dbmod
 from etl_core.store.postgres import PostgresPublication
 from tests.conftest import _Throwaway
@@ -332,7 +332,7 @@ def test_long_files_log_progress_with_rows_and_megabytes(env: dict[str, str], tm
         f"{i},{1 + i % 3},1;2;3,{i % 97}.25\n" for i in range(1, 20_001))  # about 400 kB
     data = write_files(tmp_path, {"user_experiments.csv": experiments})
     settings = Settings.from_env({**env, "DATA_DIR": str(data), "ETL_BLOCK_SIZE": str(1 << 16)})
-    monkeypatch.setattr(pipeline, "PROGRESS_EVERY", 0.0)  # a line per batch instead of every 5 s
+    monkeypatch.setattr(reading, "PROGRESS_EVERY", 0.0)  # a line per batch instead of every 5 s
     caplog.set_level("INFO", logger="etl")
     pipeline.run(settings, pipeline.Trigger(force=True))
     lines = [p for p in logged(caplog.records, "progress") if p["file"] == "user_experiments.csv"]

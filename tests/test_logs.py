@@ -7,7 +7,7 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 from typing import Any
@@ -17,7 +17,7 @@ import pytest
 from etl_core import logs
 from etl_core.config import Settings
 from etl_core.errors import BadRequest, ContractViolation
-from etl_core.pipeline import Service
+from etl_core.service import Service
 from etl_core.store.memory import MemoryStore
 from handler import lambda_function
 from handler.service import set_service
@@ -44,6 +44,17 @@ def test_a_line_has_the_event_as_message_its_fields_and_a_level(lines: pytest.Lo
     assert second["level"] == "ERROR" and (second["message_"], second["name_"]) == ("m", "n")  # never lost
 
 
+def carried(work: Callable[[str], None]) -> Callable[[str], None]:
+    """``work`` with the caller's context, for a thread of its own (which starts with an empty one)."""
+    fields = logs.current()
+
+    def with_context(step: str) -> None:
+        with logs.bound(**fields):
+            work(step)
+
+    return with_context
+
+
 def test_the_context_follows_the_code_and_is_handed_to_threads_explicitly(lines: pytest.LogCaptureFixture) -> None:
     def work(step: str) -> None:
         logs.log_event("thread_step", step=step)
@@ -51,12 +62,12 @@ def test_the_context_follows_the_code_and_is_handed_to_threads_explicitly(lines:
     with logs.bound(kind="direct", run_id=5, **{logs.REQUEST_ID: "req-9"}):
         logs.log_event("main")
         bare = threading.Thread(target=work, args=("bare",))  # context variables do not follow a thread
-        carried = threading.Thread(target=logs.carried(work), args=("carried",))
-        for thread in (bare, carried):
+        handed = threading.Thread(target=carried(work), args=("carried",))
+        for thread in (bare, handed):
             thread.start()
             thread.join()
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(logs.carried(work), ["pool-1", "pool-2"]))
+            list(pool.map(carried(work), ["pool-1", "pool-2"]))
     logs.log_event("after")
     found = {line.get("step", line["event"]): line for line in logged(lines.records)}
     for name in ("main", "carried", "pool-1", "pool-2"):

@@ -12,7 +12,7 @@ import pytest
 from etl_core import logs, metrics
 from etl_core.config import MetricsSettings, Settings, metrics_settings
 from etl_core.errors import BadRequest, ConfigError, ContractViolation, RunInProgress
-from etl_core.pipeline import Service, Trigger
+from etl_core.service import Service, Trigger
 from etl_core.store.memory import MemoryStore
 from tests.conftest import ROOT
 from tests.helpers import emf_problems, write_files

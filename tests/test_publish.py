@@ -16,6 +16,7 @@ from etl_core import pipeline
 from etl_core.config import Settings, db_settings
 from etl_core.errors import ContractViolation, EtlError, ForeignKeyConflict, LoadRefused
 from etl_core.store import db as dbmod
+from etl_core.store import postgres as postgres_store
 from etl_core.store.postgres import PostgresPublication
 from tests.containers import report
 from tests.helpers import GOOD, features_dump, features_rows, write_files
@@ -158,12 +159,16 @@ def test_a_key_the_new_rows_would_break_fails_the_run_and_changes_nothing(
     assert features_rows(db, schema)[0] == ("Alice", 2, "Compound B", 1.25)
 
 
+@pytest.mark.parametrize("binary", [True, False], ids=["binary COPY", "CSV COPY"])
 @pytest.mark.parametrize(("action", "notes_after"), [
     ("ON DELETE CASCADE", [[1, 1]]),
     ("ON DELETE SET NULL", [[1, 1], [3, None]]),
 ])
 def test_cascade_and_set_null_keys_touch_only_users_that_are_gone(
-        env: dict[str, str], tmp_path: Path, db: Any, schema: str, action: str, notes_after: list[Any]) -> None:
+        env: dict[str, str], tmp_path: Path, db: Any, schema: str, action: str, notes_after: list[Any], binary: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both encoders (CSV is what a features table whose description the binary one does not fit gets)."""
+    monkeypatch.setattr(postgres_store, "_BINARY", binary)
     run_on(env, write_files(tmp_path / "first", {}))
     add_referencing_table(db, schema, action)
     before = oid(db, schema)

@@ -249,13 +249,14 @@ def test_the_last_confirming_run_and_its_age(store: Store) -> None:
 def test_a_rejects_table_from_before_numbering_is_numbered_on_first_use(settings: Any, db: Any) -> None:
     """Deployments made before rejects had a seq: the first read (or run) numbers each run's rows in
     stored order, and pages them like any other."""
-    from etl_core.store import sql
+    from etl_core.store import migrations, sql
 
     made = PostgresStore(settings.db, settings.schema)
     try:
         publish(made, (1, 1))  # creates the tables
         table = sql.q(settings.schema, sql.REJECTS)
         db.run(f"DROP TABLE {table}")
+        db.run(f"DROP TABLE {sql.q(settings.schema, migrations.HISTORY)}")  # they predate the history too
         db.run(f"CREATE TABLE {table} (run_id bigint NOT NULL, file text NOT NULL, line bigint, column_name text, "
                "value text, rule text NOT NULL, raw text)")
         db.run(f"CREATE INDEX etl_rejects_run_id ON {table} (run_id)")

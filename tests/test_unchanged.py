@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from etl_core import pipeline
+from etl_core import inputs, pipeline
 from etl_core.config import Settings
 from etl_core.store.memory import MemoryStore
 from etl_core.store.postgres import PostgresStore
@@ -66,7 +66,7 @@ def test_a_change_of_input_policy_or_contract_loads_and_force_loads_anyway(
     elif change == "force":
         trigger = pipeline.Trigger(force=True)
     else:
-        monkeypatch.setattr(pipeline, "CONTRACT_VERSION", 10_000)  # a fix to the rules
+        monkeypatch.setattr(inputs, "CONTRACT_VERSION", 10_000)  # a fix to the rules
     second = pipeline.run(settings, trigger, store=store)
     assert second["status"] == "succeeded" and second["users_written"] == 10
     assert (second["fingerprint"] == first["fingerprint"]) is (change == "force")

@@ -15,14 +15,9 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from etl_core.guard import Volume
+from etl_core.status import CONFIRMING, LOADED  # noqa: F401  (the store's modules take them from here)
 
-RUN_STATUSES = ("running", "succeeded", "partial", "failed", "unchanged")
-# the statuses of a run that confirmed the table's rows: /health reports the last one
-# ('unchanged': a run that found the input as the last load read it, and loaded nothing)
-CONFIRMING = ("succeeded", "partial", "unchanged")
-# the statuses of a run that published features: the last one's fingerprint decides 'unchanged'
 LARGEST_ID = 2**63 - 1  # run ids are PostgreSQL bigints: any other number is no run
-LOADED = ("succeeded", "partial")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,5 +121,11 @@ class Store(Protocol):
         ...
 
     def health(self) -> dict[str, Any]: ...
+
+    def migrate(self, *, apply: bool = True) -> dict[str, Any]:
+        """Bring the store's schema to this release's version now: ``schema``, ``version_before``,
+        ``version``, ``applied`` (the steps' versions), ``pending`` (each step's version and
+        description) and ``latest``.  ``apply=False`` only reads: nothing is applied."""
+        ...
 
     def close(self) -> None: ...

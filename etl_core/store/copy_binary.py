@@ -1,7 +1,9 @@
 """The features in PostgreSQL's binary COPY format, made with pyarrow kernels.  Pure: no I/O.
 
-A row of the features table is 7 fields, in ``sql.FEATURE_COLUMNS``' order (tests/test_copy_binary.py
-loads them with that COPY statement), each its length (int32, -1 for NULL) then its bytes,
+A row of the features table is 7 fields, in the order of ``LAYOUT``, which must be the table's as
+``tables.USER_FEATURES`` describes it (``fits``; the store falls back to CSV COPY where it is not,
+and a quick test fails until this module lays the new columns out too; tests/test_copy_binary.py
+loads the rows with the COPY statement of that column list), each its length (int32, -1 for NULL) then its bytes,
 big-endian.  Most of a row is fixed-width: the field count, four 8-byte numbers and their lengths,
 the lengths of the two texts and the array's header.  Those bytes are gathered for a whole chunk of
 rows by one ``take`` over the columns' own little-endian bytes, with an index that reads each value's
@@ -25,9 +27,21 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl_core import literals
+from etl_core.tables import Table
 
 if sys.byteorder != "little":  # the gathers below read values' bytes as the machine stores them
     raise ImportError("binary COPY is made for little-endian machines only")
+
+# the columns this encoder lays out: name, type, whether NULL may occur
+LAYOUT = (("user_id", "bigint", False), ("user_name", "text", False), ("total_experiments", "bigint", False),
+          ("most_common_compounds", "text", True), ("most_common_compound_ids", "bigint[]", True),
+          ("average_experiments", "double precision", False), ("run_id", "bigint", False))
+
+
+def fits(table: Table) -> bool:
+    """Whether ``table``'s columns are the ones this encoder lays out, in its order."""
+    return tuple((c.name, c.sql, c.nullable) for c in table.columns) == LAYOUT
+
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")  # no flags, no extension
 TRAILER = (-1).to_bytes(2, "big", signed=True)

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from etl_core import literals
 from etl_core.errors import LoadError, RunInProgress, shorten
 from etl_core.guard import Volume
 from etl_core.store import CONFIRMING, LARGEST_ID, LOADED, LastLoaded, RunRecord
@@ -84,6 +85,13 @@ class MemoryStore:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "database": "memory", "server_version": None}
 
+    def migrate(self, *, apply: bool = True) -> dict[str, Any]:
+        """Memory has one shape, this release's: nothing to apply."""
+        from etl_core.store.migrations import LATEST
+
+        return {"schema": "memory", "version_before": LATEST, "version": LATEST, "applied": [], "pending": [],
+                "latest": LATEST}
+
     def close(self) -> None:
         pass
 
@@ -140,8 +148,7 @@ class MemoryPublication:
         if pc.count_distinct(table["user_id"]).as_py() != table.num_rows:
             raise LoadError("database error 23505: duplicate key value violates unique constraint "
                             '"user_features_pkey"', sqlstate="23505")
-        self._features = table.append_column("run_id", pa.repeat(pa.scalar(self._run_id, pa.int64()),
-                                                                 table.num_rows))
+        self._features = table.append_column("run_id", literals.repeat(self._run_id, pa.int64(), table.num_rows))
         return table.num_rows
 
     def store_rejects(self, rejects: pa.Table) -> None:

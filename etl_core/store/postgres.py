@@ -21,16 +21,18 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-from pg8000.native import identifier
 
 from etl_core import literals
 from etl_core.config import DbSettings
 from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, LARGEST_ID, LastLoaded, RunRecord, copy_binary, db, sql
+from etl_core.store import CONFIRMING, LARGEST_ID, LastLoaded, RunRecord, copy_binary, db, migrations, sql
 from etl_core.store.db import Connection
+from etl_core.tables import USER_FEATURES
 
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
+# binary COPY where its encoder lays out the features table as described (else CSV, which any column list takes)
+_BINARY = copy_binary.fits(USER_FEATURES)
 _COMMA, _OPEN, _CLOSE, _NOTHING = (literals.scalar(text, pa.string()) for text in (",", "{", "}", ""))
 
 
@@ -58,7 +60,6 @@ class PostgresStore:
         self.schema = schema
         self._conn: Connection | None = None
         self._busy = threading.Lock()
-        self._numbered = False  # the rejects table is known to have its seq column
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -96,7 +97,7 @@ class PostgresStore:
                 self._lock(conn)
             try:
                 with _translated():
-                    self._ensure_tables(conn)
+                    self._ensure_schema(conn)
                     self._fail_abandoned(conn)
                     [[run_id, last_id, last_fingerprint]] = conn.run(sql.start_run(self.schema), policy=policy,
                                                                      source=source)
@@ -142,8 +143,8 @@ class PostgresStore:
                 "age_seconds": round(float(age), 3)}
 
     def _read(self, statement: str, **params: Any) -> list[list[Any]]:
-        """A read of the runs' tables: none yet (no table or schema) reads as no rows; a rejects table
-        from before rejects were numbered is numbered first."""
+        """A read of the runs' tables: none yet (no table or schema) reads as no rows; the tables of a
+        deployment from before versions were recorded are migrated first."""
         with self.connection() as conn, _translated():
             for attempt in range(2):
                 try:
@@ -154,8 +155,7 @@ class PostgresStore:
                         return []
                     if code != "42703" or attempt:  # 42703: undefined column (seq; the ledger's v2 columns)
                         raise
-                    self._numbered = False
-                    self._ensure_tables(conn, trust_stamp=False)
+                    self._ensure_schema(conn)
         raise AssertionError("unreachable")
 
     def health(self) -> dict[str, Any]:
@@ -175,44 +175,34 @@ class PostgresStore:
             pass
         raise RunInProgress("another run holds the ETL lock; try again when it has finished", running_run_id=running)
 
-    def _ensure_tables(self, conn: Connection, *, trust_stamp: bool = True) -> None:
-        """One catalog query when the ledger carries the current stamp; else create what is missing,
-        migrate what is old, and stamp it, in one transaction (one commit to wait for on a first run,
-        not five; several processes may try at once: the runs table's lock orders them)."""
-        table = sql.q(self.schema, sql.RUNS)
-        if trust_stamp and conn.run(sql.ledger_stamp(), table=table) == [[sql.LEDGER_STAMP]]:
-            self._numbered = True  # numbering came with the stamp's version
-            return
-        conn.run("BEGIN")
-        try:
-            # CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists:
-            # look first, so that a role with rights on its schema only (README, Security) is enough
-            if not conn.run("SELECT 1 FROM pg_namespace WHERE nspname = :name", name=self.schema):
-                conn.run(f"CREATE SCHEMA {identifier(self.schema)}")
-            for statement in sql.create_tables(self.schema):
-                conn.run(statement)
-            self._number_rejects(conn)  # before the stamp, which promises it
-            for statement in sql.migrate_runs(self.schema):
-                conn.run(statement)
-            conn.run("COMMIT")
-        except BaseException:
-            self._numbered = False  # rolled back with the rest
-            _rollback(conn)
-            raise
+    def _ensure_schema(self, conn: Connection) -> None:
+        """One query when the schema is this release's; else the steps it lacks, each in a transaction
+        of its own (``migrations``); SchemaTooNew when it is newer than this release."""
+        for step in migrations.pending(self._version(conn)):
+            migrations.apply_one(conn, self.schema, step, self._version)
 
-    def _number_rejects(self, conn: Connection) -> None:
-        """Number the rows of a rejects table made before rejects were numbered, once, inside the
-        caller's transaction (several processes may try at once: the table's lock orders them, and
-        the later ones find it done)."""
-        table = sql.q(self.schema, sql.REJECTS)
-        if self._numbered or conn.run(sql.has_column(table, "seq"), table=table):
-            self._numbered = True  # checked once per process: a warm run saves the round trip
-            return
-        conn.run(sql.lock_rejects(self.schema))
-        if not conn.run(sql.has_column(table, "seq"), table=table):
-            for statement in sql.number_rejects(self.schema):
-                conn.run(statement)
-        self._numbered = True
+    def _version(self, conn: Connection) -> int:
+        try:
+            [[found]] = conn.run(migrations.version_query(self.schema))
+        except Exception as exc:
+            if db.sqlstate(exc) in ("42P01", "3F000"):  # no history (or schema) yet
+                return 0
+            raise
+        return int(found or 0)
+
+    def migrate(self, *, apply: bool = True) -> dict[str, Any]:
+        """Apply every step the schema lacks now (a DBA's command ahead of a deploy): the version before
+        and after, the steps applied and those still pending."""
+        with self.connection() as conn, _translated():
+            before = self._version(conn)
+            steps = migrations.pending(before)
+            applied = [step.version for step in steps if apply
+                       and migrations.apply_one(conn, self.schema, step, self._version)]
+            after = self._version(conn)
+            return {"schema": self.schema, "version_before": before, "version": after, "applied": applied,
+                    "pending": [{"version": s.version, "description": s.description} for s in steps
+                                if s.version > after],
+                    "latest": migrations.LATEST}
 
     def _fail_abandoned(self, conn: Connection) -> None:
         """Runs still 'running' while we hold the lock were cut off (their connection died)."""
@@ -327,15 +317,14 @@ class PostgresPublication:
         with _translated(self):
             if self._conn.run(sql.referencing_keys(), table=table):
                 self._conn.run(sql.create_staging())  # our column types; INSERT ... SELECT converts
-                self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=True),
-                           _binary_chunks(counted(features), self._run_id))
+                self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
+                           _chunks(counted(features), self._run_id, binary=_BINARY))
                 self._conn.run(sql.delete_missing(self._schema))
                 self._conn.run(sql.upsert_staging(self._schema))
                 self.left_dead = self._held  # each old row is deleted or updated
             else:
-                binary = dict(self._conn.run(sql.column_types(), table=table)) == sql.BINARY_FEATURE_TYPES
-                chunks = (_binary_chunks(counted(features), self._run_id) if binary else
-                          _csv_chunks(_features_rows(batch, self._run_id) for batch in counted(features)))
+                binary = _BINARY and dict(self._conn.run(sql.column_types(), table=table)) == sql.BINARY_FEATURE_TYPES
+                chunks = _chunks(counted(features), self._run_id, binary=binary)
                 self._conn.run(sql.delete_all(self._schema))
                 self.left_dead = self._conn.row_count if self._conn.row_count >= 0 else None
                 self._copy(sql.copy_in(self._schema, sql.FEATURES, sql.FEATURE_COLUMNS, binary=binary), chunks)
@@ -402,19 +391,18 @@ def _rollback(conn: Connection) -> None:
 
 
 def _features_rows(features: pa.RecordBatch, run_id: int) -> pa.Table:
-    ids = features["most_common_compound_ids"]
-    # bigint[] in COPY's text form: {1,2}; NULL stays NULL
-    as_text = pc.binary_join(pc.cast(ids, pa.list_(pa.string())), _COMMA)
-    array_literal = pc.binary_join_element_wise(_OPEN, as_text, _CLOSE, _NOTHING)
-    return pa.table({
-        "user_id": features["user_id"],
-        "user_name": features["user_name"],
-        "total_experiments": features["total_experiments"],
-        "most_common_compounds": features["most_common_compounds"],
-        "most_common_compound_ids": array_literal,
-        "average_experiments": features["average_experiments"],
-        "run_id": literals.repeat(run_id, pa.int64(), features.num_rows),
-    })
+    """The features' columns as CSV COPY reads them, in the table's order; the run's id added."""
+    return pa.table({c.name: literals.repeat(run_id, pa.int64(), features.num_rows) if c.name == "run_id" else
+                     _as_csv(features[c.name]) for c in USER_FEATURES.columns})
+
+
+def _as_csv(values: pa.Array) -> pa.Array:
+    """A column as CSV COPY reads it: a list in PostgreSQL's array text form ({1,2}; NULL stays NULL),
+    anything else as it is."""
+    if not pa.types.is_list(values.type):
+        return values
+    as_text = pc.binary_join(pc.cast(values, pa.list_(pa.string())), _COMMA)
+    return pc.binary_join_element_wise(_OPEN, as_text, _CLOSE, _NOTHING)
 
 
 def _reject_rows(rejects: pa.Table, run_id: int, *, first: int) -> pa.Table:
@@ -428,6 +416,13 @@ def _reject_rows(rejects: pa.Table, run_id: int, *, first: int) -> pa.Table:
         "rule": rejects["rule"],
         "raw": rejects["raw"],
     })
+
+
+def _chunks(batches: Iterable[pa.RecordBatch], run_id: int, *, binary: bool) -> Iterator[memoryview]:
+    """The features as COPY data, binary or CSV (the run's id added)."""
+    if binary:
+        return _binary_chunks(batches, run_id)
+    return _csv_chunks(_features_rows(batch, run_id) for batch in batches)
 
 
 def _binary_chunks(batches: Iterable[pa.RecordBatch], run_id: int) -> Iterator[memoryview]:

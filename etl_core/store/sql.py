@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from pg8000.native import identifier
 
-from etl_core.store import LOADED
+from etl_core.status import LOADED, RunStatus
+from etl_core.tables import USER_FEATURES, Table
 
-FEATURES = "user_features"
+FEATURES = USER_FEATURES.name
 RUNS = "etl_runs"
 REJECTS = "etl_rejects"
 STAGING = "user_features__staging"
-# the ledger's schema version, stamped as a comment on the runs table: a run whose catalog query finds
-# it skips every CREATE ... IF NOT EXISTS; an older (or no) stamp migrates the tables first
+# the stamp releases before etl_core/store/migrations.py read (a comment on the runs table): migration 1
+# still writes it, so that such a release finds the shape it knows; this release reads the history
 LEDGER_VERSION = 2
 LEDGER_STAMP = f"experiment-etl ledger v{LEDGER_VERSION}"
-STATUS_CHECK = "CHECK (status IN ('running', 'succeeded', 'partial', 'failed', 'unchanged'))"
+STATUS_CHECK = "CHECK (status IN (" + ", ".join(f"'{status}'" for status in RunStatus) + "))"
 
 
 def q(schema: str, table: str) -> str:
@@ -54,11 +55,6 @@ def create_tables(schema: str) -> list[str]:
     ]
 
 
-def ledger_stamp() -> str:
-    """One catalog query: the runs table's comment, or NULL when there is no table (or schema)."""
-    return "SELECT obj_description(to_regclass(:table), 'pg_class')"
-
-
 def migrate_runs(schema: str) -> list[str]:
     """Bring a runs table of any earlier version to this one (idempotent; in one transaction) and stamp it."""
     table = q(schema, RUNS)
@@ -76,26 +72,26 @@ def start_run(schema: str) -> str:
     table = q(schema, RUNS)
     loaded = ", ".join(f"'{status}'" for status in LOADED)
     return (f"WITH last AS (SELECT id, fingerprint FROM {table} WHERE status IN ({loaded}) ORDER BY id DESC "
-            f"LIMIT 1), made AS (INSERT INTO {table} (status, policy, data_dir) VALUES ('running', :policy, :source) "
+            f"LIMIT 1), made AS (INSERT INTO {table} (status, policy, data_dir) "
+            f"VALUES ('{RunStatus.RUNNING}', :policy, :source) "
             "RETURNING id) SELECT made.id, last.id, last.fingerprint FROM made LEFT JOIN last ON true")
 
 
+def create_table(table: Table, schema: str, name: str | None = None, *, if_not_exists: bool = False,
+                 primary_key: bool = False) -> str:
+    """``CREATE TABLE`` of ``table`` as described (in ``schema``, as ``name`` or the table's own)."""
+    columns = ",\n        ".join(
+        f"{identifier(c.name)} {c.sql}{'' if c.nullable else ' NOT NULL'}"
+        f"{' PRIMARY KEY' if primary_key and c.name == table.key else ''}" for c in table.columns)
+    return (f"CREATE TABLE {'IF NOT EXISTS ' if if_not_exists else ''}{q(schema, name or table.name)} (\n"
+            f"        {columns}\n    )")
+
+
 def features_table(schema: str, table: str, *, if_not_exists: bool = False, primary_key: bool = False) -> str:
-    return f"""CREATE TABLE {'IF NOT EXISTS ' if if_not_exists else ''}{q(schema, table)} (
-        user_id bigint NOT NULL{' PRIMARY KEY' if primary_key else ''},
-        user_name text NOT NULL,
-        total_experiments bigint NOT NULL,
-        most_common_compounds text,
-        most_common_compound_ids bigint[],
-        average_experiments double precision NOT NULL,
-        run_id bigint NOT NULL
-    )"""
+    return create_table(USER_FEATURES, schema, table, if_not_exists=if_not_exists, primary_key=primary_key)
 
 
-FEATURE_COLUMNS = (
-    "user_id", "user_name", "total_experiments", "most_common_compounds",
-    "most_common_compound_ids", "average_experiments", "run_id",
-)
+FEATURE_COLUMNS = USER_FEATURES.names
 REJECT_COLUMNS = ("run_id", "seq", "file", "line", "column_name", "value", "rule", "raw")
 RUN_COLUMNS = ("id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error, "
                "fingerprint, inputs, same_as")
@@ -108,10 +104,7 @@ def copy_in(schema: str, table: str, columns: tuple[str, ...], *, binary: bool =
 
 # The types binary COPY sends the features as (the features table's own): a table whose columns were
 # given other types since is loaded with CSV, which the server converts from
-BINARY_FEATURE_TYPES = {
-    "user_id": "bigint", "user_name": "text", "total_experiments": "bigint", "most_common_compounds": "text",
-    "most_common_compound_ids": "bigint[]", "average_experiments": "double precision", "run_id": "bigint",
-}
+BINARY_FEATURE_TYPES = USER_FEATURES.sql_types()
 
 
 def column_types() -> str:
@@ -161,8 +154,8 @@ def upsert_staging(schema: str) -> str:
 
 
 def fail_abandoned(schema: str) -> str:
-    return (f"UPDATE {q(schema, RUNS)} SET status = 'failed', finished_at = clock_timestamp(), "
-            "error = CAST(:error AS jsonb) WHERE status = 'running'")
+    return (f"UPDATE {q(schema, RUNS)} SET status = '{RunStatus.FAILED}', finished_at = clock_timestamp(), "
+            f"error = CAST(:error AS jsonb) WHERE status = '{RunStatus.RUNNING}'")
 
 
 def finish_run(schema: str) -> str:

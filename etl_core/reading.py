@@ -1,0 +1,116 @@
+"""Reading a run's three files: every header first (all file-level problems at once), then the users
+and the compounds, then the experiments, counted as they stream (``counting``) against the accepted
+users and compounds."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import pyarrow as pa
+
+from etl_core import counting, extract
+from etl_core.config import Settings
+from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
+from etl_core.errors import ContractViolation
+from etl_core.guard import Volume
+from etl_core.logs import log_event
+from etl_core.source import Pinned, Source
+from etl_core.violations import report
+from etl_core.violations import rows as violation_rows
+
+PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
+
+
+@dataclasses.dataclass(frozen=True)
+class Extracted:
+    """What extract made of the three files: the accepted users and compounds, the experiments'
+    counts, and every file's result (rows read, accepted, rejected, violations)."""
+
+    users: pa.Table
+    compounds: pa.Table  # sorted by compound_id: the order ties are listed in
+    counts: counting.Counts
+    results: tuple[extract.FileResult, ...]
+
+    @property
+    def files(self) -> dict[str, dict[str, Any]]:
+        return {r.contract.filename: {
+            "rows_read": r.rows_read, "rows_accepted": r.rows_accepted, "rows_rejected": r.rows_rejected,
+            "extra_columns": list(r.extra_columns)} for r in self.results}
+
+    @property
+    def violations(self) -> pa.Table:
+        """Every violation, with a ``no_rows`` one for a users or compounds file that has only a header."""
+        header_only = [violation_rows(r.contract.filename, Rule.NO_ROWS, [None])
+                       for r in self.results if r.contract in (USERS, COMPOUNDS) and r.rows_read == 0]
+        return pa.concat_tables([r.violations for r in self.results] + header_only)
+
+    @property
+    def volume(self) -> Volume:
+        experiments = next(r for r in self.results if r.contract is EXPERIMENTS)
+        return Volume(users=self.users.num_rows, experiments=experiments.rows_accepted)
+
+
+def read_all(settings: Settings, source: Pinned, run_id: int) -> Extracted:
+    """The three files read under the contract: accepted users and compounds, the experiments' counts,
+    each file's result; ContractViolation for file-level problems (rows' problems are in the results)."""
+    _check_headers(source)
+    size = source.size(EXPERIMENTS.filename)
+    # a small experiments file is parsed on Arrow's pool while the users and compounds, which only its
+    # checks need, are read on this thread
+    early = extract.read_early(source, EXPERIMENTS, size=size, block_size=settings.block_size)
+    try:
+        users_sink = extract.Collector(extract.output_schema(USERS))
+        compounds_sink = extract.Collector(extract.output_schema(COMPOUNDS))
+        users = _read(settings, source, USERS, users_sink, run_id, threads=early is None)
+        compounds = _read(settings, source, COMPOUNDS, compounds_sink, run_id, threads=early is None)
+        users_table = users_sink.table()
+        compounds_table = compounds_sink.table().sort_by("compound_id")
+        refs = extract.References.of(users_table["user_id"].combine_chunks(),
+                                     compounds_table["compound_id"].combine_chunks())
+        # a file of one block is one batch: counting it on a thread would overlap with nothing
+        threaded = size > settings.block_size
+        with counting.ExperimentCounter(refs.users.keys, refs.compounds.keys, threaded=threaded) as counter:
+            experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs, early=early)
+            counts = counter.result()  # the counting thread finishes with the file
+    finally:
+        if early is not None:
+            early.close()
+    return Extracted(users_table, compounds_table, counts, (users, compounds, experiments))
+
+
+def _check_headers(source: Source) -> None:
+    """Every file-level problem (missing, empty, bad header) of all three files, before any row is read."""
+    problems = []
+    for contract in FILES:
+        try:
+            extract.read_header(source, contract)
+        except extract.FileProblem as problem:
+            problems.append(problem.table)
+    if problems:
+        table = pa.concat_tables(problems)
+        raise ContractViolation(
+            f"{len(problems)} input file(s) cannot be read under the data contract; nothing was loaded",
+            violations=report(table, len(problems)),
+        )
+
+
+def _read(settings: Settings, source: Source, contract: FileContract, sink: extract.Sink, run_id: int,
+          refs: extract.References | None = None, early: extract.Early | None = None,
+          threads: bool = True) -> extract.FileResult:
+    size = source.size(contract.filename)
+    last = [time.monotonic()]
+
+    def progress(rows: int, offset: int) -> None:
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY:
+            last[0] = now
+            log_event("progress", run_id=run_id, file=contract.filename, rows=rows,
+                      mb=round(offset / 1e6, 1), mb_total=round(size / 1e6, 1))
+
+    result = extract.read_file(source, contract, sink, refs=refs, block_size=settings.block_size, progress=progress,
+                               size=size, early=early, threads=threads)
+    log_event("file_read", run_id=run_id, file=contract.filename, rows=result.rows_read,
+              rejected=result.rows_rejected, mb=round(size / 1e6, 1))
+    return result

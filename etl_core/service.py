@@ -1,0 +1,101 @@
+"""What the API and the Lambda entry ask of the job, without knowing HTTP: trigger a run, read the
+ledger (runs, rejects), and health.  The handler reaches the job only through this module."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from etl_core import memory, metrics, pipeline
+from etl_core.config import Settings
+from etl_core.errors import BadRequest, EtlError, FeaturesStale, InternalError, RunInProgress, RunNotFound
+from etl_core.manifest import MANIFEST
+from etl_core.store import Store
+from etl_core.trigger import Trigger
+from etl_core.violations import REPORTED_CHARS
+
+__all__ = ["MANIFEST", "Service", "Trigger", "start"]
+
+
+class Service:
+    """What the API and the Lambda entry ask of the job, without knowing HTTP: one per process.  It
+    holds the settings (read once) and the store (which keeps its connection for warm invocations);
+    each trigger that becomes a run prints its metrics (``etl_core.metrics``) to ``emit``."""
+
+    def __init__(self, settings: Settings, store: Store | None = None, *,
+                 emit: metrics.Emit = metrics.print_line) -> None:
+        self.settings = settings
+        self.store = store or pipeline.postgres_store(settings)
+        self.emit = emit
+
+    def trigger(self, trigger: Trigger) -> dict[str, Any]:
+        """Run the job; one metrics document for the run, failed runs included (also those that never
+        reached the database), but not for a refused trigger (bad request, another run in progress)."""
+        started = time.perf_counter()
+        try:
+            summary = pipeline.run(self.settings, trigger, store=self.store)
+        except (BadRequest, RunInProgress):
+            raise
+        except Exception as exc:
+            error = exc if isinstance(exc, EtlError) else InternalError.of(exc)
+            self._metrics(status="failed", run_id=error.details.get("run_id"), files=error.details.get("files"),
+                          seconds={"total": round(time.perf_counter() - started, 3)}, error_code=error.code)
+            raise
+        self._metrics(status=summary["status"], run_id=summary.get("run_id"), files=summary.get("files"),
+                      users_written=summary.get("users_written"), seconds=summary.get("seconds"))
+        return summary
+
+    def _metrics(self, **run: Any) -> None:
+        metrics.emit(metrics.run_document(self.settings.metrics, **run), self.emit)
+
+    def run_status(self, run_id: int) -> dict[str, Any]:
+        found = self.store.get_run(run_id)
+        if found is None:
+            raise RunNotFound(f"there is no run {run_id}", run_id=run_id)
+        return found
+
+    def runs(self, *, limit: int, status: str | None = None, before: int | None = None) -> dict[str, Any]:
+        """A page of run records, newest first; ``next_before`` continues it (None: no more)."""
+        found = self.store.list_runs(limit=limit + 1, status=status, before=before)
+        page = found[:limit]
+        return {"runs": page, "next_before": page[-1]["run_id"] if len(found) > limit else None}
+
+    def rejects(self, run_id: int, *, limit: int, after: int = 0) -> dict[str, Any]:
+        """A page of a run's rejects in stored order; ``next_after`` continues it (None: no more)."""
+        self.run_status(run_id)  # RunNotFound
+        found = self.store.rejects(run_id, limit=limit + 1, after=after, max_chars=REPORTED_CHARS)
+        page = found[:limit]
+        return {"run_id": run_id, "rejects": page, "next_after": page[-1]["seq"] if len(found) > limit else None}
+
+    def health(self) -> dict[str, Any]:
+        """The database answers, and the last run that confirmed the features and its age; past
+        ``health_max_age`` seconds (when set), FeaturesStale."""
+        found = self.store.health()
+        last = self.store.last_confirmed()
+        limit = self.settings.health_max_age
+        if limit is not None and (last is None or last["age_seconds"] > limit):
+            what = ("no run has confirmed the features yet" if last is None else
+                    f"the last run that confirmed the features (run {last['run_id']}) finished "
+                    f"{last['age_seconds']:.0f} s ago")
+            raise FeaturesStale(f"{what}; at most {limit:g} s are allowed (ETL_HEALTH_MAX_AGE_SECONDS)",
+                                last_confirmed=last, max_age_seconds=limit)
+        return {**found, "last_confirmed": last, "max_age_seconds": limit}
+
+    def migrate(self, *, apply: bool = True) -> dict[str, Any]:
+        """Bring the database's schema to this release's version now (what a run would do first); with
+        ``apply=False`` only say which steps are pending."""
+        return self.store.migrate(apply=apply)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def start(settings: Settings) -> Service:
+    """The process's one service, and the process set up for runs (once, at the edge, never inside a
+    run): Arrow's allocator as the settings name it, before the first buffer is made; then, with the
+    modules a run needs imported, what is alive is left out of the collector's walks
+    (``etl_core.memory``)."""
+    memory.use(settings.memory_pool)
+    service = Service(settings)
+    memory.settle()
+    return service
