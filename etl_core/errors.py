@@ -50,6 +50,11 @@ class ConfigError(EtlError, code="bad_config"):
     """Raise when a setting is missing or malformed."""
 
 
+class SchemaTooNew(ConfigError, code="schema_too_new"):
+    """Raise when the database's schema is of a version newer than this release knows: deploy the
+    newer release (or restore the database); nothing is written."""
+
+
 class BadRequest(EtlError, code="bad_request", http_status=400, caller=True):
     """Raise when a trigger asks for something invalid (unknown policy, a data path outside the root)."""
 

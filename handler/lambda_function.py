@@ -4,7 +4,8 @@ HTTP events (API Gateway REST and HTTP APIs, function URLs, ALB) go through Mang
 app.  Direct invocations name an action: ``{"action": "trigger-etl", "policy": "quarantine", "force": true}``,
 ``{"action": "get-run", "run_id": 3}``, ``{"action": "list-runs", "limit": 20, "status": "failed",
 "before": 40}``, ``{"action": "get-rejects", "run_id": 3, "limit": 100, "after": 0}``, ``{"action":
-"health"}``; an EventBridge schedule triggers the job.  Anything else is answered with an
+"health"}``, ``{"action": "migrate"}`` (``ACTIONS``; each one's fields are checked by its model in
+handler/models.py); an EventBridge schedule triggers the job.  Anything else is answered with an
 UnsupportedEvent error that says what is expected.  Heavy imports (FastAPI, Mangum, pyarrow) happen
 on first use, not at cold start.
 
@@ -15,15 +16,25 @@ process prints a ColdStart metric (``etl_core.metrics``).
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from etl_core import logs, metrics
 from etl_core.errors import ConfigError, EtlError, InternalError, UnsupportedEvent, redact
 from handler.service import get_service, get_settings, unexpected
 
-ACTIONS = ("trigger-etl", "get-run", "list-runs", "get-rejects", "health", "migrate")
+# each direct action, with an example of its fields (handler.models holds the model that checks them)
+ACTIONS: dict[str, dict[str, Any]] = {
+    "trigger-etl": {"policy": "quarantine", "force": True},
+    "get-run": {"run_id": 1},
+    "list-runs": {"limit": 20, "status": "failed", "before": 40},
+    "get-rejects": {"run_id": 1, "limit": 100, "after": 0},
+    "health": {},
+    "migrate": {"apply": False},
+}
 _http_handler: Any = None
 _cold = True
 
@@ -118,33 +129,8 @@ def _direct(event: Any) -> dict[str, Any]:
     if event_kind(event) == "s3":
         return _s3(event["Records"])
     action = event.get("action") if isinstance(event, dict) else None
-    if action == "trigger-etl":
-        fields = {key: value for key, value in event.items() if key != "action"}
-        return get_service().trigger(Trigger.parse(**fields))
-    if action == "get-run":
-        run_id = event.get("run_id")
-        if not isinstance(run_id, int) or isinstance(run_id, bool):
-            raise UnsupportedEvent("get-run needs an integer run_id", example={"action": "get-run", "run_id": 1})
-        return get_service().run_status(run_id)
-    if action == "list-runs":
-        from handler.models import RunsQuery, parse
-
-        query = parse(RunsQuery, _fields(event))
-        return get_service().runs(limit=query.limit, status=query.status, before=query.before)
-    if action == "get-rejects":
-        from handler.models import RejectsQuery, parse
-
-        fields = _fields(event)
-        run_id = fields.pop("run_id", None)
-        if not isinstance(run_id, int) or isinstance(run_id, bool):
-            raise UnsupportedEvent("get-rejects needs an integer run_id",
-                                   example={"action": "get-rejects", "run_id": 1, "limit": 100, "after": 0})
-        rejects = parse(RejectsQuery, fields)
-        return get_service().rejects(run_id, limit=rejects.limit, after=rejects.after)
-    if action == "health":
-        return get_service().health()
-    if action == "migrate":
-        return get_service().migrate(apply=event.get("apply", True) is not False)
+    if isinstance(action, str) and action in ACTIONS:
+        return _act(action, _fields(event))
     shown = sorted(event)[:10] if isinstance(event, dict) else type(event).__name__
     raise UnsupportedEvent(
         "cannot route this event: expected an HTTP event (API Gateway, function URL, ALB), an "
@@ -153,6 +139,43 @@ def _direct(event: Any) -> dict[str, Any]:
         received=shown,
         example={"action": "trigger-etl", "policy": "strict"},
     )
+
+
+@functools.cache
+def _actions() -> dict[str, tuple[Any, Callable[[Any, Any], dict[str, Any]]]]:
+    """Each direct action's model (handler.models: its fields, checked as HTTP checks a route's) and the
+    service's method it calls; made on first use (pydantic is not imported at cold start)."""
+    from etl_core.service import Trigger
+    from handler import models
+
+    return {
+        "trigger-etl": (models.TriggerQuery, lambda service, q: service.trigger(Trigger(**q.model_dump()))),
+        "get-run": (models.RunRef, lambda service, q: service.run_status(q.run_id)),
+        "list-runs": (models.RunsQuery, lambda service, q: service.runs(limit=q.limit, status=q.status,
+                                                                          before=q.before)),
+        "get-rejects": (models.RejectsAction, lambda service, q: service.rejects(q.run_id, limit=q.limit,
+                                                                                after=q.after)),
+        "health": (models.NoFields, lambda service, q: service.health()),
+        "migrate": (models.MigrateAction, lambda service, q: service.migrate(apply=q.apply)),
+    }
+
+
+def _act(action: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A direct action: its fields checked by its model, then the service's method.  An action about a
+    run needs its integer run_id, or the event is not one it can route."""
+    from pydantic import ValidationError
+
+    from handler import models
+
+    model, call = _actions()[action]
+    try:
+        query = model.model_validate(fields)
+    except ValidationError as exc:
+        if any(error["loc"][:1] == ("run_id",) for error in exc.errors()):
+            raise UnsupportedEvent(f"{action} needs an integer run_id",
+                                   example={"action": action, **ACTIONS[action]}) from None
+        raise models.invalid(models.problems(exc.errors(), "event", model)) from None
+    return call(get_service(), query)
 
 
 def _s3(records: list[Any]) -> dict[str, Any]:

@@ -1,14 +1,17 @@
 """The API's documents as pydantic models: what /openapi.json shows, what FastAPI checks every answer
-against (a field the model does not know is a bug: 500, not a silent drop), and the paging
-parameters that HTTP and direct invocations both validate."""
+against (a field the model does not know is a bug: 500, not a silent drop), and what callers send:
+a trigger's parameters and each direct action's fields, which HTTP and direct invocations both
+validate with the same model."""
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError
 
-from etl_core.errors import BadRequest
+from etl_core.config import POLICIES
+from etl_core.errors import BadRequest, shorten
 from etl_core.status import RunStatus
 
 MAX_PAGE = 1000  # items in one page of runs or rejects
@@ -27,6 +30,58 @@ PositiveInteger = Annotated[int, Field(ge=1), BeforeValidator(_not_bool)]
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+SHOWN_CHARS = 200  # characters of a caller's value repeated in an error
+FORCE_VALUES = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def shown(value: object) -> str:
+    """A caller's value as an error repeats it: a string quoted, JSON's other values as JSON, cut short."""
+    if isinstance(value, str):
+        return repr(shorten(value, SHOWN_CHARS))
+    kind = {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object"}
+    return f"{shorten(json.dumps(value, default=str), SHOWN_CHARS)} ({kind.get(type(value), type(value).__name__)})"
+
+
+def _policy(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if value not in POLICIES:
+        raise ValueError(f"policy must be one of {', '.join(POLICIES)} (or absent), not {shown(value)}")
+    return str(value)
+
+
+def _data(value: object) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ValueError(f"data must be a string, a directory below the data root (or absent), not {shown(value)}")
+    return value
+
+
+def _force(value: object) -> bool:
+    if value is None or value == "":
+        return False
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in FORCE_VALUES:
+        return FORCE_VALUES[value.lower()]
+    raise ValueError(f"force must be true or false (also 1/0, yes/no; or absent), not {shown(value)}")
+
+
+class TriggerQuery(Strict):
+    """What a trigger asks for, from a query string's strings or a direct invocation's JSON values; an
+    empty or null value is the same as none."""
+
+    policy: Annotated[Literal["strict", "quarantine"] | None, BeforeValidator(_policy)] = Field(
+        None, description="strict: any violation fails the run; quarantine: bad rows go to etl_rejects. "
+                          "Default: ETL_POLICY")
+    data: Annotated[str | None, BeforeValidator(_data)] = Field(
+        None, description="a directory below DATA_ROOT (or a prefix below DATA_URL) to read instead of the default")
+    force: Annotated[bool, BeforeValidator(_force)] = Field(
+        False, description="true/false (also 1/0, yes/no): load even what the load guard refuses, and even an "
+                           "input that is unchanged since the last load")
 
 
 class FileCounts(Strict):
@@ -159,13 +214,38 @@ class RejectsQuery(Strict):
     after: Integer = Field(0, ge=0, description="only rejects with a larger seq: the previous page's next_after")
 
 
-def problems(errors: list[Any], where: str | None = None) -> list[dict[str, str]]:
-    """pydantic's (or FastAPI's) validation errors as the ``parameters`` of a BadRequest."""
+# Each direct action's fields (besides "action"), checked as HTTP checks a route's parameters
+
+class RunRef(Strict):
+    run_id: StrictInt
+
+
+class RejectsAction(RejectsQuery):
+    run_id: StrictInt
+
+
+class NoFields(Strict):
+    pass
+
+
+class MigrateAction(Strict):
+    apply: bool = Field(True, description="false: only list the steps still to apply")
+
+
+def problems(errors: list[Any], where: str | None = None, model: type[Strict] | None = None) -> list[dict[str, str]]:
+    """pydantic's (or FastAPI's) validation errors as the ``parameters`` of a BadRequest: our own
+    validators' messages as they wrote them, an unknown parameter named as such (with the accepted
+    ones, where the model is known)."""
     found = []
     for error in errors:
         location = [str(part) for part in error["loc"]]
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = f"unknown parameter(s) {shown(location[-1] if location else '')}"
+            if model is not None:
+                message += f"; {accepted(list(model.model_fields))}"
         found.append({"parameter": location[-1] if location else "", "in": where or location[0],
-                      "message": error["msg"]})
+                      "message": message})
     return found
 
 
@@ -174,9 +254,17 @@ def invalid(found: list[dict[str, str]]) -> BadRequest:
     return BadRequest(f"invalid request: {reasons}", parameters=found)
 
 
+def accepted(names: list[str]) -> str:
+    if not names:
+        return "it takes none"
+    if len(names) == 1:
+        return f"the accepted one is {names[0]}"
+    return f"the accepted ones are {', '.join(names[:-1])} and {names[-1]}"
+
+
 def parse(model: type[Strict], fields: dict[str, Any]) -> Any:
     """A direct invocation's fields as ``model``; BadRequest as HTTP answers it (``in``: event)."""
     try:
         return model.model_validate(fields)
     except ValidationError as exc:
-        raise invalid(problems(exc.errors(), "event")) from None
+        raise invalid(problems(exc.errors(), "event", model)) from None

@@ -16,9 +16,9 @@ import pytest
 
 from etl_core import pipeline
 from etl_core.config import Settings
-from etl_core.errors import TransientLoadError
+from etl_core.errors import SchemaTooNew, TransientLoadError
 from etl_core.store import migrations, sql
-from etl_core.store.migrations import Migration, SchemaTooNew
+from etl_core.store.migrations import Migration
 from etl_core.store.postgres import PostgresStore
 from tests.conftest import ROOT
 from tests.helpers import write_files

@@ -106,3 +106,22 @@ def test_run_statuses_are_one_list() -> None:
 def test_the_readme_links_to_the_schema() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "GET /openapi.json" in readme
+
+
+def test_the_trigger_parameters_are_documented_with_their_types() -> None:
+    from etl_core.config import POLICIES
+
+    for method in ("post", "get"):
+        parameters = {p["name"]: p["schema"] for p in DOCUMENT["paths"]["/trigger-etl"][method]["parameters"]}
+        assert set(parameters) == {"policy", "data", "force"}
+        assert tuple(parameters["policy"]["anyOf"][0]["enum"]) == POLICIES
+        assert parameters["force"]["type"] == "boolean" and "unchanged" in parameters["force"]["description"]
+
+
+def test_every_direct_action_has_its_model_and_a_valid_example() -> None:
+    from handler import lambda_function
+
+    table = lambda_function._actions()
+    assert set(table) == set(lambda_function.ACTIONS)
+    for action, (model, _) in table.items():
+        model.model_validate(lambda_function.ACTIONS[action])  # the example an error shows is one it accepts

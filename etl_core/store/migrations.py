@@ -22,16 +22,11 @@ from typing import Any
 
 from pg8000.native import identifier
 
-from etl_core.errors import ConfigError
+from etl_core.errors import SchemaTooNew
 from etl_core.store import sql
 
 HISTORY = "etl_schema_migrations"
 RELEASE = "experiment-etl 1.0.0"  # what the history records as having applied a step
-
-
-class SchemaTooNew(ConfigError, code="schema_too_new"):
-    """Raise when the database's schema is of a version newer than this release knows: deploy the
-    newer release (or restore the database); nothing is written."""
 
 
 @dataclasses.dataclass(frozen=True)
