@@ -88,6 +88,15 @@ def connect(settings: DbSettings, *, sleep: Any = time.sleep) -> Connection:
                           secret=name, sqlstate=code) from exc
 
 
+def describe(settings: DbSettings) -> str:
+    """Where the job connects, without the password: with a secret, as its login (once read) says."""
+    if settings.secret is None:
+        return settings.describe()
+    from etl_core.store import secret
+
+    return secret.kept(settings).describe()
+
+
 def _connect(settings: DbSettings, sleep: Any) -> Connection:
     tls = _tls_context(settings)
     last: Exception | None = None

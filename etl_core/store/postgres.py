@@ -161,7 +161,7 @@ class PostgresStore:
     def health(self) -> dict[str, Any]:
         with self.connection() as conn, _translated():
             rows = conn.run("SHOW server_version")
-        return {"status": "ok", "database": self.settings.describe(), "server_version": rows[0][0] if rows else None}
+        return {"status": "ok", "database": db.describe(self.settings), "server_version": rows[0][0] if rows else None}
 
     def _lock(self, conn: Connection) -> None:
         [[got]] = conn.run("SELECT pg_try_advisory_lock(hashtext(:name))", name=sql.lock_name(self.schema))

@@ -76,6 +76,13 @@ def login(settings: DbSettings, *, again: bool = False) -> Login:
     return found
 
 
+def kept(settings: DbSettings) -> DbSettings:
+    """The settings as the kept login changes them (none kept, or no secret: as they are); reads nothing."""
+    with _lock:
+        found = None if settings.secret is None else _kept.get(settings.secret)
+    return settings if found is None else found.applied(settings)
+
+
 def forget() -> None:
     """Drop every kept login and client (tests; a process would just end)."""
     with _lock:
@@ -140,7 +147,8 @@ def _read(secret: SecretSettings, *, timeout: float, attempts: int) -> str | Non
         code = str(exc.response.get("Error", {}).get("Code", "")) or "unknown"
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
         if code in _REFUSED or (400 <= status < 500 and code not in _THROTTLED):
-            why = _REFUSED.get(code, "Secrets Manager refused the request")
+            why = _REFUSED.get(code, _REFUSED["AccessDeniedException"] if status == 403 else
+                               "Secrets Manager refused the request")
             raise SecretError(f"cannot read the secret {name}: {why} ({code})", secret=name, aws_code=code) from None
         raise SecretUnavailable(f"Secrets Manager did not give the secret {name}: {code}", secret=name,
                                 aws_code=code) from None
