@@ -24,6 +24,7 @@ from etl_core.errors import (
     EtlError,
     FeaturesStale,
     InternalError,
+    LoadError,
     RunInProgress,
     RunNotFound,
     shorten,
@@ -34,6 +35,7 @@ from etl_core.source import LocalSource, Pinned, Source, SourceMissing, s3_sourc
 from etl_core.store import Run as StoreRun
 from etl_core.store import Store
 from etl_core.violations import rows as violation_rows
+from etl_core.violations import without_raw
 
 MANIFEST = manifest.MANIFEST  # the object whose S3 notification starts a run
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
@@ -203,7 +205,8 @@ class Service:
                           seconds={"total": round(time.perf_counter() - started, 3)}, error_code=error.code)
             raise
         self._metrics(status=summary["status"], run_id=summary.get("run_id"), files=summary.get("files"),
-                      users_written=summary.get("users_written"), seconds=summary.get("seconds"))
+                      users_written=summary.get("users_written"), seconds=summary.get("seconds"),
+                      purged=summary.get("purged"))
         return summary
 
     def _metrics(self, **run: Any) -> None:
@@ -263,6 +266,8 @@ def run(settings: Settings, trigger: Trigger, *, store: Store | None = None) -> 
                 exc.details.setdefault("run_id", ledger.run_id)  # the answer names the run it recorded
                 _failed(exc)
                 ledger.fail(exc.to_dict())
+                if not isinstance(exc, LoadError):  # the database answers: its old data may still go
+                    _purge(settings, ledger)
                 raise
             except Exception as exc:  # a bug of ours: still recorded, and still an answer with a body
                 error = InternalError.of(exc, run_id=ledger.run_id)
@@ -348,9 +353,9 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, 
         found, inputs = _identify(ledger, location, source, policy)
         last = ledger.last_loaded
         if not force and last is not None and last.fingerprint == found:
-            return _unchanged(ledger, policy, last.run_id, found, inputs, started)
+            return _unchanged(settings, ledger, policy, last.run_id, found, inputs, started)
         extracted = _extract(settings, source, ledger.run_id)
-    violations = extracted.violations
+    violations = extracted.violations if settings.retention.keep_raw else without_raw(extracted.violations)
     status = _verdict(settings, extracted, violations, policy, ledger.run_id, force=force)
     written, waited = _publish(settings, ledger, extracted, violations, status, force=force,
                                seconds=seconds, started=started)
@@ -359,13 +364,28 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, 
     # the load phase's time too; the run itself is committed already, so this may not fail it
     _after_commit(ledger.record_seconds, seconds, run_id=ledger.run_id, what="record the load time")
     files = extracted.files
+    purged = _purge(settings, ledger)
     log_event("run_finished", run_id=ledger.run_id, status=status, users_written=written, seconds=seconds,
-              files=files, rejects=violations.num_rows)
+              files=files, rejects=violations.num_rows, purged=purged)
     return {
         "run_id": ledger.run_id, "status": status, "policy": policy, "files": files,
         "users_written": written, "violations": _report(violations, settings.max_reported),
-        "seconds": seconds, "same_as": None, "fingerprint": found, "inputs": inputs,
+        "seconds": seconds, "same_as": None, "fingerprint": found, "inputs": inputs, "purged": purged,
     }
+
+
+def _purge(settings: Settings, ledger: StoreRun) -> dict[str, Any]:
+    """The retention's purge, once the run's outcome is committed (etl_core.config.RetentionSettings): what
+    it deleted, or ``failed`` (logged; the run's outcome stands)."""
+    try:
+        purged = ledger.purge(settings.retention)
+    except Exception as exc:  # noqa: BLE001 - after the commit: never the run's failure
+        reason = exc.message if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
+        log_event("purge_failed", level=logging.WARNING, run_id=ledger.run_id, reason=reason)
+        return {"rejects": 0, "runs": 0, "backlog": True, "failed": True}
+    if purged["rejects"] or purged["runs"]:
+        log_event("purged", run_id=ledger.run_id, **purged)
+    return {**purged, "failed": False}
 
 
 def _identify(ledger: StoreRun, location: Location, source: Pinned, policy: str) -> tuple[str, dict[str, Any]]:
@@ -448,15 +468,16 @@ def _publish(settings: Settings, ledger: StoreRun, extracted: _Extracted, violat
     return written, stopwatch.seconds
 
 
-def _unchanged(ledger: StoreRun, policy: str, same_as: int, found: str, inputs: dict[str, Any],
-               started: float) -> dict[str, Any]:
-    """The input is the one run ``same_as`` loaded: record that, and load nothing."""
+def _unchanged(settings: Settings, ledger: StoreRun, policy: str, same_as: int, found: str,
+               inputs: dict[str, Any], started: float) -> dict[str, Any]:
+    """The input is the one run ``same_as`` loaded: record that, and load nothing (but purge: a daily run
+    of an input that never changes must still let old rejects go)."""
     seconds = {"total": round(time.perf_counter() - started, 3)}
     ledger.unchanged(same_as=same_as, seconds=seconds)
     log_event("run_unchanged", run_id=ledger.run_id, same_as=same_as, fingerprint=found)
     return {"run_id": ledger.run_id, "status": "unchanged", "policy": policy, "files": {}, "users_written": 0,
             "violations": {"total": 0, "first": []}, "seconds": seconds, "same_as": same_as,
-            "fingerprint": found, "inputs": inputs}
+            "fingerprint": found, "inputs": inputs, "purged": _purge(settings, ledger)}
 
 
 def _manifest(location: Location) -> dict[str, str | None] | None:

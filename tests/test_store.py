@@ -212,7 +212,7 @@ def test_rejects_are_numbered_in_stored_order_and_paged_by_seq(store: Store) -> 
     second = finished_run(store, "partial", bad_rows=3)
     page = store.rejects(first, limit=2, max_chars=200)
     assert page == [{"seq": 1, "file": "users.csv", "line": 2, "column": "name", "value": "", "rule": "empty_value",
-                     "raw": "1,,x,2023-01-01"}, {**page[0], "seq": 2, "line": 3}]
+                     "raw": "1,,x,2023-01-01", "raw_sha256": None}, {**page[0], "seq": 2, "line": 3}]
     assert [r["line"] for r in store.rejects(first, limit=10, after=2, max_chars=200)] == [4, 5, 6]
     assert [r["seq"] for r in store.rejects(second, limit=10, max_chars=200)] == [1, 2, 3]
     assert store.rejects(first, limit=10, after=5, max_chars=200) == []

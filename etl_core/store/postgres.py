@@ -24,10 +24,10 @@ import pyarrow.csv as pacsv
 from pg8000.native import identifier
 
 from etl_core import literals
-from etl_core.config import DbSettings
+from etl_core.config import DbSettings, RetentionSettings
 from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, LARGEST_ID, LastLoaded, RunRecord, copy_binary, db, sql
+from etl_core.store import CONFIRMING, LARGEST_ID, LOADED, LastLoaded, RunRecord, copy_binary, db, sql
 from etl_core.store.db import Connection
 
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
@@ -130,8 +130,8 @@ class PostgresStore:
             return []
         rows = self._read(sql.rejects_page(self.schema), id=run_id, after=max(after, 0), limit=limit,
                           chars=max_chars)
-        return [{"seq": seq, "file": file, "line": line, "column": column, "value": value, "rule": rule, "raw": raw}
-                for seq, file, line, column, value, rule, raw in rows]
+        return [{"seq": seq, "file": file, "line": line, "column": column, "value": value, "rule": rule, "raw": raw,
+                 "raw_sha256": digest} for seq, file, line, column, value, rule, raw, digest in rows]
 
     def last_confirmed(self) -> dict[str, Any] | None:
         rows = self._read(sql.last_confirmed(self.schema, CONFIRMING))
@@ -282,6 +282,24 @@ class PostgresRun(RunRecord):
             reclaim = not autovacuum and (self._left_dead is None or self._left_dead > 0)
             self._conn.run(f"VACUUM (ANALYZE) {table}" if reclaim else f"ANALYZE {table}")
 
+    def purge(self, retention: RetentionSettings) -> dict[str, Any]:
+        """Delete what is older than the retention allows, rejects first, each table in at most
+        ``max_steps`` statements of at most ``step_rows`` rows, each its own transaction (row locks only:
+        readers never wait).  ``backlog``: the bound stopped it, the next run goes on."""
+        purged: dict[str, Any] = {"rejects": 0, "runs": 0, "backlog": False}
+        steps = ((sql.purge_rejects(self._schema), "rejects", retention.rejects_days),
+                 (sql.purge_runs(self._schema, LOADED, CONFIRMING), "runs", retention.runs_days))
+        with _translated():
+            for statement, key, days in steps:
+                for _ in range(retention.max_steps):
+                    self._conn.run(statement, days=days, step=retention.step_rows)
+                    purged[key] += max(self._conn.row_count, 0)
+                    if self._conn.row_count < retention.step_rows:
+                        break
+                else:
+                    purged["backlog"] = True
+        return purged
+
     def record_seconds(self, seconds: Any) -> None:
         with _translated():
             self._conn.run(f"UPDATE {sql.q(self._schema, sql.RUNS)} SET seconds = CAST(:seconds AS jsonb) "
@@ -427,6 +445,8 @@ def _reject_rows(rejects: pa.Table, run_id: int, *, first: int) -> pa.Table:
         "value": rejects["value"],
         "rule": rejects["rule"],
         "raw": rejects["raw"],
+        "raw_sha256": (rejects["raw_sha256"] if "raw_sha256" in rejects.column_names
+                       else pa.nulls(rejects.num_rows, pa.string())),
     })
 
 

@@ -12,7 +12,7 @@ REJECTS = "etl_rejects"
 STAGING = "user_features__staging"
 # the ledger's schema version, stamped as a comment on the runs table: a run whose catalog query finds
 # it skips every CREATE ... IF NOT EXISTS; an older (or no) stamp migrates the tables first
-LEDGER_VERSION = 2
+LEDGER_VERSION = 3
 LEDGER_STAMP = f"experiment-etl ledger v{LEDGER_VERSION}"
 STATUS_CHECK = "CHECK (status IN ('running', 'succeeded', 'partial', 'failed', 'unchanged'))"
 
@@ -48,6 +48,7 @@ def create_tables(schema: str) -> list[str]:
             value text,
             rule text NOT NULL,
             raw text,
+            raw_sha256 text,
             PRIMARY KEY (run_id, seq)
         )""",
         features_table(schema, FEATURES, if_not_exists=True, primary_key=True),
@@ -60,10 +61,12 @@ def ledger_stamp() -> str:
 
 
 def migrate_runs(schema: str) -> list[str]:
-    """Bring a runs table of any earlier version to this one (idempotent; in one transaction) and stamp it."""
+    """Bring the ledger of any earlier version to this one (idempotent; in one transaction) and stamp it:
+    v2 added the runs' fingerprint, inputs and same_as; v3 the rejects' raw_sha256 (ETL_REJECTS_KEEP_RAW)."""
     table = q(schema, RUNS)
     return [
         f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE",
+        f"ALTER TABLE {q(schema, REJECTS)} ADD COLUMN IF NOT EXISTS raw_sha256 text",
         f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS fingerprint text, ADD COLUMN IF NOT EXISTS inputs jsonb, "
         f"ADD COLUMN IF NOT EXISTS same_as bigint, DROP CONSTRAINT IF EXISTS etl_runs_status_check, "
         f"ADD CONSTRAINT etl_runs_status_check {STATUS_CHECK}",
@@ -96,7 +99,7 @@ FEATURE_COLUMNS = (
     "user_id", "user_name", "total_experiments", "most_common_compounds",
     "most_common_compound_ids", "average_experiments", "run_id",
 )
-REJECT_COLUMNS = ("run_id", "seq", "file", "line", "column_name", "value", "rule", "raw")
+REJECT_COLUMNS = ("run_id", "seq", "file", "line", "column_name", "value", "rule", "raw", "raw_sha256")
 RUN_COLUMNS = ("id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error, "
                "fingerprint, inputs, same_as")
 
@@ -197,8 +200,35 @@ def _cut(column: str) -> str:
 
 def rejects_page(schema: str) -> str:
     """A run's rejects (``:id``) after seq ``:after``, ``:limit`` of them, long texts cut."""
-    return (f"SELECT seq, file, line, column_name, {_cut('value')}, rule, {_cut('raw')} "
+    return (f"SELECT seq, file, line, column_name, {_cut('value')}, rule, {_cut('raw')}, raw_sha256 "
             f"FROM {q(schema, REJECTS)} WHERE run_id = :id AND seq > :after ORDER BY seq LIMIT :limit")
+
+
+def _older_than(days_param: str) -> str:
+    """A run that finished more than ``days_param`` (a parameter's name) days ago, by the server's clock."""
+    return f"finished_at < clock_timestamp() - make_interval(days => CAST(:{days_param} AS integer))"
+
+
+def purge_rejects(schema: str) -> str:
+    """Delete at most ``:step`` rejects of runs that finished more than ``:days`` days ago: one bounded
+    statement, by the key (each row found by the index, never a scan of the young rows)."""
+    rejects, runs = q(schema, REJECTS), q(schema, RUNS)
+    return (f"DELETE FROM {rejects} r USING (SELECT x.run_id, x.seq FROM {rejects} x WHERE x.run_id IN "
+            f"(SELECT id FROM {runs} WHERE {_older_than('days')}) LIMIT :step) old "
+            "WHERE r.run_id = old.run_id AND r.seq = old.seq")
+
+
+def purge_runs(schema: str, loaded: tuple[str, ...], confirming: tuple[str, ...]) -> str:
+    """Delete at most ``:step`` runs that finished more than ``:days`` days ago, oldest first, except the
+    last that loaded (its fingerprint decides 'unchanged'; the features name it), the last that
+    confirmed the features (/health reports it), and any run that still has rejects (they are purged
+    by their own retention first: deleting a run never cascades to an unbounded number of rows)."""
+    runs, rejects = q(schema, RUNS), q(schema, REJECTS)
+    kept = [f"(SELECT max(id) FROM {runs} WHERE status IN ({', '.join(repr(s) for s in statuses)}))"
+            for statuses in (loaded, confirming)]
+    return (f"DELETE FROM {runs} WHERE id IN (SELECT r.id FROM {runs} r WHERE {_older_than('days')} "
+            + "".join(f"AND r.id IS DISTINCT FROM {last} " for last in kept)
+            + f"AND NOT EXISTS (SELECT 1 FROM {rejects} j WHERE j.run_id = r.id) ORDER BY r.id LIMIT :step)")
 
 
 def last_confirmed(schema: str, statuses: tuple[str, ...]) -> str:
