@@ -18,6 +18,7 @@ REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 POLICIES = ("strict", "quarantine")
 MAX_DIMENSIONS = 9  # dimensions in one set, as the embedded metric format's schema allows
 SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")  # libpq's, without "allow"
+MAX_RETENTION_DAYS = 36_500
 MEMORY_POOLS = ("jemalloc", "mimalloc", "system")  # Arrow's allocators, the default first (etl_core.memory)
 
 
@@ -185,11 +186,14 @@ def retention_settings(env: Mapping[str, str]) -> RetentionSettings:
     keep = env.get("ETL_REJECTS_KEEP_RAW") or "true"
     if keep.lower() not in ("true", "false"):
         raise ConfigError(f"ETL_REJECTS_KEEP_RAW must be true or false, not {keep!r}")
-    return RetentionSettings(
-        rejects_days=_int(env, "ETL_REJECTS_RETENTION_DAYS", RetentionSettings.rejects_days, minimum=1),
-        runs_days=_int(env, "ETL_RUNS_RETENTION_DAYS", RetentionSettings.runs_days, minimum=1),
-        keep_raw=keep.lower() == "true",
-    )
+    days = {}
+    for name, default in (("ETL_REJECTS_RETENTION_DAYS", RetentionSettings.rejects_days),
+                          ("ETL_RUNS_RETENTION_DAYS", RetentionSettings.runs_days)):
+        days[name] = _int(env, name, default, minimum=1)
+        if days[name] > MAX_RETENTION_DAYS:  # PostgreSQL's timestamps end in 294276 AD; ours much sooner
+            raise ConfigError(f"{name} must be at most {MAX_RETENTION_DAYS} (100 years), not {days[name]}")
+    return RetentionSettings(rejects_days=days["ETL_REJECTS_RETENTION_DAYS"],
+                             runs_days=days["ETL_RUNS_RETENTION_DAYS"], keep_raw=keep.lower() == "true")
 
 
 def secret_settings(env: Mapping[str, str]) -> SecretSettings | None:

@@ -170,6 +170,11 @@ def test_without_raw_no_rejected_row_or_value_is_kept_only_its_hash(settings: Se
     for text in (recorded, answers):
         assert "secretive" not in text
     assert "raw_sha256" in answers and refused.value.details["violations"]["total"] == BAD
+    # the answers' models (which FastAPI checks every answer against) know the new fields
+    from handler.models import RejectsPage, RunSummary
+
+    assert RunSummary.model_validate(summary).violations.first[0].raw_sha256 == stored[0][-1]
+    assert RejectsPage.model_validate(page).rejects[0].raw_sha256 == stored[0][-1]
 
 
 def test_a_role_without_superuser_rights_purges_its_own_ledger(database_url: str, db: Any, tmp_path: Path) -> None:
@@ -231,7 +236,8 @@ def test_retention_settings(env: dict[str, str], expected: RetentionSettings) ->
 
 @pytest.mark.unit
 @pytest.mark.parametrize("env", [{"ETL_REJECTS_RETENTION_DAYS": "0"}, {"ETL_RUNS_RETENTION_DAYS": "-1"},
-                                 {"ETL_REJECTS_RETENTION_DAYS": "1.5"}, {"ETL_REJECTS_KEEP_RAW": "no"}])
+                                 {"ETL_REJECTS_RETENTION_DAYS": "1.5"}, {"ETL_REJECTS_KEEP_RAW": "no"},
+                                 {"ETL_RUNS_RETENTION_DAYS": "36501"}])
 def test_retention_settings_that_make_no_sense_are_refused(env: dict[str, str]) -> None:
     from etl_core.errors import ConfigError
 
