@@ -65,10 +65,9 @@ INSTALLED: list[Service] = []
 
 
 @pytest.fixture(autouse=True)
-def fresh_process(server: SimpleNamespace) -> Iterator[None]:
-    """Each test starts as a new process would (nothing read yet), with the role's first password."""
+def fresh_process() -> Iterator[None]:
+    """Each test starts as a new process would: nothing read yet."""
     secret.forget()
-    server.admin.run(f"ALTER ROLE {identifier(ROLE)} PASSWORD {literal(server.password)}")
     yield
     secret.forget()
     set_service(None)
@@ -149,6 +148,8 @@ def assert_never_shown(text: str, *values: str) -> None:
 
 @pytest.fixture
 def schema(server: SimpleNamespace) -> Iterator[str]:
+    """A fresh schema on the password-checking cluster, whose role has its first password again."""
+    server.admin.run(f"ALTER ROLE {identifier(ROLE)} PASSWORD {literal(server.password)}")
     made = f"t_{uuid.uuid4().hex[:12]}"
     yield made
     server.admin.run(f"DROP SCHEMA IF EXISTS {identifier(made)} CASCADE")
@@ -177,7 +178,7 @@ def test_a_run_logs_in_with_the_rds_secret_and_survives_a_rotation(server: Simpl
     assert second["status"] == "succeeded", second
     assert second["run_id"] == first["run_id"] + 1
     assert [(r["reason"], r["changed"]) for r in reads(logged)] == [
-        ("first use", None), ("the server refused the kept login", True)]
+        ("first use", None), ("the server refused the kept login (28P01)", True)]
 
     # the new login is kept: the next connect reads nothing
     server.admin.run("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :u", u=ROLE)
@@ -229,7 +230,8 @@ def test_a_user_the_server_will_not_let_log_in_is_read_again_too(server: SimpleN
         secret.login(Settings.from_env(environment(aws, name, schema)).db)  # the old login is kept
         aws_call(client, "put_secret_value", SecretId=name, SecretString=rds_secret(server, server.password))
         assert invoke({"action": "trigger-etl"})["status"] == "succeeded"
-        assert [r["changed"] for r in reads(logged)] == [None, True]
+        assert [(r["reason"], r["changed"]) for r in reads(logged)] == [
+            ("first use", None), ("the server refused the kept login (28000)", True)]
     finally:
         server.admin.run("DROP ROLE etl_old")
 

@@ -71,7 +71,7 @@ def connect(settings: DbSettings, *, sleep: Any = time.sleep) -> Connection:
         if code not in secret.AUTH_FAILED:
             raise
         refused = exc
-    fresh = secret.login(settings, again=True)
+    fresh = secret.login(settings, refused=code)
     name = settings.secret.secret_id
     if fresh == kept:
         raise SecretError(f"PostgreSQL at {kept.applied(settings).describe()} refuses the login of the secret {name} "

@@ -59,20 +59,21 @@ _clients: dict[tuple[str | None, str | None, float, int], Any] = {}
 _lock = threading.Lock()
 
 
-def login(settings: DbSettings, *, again: bool = False) -> Login:
-    """The secret's login: the kept one, or (first use, or ``again``) one read now and kept."""
+def login(settings: DbSettings, *, refused: str | None = None) -> Login:
+    """The secret's login: the kept one, or (first use, or the server ``refused`` the kept one with this
+    SQLSTATE) one read now and kept."""
     secret = settings.secret
     assert secret is not None  # callers ask only when a secret is set
     with _lock:
         kept = _kept.get(secret)
-    if kept is not None and not again:
+    if kept is not None and refused is None:
         return kept
     found = parse(_read(secret, timeout=settings.connect_timeout, attempts=settings.connect_attempts),
                   secret.secret_id)
     with _lock:
         _kept[secret] = found
-    log_event("db_secret_read", secret=secret.secret_id, reason="the server refused the kept login" if again
-              else "first use", changed=None if kept is None else found != kept)
+    log_event("db_secret_read", secret=secret.secret_id, changed=None if kept is None else found != kept,
+              reason="first use" if refused is None else f"the server refused the kept login ({refused})")
     return found
 
 
@@ -137,9 +138,8 @@ def _port(fields: dict[str, Any], name: str) -> int | None:
 
 def _read(secret: SecretSettings, *, timeout: float, attempts: int) -> str | None:
     """GetSecretValue's SecretString (None: the secret holds SecretBinary); its failures as ours."""
-    from botocore import exceptions  # botocore is imported by _client already
-
     client = _client(secret, timeout=timeout, attempts=attempts)
+    from botocore import exceptions  # imported by _client already
     name = secret.secret_id
     try:
         answer = client.get_secret_value(SecretId=name)
@@ -171,8 +171,12 @@ def _client(secret: SecretSettings, *, timeout: float, attempts: int) -> Any:
     with _lock:
         if key in _clients:
             return _clients[key]
-    import botocore.session
-    from botocore.config import Config
+    try:
+        import botocore.session
+        from botocore.config import Config
+    except ImportError:
+        raise SecretError("DB_SECRET_ID is set, but botocore is not installed (requirements.txt pins it)",
+                          secret=secret.secret_id) from None
 
     # botocore's DEBUG lines carry the responses' bodies, the secret's value among them: they are never
     # written, whatever level the runtime gives the root logger (AWS_LAMBDA_LOG_LEVEL=DEBUG)
