@@ -1,8 +1,8 @@
 """What the retention's purge costs a run: a backlog of old rejects (``--rejects`` rows over ``--runs``
 runs, all past their retention) in a fresh schema, then runs' purges one after another, each bounded
-by the default step (RetentionSettings: 5000 rows, 20 steps per table) until nothing is left; and
-purges that find nothing among as many young rejects (what every run pays once the backlog is gone).  Prints the rows and
-seconds of each purge.
+by the default step (RetentionSettings: 5000 rows, 20 steps per table) until nothing is left; then
+purges that find nothing among as many young rejects (what every run pays once the backlog is gone).
+Prints the rows and seconds of each purge.
 
     .venv/bin/python bench/purge.py [--rejects 300000] [--runs 30] [--database-url URL]
 """
