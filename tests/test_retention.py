@@ -88,6 +88,22 @@ def test_an_unchanged_run_purges_too(settings: Settings, db: Any, schema: str, t
         job.close()
 
 
+def test_a_failed_run_purges_too(settings: Settings, db: Any, schema: str, tmp_path: Path,
+                                 caplog_info: pytest.LogCaptureFixture) -> None:
+    """A job whose input breaks the contract every day must not keep old rejects forever either."""
+    data = quarantine_data(tmp_path)
+    job = service(settings, data)
+    try:
+        job.trigger(Trigger())
+        age_all(db, schema, 31)
+        with pytest.raises(ContractViolation):
+            job.trigger(Trigger(policy="strict", force=True))
+    finally:
+        job.close()
+    assert count(db, schema, "etl_rejects") == 0
+    assert [e["rejects"] for e in logged(caplog_info.records, "purged")] == [BAD]
+
+
 def test_a_backlog_is_purged_in_bounded_steps_over_several_runs(settings: Settings, db: Any, schema: str,
                                                                tmp_path: Path) -> None:
     job = service(settings, quarantine_data(tmp_path, bad=50), step_rows=20, max_steps=2)

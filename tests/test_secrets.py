@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 import uuid
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -85,6 +86,17 @@ def logged(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
     """Every record of every logger, DEBUG included, as a runtime at AWS_LAMBDA_LOG_LEVEL=DEBUG would write."""
     caplog.set_level(logging.DEBUG)
     return caplog
+
+
+def disconnect(server: SimpleNamespace) -> None:
+    """End the role's sessions (the job's kept connection), and wait until they are gone: the next
+    connect must be a new login."""
+    server.admin.run("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :u", u=ROLE)
+    for _ in range(100):
+        if not server.admin.run("SELECT 1 FROM pg_stat_activity WHERE usename = :u", u=ROLE):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the role's sessions did not end")
 
 
 def rds_secret(server: SimpleNamespace, password: str, **more: Any) -> str:
@@ -173,7 +185,7 @@ def test_a_run_logs_in_with_the_rds_secret_and_survives_a_rotation(server: Simpl
     server.admin.run(f"ALTER ROLE {identifier(ROLE)} PASSWORD {literal(rotated)}")
     second_value = rds_secret(server, rotated)
     aws_call(client, "put_secret_value", SecretId=name, SecretString=second_value)
-    server.admin.run("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :u", u=ROLE)
+    disconnect(server)
     second = invoke({"action": "trigger-etl", "force": True})
     assert second["status"] == "succeeded", second
     assert second["run_id"] == first["run_id"] + 1
@@ -181,7 +193,7 @@ def test_a_run_logs_in_with_the_rds_secret_and_survives_a_rotation(server: Simpl
         ("first use", None), ("the server refused the kept login (28P01)", True)]
 
     # the new login is kept: the next connect reads nothing
-    server.admin.run("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = :u", u=ROLE)
+    disconnect(server)
     health = invoke({"action": "health"})
     assert health["database"] == f"{ROLE}@127.0.0.1:{server.port}/test"
     assert len(reads(logged)) == 2
