@@ -4,6 +4,7 @@ quick tier runs the pipeline on.  The same tests run against each, so the fake c
 from __future__ import annotations
 
 import datetime
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -337,3 +338,16 @@ def test_a_backlog_larger_than_a_step_is_purged_a_bounded_part_per_run(store: St
     assert purge(store, **bounded) == {"rejects": 6, "runs": 0, "backlog": True}
     assert purge(store, **bounded) == {"rejects": 0, "runs": 0, "backlog": False}
     assert all(store.rejects(r, limit=10, max_chars=9) == [] for r in runs)
+
+
+def test_rejects_stored_without_raw_answer_only_their_hash(store: Store) -> None:
+    from etl_core.violations import without_raw
+
+    with store.run(policy="quarantine", source="here") as run, run.publishing() as publication:
+        publication.replace_features(features((1, 1)))
+        publication.store_rejects(without_raw(rejects(2)))
+        publication.finish(status="partial", files={}, users_written=1, seconds={})
+    found = store.rejects(run.run_id, limit=10, max_chars=200)
+    digest = hashlib.sha256(b"1,,x,2023-01-01").hexdigest()
+    assert found == [{"seq": seq, "file": "users.csv", "line": seq + 1, "column": "name", "value": None,
+                      "rule": "empty_value", "raw": None, "raw_sha256": digest} for seq in (1, 2)]
