@@ -384,3 +384,19 @@ def test_no_secret_is_todays_behaviour() -> None:
         assert Settings.from_env({**env, "PGPASSWORD": "pw"}).db == Settings.from_env({"PGPASSWORD": "pw"}).db
     named = Settings.from_env({"DB_SECRET_ID": "etl/db", "AWS_DEFAULT_REGION": "eu-north-1"}).db.secret
     assert named is not None and (named.secret_id, named.region, named.endpoint) == ("etl/db", "eu-north-1", None)
+
+
+@pytest.mark.unit
+def test_botocore_is_imported_at_the_first_read_not_with_the_settings_or_the_store() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = ("import sys\nfrom etl_core.config import Settings\nfrom etl_core import pipeline\n"
+              "from etl_core.store import db, postgres\n"
+              "Settings.from_env({'DB_SECRET_ID': 'etl/db', 'AWS_REGION': 'eu-west-1'})\n"
+              "print('botocore' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=True,
+                          timeout=60)
+    assert done.stdout.strip() == "False"
