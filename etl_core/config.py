@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
-from etl_core.errors import ConfigError
+from etl_core.errors import ConfigError, shorten
 
 REPO_DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 POLICIES = ("strict", "quarantine")
 MAX_DIMENSIONS = 9  # dimensions in one set, as the embedded metric format's schema allows
 SSLMODES = ("disable", "prefer", "require", "verify-ca", "verify-full")  # libpq's, without "allow"
+MAX_RETENTION_DAYS = 36_500
 MEMORY_POOLS = ("jemalloc", "mimalloc", "system")  # Arrow's allocators, the default first (etl_core.memory)
 
 
@@ -43,11 +44,46 @@ class DbSettings:
     lock_timeout_ms: int = 5_000
     sslmode: str = "prefer"
     sslrootcert: str | None = None
+    secret: SecretSettings | None = None  # DB_SECRET_ID: the password (and more) from Secrets Manager
 
     def describe(self) -> str:
         """Where we connect, without the password."""
         where = self.unix_sock or f"{self.host}:{self.port}"
         return f"{self.user}@{where}/{self.database}"
+
+    def with_login(self, *, password: str, user: str | None = None, host: str | None = None,
+                   port: int | None = None, database: str | None = None) -> DbSettings:
+        """These settings with a secret's parts in place of their own (None: keep ours); a host
+        starting with '/' is a socket directory, as in a URL."""
+        host = self.host if host is None else host
+        port = self.port if port is None else port
+        return dataclasses.replace(self, password=password, user=self.user if user is None else user, host=host,
+                                   port=port, database=self.database if database is None else database,
+                                   unix_sock=_socket_path(host, port))
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretSettings:
+    """Where the database's password is kept: a Secrets Manager secret (its ARN or name), read with the
+    function's role (botocore's usual credential chain) in ``region``, at ``endpoint`` when set."""
+
+    secret_id: str
+    region: str | None = None
+    endpoint: str | None = None  # http(s)://host:port of another Secrets Manager endpoint (tests)
+
+
+@dataclasses.dataclass(frozen=True)
+class RetentionSettings:
+    """How long the ledger keeps rejected rows and runs, and whether a reject keeps the row it rejected.
+
+    A purge deletes at most ``step_rows`` rows per statement and runs at most ``max_steps`` statements
+    per table and run, so that a first purge of a large backlog is spread over several runs."""
+
+    rejects_days: int = 30
+    runs_days: int = 365
+    keep_raw: bool = True
+    step_rows: int = 5_000
+    max_steps: int = 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +111,7 @@ class Settings:
     s3_endpoint: str | None = None  # http(s)://host:port of an S3 endpoint other than AWS's
     s3_region: str | None = None
     memory_pool: str = MEMORY_POOLS[0]  # Arrow's allocator (etl_core.memory); ARROW_DEFAULT_MEMORY_POOL
+    retention: RetentionSettings = RetentionSettings()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -111,6 +148,7 @@ class Settings:
             s3_endpoint=endpoint,
             s3_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             memory_pool=pool,
+            retention=retention_settings(env),
         )
 
 
@@ -143,6 +181,43 @@ def metrics_settings(env: Mapping[str, str]) -> MetricsSettings:
     return MetricsSettings(namespace=namespace or None, dimensions=tuple(dimensions))
 
 
+def retention_settings(env: Mapping[str, str]) -> RetentionSettings:
+    """ETL_REJECTS_RETENTION_DAYS, ETL_RUNS_RETENTION_DAYS (whole days, at least 1) and ETL_REJECTS_KEEP_RAW."""
+    keep = env.get("ETL_REJECTS_KEEP_RAW") or "true"
+    if keep.lower() not in ("true", "false"):
+        raise ConfigError(f"ETL_REJECTS_KEEP_RAW must be true or false, not {keep!r}")
+    days = {}
+    for name, default in (("ETL_REJECTS_RETENTION_DAYS", RetentionSettings.rejects_days),
+                          ("ETL_RUNS_RETENTION_DAYS", RetentionSettings.runs_days)):
+        days[name] = _int(env, name, default, minimum=1)
+        if days[name] > MAX_RETENTION_DAYS:  # PostgreSQL's timestamps end in 294276 AD; ours much sooner
+            raise ConfigError(f"{name} must be at most {MAX_RETENTION_DAYS} (100 years), not {days[name]}")
+    return RetentionSettings(rejects_days=days["ETL_REJECTS_RETENTION_DAYS"],
+                             runs_days=days["ETL_RUNS_RETENTION_DAYS"], keep_raw=keep.lower() == "true")
+
+
+def secret_settings(env: Mapping[str, str]) -> SecretSettings | None:
+    """DB_SECRET_ID (an ARN or a name; unset or empty: no secret) and DB_SECRET_ENDPOINT.  An ARN names
+    its region; a name is looked up in AWS_REGION (or AWS_DEFAULT_REGION)."""
+    secret_id = (env.get("DB_SECRET_ID") or "").strip()
+    if not secret_id:
+        return None
+    endpoint = env.get("DB_SECRET_ENDPOINT") or None
+    if endpoint is not None and not endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"DB_SECRET_ENDPOINT must be an http:// or https:// URL, not {endpoint!r}")
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None
+    if secret_id.startswith("arn:"):
+        parts = secret_id.split(":", 6)
+        if len(parts) < 7 or parts[2] != "secretsmanager" or not parts[3] or parts[5] != "secret":
+            raise ConfigError("DB_SECRET_ID must be a secret's name or its ARN "
+                              "(arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME), not "
+                              f"{shorten(secret_id, 200)!r}")
+        region = parts[3]
+    elif region is None:
+        raise ConfigError("DB_SECRET_ID names a secret without its region: give its ARN, or set AWS_REGION")
+    return SecretSettings(secret_id=secret_id, region=region, endpoint=endpoint)
+
+
 def db_settings(env: Mapping[str, str]) -> DbSettings:
     """DATABASE_URL (libpq URI) if set, else the libpq ``PG*`` variables, else local defaults."""
     timing: dict[str, Any] = {
@@ -150,6 +225,7 @@ def db_settings(env: Mapping[str, str]) -> DbSettings:
         "connect_attempts": _int(env, "DB_CONNECT_ATTEMPTS", 3, minimum=1),
         "statement_timeout_ms": _int(env, "DB_STATEMENT_TIMEOUT_MS", 600_000, minimum=0),
         "lock_timeout_ms": _int(env, "DB_LOCK_TIMEOUT_MS", 5_000, minimum=0),
+        "secret": secret_settings(env),
     }
     url = env.get("DATABASE_URL")
     if url:

@@ -92,6 +92,17 @@ class DatabaseUnavailable(TransientLoadError):
     """Raise when no connection to PostgreSQL could be made within the configured attempts."""
 
 
+class SecretUnavailable(TransientLoadError):
+    """Raise when Secrets Manager does not answer (endpoint down, timeouts, throttling, its own errors):
+    without the password there is no connection, and a retry may succeed."""
+
+
+class SecretError(ConfigError):
+    """Raise when the database's secret (DB_SECRET_ID) cannot be used: it is not there, the role may not
+    read or decrypt it, it holds no password, or the server refuses its login even when read again.
+    The message names the secret, never its value."""
+
+
 class SourceError(EtlError, code="source_unreadable"):
     """Raise when an input object cannot be read (I/O errors, an object that is not what it should be);
     the message names the object, never the server's paths."""

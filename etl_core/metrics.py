@@ -8,7 +8,8 @@ members, for CloudWatch Logs Insights, not as dimensions (each value would be a 
 
 A run's document counts its status (``RunsSucceeded``, ``RunsPartial``, ``RunsFailed``: one of them 1,
 the others 0, so that a sum over any period counts runs), the rows read, accepted and rejected (in
-all and per file), the users written and the phases' durations.  The first invocation of a process
+all and per file), the users written, the phases' durations, and what the retention's purge deleted
+(``PurgedRejects``, ``PurgedRuns``, ``PurgeFailed``).  The first invocation of a process
 prints a ``ColdStart`` document.
 """
 
@@ -39,7 +40,7 @@ def print_line(line: str) -> None:
 def run_document(settings: MetricsSettings, *, status: str, run_id: int | None = None,
                  files: Mapping[str, Mapping[str, Any]] | None = None, users_written: int | None = None,
                  seconds: Mapping[str, float] | None = None, error_code: str | None = None,
-                 now: float | None = None) -> dict[str, Any] | None:
+                 purged: Mapping[str, Any] | None = None, now: float | None = None) -> dict[str, Any] | None:
     """The document of one run, or None when metrics are off.  ``files`` and ``seconds`` are the run
     summary's (a failed run has those it got to, if any)."""
     values: dict[str, tuple[float, str]] = {f"Runs{s.capitalize()}": (int(s == status), COUNT) for s in FINISHED}
@@ -53,6 +54,10 @@ def run_document(settings: MetricsSettings, *, status: str, run_id: int | None =
         values["UsersWritten"] = (users_written, COUNT)
     for phase, spent in (seconds or {}).items():
         values[f"{phase.capitalize()}Duration"] = (float(spent), SECONDS)
+    if purged is not None:  # the retention's purge after the run
+        values["PurgedRejects"] = (int(purged.get("rejects") or 0), COUNT)
+        values["PurgedRuns"] = (int(purged.get("runs") or 0), COUNT)
+        values["PurgeFailed"] = (int(bool(purged.get("failed"))), COUNT)
     properties = {"event": "run_metrics", "run_id": run_id, "status": status, "error_code": error_code}
     return document(settings, values, properties, now=now)
 

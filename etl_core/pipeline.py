@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from etl_core import counting, guard, logs
 from etl_core.config import POLICIES, Settings
-from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError
+from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError, LoadError
 from etl_core.inputs import Location, identify, resolve_location
 from etl_core.logs import log_event
 from etl_core.reading import Extracted, read_all
@@ -22,7 +22,7 @@ from etl_core.source import Pinned
 from etl_core.store import Run as StoreRun
 from etl_core.store import Store
 from etl_core.trigger import Trigger
-from etl_core.violations import report
+from etl_core.violations import report, without_raw
 
 T = TypeVar("T")
 
@@ -43,6 +43,8 @@ def run(settings: Settings, trigger: Trigger, *, store: Store | None = None) -> 
                 exc.details.setdefault("run_id", ledger.run_id)  # the answer names the run it recorded
                 _failed(exc)
                 ledger.fail(exc.to_dict())
+                if not isinstance(exc, LoadError):  # the database answers: its old data may still go
+                    _purge(settings, ledger)
                 raise
             except Exception as exc:  # a bug of ours: still recorded, and still an answer with a body
                 error = InternalError.of(exc, run_id=ledger.run_id)
@@ -99,9 +101,9 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, 
         found, inputs = identify(ledger, location, source, policy)
         last = ledger.last_loaded
         if not force and last is not None and last.fingerprint == found:
-            return _unchanged(ledger, policy, last.run_id, found, inputs, started)
+            return _unchanged(settings, ledger, policy, last.run_id, found, inputs, started)
         extracted = read_all(settings, source, ledger.run_id)
-    violations = extracted.violations
+    violations = extracted.violations if settings.retention.keep_raw else without_raw(extracted.violations)
     status = _verdict(settings, extracted, violations, policy, ledger.run_id, force=force)
     written, waited = _publish(settings, ledger, extracted, violations, status, force=force,
                                seconds=seconds, started=started)
@@ -110,13 +112,28 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, 
     # the load phase's time too; the run itself is committed already, so this may not fail it
     _after_commit(ledger.record_seconds, seconds, run_id=ledger.run_id, what="record the load time")
     files = extracted.files
+    purged = _purge(settings, ledger)
     log_event("run_finished", run_id=ledger.run_id, status=status, users_written=written, seconds=seconds,
-              files=files, rejects=violations.num_rows)
+              files=files, rejects=violations.num_rows, purged=purged)
     return {
         "run_id": ledger.run_id, "status": status, "policy": policy, "files": files,
         "users_written": written, "violations": report(violations, settings.max_reported),
-        "seconds": seconds, "same_as": None, "fingerprint": found, "inputs": inputs,
+        "seconds": seconds, "same_as": None, "fingerprint": found, "inputs": inputs, "purged": purged,
     }
+
+
+def _purge(settings: Settings, ledger: StoreRun) -> dict[str, Any]:
+    """The retention's purge, once the run's outcome is committed (etl_core.config.RetentionSettings): what
+    it deleted, or ``failed`` (logged; the run's outcome stands)."""
+    try:
+        purged = ledger.purge(settings.retention)
+    except Exception as exc:  # noqa: BLE001 - after the commit: never the run's failure
+        reason = exc.message if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
+        log_event("purge_failed", level=logging.WARNING, run_id=ledger.run_id, reason=reason)
+        return {"rejects": 0, "runs": 0, "backlog": True, "failed": True}
+    if purged["rejects"] or purged["runs"]:
+        log_event("purged", run_id=ledger.run_id, **purged)
+    return {**purged, "failed": False}
 
 
 def _verdict(settings: Settings, extracted: Extracted, violations: pa.Table, policy: str, run_id: int, *,
@@ -161,15 +178,16 @@ def _publish(settings: Settings, ledger: StoreRun, extracted: Extracted, violati
     return written, stopwatch.seconds
 
 
-def _unchanged(ledger: StoreRun, policy: str, same_as: int, found: str, inputs: dict[str, Any],
-               started: float) -> dict[str, Any]:
-    """The input is the one run ``same_as`` loaded: record that, and load nothing."""
+def _unchanged(settings: Settings, ledger: StoreRun, policy: str, same_as: int, found: str,
+               inputs: dict[str, Any], started: float) -> dict[str, Any]:
+    """The input is the one run ``same_as`` loaded: record that, and load nothing (but purge: a daily run
+    of an input that never changes must still let old rejects go)."""
     seconds = {"total": round(time.perf_counter() - started, 3)}
     ledger.unchanged(same_as=same_as, seconds=seconds)
     log_event("run_unchanged", run_id=ledger.run_id, same_as=same_as, fingerprint=found)
     return {"run_id": ledger.run_id, "status": "unchanged", "policy": policy, "files": {}, "users_written": 0,
             "violations": {"total": 0, "first": []}, "seconds": seconds, "same_as": same_as,
-            "fingerprint": found, "inputs": inputs}
+            "fingerprint": found, "inputs": inputs, "purged": _purge(settings, ledger)}
 
 
 def _after_commit(step: Callable[..., Any], *args: Any, run_id: int, what: str) -> None:

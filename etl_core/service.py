@@ -42,7 +42,8 @@ class Service:
                           seconds={"total": round(time.perf_counter() - started, 3)}, error_code=error.code)
             raise
         self._metrics(status=summary["status"], run_id=summary.get("run_id"), files=summary.get("files"),
-                      users_written=summary.get("users_written"), seconds=summary.get("seconds"))
+                      users_written=summary.get("users_written"), seconds=summary.get("seconds"),
+                      purged=summary.get("purged"))
         return summary
 
     def _metrics(self, **run: Any) -> None:

@@ -6,6 +6,7 @@ Every report of the extract step (file, line, column, value, rule, raw row) is a
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any, TypeAlias
 
@@ -44,6 +45,20 @@ def rows(filename: str, rule: Rule, lines: Lines, *, column: str | None = None,
         "rule": pa.repeat(pa.scalar(rule.value, pa.string()), n),
         "raw": pa.nulls(n, pa.string()) if raws is None else pa.array(raws, pa.string()),
     }, schema=VIOLATION_SCHEMA)
+
+
+def without_raw(violations: pa.Table) -> pa.Table:
+    """The violations without the rows they rejected and the offending values (ETL_REJECTS_KEEP_RAW=false):
+    file, line, column and rule stay, and ``raw_sha256`` holds each row's SHA-256 (hex, of its UTF-8
+    text; null where there was no row), so that the same bad row can still be recognised.  PostgreSQL
+    gives the same digest of a row that was kept: ``encode(sha256(convert_to(raw, 'UTF8')), 'hex')``."""
+    # hashlib has no vector form and Arrow no SHA-256 kernel: one call per rejected row (rejects only)
+    digests = [None if raw is None else hashlib.sha256(raw.encode()).hexdigest()
+               for raw in violations["raw"].to_pylist()]
+    n = violations.num_rows
+    return (violations.set_column(violations.schema.get_field_index("value"), "value", pa.nulls(n, pa.string()))
+            .set_column(violations.schema.get_field_index("raw"), "raw", pa.nulls(n, pa.string()))
+            .append_column("raw_sha256", pa.array(digests, pa.string())))
 
 
 class FileProblem(Exception):

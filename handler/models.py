@@ -16,6 +16,8 @@ from etl_core.status import RunStatus
 
 MAX_PAGE = 1000  # items in one page of runs or rejects
 DateTime = Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+RAW_SHA256 = ("ETL_REJECTS_KEEP_RAW=false: the rejected row's SHA-256 (hex of its UTF-8 text), stored instead "
+              "of raw and value")
 
 
 def _not_bool(value: Any) -> Any:
@@ -98,6 +100,16 @@ class Violation(Strict):
     value: str | None = Field(description="the offending value, cut to 200 characters")
     rule: str = Field(description="the rule code (README, Data contract)")
     raw: str | None = Field(description="the line as read, cut to 200 characters")
+    raw_sha256: str | None = Field(None, description=RAW_SHA256)
+
+
+class Purged(Strict):
+    """What the run's purge deleted (ETL_REJECTS_RETENTION_DAYS, ETL_RUNS_RETENTION_DAYS)."""
+
+    rejects: int
+    runs: int
+    backlog: bool = Field(description="the purge stopped at its bound: the next run goes on")
+    failed: bool = Field(description="the purge failed (logged as purge_failed); the run's outcome stands")
 
 
 class Violations(Strict):
@@ -135,6 +147,7 @@ class RunSummary(Strict):
     same_as: int | None = Field(None, description="unchanged: the run that loaded this input")
     fingerprint: str | None = Field(None, description=FINGERPRINT)
     inputs: dict[str, InputObject | None] | None = Field(None, description=INPUTS)
+    purged: Purged | None = Field(None, description="what the retention's purge deleted after this run")
 
 
 class ErrorDetail(BaseModel):
@@ -178,6 +191,7 @@ class Reject(Strict):
     value: str | None = Field(description="cut to 200 characters")
     rule: str
     raw: str | None = Field(description="cut to 200 characters")
+    raw_sha256: str | None = Field(None, description=RAW_SHA256)
 
 
 class RejectsPage(Strict):

@@ -46,11 +46,14 @@ def _pg_bin(name: str) -> str:
 
 
 class _Throwaway:
-    """A private PostgreSQL cluster in a temporary directory (as the postgres user when we are root)."""
+    """A private PostgreSQL cluster in a temporary directory (as the postgres user when we are root).
+    With a ``password``, TCP logins need one (``scram-sha-256``), and the superuser's is that password:
+    a wrong password really fails, unlike on a trust server."""
 
-    def __init__(self) -> None:
+    def __init__(self, password: str | None = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="etl-pg-"))
         self.port = free_port()
+        self.password = password
         self.prefix: list[str] = []
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres")
@@ -59,17 +62,25 @@ class _Throwaway:
     def start(self, *options: str) -> str:
         """Start the cluster; ``options`` are more server settings, ``name=value`` (no spaces)."""
         data = self.dir / "data"
-        subprocess.run([*self.prefix, _pg_bin("initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+        auth = ["-A", "trust"]
+        if self.password is not None:
+            pwfile = self.dir / "pw"
+            pwfile.write_text(self.password + "\n")
+            if self.prefix:
+                shutil.chown(pwfile, "postgres")
+            auth = ["--auth-local=trust", "--auth-host=scram-sha-256", f"--pwfile={pwfile}"]
+        subprocess.run([*self.prefix, _pg_bin("initdb"), "-D", str(data), *auth, "-U", "postgres",
                         "--no-sync"], check=True, capture_output=True)
         more = "".join(f" -c {option}" for option in options)
         subprocess.run([*self.prefix, _pg_bin("pg_ctl"), "-D", str(data), "-l", str(self.dir / "log"), "-w",
                         "-o", f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off{more}",
                         "start"], check=True, capture_output=True)
-        url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        login = "postgres" if self.password is None else f"postgres:{self.password}"
+        url = f"postgresql://{login}@127.0.0.1:{self.port}/postgres"
         conn = connect(db_settings({"DATABASE_URL": url}))
         conn.run("CREATE DATABASE test")
         close_quietly(conn)
-        return f"postgresql://postgres@127.0.0.1:{self.port}/test"
+        return f"postgresql://{login}@127.0.0.1:{self.port}/test"
 
     def stop(self) -> None:
         subprocess.run([*self.prefix, _pg_bin("pg_ctl"), "-D", str(self.dir / "data"), "-m", "fast", "stop"],
@@ -78,9 +89,10 @@ class _Throwaway:
 
 
 @contextmanager
-def throwaway_server() -> Iterator[str]:
-    """A throwaway cluster's URL (database ``test``) for the block; the cluster is gone after it."""
-    server = _Throwaway()
+def throwaway_server(*, password: str | None = None) -> Iterator[str]:
+    """A throwaway cluster's URL (database ``test``) for the block; the cluster is gone after it.  With
+    a ``password``: TCP logins are checked (scram-sha-256), the URL carries the superuser's."""
+    server = _Throwaway(password)
     try:
         yield server.start()
     finally:

@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pyarrow.fs as pafs
 
@@ -26,7 +27,8 @@ MANIFEST = "_manifest.json"
 
 
 class LocalS3:
-    """moto's server in a thread of this process."""
+    """moto's server in a thread of this process: S3, and every other service moto has (the tests'
+    Secrets Manager: ``client("secretsmanager")``)."""
 
     def __init__(self, port: int | None = None) -> None:
         from moto.server import ThreadedMotoServer
@@ -47,9 +49,18 @@ class LocalS3:
         return pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{self.port}", scheme="http", region=REGION,
                                  allow_bucket_creation=True, **options)  # type: ignore[arg-type]
 
+    def client(self, service: str) -> Any:
+        """A botocore client of ``service`` on this server."""
+        import botocore.session
+
+        return botocore.session.get_session().create_client(service, region_name=REGION, endpoint_url=self.endpoint)
+
     def env(self, url: str) -> dict[str, str]:
         """The settings that point the job at ``url`` on this server."""
         return {**ENVIRONMENT, "DATA_URL": url, "DATA_S3_ENDPOINT": self.endpoint}
+
+
+LocalAws = LocalS3  # the same server, named for what else it serves
 
 
 def put(fs: pafs.FileSystem, path: str, data: bytes) -> None:

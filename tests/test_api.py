@@ -561,7 +561,7 @@ def test_rejects_page_without_gaps_or_repeats(env: dict[str, str], tmp_path: Pat
         assert [len(p["rejects"]) for p in found] == [3, 3, 1]
         assert [r["seq"] for r in rejects] == list(range(1, 8)) and [r["line"] for r in rejects] == list(range(5, 12))
         assert rejects[0] == {"seq": 1, "file": "users.csv", "line": 5, "column": "name", "value": "",
-                              "rule": "empty_value", "raw": "4,,u4@x,2023-01-01"}
+                              "rule": "empty_value", "raw": "4,,u4@x,2023-01-01", "raw_sha256": None}
         direct = lambda_function.handler({"action": "get-rejects", "run_id": run_id, "after": 5}, None)
         assert direct == {"run_id": run_id, "rejects": rejects[5:], "next_after": None}
         status, body = call(event("runs.json", path=f"/runs/{run_id + 1}/rejects"))

@@ -1,6 +1,7 @@
 """What a fresh process imports to run the job on good data: not pandas (pyarrow imports it, 0.4 s, on
-its first conversion of a Python object whenever it is installed, as it is in the test venv), and
-not pyarrow.dataset (0.1 s, through pyarrow.acero); which allocator its Arrow buffers came from, and
+its first conversion of a Python object whenever it is installed, as it is in the test venv), not
+pyarrow.dataset (0.1 s, through pyarrow.acero), and not botocore (only DB_SECRET_ID needs it,
+tests/test_secrets.py); which allocator its Arrow buffers came from, and
 that the collector no longer walks what the imports made."""
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from etl_core.config import Settings
 logs.configure()
 summary = service.start(Settings.from_env(json.loads(sys.argv[1]))).trigger(service.Trigger(force=True))
 print(json.dumps({"status": summary["status"], "users": summary["users_written"],
-                  "imported": sorted(m for m in ("pandas", "pyarrow.dataset", "pyarrow.acero") if m in sys.modules),
+                  "imported": sorted(m for m in ("pandas", "pyarrow.dataset", "pyarrow.acero", "botocore")
+                                     if m in sys.modules),
                   "pool": pa.default_memory_pool().backend_name,
                   "frozen": gc.get_freeze_count() > 10_000}))
 """

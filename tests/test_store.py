@@ -3,12 +3,15 @@ quick tier runs the pipeline on.  The same tests run against each, so the fake c
 
 from __future__ import annotations
 
+import datetime
+import hashlib
 from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
 import pytest
 
+from etl_core.config import RetentionSettings
 from etl_core.errors import LoadError, RunInProgress
 from etl_core.extract import VIOLATION_SCHEMA
 from etl_core.guard import Volume
@@ -212,7 +215,7 @@ def test_rejects_are_numbered_in_stored_order_and_paged_by_seq(store: Store) -> 
     second = finished_run(store, "partial", bad_rows=3)
     page = store.rejects(first, limit=2, max_chars=200)
     assert page == [{"seq": 1, "file": "users.csv", "line": 2, "column": "name", "value": "", "rule": "empty_value",
-                     "raw": "1,,x,2023-01-01"}, {**page[0], "seq": 2, "line": 3}]
+                     "raw": "1,,x,2023-01-01", "raw_sha256": None}, {**page[0], "seq": 2, "line": 3}]
     assert [r["line"] for r in store.rejects(first, limit=10, after=2, max_chars=200)] == [4, 5, 6]
     assert [r["seq"] for r in store.rejects(second, limit=10, max_chars=200)] == [1, 2, 3]
     assert store.rejects(first, limit=10, after=5, max_chars=200) == []
@@ -271,3 +274,81 @@ def test_a_rejects_table_from_before_numbering_is_numbered_on_first_use(settings
         assert [r["seq"] for r in made.rejects(second, limit=10, max_chars=200)] == [1, 2]
     finally:
         made.close()
+
+
+def age(store: Store, run_id: int, days: float) -> None:
+    """Make run ``run_id`` look finished ``days`` days ago (by the store's clock)."""
+    if isinstance(store, MemoryStore):
+        when = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=days)
+        store.runs[run_id]["finished_at"] = when.isoformat()
+        return
+    assert isinstance(store, PostgresStore)
+    with store.connection() as conn:
+        conn.run(f'UPDATE "{store.schema}".etl_runs SET finished_at = clock_timestamp() - make_interval(secs => :s) '
+                 "WHERE id = :id", s=days * 86400, id=run_id)
+
+
+def purge(store: Store, **retention: Any) -> dict[str, Any]:
+    """The purge a new run makes once its outcome is recorded."""
+    with store.run(policy="quarantine", source="here") as run:
+        run.fail({"type": "T", "code": "c", "message": "m"})
+        return run.purge(RetentionSettings(**retention))
+
+
+def test_old_rejects_go_young_ones_stay_and_a_run_goes_once_its_rejects_are_gone(store: Store) -> None:
+    old = finished_run(store, "partial", bad_rows=3)
+    young = finished_run(store, "partial", bad_rows=2)
+    age(store, old, 30.01)
+    age(store, young, 29.9)
+    assert purge(store, rejects_days=30, runs_days=365) == {"rejects": 3, "runs": 0, "backlog": False}
+    assert store.rejects(old, limit=10, max_chars=9) == [] and store.get_run(old)["rejects"] == 0  # type: ignore[index]
+    assert [r["seq"] for r in store.rejects(young, limit=10, max_chars=9)] == [1, 2]
+    # rejects first, then the runs: one older than its own retention goes once its rejects are gone
+    assert purge(store, rejects_days=30, runs_days=30) == {"rejects": 0, "runs": 1, "backlog": False}
+    assert store.get_run(old) is None and store.get_run(young) is not None
+    assert [r["seq"] for r in store.rejects(young, limit=10, max_chars=9)] == [1, 2]
+
+
+def test_the_runs_unchanged_health_and_rejects_need_are_kept_however_old(store: Store) -> None:
+    loaded = finished_run(store, "succeeded")  # the last that loaded: 'unchanged' compares with it
+    confirmed = finished_run(store, "unchanged")  # the last that confirmed: /health reports it
+    failed = finished_run(store, "failed")
+    for run_id in (loaded, confirmed, failed):
+        age(store, run_id, 400)
+    assert purge(store, runs_days=365)["runs"] == 1  # the failed run; not the purging run itself (young)
+    assert store.get_run(failed) is None
+    assert {loaded, confirmed} <= {r["run_id"] for r in store.list_runs(limit=10)}
+    with store.run(policy="quarantine", source="here") as run:
+        assert run.last_loaded is not None and run.last_loaded.run_id == loaded
+    assert store.last_confirmed()["run_id"] == confirmed  # type: ignore[index]
+    kept = finished_run(store, "partial", bad_rows=1)
+    newer = finished_run(store, "succeeded")
+    age(store, kept, 400)
+    assert purge(store, runs_days=365, rejects_days=500)["runs"] == 2  # loaded and confirmed are old news now
+    assert store.get_run(kept) is not None and store.get_run(newer) is not None
+
+
+def test_a_backlog_larger_than_a_step_is_purged_a_bounded_part_per_run(store: Store) -> None:
+    runs = [finished_run(store, "partial", bad_rows=4) for _ in range(3)]
+    for run_id in runs:
+        age(store, run_id, 31)
+    bounded = {"step_rows": 3, "max_steps": 2, "runs_days": 3650}
+    assert purge(store, **bounded) == {"rejects": 6, "runs": 0, "backlog": True}
+    assert sum(store.get_run(r)["rejects"] > 0 for r in runs) >= 1  # type: ignore[index]
+    # the last step was full: there may be more (there is not, as the next run finds)
+    assert purge(store, **bounded) == {"rejects": 6, "runs": 0, "backlog": True}
+    assert purge(store, **bounded) == {"rejects": 0, "runs": 0, "backlog": False}
+    assert all(store.rejects(r, limit=10, max_chars=9) == [] for r in runs)
+
+
+def test_rejects_stored_without_raw_answer_only_their_hash(store: Store) -> None:
+    from etl_core.violations import without_raw
+
+    with store.run(policy="quarantine", source="here") as run, run.publishing() as publication:
+        publication.replace_features(features((1, 1)))
+        publication.store_rejects(without_raw(rejects(2)))
+        publication.finish(status="partial", files={}, users_written=1, seconds={})
+    found = store.rejects(run.run_id, limit=10, max_chars=200)
+    digest = hashlib.sha256(b"1,,x,2023-01-01").hexdigest()
+    assert found == [{"seq": seq, "file": "users.csv", "line": seq + 1, "column": "name", "value": None,
+                      "rule": "empty_value", "raw": None, "raw_sha256": digest} for seq in (1, 2)]

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 import pyarrow as pa
 
+from etl_core.config import RetentionSettings
 from etl_core.guard import Volume
 from etl_core.status import CONFIRMING, LOADED  # noqa: F401  (the store's modules take them from here)
 
@@ -93,6 +94,13 @@ class Run(Protocol):
 
     def record_seconds(self, seconds: Any) -> None: ...
 
+    def purge(self, retention: RetentionSettings) -> dict[str, Any]:
+        """After the run's outcome is recorded: delete the rejects of runs that finished more than
+        ``rejects_days`` ago, then the runs older than ``runs_days`` (never the last that loaded, the last
+        that confirmed the features, or one that still has rejects), each table in at most ``max_steps``
+        steps of ``step_rows`` rows.  ``{"rejects": M, "runs": N, "backlog": bound reached}``."""
+        ...
+
 
 class Store(Protocol):
     def run(self, *, policy: str, source: str) -> AbstractContextManager[Run]:
@@ -111,7 +119,8 @@ class Store(Protocol):
 
     def rejects(self, run_id: int, *, limit: int, after: int = 0, max_chars: int) -> list[dict[str, Any]]:
         """At most ``limit`` of a run's rejects in the order they were stored, those whose ``seq`` (1, 2,
-        ... within the run) is above ``after``: seq, file, line, column, value, rule, raw; a value or
+        ... within the run) is above ``after``: seq, file, line, column, value, rule, raw, raw_sha256 (set
+        when the row was stored without raw and value); a value or
         raw text longer than ``max_chars`` is cut as ``errors.shorten`` cuts it."""
         ...
 

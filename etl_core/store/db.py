@@ -20,6 +20,7 @@ from etl_core.errors import (
     ForeignKeyConflict,
     InternalError,
     LoadError,
+    SecretError,
     TransientLoadError,
 )
 
@@ -55,7 +56,48 @@ class Connection(Protocol):
 
 
 def connect(settings: DbSettings, *, sleep: Any = time.sleep) -> Connection:
-    """Open a connection, retrying transient failures ``connect_attempts`` times in all."""
+    """Open a connection, retrying transient failures ``connect_attempts`` times in all.  With a secret
+    (DB_SECRET_ID), with the login it holds: kept from its first read; when the server refuses it, the
+    secret is read once more and, if it changed (a rotation), the connect is tried once more with it."""
+    if settings.secret is None:
+        return _connect(settings, sleep)
+    from etl_core.store import secret  # botocore: only when a secret is set
+
+    kept = secret.login(settings)
+    try:
+        return _connect(kept.applied(settings), sleep)
+    except LoadError as exc:
+        code = exc.details.get("sqlstate")
+        if code not in secret.AUTH_FAILED:
+            raise
+        refused = exc
+    fresh = secret.login(settings, refused=code)
+    name = settings.secret.secret_id
+    if fresh == kept:
+        raise SecretError(f"PostgreSQL at {kept.applied(settings).describe()} refuses the login of the secret {name} "
+                          f"({code}), and the secret has not changed since it was read: {refused.message}",
+                          secret=name, sqlstate=code) from refused
+    try:
+        return _connect(fresh.applied(settings), sleep)
+    except LoadError as exc:
+        code = exc.details.get("sqlstate")
+        if code not in secret.AUTH_FAILED:
+            raise
+        raise SecretError(f"PostgreSQL at {fresh.applied(settings).describe()} refuses the login of the secret "
+                          f"{name} ({code}), also as read again after a first refusal: {exc.message}",
+                          secret=name, sqlstate=code) from exc
+
+
+def describe(settings: DbSettings) -> str:
+    """Where the job connects, without the password: with a secret, as its login (once read) says."""
+    if settings.secret is None:
+        return settings.describe()
+    from etl_core.store import secret
+
+    return secret.kept(settings).describe()
+
+
+def _connect(settings: DbSettings, sleep: Any) -> Connection:
     tls = _tls_context(settings)
     last: Exception | None = None
     for attempt in range(settings.connect_attempts):

@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl_core import literals
+from etl_core.config import RetentionSettings
 from etl_core.errors import LoadError, RunInProgress, shorten
 from etl_core.guard import Volume
 from etl_core.store import CONFIRMING, LARGEST_ID, LOADED, LastLoaded, RunRecord
@@ -69,7 +70,7 @@ class MemoryStore:
         for seq, row in enumerate(rows[max(after, 0):max(after, 0) + limit], start=max(after, 0) + 1):
             page.append({"seq": seq, "file": row["file"], "line": row["line"], "column": row["column"],
                          "value": _cut(row["value"], max_chars), "rule": row["rule"],
-                         "raw": _cut(row["raw"], max_chars)})
+                         "raw": _cut(row["raw"], max_chars), "raw_sha256": row.get("raw_sha256")})
         return page
 
     def last_confirmed(self) -> dict[str, Any] | None:
@@ -119,6 +120,45 @@ class MemoryRun(RunRecord):
 
     def record_seconds(self, seconds: Any) -> None:
         self._store.runs[self.run_id]["seconds"] = seconds
+
+    def purge(self, retention: RetentionSettings) -> dict[str, Any]:
+        """As the PostgreSQL store purges: rejects of old runs, then old runs, in bounded steps (a run's
+        rejects are cut from their end, so that those left keep their seq)."""
+        store = self._store
+        now = datetime.datetime.now(datetime.UTC)
+
+        def old(run_id: int, days: int) -> bool:
+            finished = store.runs[run_id]["finished_at"]
+            return finished is not None and datetime.datetime.fromisoformat(finished) < now - datetime.timedelta(days)
+
+        purged: dict[str, Any] = {"rejects": 0, "runs": 0, "backlog": False}
+        for _ in range(retention.max_steps):
+            budget = retention.step_rows
+            left = []
+            for run_id, table in store.rejected:
+                if budget and old(run_id, retention.rejects_days):
+                    cut = min(budget, table.num_rows)
+                    table, budget = table.slice(0, table.num_rows - cut), budget - cut
+                if table.num_rows:
+                    left.append((run_id, table))
+            store.rejected = left
+            purged["rejects"] += retention.step_rows - budget
+            if budget:
+                break
+        else:
+            purged["backlog"] = True
+        for _ in range(retention.max_steps):
+            keep = {max((i for i, r in store.runs.items() if r["status"] in statuses), default=None)
+                    for statuses in (LOADED, CONFIRMING)} | {i for i, _ in store.rejected}
+            gone = [i for i in sorted(store.runs) if i not in keep and old(i, retention.runs_days)]
+            for run_id in gone[:retention.step_rows]:
+                del store.runs[run_id]
+            purged["runs"] += min(len(gone), retention.step_rows)
+            if len(gone) < retention.step_rows:
+                break
+        else:
+            purged["backlog"] = True
+        return purged
 
 
 class MemoryPublication:

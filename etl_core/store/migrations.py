@@ -48,9 +48,15 @@ def _ledger_and_features(conn: Any, schema: str) -> None:
         conn.run(statement)
 
 
+def _rejects_hash(conn: Any, schema: str) -> None:
+    conn.run(f"ALTER TABLE {sql.q(schema, sql.REJECTS)} ADD COLUMN IF NOT EXISTS raw_sha256 text")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "etl_runs, etl_rejects and user_features, or an earlier deployment's brought to their shape",
               _ledger_and_features),
+    Migration(2, "etl_rejects.raw_sha256: a rejected row's hash, kept in place of its text with "
+                 "ETL_REJECTS_KEEP_RAW=false", _rejects_hash),
 )
 LATEST = MIGRATIONS[-1].version
 

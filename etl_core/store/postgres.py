@@ -23,10 +23,10 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from etl_core import literals
-from etl_core.config import DbSettings
+from etl_core.config import DbSettings, RetentionSettings
 from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, LARGEST_ID, LastLoaded, RunRecord, copy_binary, db, migrations, sql
+from etl_core.store import CONFIRMING, LARGEST_ID, LOADED, LastLoaded, RunRecord, copy_binary, db, migrations, sql
 from etl_core.store.db import Connection
 from etl_core.tables import USER_FEATURES
 
@@ -131,8 +131,8 @@ class PostgresStore:
             return []
         rows = self._read(sql.rejects_page(self.schema), id=run_id, after=max(after, 0), limit=limit,
                           chars=max_chars)
-        return [{"seq": seq, "file": file, "line": line, "column": column, "value": value, "rule": rule, "raw": raw}
-                for seq, file, line, column, value, rule, raw in rows]
+        return [{"seq": seq, "file": file, "line": line, "column": column, "value": value, "rule": rule, "raw": raw,
+                 "raw_sha256": digest} for seq, file, line, column, value, rule, raw, digest in rows]
 
     def last_confirmed(self) -> dict[str, Any] | None:
         rows = self._read(sql.last_confirmed(self.schema, CONFIRMING))
@@ -161,7 +161,7 @@ class PostgresStore:
     def health(self) -> dict[str, Any]:
         with self.connection() as conn, _translated():
             rows = conn.run("SHOW server_version")
-        return {"status": "ok", "database": self.settings.describe(), "server_version": rows[0][0] if rows else None}
+        return {"status": "ok", "database": db.describe(self.settings), "server_version": rows[0][0] if rows else None}
 
     def _lock(self, conn: Connection) -> None:
         [[got]] = conn.run("SELECT pg_try_advisory_lock(hashtext(:name))", name=sql.lock_name(self.schema))
@@ -271,6 +271,24 @@ class PostgresRun(RunRecord):
             [[autovacuum]] = self._conn.run(sql.autovacuum_on(), table=table)
             reclaim = not autovacuum and (self._left_dead is None or self._left_dead > 0)
             self._conn.run(f"VACUUM (ANALYZE) {table}" if reclaim else f"ANALYZE {table}")
+
+    def purge(self, retention: RetentionSettings) -> dict[str, Any]:
+        """Delete what is older than the retention allows, rejects first, each table in at most
+        ``max_steps`` statements of at most ``step_rows`` rows, each its own transaction (row locks only:
+        readers never wait).  ``backlog``: the bound stopped it, the next run goes on."""
+        purged: dict[str, Any] = {"rejects": 0, "runs": 0, "backlog": False}
+        steps = ((sql.purge_rejects(self._schema), "rejects", retention.rejects_days),
+                 (sql.purge_runs(self._schema, LOADED, CONFIRMING), "runs", retention.runs_days))
+        with _translated():
+            for statement, key, days in steps:
+                for _ in range(retention.max_steps):
+                    self._conn.run(statement, days=days, step=retention.step_rows)
+                    purged[key] += max(self._conn.row_count, 0)
+                    if self._conn.row_count < retention.step_rows:
+                        break
+                else:
+                    purged["backlog"] = True
+        return purged
 
     def record_seconds(self, seconds: Any) -> None:
         with _translated():
@@ -415,6 +433,8 @@ def _reject_rows(rejects: pa.Table, run_id: int, *, first: int) -> pa.Table:
         "value": rejects["value"],
         "rule": rejects["rule"],
         "raw": rejects["raw"],
+        "raw_sha256": (rejects["raw_sha256"] if "raw_sha256" in rejects.column_names
+                       else pa.nulls(rejects.num_rows, pa.string())),
     })
 
 

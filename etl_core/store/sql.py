@@ -56,7 +56,8 @@ def create_tables(schema: str) -> list[str]:
 
 
 def migrate_runs(schema: str) -> list[str]:
-    """Bring a runs table of any earlier version to this one (idempotent; in one transaction) and stamp it."""
+    """Bring a runs table of any earlier version to ledger v2 (idempotent; in one transaction) and stamp it:
+    v2 added the runs' fingerprint, inputs and same_as (migration 1 runs this)."""
     table = q(schema, RUNS)
     return [
         f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE",
@@ -92,7 +93,7 @@ def features_table(schema: str, table: str, *, if_not_exists: bool = False, prim
 
 
 FEATURE_COLUMNS = USER_FEATURES.names
-REJECT_COLUMNS = ("run_id", "seq", "file", "line", "column_name", "value", "rule", "raw")
+REJECT_COLUMNS = ("run_id", "seq", "file", "line", "column_name", "value", "rule", "raw", "raw_sha256")
 RUN_COLUMNS = ("id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error, "
                "fingerprint, inputs, same_as")
 
@@ -190,8 +191,35 @@ def _cut(column: str) -> str:
 
 def rejects_page(schema: str) -> str:
     """A run's rejects (``:id``) after seq ``:after``, ``:limit`` of them, long texts cut."""
-    return (f"SELECT seq, file, line, column_name, {_cut('value')}, rule, {_cut('raw')} "
+    return (f"SELECT seq, file, line, column_name, {_cut('value')}, rule, {_cut('raw')}, raw_sha256 "
             f"FROM {q(schema, REJECTS)} WHERE run_id = :id AND seq > :after ORDER BY seq LIMIT :limit")
+
+
+def _older_than(days_param: str) -> str:
+    """A run that finished more than ``days_param`` (a parameter's name) days ago, by the server's clock."""
+    return f"finished_at < clock_timestamp() - make_interval(days => CAST(:{days_param} AS integer))"
+
+
+def purge_rejects(schema: str) -> str:
+    """Delete at most ``:step`` rejects of runs that finished more than ``:days`` days ago: one bounded
+    statement, by the key (each row found by the index, never a scan of the young rows)."""
+    rejects, runs = q(schema, REJECTS), q(schema, RUNS)
+    return (f"DELETE FROM {rejects} r USING (SELECT x.run_id, x.seq FROM {rejects} x WHERE x.run_id IN "
+            f"(SELECT id FROM {runs} WHERE {_older_than('days')}) LIMIT :step) old "
+            "WHERE r.run_id = old.run_id AND r.seq = old.seq")
+
+
+def purge_runs(schema: str, loaded: tuple[str, ...], confirming: tuple[str, ...]) -> str:
+    """Delete at most ``:step`` runs that finished more than ``:days`` days ago, oldest first, except the
+    last that loaded (its fingerprint decides 'unchanged'; the features name it), the last that
+    confirmed the features (/health reports it), and any run that still has rejects (they are purged
+    by their own retention first: deleting a run never cascades to an unbounded number of rows)."""
+    runs, rejects = q(schema, RUNS), q(schema, REJECTS)
+    kept = ["(SELECT max(id) FROM " + runs + " WHERE status IN (" + ", ".join(f"'{s}'" for s in statuses) + "))"
+            for statuses in (loaded, confirming)]
+    return (f"DELETE FROM {runs} WHERE id IN (SELECT r.id FROM {runs} r WHERE {_older_than('days')} "
+            + "".join(f"AND r.id IS DISTINCT FROM {last} " for last in kept)
+            + f"AND NOT EXISTS (SELECT 1 FROM {rejects} j WHERE j.run_id = r.id) ORDER BY r.id LIMIT :step)")
 
 
 def last_confirmed(schema: str, statuses: tuple[str, ...]) -> str:
