@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core import keys, literals, rules
+from etl_core import keys, rules
 from etl_core.contract import Column, FileContract
 from etl_core.source import Source
 
@@ -52,7 +52,6 @@ def read(source: Source, contract: FileContract, names: list[str], add: Add, ref
     rows = 0
     increasing = keys.Increasing()
     watched = _Watched()
-    extra = len(names) > len(contract.columns)
     whole = size is not None and size <= WHOLE_READ_BYTES
     with contextlib.ExitStack() as opened:
         if early is not None:
@@ -63,7 +62,7 @@ def read(source: Source, contract: FileContract, names: list[str], add: Add, ref
                                      pa.TransformInputStream(raw, watched), contract, names, block_size,
                                      whole=whole, threads=threads)
         for batch in batches:
-            out = check(_drop_blank(batch, extra), contract, refs)
+            out = check(batch, contract, refs)
             if watched.hex:
                 raise Diagnose
             rows += out.num_rows
@@ -141,10 +140,15 @@ def _handed(batches: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 def _typed_batches(stream: pa.NativeFile, contract: FileContract, names: list[str], block_size: int, whole: bool,
                    threads: bool) -> Iterator[pa.RecordBatch]:
     read_options = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size, use_threads=threads)
-    parse_options = pacsv.ParseOptions(ignore_empty_lines=False)  # a bad row raises: diagnose
+    # A bad row raises: diagnose.  Empty lines are skipped (pyarrow's row numbers do not matter here);
+    # a row of empty fields (,,,) is not skipped, and its empty id sends the file to the diagnostic path.
+    parse_options = pacsv.ParseOptions(ignore_empty_lines=True)
+    # Columns beyond the contract are read as bytes only to be looked at (_extra_shapes), never handed on.
+    extra = [n for n in names if n not in contract.column_names]
     convert_options = pacsv.ConvertOptions(
-        column_types={c.name: rules.RULES[c.kind].read_as for c in contract.columns},
-        include_columns=contract.column_names, strings_can_be_null=False, quoted_strings_can_be_null=False,
+        column_types={**{c.name: rules.RULES[c.kind].read_as for c in contract.columns},
+                      **{n: pa.binary() for n in extra}},
+        include_columns=contract.column_names + extra, strings_can_be_null=False, quoted_strings_can_be_null=False,
         null_values=[""],  # an empty field only: pyarrow's default nulls (NULL, NA, nan, ...) are values
     )
     if not whole:
@@ -202,27 +206,12 @@ def _has_hex(data: bytes, start: int = 0) -> bool:
     return False
 
 
-_EMPTY = literals.scalar("", pa.string())
-
-
-def _drop_blank(batch: pa.RecordBatch, extra: bool) -> pa.RecordBatch:
-    """Blank lines arrive as rows with every field empty: they are ignored.  When the file has extra
-    columns, which this path does not read, such a row may not be blank: Diagnose."""
-    blank = None
-    for field, col in zip(batch.schema, batch.columns, strict=True):
-        empty = pc.equal(col, _EMPTY) if pa.types.is_string(field.type) else pc.is_null(col)
-        blank = empty if blank is None else pc.and_(blank, empty)
-    if blank is None or not pc.any(blank).as_py():
-        return batch
-    if extra:
-        raise Diagnose
-    return batch.filter(pc.invert(blank))
-
-
 def check(batch: pa.RecordBatch, contract: FileContract, refs: keys.References | None) -> pa.RecordBatch:
     """The batch as it is handed on (text trimmed, id lists parsed); raises Diagnose if any value
     breaks a rule."""
     columns = [_column(col, batch.column(col.name), refs) for col in contract.columns]
+    if batch.num_columns > len(columns):
+        _extra_shapes(batch, contract)
     return pa.RecordBatch.from_arrays(columns, schema=rules.output_schema(contract))
 
 
@@ -237,3 +226,19 @@ def _column(col: Column, values: pa.Array, refs: keys.References | None) -> pa.A
     if refs is not None and col.name == "user_id" and not refs.users.contains_all(accepted):
         raise Diagnose
     return accepted
+
+
+def _extra_shapes(batch: pa.RecordBatch, contract: FileContract) -> None:
+    """Columns beyond the contract are ignored, but pyarrow's reader may have split a row wrongly inside
+    them (a quoted field after whitespace), or run a quote left open across lines: either leaves a
+    quote at the start of a trimmed value, or a line break in one.  Diagnose, which reads every line
+    as it stands."""
+    for name in batch.schema.names:
+        if name in contract.column_names:
+            continue
+        values = batch.column(name)
+        if rules.odd_bytes(values):
+            raise Diagnose
+        text = rules.clean(values.view(pa.string()))  # only looked at, byte-wise: UTF-8 or not
+        if len(text) and pc.any(pc.starts_with(text, '"')).as_py():
+            raise Diagnose
