@@ -49,7 +49,7 @@ def test_a_nul_byte_is_a_stored_reject_in_quarantine(env: dict[str, str], tmp_pa
     assert summary["status"] == "partial"
     stored = db.run(f'SELECT file, line, column_name, value, rule, raw FROM "{schema}".etl_rejects '
                     "WHERE run_id = :id ORDER BY seq", id=summary["run_id"])
-    assert [tuple(r[:3]) + (r[4],) for r in stored] == [
+    assert [(r[0], r[1], r[2], r[4]) for r in stored] == [
         ("users.csv", 2, "name", "nul_byte"), ("users.csv", 4, "signup_date", "not_iso_date"),
         ("user_experiments.csv", 2, "user_id", "unknown_user"), ("user_experiments.csv", 3, "user_id", "unknown_user")]
     assert stored[0][3] == "Al\\x00ice" and stored[0][5] == "1,Al\\x00ice,alice@example.com,2023-01-01,"
