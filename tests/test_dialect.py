@@ -15,7 +15,7 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from etl_core import diagnose, extract, fast, header, lines
+from etl_core import extract, fast, header, lines
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, USERS, FileContract
 from etl_core.source import Pinned
 from tests.test_rules import MemorySource
@@ -41,7 +41,7 @@ def every_way(contract: FileContract, content: bytes, refs: extract.References |
         sink = extract.Collector(extract.output_schema(contract))
         if way == "diagnostic":
             names, _ = header.read_header(source, contract)
-            outcome = diagnose.read(source, contract, names, sink.add, refs, block_size, None)
+            outcome = extract.diagnosed(source, contract, names, sink, refs, block_size, None, None)
             table, read = outcome.violations, outcome.rows_read
         else:
             early = extract.read_early(source, contract, size=len(content), block_size=block_size) \
@@ -174,6 +174,16 @@ def test_a_header_longer_than_the_read_block_is_read() -> None:
         found, accepted, _, _ = every_way(EXPERIMENTS, (long_header + rows).encode(), REFS, block_size=4096)
         assert found == []
         assert [r["experiment_id"] for r in accepted] == want
+
+
+@pytest.mark.parametrize("quote", ["", '"', ' "'])
+def test_a_field_longer_than_the_read_block_is_read(quote: str) -> None:
+    name = "x" * 20000
+    field = quote + name + quote.strip()
+    found, accepted, _, _ = every_way(USERS, f"{UH}1,{field},a@x,2023-01-01\n2,B,b@x,2023-01-01\n".encode(),
+                                      block_size=4096)
+    assert found == []
+    assert [r["name"] for r in accepted] == [name, "B"]
 
 
 # --- rows of empty fields are rows
