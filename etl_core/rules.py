@@ -160,11 +160,20 @@ def _parse_dates(text: pa.Array) -> tuple[pa.Array, pa.Array]:
     parsed = pc.strptime(pc.if_else(shaped, text, None), format=DATE_FORMAT, unit="s", error_is_null=True)
     # strptime rolls 2023-02-30 over to March: a real date prints back as it was written
     ok = pc.fill_null(pc.equal(pc.strftime(parsed, format=DATE_FORMAT), text), False)
-    return pc.if_else(ok, pc.cast(parsed, pa.date32()), None), ok
+    days = pc.cast(parsed, pa.date32())
+    ok = pc.and_(ok, pc.fill_null(pc.greater_equal(days.view(pa.int32()), _FIRST_DAY), False))
+    return pc.if_else(ok, days, None), ok
+
+
+# 0001-01-01 in days since 1970-01-01: year 0000 is no calendar year (nor one Python's datetime has)
+_FIRST_DAY = literals.scalar(-719162, pa.int32())
 
 
 def _accept_dates(values: pa.Array) -> pa.Array | None:
-    return values  # pyarrow's date32 reader takes exactly the ISO dates that exist
+    # pyarrow's date32 reader takes exactly the ISO dates that exist, and year 0000
+    if len(values) and pc.min(values.view(pa.int32())).as_py() < _FIRST_DAY.as_py():
+        return None
+    return values
 
 
 # --- number: NUMBER_PATTERN, and finite
