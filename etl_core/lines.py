@@ -31,8 +31,8 @@ BOM = b"\xef\xbb\xbf"  # allowed at the start of a file
 BLANKS = b" \t"  # the whitespace the contract trims: spaces and tabs, nothing else
 
 # a block that has any of these is read line by line: a quote, a NUL byte, a lone CR (pyarrow ends a row
-# there too, but the line is split here to be sure), a blank line
-_SUSPECT = re.compile(rb'["\x00]|\r(?!\n)|^[ \t]*\r?$', re.MULTILINE)
+# there too, but the lines are counted here), a blank line
+_SUSPECT = re.compile(rb'["\x00]|\r(?!\n)|^[ \t]*\r?\n', re.MULTILINE)
 _LINE_END = re.compile(rb"\r\n|\r|\n")
 
 
@@ -119,7 +119,7 @@ class Lines:
                 data += b"\n"
         if not data:
             return pa.py_buffer(b"")
-        if self._header and not _SUSPECT.search(data, 0, len(data) - 1) and _utf8(data):
+        if self._header and not _SUSPECT.search(data) and _utf8(data):
             self._lines += data.count(b"\n")
             return pa.py_buffer(data)
         return pa.py_buffer(self._each_line(data))

@@ -272,3 +272,23 @@ def test_an_ignored_column_is_not_checked_even_for_utf8_or_nul() -> None:
 def test_a_line_splits_as_the_dialect_says(line: bytes, fields: list[bytes] | None) -> None:
     assert lines.split(line) == fields
 
+
+
+@pytest.mark.parametrize("ends", [["\r"], ["\r", "\n", "\r\n"], ["\n", "\n", "\r"]])
+def test_lines_keep_their_numbers_whatever_their_ends_across_blocks(ends: list[str]) -> None:
+    rows = [f"{i},C{i},{'X' * (1 + i % 50)}" for i in range(1, 2001)]
+    rows[1499] = "1500,,X"  # line 1501
+    content = CH.strip() + ends[0] + "".join(row + ends[i % len(ends)] for i, row in enumerate(rows))
+    for quoted in (False, True):  # blocks passed as they are, and blocks read line by line
+        text = content.replace("C7,", '"C7",') if quoted else content
+        found, accepted, _, _ = every_way(COMPOUNDS, text.encode(), block_size=4096)
+        assert found == [(1501, "compound_name", "empty_value")]
+        assert len(accepted) == 1999
+
+
+def test_a_lone_cr_that_ends_a_read_block_still_counts_as_a_line_end() -> None:
+    reader = lines.Lines(pa.BufferReader(b""), 3)
+    handed = [reader._transform(pa.py_buffer(chunk)).to_pybytes()  # the blocks as pyarrow's reads cut them
+              for chunk in (b"a,b,c\n", b"1,x,y\n2,x,y\r3", b',x,y\n4,"x,y\n', b"")]
+    assert b"".join(handed).replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") == 5
+    assert [(n, rule) for n, rule, _ in reader.broken] == [(5, "field_count")]
