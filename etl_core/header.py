@@ -9,7 +9,7 @@ import pyarrow as pa
 
 from etl_core.contract import FileContract, Rule
 from etl_core.source import Source, SourceMissing, translated
-from etl_core.violations import FileProblem
+from etl_core.violations import FileProblem, visible
 
 HEADER_LIMIT = 1 << 20  # bytes: a longer first line is read cut
 BOM = b"\xef\xbb\xbf"
@@ -41,7 +41,7 @@ def read_header(source: Source, contract: FileContract) -> tuple[list[str], tupl
     for name in contract.column_names:
         if name not in seen:
             raise FileProblem(contract, Rule.MISSING_COLUMN, line=number, column=name)
-    extra = tuple(n for n in names if n not in contract.column_names)
+    extra = tuple(str(visible(n)) for n in names if n not in contract.column_names)  # shown as reports show text
     return names, extra
 
 

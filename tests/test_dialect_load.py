@@ -82,3 +82,13 @@ def test_a_header_only_users_or_compounds_file_fails_the_run_in_both_policies(
         rules = {(v["file"], v["rule"]) for v in info.value.details["violations"]["first"]}
         assert (name, "no_rows") in rules
         assert features_dump(db, schema) == before
+
+
+@pytest.mark.parametrize("policy", ["strict", "quarantine"])
+def test_a_nul_byte_in_an_extra_columns_name_is_shown_escaped(policy: str, env: dict[str, str], tmp_path: Path,
+                                                              db: Any, schema: str) -> None:
+    users = GOOD["users.csv"].replace("signup_date\n", "signup_date,n\x00te\n", 1).replace("-01\n", "-01,x\n")
+    data = write_files(tmp_path / "nul", {"users.csv": users.encode()})
+    summary = pipeline.run(settings_for(env, data), pipeline.Trigger(policy=policy))
+    assert summary["status"] == "succeeded"
+    assert summary["files"]["users.csv"]["extra_columns"] == ["n\\x00te"]
