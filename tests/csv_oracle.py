@@ -136,7 +136,8 @@ def judge(data: bytes, columns: list[tuple[str, str]], key: str, *, users: set[i
     if at is None:
         return Verdict(problem="empty_file")
     try:
-        header = [_trim(f).decode("utf-8") for f in (fields_of(lines[at]) or [])]
+        # in the header, a quote left open runs to the end of the line
+        header = [_trim(f).decode("utf-8") for f in (fields_of(lines[at]) or fields_of(lines[at] + b'"') or [])]
     except UnicodeDecodeError:
         return Verdict(problem="encoding")
     if len(set(header)) != len(header):
