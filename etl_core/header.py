@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import csv
 import re
 
 import pyarrow as pa
 
+from etl_core import lines
 from etl_core.contract import FileContract, Rule
 from etl_core.source import Source, SourceMissing, translated
 from etl_core.violations import FileProblem, visible
@@ -46,11 +46,11 @@ def read_header(source: Source, contract: FileContract) -> tuple[list[str], tupl
 
 
 def _names(line: str) -> list[str]:
-    try:
-        fields = next(csv.reader([line]), [])
-    except csv.Error:  # e.g. a NUL byte: read it as plain comma-separated names
-        fields = line.split(",")
-    return [n.strip().strip('"') for n in fields]
+    """The header's names, split and trimmed as every line is (docs/contract.md); a quote left open runs
+    to the end of the line."""
+    raw = line.encode("utf-8")
+    fields = lines.split(raw) or lines.split(raw + b'"') or []
+    return [f.strip(lines.BLANKS).decode("utf-8") for f in fields]
 
 
 def _header_line(stream: pa.NativeFile, limit: int) -> tuple[int, bytes] | None:

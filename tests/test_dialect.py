@@ -292,3 +292,17 @@ def test_a_lone_cr_that_ends_a_read_block_still_counts_as_a_line_end() -> None:
               for chunk in (b"a,b,c\n", b"1,x,y\n2,x,y\r3", b',x,y\n4,"x,y\n', b"")]
     assert b"".join(handed).replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") == 5
     assert [(n, rule) for n, rule, _ in reader.broken] == [(5, "field_count")]
+
+
+@pytest.mark.parametrize(("header_line", "problem"), [
+    ('user_id, "name" ,\temail,"signup_date"', None), ('user_id,name,email,signup_date,"note', None),
+    ("user_id,name\u00a0,email,signup_date", "missing_column"), ('user_id,"name,email",signup_date', "missing_column"),
+])
+def test_header_names_are_read_by_the_same_dialect(header_line: str, problem: str | None) -> None:
+    content = (header_line + "\n1,A,a@x,2023-01-01" + (",n" if "note" in header_line else "") + "\n").encode()
+    if problem:
+        with pytest.raises(extract.FileProblem, match=problem):
+            header.read_header(MemorySource({USERS.filename: content}), USERS)
+        return
+    found, accepted, _, _ = every_way(USERS, content)
+    assert (found, [r["name"] for r in accepted]) == ([], ["A"])

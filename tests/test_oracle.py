@@ -109,9 +109,12 @@ def csv_file(draw: st.DrawFn, contract: FileContract) -> bytes:
     elif twist == 1:
         names.pop(draw(st.integers(0, len(names) - 1)))
     header_fields = []
-    for name in names:
-        style = draw(st.sampled_from(["plain", "plain", "quoted", "spaced"]))
-        header_fields.append({"plain": name, "quoted": f'"{name}"', "spaced": f' {name}\t'}[style].encode())
+    for i, name in enumerate(names):
+        style = draw(st.sampled_from(["plain"] * 6 + ["quoted", "quoted", "spaced", "spaced", "nbsp", "open"]))
+        if style == "open" and i < len(names) - 1:  # a quote left open: only the last name can have one
+            style = "plain"
+        header_fields.append({"plain": name, "quoted": f'"{name}"', "spaced": f' {name}\t', "nbsp": f"{name}\u00a0",
+                              "open": f'"{name}'}[style].encode())
     out = bytearray()
     if draw(st.integers(0, 5)) == 0:
         out += b"\xef\xbb\xbf"
