@@ -70,7 +70,7 @@ def read(source: Source, contract: FileContract, names: list[str], add: Add, ref
             add(out)
             if progress:
                 progress(rows, watched.bytes)
-    if watched.hex:
+    if watched.hex or watched.quote_at_end:
         raise Diagnose
     # keys that only ever grow are unique, with nothing kept; others take a second look at the file
     if not increasing.holds:
@@ -121,7 +121,7 @@ class Early:
                 raise error
             finally:
                 error = None
-        watched.bytes, watched.hex = self._watched.bytes, self._watched.hex
+        watched.bytes, watched.hex, watched.tail = self._watched.bytes, self._watched.hex, self._watched.tail
         batches, self._batches = self._batches, []
         return _handed(batches)
 
@@ -170,6 +170,7 @@ def _checked_whole(raw: pa.NativeFile, watched: _Watched, size: int) -> pa.Buffe
     watched.bytes = len(data)
     body = data.find(b"\n") + 1  # the header ('experiment_id' has an 'x') apart, so that memchr can skip the rest
     watched.hex = _has_hex(data[:body]) or _has_hex(data, body)
+    watched.tail = data[data.rfind(b"\n") + 1:]
     return pa.BufferReader(pa.py_buffer(data))
 
 
@@ -177,11 +178,14 @@ class _Watched:
     """A stream transform that passes the bytes on unchanged, counting them (for progress) and
     watching for '0x' and '0X': pyarrow's reader takes 0x1A for the integer 26 (so does its cast,
     which parses id lists), but the contract's ids are decimal.  A file with either anywhere, even
-    in a text field, is left to the diagnostic path."""
+    in a text field, is left to the diagnostic path.  It keeps the file's last line (after its last
+    LF) as well: pyarrow's reader takes a quote left open on a last line without a line break as a
+    value running to the end of the file (``quote_at_end``)."""
 
     def __init__(self) -> None:
         self.bytes = 0
         self.hex = False
+        self.tail = b""  # the bytes after the last LF so far
         self._last = b""  # the byte before this buffer: '0' may end one buffer and 'x' start the next
 
     def __call__(self, buf: pa.Buffer) -> pa.Buffer:
@@ -189,8 +193,15 @@ class _Watched:
             data = buf.to_pybytes()
             self.hex = _has_hex(self._last + data[:1]) or _has_hex(data)
             self._last = data[-1:]
+            end = data.rfind(b"\n")
+            self.tail = data[end + 1:] if end >= 0 else self.tail + data
         self.bytes += buf.size
         return buf
+
+    @property
+    def quote_at_end(self) -> bool:
+        """Whether the file's last line has no line break and holds a quote (which may be left open)."""
+        return b'"' in self.tail
 
 
 _HEX = {b"x": re.compile(b"0x"), b"X": re.compile(b"0X")}

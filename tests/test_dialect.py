@@ -306,3 +306,13 @@ def test_header_names_are_read_by_the_same_dialect(header_line: str, problem: st
         return
     found, accepted, _, _ = every_way(USERS, content)
     assert (found, [r["name"] for r in accepted]) == ([], ["A"])
+
+
+@pytest.mark.parametrize(("last", "want"), [
+    ('1,1,1,"10', [(2, None, "field_count")]), ('1,1,"1;2,10', [(2, None, "field_count")]), ('1,1,1,"10"', []),
+    ('1,1,1,10"', [(2, "experiment_run_time", "not_non_negative_number")]),  # a quote in a plain field is a quote
+])
+def test_a_quote_on_a_last_line_without_a_line_break_is_judged_too(last: str, want: Found) -> None:
+    found, accepted, _, _ = every_way(EXPERIMENTS, (EH + last).encode(), REFS)
+    assert found == want
+    assert len(accepted) == (0 if want else 1)
