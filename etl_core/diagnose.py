@@ -99,8 +99,9 @@ def _pieces(physical: Lines, names: list[str], block_size: int) -> Iterator[_Pie
     """The file's rows as they come, without the rows pyarrow makes of lines that are none (blank lines,
     the header, lines ``physical`` rejected whole)."""
     skipped = _Skipped()
+    stream = physical.stream
     reader = pacsv.open_csv(
-        physical.stream,
+        stream,
         read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False, block_size=block_size),
         parse_options=pacsv.ParseOptions(invalid_row_handler=skipped, ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(column_types={n: pa.binary() for n in names},
