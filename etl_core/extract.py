@@ -118,7 +118,7 @@ def read_file(
 
 
 # pyarrow's reader needs each row within one block: a file with a longer line is read again with larger
-# blocks, up to this size (a line longer still fails the run as a bug of ours would: named in the README)
+# blocks, up to this size (a line longer still fails the run as a bug of ours would: docs/contract.md)
 MAX_BLOCK_SIZE = 256 << 20
 
 
