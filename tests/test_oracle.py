@@ -38,7 +38,7 @@ from tests.test_dialect import every_way
 from tests.test_rules import MemorySource
 
 CI = bool(os.environ.get("CI"))
-QUICK = settings(max_examples=1500 if CI else 150, deadline=None, derandomize=True, database=None,
+QUICK = settings(max_examples=1500 if CI else 60, deadline=None, derandomize=True, database=None,
                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                         HealthCheck.function_scoped_fixture])
 LOADS = settings(QUICK, max_examples=200 if CI else 15)
