@@ -14,7 +14,8 @@ pyarrow would read otherwise than the contract says:
   ``dropped`` and in ``broken`` with its rule (``encoding`` when it is not UTF-8 either).
 
 A block of lines with none of these shapes (the common case) is passed on as it is, looked at once
-with a regular expression and a UTF-8 decode.
+with a regular expression and a UTF-8 decode; in a block with some, the runs of lines that pyarrow
+reads as the dialect does (``_STRICT_RUN``) still are, and only the other lines are split here.
 """
 
 from __future__ import annotations
