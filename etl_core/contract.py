@@ -15,7 +15,7 @@ Kind = Literal["id", "text", "date", "number", "id_list"]  # what each kind allo
 LIST_SEPARATOR = ";"
 # The contract's version, part of every run's input fingerprint: bump it with any change to a rule or to
 # how features are computed, and the next trigger reloads data that is otherwise unchanged.
-VERSION = 1
+VERSION = 2  # 2: the dialect of docs/contract.md (one row per line; spaces and tabs trimmed, nothing else)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,6 +74,7 @@ class Rule(StrEnum):
     FIELD_COUNT = "field_count"
     NOT_POSITIVE_INTEGER = "not_positive_integer"
     EMPTY_VALUE = "empty_value"
+    NUL_BYTE = "nul_byte"
     NOT_ISO_DATE = "not_iso_date"
     NOT_NON_NEGATIVE_NUMBER = "not_non_negative_number"
     EMPTY_LIST = "empty_list"
@@ -85,15 +86,16 @@ class Rule(StrEnum):
 
 RULE_TEXT: dict[Rule, str] = {
     Rule.MISSING_FILE: "the file does not exist",
-    Rule.EMPTY_FILE: "the file is empty (not even a header)",
+    Rule.EMPTY_FILE: "the file is empty or has nothing but blank lines (not even a header)",
     Rule.NO_ROWS: "users.csv and compounds.csv need at least one data row",
     Rule.ENCODING: "the file is not valid UTF-8",
     Rule.MISSING_COLUMN: "a required column is not in the header",
     Rule.DUPLICATE_COLUMN: "a column name appears twice in the header",
-    Rule.FIELD_COUNT: "a line has more or fewer fields than the header (also: a truncated last line)",
+    Rule.FIELD_COUNT: "a line has more or fewer fields than the header, or leaves a quote open (or is cut short)",
     Rule.NOT_POSITIVE_INTEGER: "an id (or an item of an id list) is not a positive integer of at most 18 digits",
     Rule.EMPTY_VALUE: "a text field is empty",
-    Rule.NOT_ISO_DATE: "a date is not an ISO 8601 calendar date (YYYY-MM-DD)",
+    Rule.NUL_BYTE: "a text field holds a NUL byte (0x00), which PostgreSQL cannot store",
+    Rule.NOT_ISO_DATE: "a date is not an ISO 8601 calendar date (YYYY-MM-DD) from 0001-01-01 on",
     Rule.NOT_NON_NEGATIVE_NUMBER: "a run time is not a non-negative decimal number",
     Rule.EMPTY_LIST: "an experiment lists no compound",
     Rule.EMPTY_LIST_ITEM: "a compound list has an empty item, such as 1;;2 or a trailing ;",

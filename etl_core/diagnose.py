@@ -16,8 +16,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core import keys, literals, repair, rules, violations
+from etl_core import keys, literals, rules, violations
 from etl_core.contract import LIST_SEPARATOR, Column, FileContract, Rule
+from etl_core.lines import Lines
 from etl_core.source import Source
 
 Add = Callable[[pa.RecordBatch], None]  # where accepted batches go: a sink's add
@@ -39,32 +40,31 @@ def read(source: Source, contract: FileContract, names: list[str], add: Add, ref
     keys that occur twice are looked up first, in a pass of their own, unless ``duplicates`` has them."""
     if duplicates is None:
         with source.open(contract.filename) as raw:
-            duplicates = keys.duplicate_keys(repair.Repaired(raw, len(names)).stream, contract.key, names,
-                                             block_size)
+            duplicates = keys.duplicate_keys(Lines(raw, len(names)).stream, contract.key, names, block_size)
     found: list[pa.Table] = []
     rows_read = rejected = 0
     with source.open(contract.filename) as raw:
-        repaired = repair.Repaired(raw, len(names))
-        for piece in _pieces(repaired.stream, names, block_size):
+        physical = Lines(raw, len(names))
+        for piece in _pieces(physical, names, block_size):
             found.append(_rows(contract, Rule.FIELD_COUNT, piece.broken))
-            batch, lines = _without_blank_rows(piece.batch, piece.lines)
-            accepted, report = _check(batch, lines, contract, refs, duplicates)
+            accepted, report = _check(piece.batch, piece.lines, contract, refs, duplicates)
             add(accepted)
             found.append(report)
-            rows_read += len(piece.broken) + batch.num_rows
-            rejected += len(piece.broken) + batch.num_rows - accepted.num_rows
+            rows_read += len(piece.broken) + piece.batch.num_rows
+            rejected += len(piece.broken) + piece.batch.num_rows - accepted.num_rows
             if progress:
                 progress(rows_read, 0)
-    # the stream is read to its end: every undecodable line is known
-    found.append(_rows(contract, Rule.ENCODING, repaired.undecodable))
-    rows_read += len(repaired.undecodable)
-    rejected += len(repaired.undecodable)
+    # the stream is read to its end: every line rejected whole is known
+    for rule in (Rule.FIELD_COUNT, Rule.ENCODING):
+        found.append(_rows(contract, rule, [(n, text) for n, r, text in physical.broken if r is rule]))
+    rows_read += len(physical.broken)
+    rejected += len(physical.broken)
     return Outcome(rows_read, rejected, pa.concat_tables(found).sort_by([("line", "ascending")]))
 
 
-def _rows(contract: FileContract, rule: Rule, lines: list[tuple[int, str]]) -> pa.Table:
+def _rows(contract: FileContract, rule: Rule, broken: list[tuple[int, str]]) -> pa.Table:
     """Violations of a whole row: (line, text) each."""
-    return violations.rows(contract.filename, rule, [n for n, _ in lines], raws=[text for _, text in lines])
+    return violations.rows(contract.filename, rule, [n for n, _ in broken], raws=[text for _, text in broken])
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,7 +75,7 @@ def _rows(contract: FileContract, rule: Rule, lines: list[tuple[int, str]]) -> p
 class _Piece:
     batch: pa.RecordBatch  # every column as bytes
     lines: pa.Array  # the line of each row
-    broken: list[tuple[int, str]]  # (line, text) of rows with a wrong field count, since the last piece
+    broken: list[tuple[int, str]]  # (line, text) of rows pyarrow found a wrong field count in, since the last piece
 
 
 class _Skipped:
@@ -95,9 +95,11 @@ class _Skipped:
         return new
 
 
-def _pieces(stream: pa.NativeFile, names: list[str], block_size: int) -> Iterator[_Piece]:
-    """The file's rows as they come, each batch followed by the rows recovered from its broken ones."""
+def _pieces(physical: Lines, names: list[str], block_size: int) -> Iterator[_Piece]:
+    """The file's rows as they come, without the rows pyarrow makes of lines that are none (blank lines,
+    the header, lines ``physical`` rejected whole)."""
     skipped = _Skipped()
+    stream = physical.stream
     reader = pacsv.open_csv(
         stream,
         read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, use_threads=False, block_size=block_size),
@@ -107,26 +109,17 @@ def _pieces(stream: pa.NativeFile, names: list[str], block_size: int) -> Iterato
     )
     first = 0  # rows returned before this batch
     for batch in reader:
-        yield from _with_skipped(batch, line_numbers(first, batch.num_rows, skipped.lines), skipped, names)
+        numbers = line_numbers(first, batch.num_rows, skipped.lines)
         first += batch.num_rows
+        if len(numbers):
+            dropped = physical.dropped_between(numbers[0].as_py(), numbers[-1].as_py())
+            if dropped:
+                keep = pc.invert(pc.is_in(numbers, value_set=pa.array(dropped, pa.int64())))
+                batch, numbers = batch.filter(keep), numbers.filter(keep)
+        yield _Piece(batch, numbers, skipped.take())
     # rows skipped after the last batch, or in a file that has no other rows
     empty = pa.RecordBatch.from_arrays([pa.array([], pa.binary())] * len(names), names=names)
-    yield from _with_skipped(empty, pa.array([], pa.int64()), skipped, names)
-
-
-def _with_skipped(batch: pa.RecordBatch, lines: pa.Array, skipped: _Skipped, names: list[str]) -> Iterator[_Piece]:
-    """``batch``, with the rows skipped since the last piece: broken, or recovered as a piece of their own."""
-    recovered, broken = repair.recover(skipped.take(), len(names))
-    yield _Piece(batch, lines, broken)
-    if recovered:
-        yield _recovered(recovered, names)
-
-
-def _recovered(rows: list[tuple[int, list[str]]], names: list[str]) -> _Piece:
-    """Rows that ``repair.recover`` parsed again, as a piece of their own."""
-    columns = [pa.array([fields[i].encode() for _, fields in rows], pa.binary()) for i in range(len(names))]
-    lines = pa.array([number for number, _ in rows], pa.int64())
-    return _Piece(pa.RecordBatch.from_arrays(columns, names=names), lines, [])
+    yield _Piece(empty, pa.array([], pa.int64()), skipped.take())
 
 
 def line_numbers(first: int, n: int, skipped: list[int]) -> pa.Array:
@@ -143,15 +136,6 @@ def line_numbers(first: int, n: int, skipped: list[int]) -> pa.Array:
         pieces.append(pc.add(pa.array(range(g, stop), pa.int64()), 2 + k))
         g = stop
     return pa.concat_arrays(pieces) if pieces else pa.array([], pa.int64())
-
-
-def _without_blank_rows(batch: pa.RecordBatch, lines: pa.Array) -> tuple[pa.RecordBatch, pa.Array]:
-    """Blank lines arrive as rows with every field empty: they are ignored."""
-    blank = pa.repeat(pa.scalar(True), batch.num_rows)
-    for col in batch.columns:
-        blank = pc.and_(blank, pc.equal(pc.binary_length(col), 0))
-    keep = pc.invert(blank)
-    return batch.filter(keep), lines.filter(keep)
 
 
 # --------------------------------------------------------------------------------------------
@@ -173,9 +157,10 @@ class _Findings:
             self.found.append((column, rule, where, values.take(where)))
             self.bad = pc.or_(self.bad, mask)
 
-    def report(self, contract: FileContract, lines: pa.Array, raws: pa.Array) -> pa.Table:
+    def report(self, contract: FileContract, lines: pa.Array, batch: pa.RecordBatch) -> pa.Table:
+        raws = _raw_text(batch) if self.found else None
         tables = [violations.rows(contract.filename, rule, lines.take(where), column=column, values=values,
-                                  raws=raws.take(where))
+                                  raws=raws.take(where) if raws is not None else None)
                   for column, rule, where, values in self.found]
         return pa.concat_tables(tables) if tables else violations.VIOLATION_SCHEMA.empty_table()
 
@@ -189,7 +174,7 @@ def _check(batch: pa.RecordBatch, lines: pa.Array, contract: FileContract, refs:
     good = pc.invert(found.bad)
     accepted = pa.RecordBatch.from_arrays([values.filter(good) for values in typed],
                                           schema=rules.output_schema(contract))
-    return accepted, found.report(contract, lines, _raw_text(batch))
+    return accepted, found.report(contract, lines, batch)
 
 
 def _check_column(col: Column, raw: pa.Array, contract: FileContract, refs: keys.References | None,
@@ -243,7 +228,13 @@ def _utf8(raw: pa.Array) -> tuple[pa.Array, pa.Array]:
 
 
 def _raw_text(batch: pa.RecordBatch) -> pa.Array:
-    """Each row's fields joined with ',' again: the row as the file had it, near enough for a reject."""
+    """Each row written as a CSV line again (a field quoted when it holds a comma or a quote): the row as
+    the file had it, near enough for a reject, and read back as the same fields."""
     if batch.num_columns == 0:
         return pa.repeat(pa.scalar(""), batch.num_rows)
-    return rules.as_text(pc.binary_join_element_wise(*batch.columns, b","))
+    fields = []
+    for col in batch.columns:
+        text = rules.as_text(col)
+        quoted = pc.binary_join_element_wise('"', pc.replace_substring(text, '"', '""'), '"', "")
+        fields.append(pc.if_else(pc.match_substring_regex(text, '[,"]'), quoted, text))
+    return pc.binary_join_element_wise(*fields, ",")

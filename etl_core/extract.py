@@ -109,13 +109,32 @@ def read_file(
             result.rows_read = fast.read(source, contract, names, sink.add, refs, block_size, progress, size=size,
                                          early=early, threads=threads)
         except (fast.Diagnose, pa.ArrowInvalid) as doubt:
-            sink.reset()
             duplicates = doubt.duplicates if isinstance(doubt, fast.Diagnose) else None
-            outcome = diagnose.read(source, contract, names, sink.add, refs, block_size, progress, duplicates)
+            outcome = diagnosed(source, contract, names, sink, refs, block_size, progress, duplicates)
             result.rows_read, result.rows_rejected = outcome.rows_read, outcome.rows_rejected
             result.violations = outcome.violations
     source.check(contract.filename)
     return result
+
+
+# pyarrow's reader needs each row within one block: a file with a longer line is read again with larger
+# blocks, up to this size (a line longer still fails the run as a bug of ours would: docs/contract.md)
+MAX_BLOCK_SIZE = 256 << 20
+
+
+def diagnosed(source: Source, contract: FileContract, names: list[str], sink: Sink, refs: References | None,
+               block_size: int, progress: Callable[[int, int], None] | None, duplicates: pa.Array | None
+               ) -> diagnose.Outcome:
+    """The diagnostic read of the file into ``sink`` (emptied first), with blocks large enough for its
+    longest line."""
+    while True:
+        sink.reset()
+        try:
+            return diagnose.read(source, contract, names, sink.add, refs, block_size, progress, duplicates)
+        except pa.ArrowInvalid as exc:
+            if "straddl" not in str(exc) or block_size >= MAX_BLOCK_SIZE:
+                raise
+            block_size = min(block_size * 16, MAX_BLOCK_SIZE)
 
 
 def read_early(source: Pinned, contract: FileContract, *, size: int, block_size: int) -> Early | None:

@@ -17,7 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core import keys, literals, rules
+from etl_core import keys, rules
 from etl_core.contract import Column, FileContract
 from etl_core.source import Source
 
@@ -52,7 +52,6 @@ def read(source: Source, contract: FileContract, names: list[str], add: Add, ref
     rows = 0
     increasing = keys.Increasing()
     watched = _Watched()
-    extra = len(names) > len(contract.columns)
     whole = size is not None and size <= WHOLE_READ_BYTES
     with contextlib.ExitStack() as opened:
         if early is not None:
@@ -63,7 +62,7 @@ def read(source: Source, contract: FileContract, names: list[str], add: Add, ref
                                      pa.TransformInputStream(raw, watched), contract, names, block_size,
                                      whole=whole, threads=threads)
         for batch in batches:
-            out = check(_drop_blank(batch, extra), contract, refs)
+            out = check(batch, contract, refs)
             if watched.hex:
                 raise Diagnose
             rows += out.num_rows
@@ -71,7 +70,7 @@ def read(source: Source, contract: FileContract, names: list[str], add: Add, ref
             add(out)
             if progress:
                 progress(rows, watched.bytes)
-    if watched.hex:
+    if watched.hex or watched.quote_at_end:
         raise Diagnose
     # keys that only ever grow are unique, with nothing kept; others take a second look at the file
     if not increasing.holds:
@@ -122,7 +121,7 @@ class Early:
                 raise error
             finally:
                 error = None
-        watched.bytes, watched.hex = self._watched.bytes, self._watched.hex
+        watched.bytes, watched.hex, watched.tail = self._watched.bytes, self._watched.hex, self._watched.tail
         batches, self._batches = self._batches, []
         return _handed(batches)
 
@@ -141,10 +140,15 @@ def _handed(batches: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 def _typed_batches(stream: pa.NativeFile, contract: FileContract, names: list[str], block_size: int, whole: bool,
                    threads: bool) -> Iterator[pa.RecordBatch]:
     read_options = pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size, use_threads=threads)
-    parse_options = pacsv.ParseOptions(ignore_empty_lines=False)  # a bad row raises: diagnose
+    # A bad row raises: diagnose.  Empty lines are skipped (pyarrow's row numbers do not matter here);
+    # a row of empty fields (,,,) is not skipped, and its empty id sends the file to the diagnostic path.
+    parse_options = pacsv.ParseOptions(ignore_empty_lines=True)
+    # Columns beyond the contract are read as bytes only to be looked at (_extra_shapes), never handed on.
+    extra = [n for n in names if n not in contract.column_names]
     convert_options = pacsv.ConvertOptions(
-        column_types={c.name: rules.RULES[c.kind].read_as for c in contract.columns},
-        include_columns=contract.column_names, strings_can_be_null=False, quoted_strings_can_be_null=False,
+        column_types={**{c.name: rules.RULES[c.kind].read_as for c in contract.columns},
+                      **{n: pa.binary() for n in extra}},
+        include_columns=contract.column_names + extra, strings_can_be_null=False, quoted_strings_can_be_null=False,
         null_values=[""],  # an empty field only: pyarrow's default nulls (NULL, NA, nan, ...) are values
     )
     if not whole:
@@ -166,6 +170,7 @@ def _checked_whole(raw: pa.NativeFile, watched: _Watched, size: int) -> pa.Buffe
     watched.bytes = len(data)
     body = data.find(b"\n") + 1  # the header ('experiment_id' has an 'x') apart, so that memchr can skip the rest
     watched.hex = _has_hex(data[:body]) or _has_hex(data, body)
+    watched.tail = data[data.rfind(b"\n") + 1:]
     return pa.BufferReader(pa.py_buffer(data))
 
 
@@ -173,11 +178,14 @@ class _Watched:
     """A stream transform that passes the bytes on unchanged, counting them (for progress) and
     watching for '0x' and '0X': pyarrow's reader takes 0x1A for the integer 26 (so does its cast,
     which parses id lists), but the contract's ids are decimal.  A file with either anywhere, even
-    in a text field, is left to the diagnostic path."""
+    in a text field, is left to the diagnostic path.  It keeps the file's last line (after its last
+    LF) as well: pyarrow's reader takes a quote left open on a last line without a line break as a
+    value running to the end of the file (``quote_at_end``)."""
 
     def __init__(self) -> None:
         self.bytes = 0
         self.hex = False
+        self.tail = b""  # the bytes after the last LF so far
         self._last = b""  # the byte before this buffer: '0' may end one buffer and 'x' start the next
 
     def __call__(self, buf: pa.Buffer) -> pa.Buffer:
@@ -185,8 +193,15 @@ class _Watched:
             data = buf.to_pybytes()
             self.hex = _has_hex(self._last + data[:1]) or _has_hex(data)
             self._last = data[-1:]
+            end = data.rfind(b"\n")
+            self.tail = data[end + 1:] if end >= 0 else self.tail + data
         self.bytes += buf.size
         return buf
+
+    @property
+    def quote_at_end(self) -> bool:
+        """Whether the file's last line has no line break and holds a quote (which may be left open)."""
+        return b'"' in self.tail
 
 
 _HEX = {b"x": re.compile(b"0x"), b"X": re.compile(b"0X")}
@@ -202,27 +217,12 @@ def _has_hex(data: bytes, start: int = 0) -> bool:
     return False
 
 
-_EMPTY = literals.scalar("", pa.string())
-
-
-def _drop_blank(batch: pa.RecordBatch, extra: bool) -> pa.RecordBatch:
-    """Blank lines arrive as rows with every field empty: they are ignored.  When the file has extra
-    columns, which this path does not read, such a row may not be blank: Diagnose."""
-    blank = None
-    for field, col in zip(batch.schema, batch.columns, strict=True):
-        empty = pc.equal(col, _EMPTY) if pa.types.is_string(field.type) else pc.is_null(col)
-        blank = empty if blank is None else pc.and_(blank, empty)
-    if blank is None or not pc.any(blank).as_py():
-        return batch
-    if extra:
-        raise Diagnose
-    return batch.filter(pc.invert(blank))
-
-
 def check(batch: pa.RecordBatch, contract: FileContract, refs: keys.References | None) -> pa.RecordBatch:
     """The batch as it is handed on (text trimmed, id lists parsed); raises Diagnose if any value
     breaks a rule."""
     columns = [_column(col, batch.column(col.name), refs) for col in contract.columns]
+    if batch.num_columns > len(columns):
+        _extra_shapes(batch, contract)
     return pa.RecordBatch.from_arrays(columns, schema=rules.output_schema(contract))
 
 
@@ -237,3 +237,19 @@ def _column(col: Column, values: pa.Array, refs: keys.References | None) -> pa.A
     if refs is not None and col.name == "user_id" and not refs.users.contains_all(accepted):
         raise Diagnose
     return accepted
+
+
+def _extra_shapes(batch: pa.RecordBatch, contract: FileContract) -> None:
+    """Columns beyond the contract are ignored, but pyarrow's reader may have split a row wrongly inside
+    them (a quoted field after whitespace), or run a quote left open across lines: either leaves a
+    quote at the start of a trimmed value, or a line break in one.  Diagnose, which reads every line
+    as it stands."""
+    for name in batch.schema.names:
+        if name in contract.column_names:
+            continue
+        values = batch.column(name)
+        if rules.odd_bytes(values):
+            raise Diagnose
+        text = rules.clean(values.view(pa.string()))  # only looked at, byte-wise: UTF-8 or not
+        if len(text) and pc.any(pc.starts_with(text, '"')).as_py():
+            raise Diagnose

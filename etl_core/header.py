@@ -1,63 +1,75 @@
-"""The header check: a file's first line must name every column of its contract, once."""
+"""The header check: a file's first line that is not blank must name every column of its contract, once."""
 
 from __future__ import annotations
 
-import csv
 import re
 
 import pyarrow as pa
 
+from etl_core import lines
 from etl_core.contract import FileContract, Rule
 from etl_core.source import Source, SourceMissing, translated
-from etl_core.violations import FileProblem
+from etl_core.violations import FileProblem, visible
 
 HEADER_LIMIT = 1 << 20  # bytes: a longer first line is read cut
+BOM = b"\xef\xbb\xbf"
+_LINE_END = re.compile(rb"\r\n|\r|\n")  # as the CSV reader ends lines
 
 
 def read_header(source: Source, contract: FileContract) -> tuple[list[str], tuple[str, ...]]:
     """The header's column names (trimmed, BOM removed) and the extra columns it has; raises
-    FileProblem when the file is missing or empty, or its header is not UTF-8 or lacks a column."""
+    FileProblem when the file is missing or has nothing but blank lines, or its header is not UTF-8 or
+    lacks a column.  Blank lines (nothing but spaces and tabs) before the header are passed over."""
     try:
         with source.open(contract.filename) as stream, translated(contract.filename):
-            first = _first_line(stream, HEADER_LIMIT)
+            found = _header_line(stream, HEADER_LIMIT)
     except SourceMissing:
         raise FileProblem(contract, Rule.MISSING_FILE, value=contract.filename) from None
-    if not first.strip():
+    if found is None:
         raise FileProblem(contract, Rule.EMPTY_FILE, line=1)
+    number, first = found
     try:
-        text = first.decode("utf-8-sig")
+        text = first.decode("utf-8")
     except UnicodeDecodeError:
-        raise FileProblem(contract, Rule.ENCODING, line=1) from None
-    names = _names(re.split(r"\r\n|\r|\n", text, maxsplit=1)[0])  # the CSV reader ends a line at \r as well
+        raise FileProblem(contract, Rule.ENCODING, line=number) from None
+    names = _names(text)
     seen: set[str] = set()
     for name in names:
         if name in seen:
-            raise FileProblem(contract, Rule.DUPLICATE_COLUMN, line=1, column=name)
+            raise FileProblem(contract, Rule.DUPLICATE_COLUMN, line=number, column=name)
         seen.add(name)
     for name in contract.column_names:
         if name not in seen:
-            raise FileProblem(contract, Rule.MISSING_COLUMN, line=1, column=name)
-    extra = tuple(n for n in names if n not in contract.column_names)
+            raise FileProblem(contract, Rule.MISSING_COLUMN, line=number, column=name)
+    extra = tuple(str(visible(n)) for n in names if n not in contract.column_names)  # shown as reports show text
     return names, extra
 
 
 def _names(line: str) -> list[str]:
-    try:
-        fields = next(csv.reader([line]), [])
-    except csv.Error:  # e.g. a NUL byte: read it as plain comma-separated names
-        fields = line.split(",")
-    return [n.strip().strip('"') for n in fields]
+    """The header's names, split and trimmed as every line is (docs/contract.md); a quote left open runs
+    to the end of the line."""
+    raw = line.encode("utf-8")
+    fields = lines.split(raw) or lines.split(raw + b'"') or []
+    return [f.strip(lines.BLANKS).decode("utf-8") for f in fields]
 
 
-def _first_line(stream: pa.NativeFile, limit: int) -> bytes:
-    """The stream's bytes up to and including the first newline, at most ``limit`` of them."""
+def _header_line(stream: pa.NativeFile, limit: int) -> tuple[int, bytes] | None:
+    """(line number, bytes without the line break) of the stream's first line that is not blank, looking
+    at most ``limit`` bytes far (a longer line is cut there); None if there is none."""
     head = b""
     while len(head) < limit:
         chunk = stream.read(min(1 << 16, limit - len(head)))
-        end = chunk.find(b"\n") + 1
-        if end:
-            return head + chunk[:end]
-        if not chunk:
-            break
         head += chunk
-    return head
+        body = head[len(BOM):] if head.startswith(BOM) else head
+        lines = _LINE_END.split(body)
+        complete = lines if not chunk else lines[:-1]  # at the end, the last piece is a line too
+        for number, line in enumerate(complete, 1):
+            if line.strip(b" \t"):
+                return number, line
+        if not chunk:
+            return None
+    body = head[len(BOM):] if head.startswith(BOM) else head
+    for number, line in enumerate(_LINE_END.split(body), 1):
+        if line.strip(b" \t"):
+            return number, line
+    return None

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core import repair, rules
+from etl_core import rules
 
 
 class KeySet:
@@ -67,13 +67,11 @@ class Increasing:
 
 
 def duplicate_keys(stream: pa.NativeFile, key: str, names: list[str], block_size: int) -> pa.Array:
-    """The valid key values that occur more than once in a file (one pass over its key column).  A key
-    is read as the checks read it: trimmed and unquoted, also in rows that ``repair.recover`` takes
-    back from those with a wrong field count."""
-    skipped: list[tuple[int, str]] = []
+    """The valid key values that occur more than once in ``stream`` (one pass over its key column), as
+    the checks read them (trimmed).  On the diagnostic path ``stream`` is the file's lines as
+    etl_core/lines.py hands them on."""
 
     def skip(row: pacsv.InvalidRow) -> str:
-        skipped.append((row.number, row.text))
         return "skip"
 
     reader = pacsv.open_csv(
@@ -84,9 +82,7 @@ def duplicate_keys(stream: pa.NativeFile, key: str, names: list[str], block_size
                                              strings_can_be_null=False),
     )
     found = [_ids(batch.column(0)) for batch in reader]
-    recovered, _ = repair.recover(skipped, len(names))
-    found.append(_ids(pa.array([fields[names.index(key)].encode() for _, fields in recovered], pa.binary())))
-    counts = pc.value_counts(pa.concat_arrays(found))
+    counts = pc.value_counts(pa.concat_arrays(found) if found else pa.array([], pa.int64()))
     return counts.field("values").filter(pc.greater(counts.field("counts"), 1))
 
 

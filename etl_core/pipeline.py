@@ -145,6 +145,8 @@ def _verdict(settings: Settings, extracted: Extracted, violations: pa.Table, pol
 
     if violations.num_rows and policy == "strict":
         raise refuse(f"the input breaks the data contract in {violations.num_rows} place(s); nothing was loaded")
+    if extracted.header_only:  # a file's problem: it fails the run in quarantine too
+        raise refuse(f"{', '.join(extracted.header_only)} has no data row; nothing was loaded")
     if extracted.users.num_rows == 0:
         raise refuse("no user row was accepted; nothing was loaded")
     if not force:

@@ -40,10 +40,14 @@ class Extracted:
             "extra_columns": list(r.extra_columns)} for r in self.results}
 
     @property
+    def header_only(self) -> list[str]:
+        """The users or compounds file that has a header and no data row (``no_rows``), if any."""
+        return [r.contract.filename for r in self.results if r.contract in (USERS, COMPOUNDS) and r.rows_read == 0]
+
+    @property
     def violations(self) -> pa.Table:
         """Every violation, with a ``no_rows`` one for a users or compounds file that has only a header."""
-        header_only = [violation_rows(r.contract.filename, Rule.NO_ROWS, [None])
-                       for r in self.results if r.contract in (USERS, COMPOUNDS) and r.rows_read == 0]
+        header_only = [violation_rows(name, Rule.NO_ROWS, [None]) for name in self.header_only]
         return pa.concat_tables([r.violations for r in self.results] + header_only)
 
     @property

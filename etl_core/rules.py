@@ -104,31 +104,52 @@ def _accept_ids(values: pa.Array) -> pa.Array | None:
     return values if ID_MIN <= bounds["min"] and bounds["max"] <= ID_MAX else None
 
 
-# --- text: not empty once trimmed
+# --- text: not empty once trimmed, no NUL byte
 
 
-_TWO = literals.scalar(2, pa.int32())  # utf8_length of a string array is int32
+BLANKS = " \t"  # what is trimmed around every value: spaces and tabs (not NBSP, not other Unicode spaces)
+_NUL = "\x00"
 
 
 def clean(text: pa.Array) -> pa.Array:
-    """Trim whitespace; a value still wrapped in quotes (quoted after whitespace, which the CSV
-    reader keeps as text) loses them, and its doubled quotes become single."""
-    trimmed = pc.utf8_trim_whitespace(text)
-    quoted = pc.and_(pc.starts_with(trimmed, '"'), pc.ends_with(trimmed, '"'))
-    quoted = pc.and_(quoted, pc.greater_equal(pc.utf8_length(trimmed), _TWO))
-    if not pc.any(quoted).as_py():
-        return trimmed
-    inner = pc.replace_substring(pc.utf8_slice_codeunits(trimmed, 1, -1), '""', '"')
-    return pc.if_else(quoted, inner, trimmed)
+    """Trim the spaces and tabs around each value (byte-wise: neither is part of a multi-byte character)."""
+    return pc.ascii_trim(text, BLANKS)
 
 
-def _parse_text(text: pa.Array) -> tuple[pa.Array, pa.Array]:
-    return text, pc.greater(pc.utf8_length(text), 0)
+class TextRule:
+    """Text breaks ``empty_value`` when it is empty once trimmed, ``nul_byte`` when it holds a NUL byte
+    (PostgreSQL stores no NUL in text)."""
+
+    read_as = pa.string()
+    becomes = pa.string()
+
+    def check(self, text: pa.Array) -> Parsed:
+        nul = pc.match_substring(text, _NUL)
+        empty = pc.equal(pc.binary_length(text), 0)
+        ok = pc.and_(pc.invert(nul), pc.invert(empty))
+        return Parsed(pc.if_else(ok, text, None), [(Rule.EMPTY_VALUE, empty), (Rule.NUL_BYTE, nul)])
+
+    def accept(self, values: pa.Array) -> pa.Array | None:
+        """The fast path's values are taken only when each is text as written: not empty once trimmed,
+        not starting with a quote once trimmed (a quoted field after whitespace, which pyarrow's reader
+        keeps as text, or doubled quotes), and with no NUL byte or line break (a quote left open, which
+        pyarrow's reader runs on across lines).  Any doubt goes to the diagnostic path."""
+        trimmed = clean(values)
+        if len(values) == 0:
+            return trimmed
+        if pc.min(pc.binary_length(trimmed)).as_py() == 0 or pc.any(pc.starts_with(trimmed, '"')).as_py():
+            return None
+        return None if odd_bytes(values) else trimmed
 
 
-def _accept_text(values: pa.Array) -> pa.Array | None:
-    values = clean(values)
-    return values if len(values) == 0 or pc.min(pc.utf8_length(values)).as_py() > 0 else None
+def odd_bytes(values: pa.Array) -> bool:
+    """Whether any value of a string or binary array holds a NUL byte, a CR or an LF (one look at its
+    data buffer, which may hold the bytes of neighbouring rows of the same file as well)."""
+    data = values.buffers()[2]
+    if data is None:
+        return False
+    raw = data.to_pybytes()
+    return raw.find(b"\x00") >= 0 or raw.find(b"\n") >= 0 or raw.find(b"\r") >= 0
 
 
 # --- date: DATE_FORMAT, and the day exists
@@ -139,11 +160,20 @@ def _parse_dates(text: pa.Array) -> tuple[pa.Array, pa.Array]:
     parsed = pc.strptime(pc.if_else(shaped, text, None), format=DATE_FORMAT, unit="s", error_is_null=True)
     # strptime rolls 2023-02-30 over to March: a real date prints back as it was written
     ok = pc.fill_null(pc.equal(pc.strftime(parsed, format=DATE_FORMAT), text), False)
-    return pc.if_else(ok, pc.cast(parsed, pa.date32()), None), ok
+    days = pc.cast(parsed, pa.date32())
+    ok = pc.and_(ok, pc.fill_null(pc.greater_equal(days.view(pa.int32()), _FIRST_DAY), False))
+    return pc.if_else(ok, days, None), ok
+
+
+# 0001-01-01 in days since 1970-01-01: year 0000 is no calendar year (nor one Python's datetime has)
+_FIRST_DAY = literals.scalar(-719162, pa.int32())
 
 
 def _accept_dates(values: pa.Array) -> pa.Array | None:
-    return values  # pyarrow's date32 reader takes exactly the ISO dates that exist
+    # pyarrow's date32 reader takes exactly the ISO dates that exist, and year 0000
+    if len(values) and pc.min(values.view(pa.int32())).as_py() < _FIRST_DAY.as_py():
+        return None
+    return values
 
 
 # --- number: NUMBER_PATTERN, and finite
@@ -170,7 +200,7 @@ def _accept_numbers(values: pa.Array) -> pa.Array | None:
 
 
 ID = ValueRule(Rule.NOT_POSITIVE_INTEGER, pa.int64(), pa.int64(), _parse_ids, _accept_ids)
-TEXT = ValueRule(Rule.EMPTY_VALUE, pa.string(), pa.string(), _parse_text, _accept_text)
+TEXT = TextRule()
 DATE = ValueRule(Rule.NOT_ISO_DATE, pa.date32(), pa.date32(), _parse_dates, _accept_dates)
 NUMBER = ValueRule(Rule.NOT_NON_NEGATIVE_NUMBER, pa.float64(), pa.float64(), _parse_numbers, _accept_numbers)
 
@@ -189,7 +219,7 @@ class IdListRule:
         empty_list = pc.equal(pc.utf8_length(text), 0)
         lists = pc.split_pattern(text, LIST_SEPARATOR)
         parents = pc.list_parent_indices(lists)
-        items = pc.utf8_trim_whitespace(pc.list_flatten(lists))
+        items = clean(pc.list_flatten(lists))
         ids, ok = ID.parse(items)
         empty_item = pc.equal(pc.utf8_length(items), 0)
         n = len(text)
@@ -210,7 +240,7 @@ class IdListRule:
             ids = pc.cast(lists.values, pa.int64())  # most lists have no spaces: skip the trim
         except pa.ArrowInvalid:
             try:
-                ids = pc.cast(pc.utf8_trim_whitespace(lists.values), pa.int64())
+                ids = pc.cast(clean(lists.values), pa.int64())
             except pa.ArrowInvalid:  # an empty list or item, or an item that is no integer
                 return None
         if ID.accept(ids) is None:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Any, TypeAlias
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from etl_core.contract import FileContract, Rule
 from etl_core.errors import shorten
@@ -40,11 +41,23 @@ def rows(filename: str, rule: Rule, lines: Lines, *, column: str | None = None,
     return pa.table({
         "file": pa.repeat(pa.scalar(filename, pa.string()), n),
         "line": pa.array(lines, pa.int64()),
-        "column": pa.repeat(pa.scalar(column, pa.string()), n),
-        "value": pa.nulls(n, pa.string()) if values is None else pa.array(values, pa.string()),
+        "column": pa.repeat(pa.scalar(visible(column), pa.string()), n),
+        "value": pa.nulls(n, pa.string()) if values is None else _visible(pa.array(values, pa.string())),
         "rule": pa.repeat(pa.scalar(rule.value, pa.string()), n),
-        "raw": pa.nulls(n, pa.string()) if raws is None else pa.array(raws, pa.string()),
+        "raw": pa.nulls(n, pa.string()) if raws is None else _visible(pa.array(raws, pa.string())),
     }, schema=VIOLATION_SCHEMA)
+
+
+NUL_SHOWN = "\\x00"  # how a NUL byte appears in a report: PostgreSQL stores none in text or jsonb
+
+
+def visible(text: str | None) -> str | None:
+    """``text`` as a report shows it: each NUL byte written as the four characters ``\\x00``."""
+    return None if text is None else text.replace("\x00", NUL_SHOWN)
+
+
+def _visible(texts: pa.Array) -> pa.Array:
+    return pc.replace_substring(texts, "\x00", NUL_SHOWN)
 
 
 def without_raw(violations: pa.Table) -> pa.Table:

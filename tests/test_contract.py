@@ -112,3 +112,17 @@ def test_the_readme_documents_every_rule() -> None:
     for rule in Rule:
         assert re.search(rf"`{rule.value}`", section), f"README's data contract does not name {rule.value}"
     assert set(RULE_TEXT) == set(Rule)
+
+
+def test_the_dialect_document_gives_every_rule_and_no_other() -> None:
+    """docs/contract.md's table of deviations names each rule of the rules table, and nothing else as one."""
+    text = (ROOT / "docs" / "contract.md").read_text()
+    table = text.split("## Every deviation and its rule", 1)[1].split("\n## ", 1)[0]
+    cells = [[c.strip() for c in line.strip().strip("|").split("|")] for line in table.splitlines()
+             if line.startswith("| ") and not line.startswith("| deviation")]
+    codes = [re.fullmatch(r"`([a-z_]+)`", row[-2]) for row in cells]
+    assert all(codes), [row for row, code in zip(cells, codes, strict=True) if not code]
+    assert {code.group(1) for code in codes if code} == {rule.value for rule in Rule}
+    readme = (ROOT / "README.md").read_text().split("## Data contract", 1)[1].split("\n## ", 1)[0]
+    for row in cells:  # the README's scope column says the same of each rule
+        assert re.search(rf"\| {row[-2]} \|[^\n]*\| [^|\n]*{row[-1]}[^|\n]* \|", readme), row
