@@ -11,6 +11,9 @@
 #   ./build.sh stop       stop whatever this script started
 #   ./build.sh --help
 #
+#   --local first checks the settings, the database and the data location (python -m etl_core check)
+#   and does not start when a run could not succeed; --no-check starts anyway.  Flags go in any order.
+#
 # Environment (all optional):
 #   DATABASE_URL / PG*    the database the function writes to (default for --local: the local server,
 #                         postgresql://postgres@127.0.0.1:5432/postgres; for containers: a PostgreSQL
@@ -97,13 +100,14 @@ start_local() {
     stop_local quiet
     check_port_free
     mkdir -p "$RUN_DIR"
-    if [ "${1:-}" = --s3 ]; then start_s3; elif [ -n "${1:-}" ]; then usage >&2; exit 64; fi
+    if [ $s3 = 1 ]; then start_s3; fi
     export DATABASE_URL=${DATABASE_URL:-}
     if [ -z "$DATABASE_URL" ] && [ -z "${PGHOST:-}" ]; then DATABASE_URL=$LOCAL_DB_URL; fi
     [ -n "$DATABASE_URL" ] || unset DATABASE_URL
     export DATA_DIR=${DATA_DIR:-$ROOT/data}
     # the runtime's JSON log lines (request id on each), as the template's LoggingConfig and the image have
     export AWS_LAMBDA_LOG_FORMAT=${AWS_LAMBDA_LOG_FORMAT:-JSON}
+    if [ $check = 1 ]; then preflight; fi
     # the emulator passes its own environment on to the runtime client it starts
     PYTHONPATH="$ROOT" nohup "$rie" --runtime-interface-emulator-address "127.0.0.1:$RIE_PORT" \
         "$ROOT/.venv/bin/python" -m awslambdaric handler.lambda_function.handler \
@@ -113,6 +117,14 @@ start_local() {
     wait_for_port 127.0.0.1 "$RIE_PORT" 20 || { cat "$RUN_DIR/function.log" >&2; die "the emulator did not start"; }
     say "function running (emulator pid $(cat "$RUN_DIR/local.pid")), log: .run/function.log"
     say "invoke it:  ./invoke.sh     stop it:  ./build.sh stop"
+}
+
+preflight() {  # the settings, the database and the data location, as the function would see them
+    if PYTHONPATH="$ROOT" .venv/bin/python -m etl_core check --text >&2; then
+        return
+    fi
+    stop_local quiet
+    die "not starting: every invocation would fail; fix what is NOT OK above (./build.sh --local --no-check starts anyway)"
 }
 
 stop_local() {
@@ -233,14 +245,25 @@ stop_containers() {
     [ "${2:-}" = quiet ] || say "removed containers $NAME and $NAME-db ($engine)"
 }
 
-case "${1:-}" in
-    --local) start_local "${2:-}" ;;
-    stop)
-        stop_local
-        if [ -f "$RUN_DIR/engine" ]; then stop_containers "$(cat "$RUN_DIR/engine")"; rm -f "$RUN_DIR/engine"; fi
-        rm -f "$RUN_DIR/database_url"
-        ;;
-    "") start_containers ;;
-    -h|--help) usage ;;
-    *) usage >&2; exit 64 ;;
-esac
+local_mode=0 s3=0 stop=0 check=1
+for arg in "$@"; do
+    case "$arg" in
+        --local) local_mode=1 ;;
+        --s3) s3=1 local_mode=1 ;;  # the local S3 server serves the function run on the host
+        --no-check) check=0 ;;
+        stop) stop=1 ;;
+        -h|--help) usage; exit 0 ;;
+        *) say "build.sh: unknown argument '$arg'"; usage >&2; exit 64 ;;
+    esac
+done
+if [ $stop = 1 ]; then
+    [ $# = 1 ] || die "stop takes no other argument"
+    stop_local
+    if [ -f "$RUN_DIR/engine" ]; then stop_containers "$(cat "$RUN_DIR/engine")"; rm -f "$RUN_DIR/engine"; fi
+    rm -f "$RUN_DIR/database_url"
+elif [ $local_mode = 1 ]; then
+    start_local
+else
+    [ $check = 1 ] || die "--no-check applies to --local only"
+    start_containers
+fi

@@ -1,7 +1,8 @@
 """The job's command line, for an operator beside the database: ``python -m etl_core migrate``
-applies the schema steps a deploy needs, ahead of it; ``--status`` only says which are pending.
+applies the schema steps a deploy needs, ahead of it (``--status`` only says which are pending);
+``python -m etl_core check`` checks the settings, the database and the data location without running.
 Settings come from the environment, as the function's do.  Prints one JSON document; exits 1 (with
-the error as JSON on stderr) when it fails."""
+the error as JSON on stderr, or the failed checks) when it fails."""
 
 from __future__ import annotations
 
@@ -19,6 +20,8 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     migrate = commands.add_parser("migrate", help="bring the database schema to this release's version")
     migrate.add_argument("--status", action="store_true", help="only show the version and the pending steps")
+    check = commands.add_parser("check", help="check the settings, the database and the data location; run nothing")
+    check.add_argument("--text", action="store_true", help="one line per check instead of JSON")
     args = parser.parse_args(argv)
     try:
         settings = Settings.from_env(os.environ)
@@ -26,14 +29,21 @@ def main(argv: list[str] | None = None) -> int:
 
         service = Service(settings)
         try:
-            result = service.migrate(apply=not args.status)
+            result = service.check() if args.command == "check" else service.migrate(apply=not args.status)
         finally:
             service.close()
     except EtlError as exc:
-        print(json.dumps({"error": exc.to_dict()}, default=str), file=sys.stderr)
+        if getattr(args, "text", False):
+            print(f"settings: NOT OK: {exc.message}", file=sys.stderr)
+        else:
+            print(json.dumps({"error": exc.to_dict()}, default=str), file=sys.stderr)
         return 1
-    print(json.dumps(result))
-    return 0
+    if getattr(args, "text", False):
+        for check in result["checks"]:
+            print(f"{check['check']}: {'ok' if check['ok'] else 'NOT OK'}: {check['detail']}")
+    else:
+        print(json.dumps(result))
+    return 0 if result.get("ok", True) else 1
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from etl_core import manifest
 from etl_core.config import Settings
 from etl_core.contract import FILES, Rule
 from etl_core.contract import VERSION as CONTRACT_VERSION
-from etl_core.errors import BadRequest, ContractViolation, shorten
+from etl_core.errors import BadRequest, ConfigError, ContractViolation, shorten
 from etl_core.source import LocalSource, Pinned, Source, SourceMissing, s3_source
 from etl_core.store import Run as StoreRun
 from etl_core.violations import report
@@ -28,6 +28,9 @@ def resolve_data_dir(settings: Settings, data: str | None) -> Path:
     Errors name ``data`` as given, never the root."""
     if not data:
         return settings.data_dir
+    if not settings.data_root.is_dir():  # the operator's setting, not the caller's mistake
+        raise ConfigError("DATA_ROOT is not an existing directory: no data directory can be read below it",
+                          setting="DATA_ROOT")
     shown = shorten(data, SHOWN_CHARS)
     candidate = Path(data)
     if candidate.is_absolute() or ".." in candidate.parts:
@@ -52,6 +55,14 @@ class Location:
     source: Source
     where: str
     manifest_prefix: str | None = None  # None: a local directory, which needs no manifest
+    setting: str | None = None  # the setting that names this directory itself (DATA_DIR), if one does
+
+    def check(self) -> None:
+        """ConfigError when the directory a setting names is not there: the operator's mistake, which
+        three missing files would misname as the data's."""
+        if self.setting is not None and not Path(self.where).is_dir():
+            raise ConfigError(f"{self.setting} is not an existing directory: there is nothing to read; set "
+                              f"{self.setting} to the directory that holds the three CSV files", setting=self.setting)
 
 
 def resolve_location(settings: Settings, data: str | None) -> Location:
@@ -59,7 +70,7 @@ def resolve_location(settings: Settings, data: str | None) -> Location:
     no other bucket.  Errors name ``data`` as given, never the root."""
     if settings.data_url is None:
         directory = resolve_data_dir(settings, data)
-        return Location(LocalSource(directory), str(directory))
+        return Location(LocalSource(directory), str(directory), setting=None if data else "DATA_DIR")
     url = settings.data_url
     if data:
         shown = shorten(data, SHOWN_CHARS)
@@ -93,6 +104,7 @@ def _path_problem(exc: Exception) -> str:
 def identify(ledger: StoreRun, location: Location, source: Pinned, policy: str) -> tuple[str, dict[str, Any]]:
     """The input's fingerprint and each file's identity, recorded in the run before anything is read;
     an S3 set's objects must be the ones its manifest names."""
+    location.check()
     expected = expected_manifest(location)
     inputs = describe(source)
     found = fingerprint(policy, inputs)

@@ -40,10 +40,13 @@ def print_line(line: str) -> None:
 def run_document(settings: MetricsSettings, *, status: str, run_id: int | None = None,
                  files: Mapping[str, Mapping[str, Any]] | None = None, users_written: int | None = None,
                  seconds: Mapping[str, float] | None = None, error_code: str | None = None,
-                 purged: Mapping[str, Any] | None = None, now: float | None = None) -> dict[str, Any] | None:
+                 config_error: bool = False, purged: Mapping[str, Any] | None = None,
+                 now: float | None = None) -> dict[str, Any] | None:
     """The document of one run, or None when metrics are off.  ``files`` and ``seconds`` are the run
-    summary's (a failed run has those it got to, if any)."""
+    summary's (a failed run has those it got to, if any); ``config_error``: it failed for the operator's
+    settings (bad_config), not for the data or the service."""
     values: dict[str, tuple[float, str]] = {f"Runs{s.capitalize()}": (int(s == status), COUNT) for s in FINISHED}
+    values["ConfigErrors"] = (int(config_error), COUNT)
     if files:
         for column in ROWS:
             name = _camel(column)

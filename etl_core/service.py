@@ -8,8 +8,10 @@ from typing import Any
 
 from etl_core import memory, metrics, pipeline
 from etl_core.config import Settings
-from etl_core.errors import BadRequest, EtlError, FeaturesStale, InternalError, RunInProgress, RunNotFound
+from etl_core.errors import BadRequest, ConfigError, EtlError, FeaturesStale, InternalError, RunInProgress, RunNotFound
+from etl_core.inputs import describe, resolve_location
 from etl_core.manifest import MANIFEST
+from etl_core.source import Pinned
 from etl_core.store import Store
 from etl_core.trigger import Trigger
 from etl_core.violations import REPORTED_CHARS
@@ -39,7 +41,8 @@ class Service:
         except Exception as exc:
             error = exc if isinstance(exc, EtlError) else InternalError.of(exc)
             self._metrics(status="failed", run_id=error.details.get("run_id"), files=error.details.get("files"),
-                          seconds={"total": round(time.perf_counter() - started, 3)}, error_code=error.code)
+                          seconds={"total": round(time.perf_counter() - started, 3)}, error_code=error.code,
+                          config_error=isinstance(error, ConfigError))
             raise
         self._metrics(status=summary["status"], run_id=summary.get("run_id"), files=summary.get("files"),
                       users_written=summary.get("users_written"), seconds=summary.get("seconds"),
@@ -86,6 +89,34 @@ class Service:
         """Bring the database's schema to this release's version now (what a run would do first); with
         ``apply=False`` only say which steps are pending."""
         return self.store.migrate(apply=apply)
+
+    def check(self) -> dict[str, Any]:
+        """What a run would need, checked without running: the database answers (and its schema is one this
+        release can use), and the data location holds the three files.  Each check's outcome; ``ok`` when
+        all passed.  What an operator runs before starting the function (``python -m etl_core check``)."""
+        checks = []
+        try:
+            health = self.store.health()
+            schema = self.store.migrate(apply=False)
+            pending = [step["version"] for step in schema["pending"]]
+            checks.append({"check": "database", "ok": True, "detail": f"{health['database']} answers "
+                           f"(PostgreSQL {health['server_version']}); schema version {schema['version']}"
+                           + (f", steps {pending} to apply on the first run" if pending else "")})
+        except EtlError as exc:
+            checks.append({"check": "database", "ok": False, "code": exc.code, "detail": exc.message})
+        try:
+            location = resolve_location(self.settings, None)
+            try:
+                location.check()
+            except ConfigError as exc:  # the operator's own command: the path helps
+                exc.message = f"{location.where}: {exc.message}"
+                raise
+            missing = [name for name, found in describe(Pinned(location.source)).items() if found is None]
+            checks.append({"check": "data", "ok": not missing, "detail": location.where + (
+                f": missing {', '.join(missing)}" if missing else ": the three files are there")})
+        except EtlError as exc:
+            checks.append({"check": "data", "ok": False, "code": exc.code, "detail": exc.message})
+        return {"ok": all(c["ok"] for c in checks), "checks": checks}
 
     def close(self) -> None:
         self.store.close()

@@ -98,3 +98,65 @@ def test_build_local_s3_serves_the_set_from_a_local_s3_server(database_url: str,
     for pid in pids:  # both stopped
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+# Every route of the HTTP API and its direct action, through ./invoke.sh and the real emulator: the
+# HTTP events built by invoke.sh go through Mangum as API Gateway's would.
+ROUTES = {  # (method, path as invoke.sh is given it) -> the direct action that does the same, if any
+    ("POST", "/trigger-etl"): ["trigger-etl"],
+    ("GET", "/trigger-etl"): ["trigger-etl"],
+    ("GET", "/runs"): ["list-runs"],
+    ("GET", "/runs/{run_id}"): ["get-run", "run_id={run_id}"],
+    ("GET", "/runs/{run_id}/rejects"): ["get-rejects", "run_id={run_id}"],
+    ("GET", "/health"): ["health"],
+    ("GET", "/openapi.json"): None,  # HTTP only
+}
+
+
+def test_invoke_reaches_every_route_by_http_and_by_direct_action(running: dict[str, str]) -> None:
+    from handler import lambda_function
+    from handler.app import app
+
+    documented = {(method, route.path) for route in app.routes if getattr(route, "methods", None)
+                  for method in route.methods if method != "HEAD"
+                  and route.path not in ("/docs", "/docs/oauth2-redirect", "/redoc")}
+    assert documented == set(ROUTES), "a route without an ./invoke.sh check: add it to ROUTES"
+    first = json.loads(sh("./invoke.sh", "trigger-etl", "policy=quarantine", env=running).stdout)
+    assert first["status"] == "succeeded"
+    for (method, path), action in ROUTES.items():
+        target = path.format(run_id=first["run_id"]) + ("?force=true" if path == "/trigger-etl" else "")
+        by_http = sh("./invoke.sh", method, target, env=running)
+        assert by_http.stdout.startswith("HTTP 200"), (method, path, by_http.stdout[:300])
+        if action is not None:
+            direct = sh("./invoke.sh", *(part.format(run_id=first["run_id"]) for part in action), env=running)
+            assert json.loads(direct.stdout), (action, direct.stdout[:300])
+    actions = {route[0] for route in ROUTES.values() if route} | {"migrate"}
+    assert actions == set(lambda_function.ACTIONS)
+    migrate = json.loads(sh("./invoke.sh", "migrate", "apply=false", env=running).stdout)
+    assert migrate["pending"] == []
+    wrong = sh("./invoke.sh", "GET", "/runs?limit=0", env=running, check=False)
+    assert wrong.returncode == 1 and wrong.stdout.startswith("HTTP 400")
+    assert sh("./invoke.sh", "not/an/action", env=running, check=False).returncode == 64
+
+
+def test_build_local_refuses_to_start_when_a_run_could_not_succeed(database_url: str, schema: str,
+                                                                    tmp_path: Any) -> None:
+    env = {**os.environ, "DATABASE_URL": database_url, "DB_SCHEMA": schema, "RIE_PORT": str(free_port()),
+           "DATA_DIR": str(tmp_path / "missing")}
+    done = sh("./build.sh", "--local", env=env, check=False)
+    assert done.returncode == 1
+    assert "data: NOT OK" in done.stderr and "DATA_DIR is not an existing directory" in done.stderr
+    assert "not starting" in done.stderr and "function running" not in done.stderr
+    assert sh("./invoke.sh", env=env, check=False).returncode == 3  # nothing was left listening
+    env = {**env, "DATA_DIR": str(ROOT / "data"), "DATABASE_URL": database_url.rsplit("/", 1)[0] + "/no_such_db"}
+    done = sh("./build.sh", "--local", env=env, check=False)
+    assert done.returncode == 1 and "database: NOT OK" in done.stderr and "does not exist" in done.stderr
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--local", "--bogus"], "unknown argument '--bogus'"),
+    (["stop", "--local"], "stop takes no other argument"),
+])
+def test_build_names_a_bad_argument(args: list[str], says: str) -> None:
+    done = sh("./build.sh", *args, env={**os.environ, "RIE_PORT": str(free_port())}, check=False)
+    assert done.returncode != 0 and says in done.stderr

@@ -258,3 +258,25 @@ def test_sam_local_start_api_serves_the_http_routes(sam: Sam, db_socket: tuple[s
     assert missing_status == 404 and missing["error"]["code"] == "run_not_found", missing
     assert features_rows(db, schema) == EXPECTED  # two runs, still exactly one row per user
     assert report_lines(request, "sam local start-api", out.read_text() + err.read_text())
+
+
+# SAM CLI's own reading of the template (no container): needs the SAM CLI of requirements-dev.txt
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SAM CLI's own use of jsonschema's validate
+@pytest.mark.parametrize("allow_get", ["false", "true"])
+def test_sam_local_serves_get_trigger_only_when_asked_and_without_an_authorizer(allow_get: str) -> None:
+    """``sam local start-api`` reads the same template: GET /trigger-etl with
+    ``--parameter-overrides AllowGetTrigger=true`` (the challenge's curl), and no authorizer on any route
+    (SAM local has none for IAM or JWT, as docs/security.md says)."""
+    from samcli.lib.providers.api_provider import ApiProvider
+    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
+
+    from tests.test_template import AUDIENCE
+
+    stacks, _ = SamLocalStackProvider.get_stacks(str(ROOT / "template.yaml"),
+                                                 parameter_overrides={"AllowGetTrigger": allow_get})
+    served = {(method, route.path): route for route in ApiProvider(stacks).api.routes for method in route.methods}
+    expected = set(AUDIENCE)
+    if allow_get == "false":
+        expected.discard(("GET", "/trigger-etl"))
+    assert set(served) == expected
+    assert all(route.function_name == "EtlFunction" and route.authorizer_name is None for route in served.values())

@@ -297,25 +297,6 @@ def test_the_database_url_needs_no_password() -> None:
     assert not re.search(r"postgresql://[^@\s/]*:[^@\s/]*@", spec["Description"])  # its example has none
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # SAM CLI's own use of jsonschema's validate
-@pytest.mark.parametrize("allow_get", ["false", "true"])
-def test_sam_local_serves_get_trigger_only_when_asked_and_without_an_authorizer(allow_get: str) -> None:
-    """``sam local start-api`` reads the same template: GET /trigger-etl with
-    ``--parameter-overrides AllowGetTrigger=true`` (the challenge's curl), and no authorizer on any route
-    (SAM local has none for IAM or JWT, as docs/security.md says)."""
-    from samcli.lib.providers.api_provider import ApiProvider
-    from samcli.lib.providers.sam_stack_provider import SamLocalStackProvider
-
-    stacks, _ = SamLocalStackProvider.get_stacks(str(ROOT / "template.yaml"),
-                                                 parameter_overrides={"AllowGetTrigger": allow_get})
-    served = {(method, route.path): route for route in ApiProvider(stacks).api.routes for method in route.methods}
-    expected = set(AUDIENCE)
-    if allow_get == "false":
-        expected.discard(("GET", "/trigger-etl"))
-    assert set(served) == expected
-    assert all(route.function_name == "EtlFunction" and route.authorizer_name is None for route in served.values())
-
-
 def test_the_bucket_refuses_requests_without_tls(monkeypatch: pytest.MonkeyPatch) -> None:
     params = {"DataBucketName": "lab-exports"}
     stack = Stack(translated(params, monkeypatch), params)

@@ -55,10 +55,32 @@ class Connection(Protocol):
         ...
 
 
+# what the server answers a login our settings got wrong: the operator's mistake, named as such
+_REFUSED_LOGIN = {
+    "3D000": "the database it names does not exist: check the database in DATABASE_URL (or PGDATABASE)",
+    "28000": "it refuses the role: check the user in DATABASE_URL (or PGUSER), that the role exists and may log "
+             "in, and the server's pg_hba.conf",
+    "28P01": "it refuses the password: check the password in DATABASE_URL (or PGPASSWORD, or the secret "
+             "DB_SECRET_ID names)",
+}
+
+
 def connect(settings: DbSettings, *, sleep: Any = time.sleep) -> Connection:
     """Open a connection, retrying transient failures ``connect_attempts`` times in all.  With a secret
     (DB_SECRET_ID), with the login it holds: kept from its first read; when the server refuses it, the
-    secret is read once more and, if it changed (a rotation), the connect is tried once more with it."""
+    secret is read once more and, if it changed (a rotation), the connect is tried once more with it.
+    A login the server refuses (no such database or role, a wrong password) is bad configuration."""
+    try:
+        return _login(settings, sleep)
+    except LoadError as exc:
+        code = exc.details.get("sqlstate")
+        if code not in _REFUSED_LOGIN:
+            raise
+        raise ConfigError(f"PostgreSQL at {settings.describe()} refuses the connection: {_REFUSED_LOGIN[code]} "
+                          f"({exc.message})", database=settings.describe(), sqlstate=code) from exc
+
+
+def _login(settings: DbSettings, sleep: Any) -> Connection:
     if settings.secret is None:
         return _connect(settings, sleep)
     from etl_core.store import secret  # botocore: only when a secret is set
