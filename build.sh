@@ -9,6 +9,7 @@
 #                         that holds data/ as s3://experiment-etl-lab-data/exports/, the bucket and key of
 #                         events/s3-put.json:  ./invoke.sh events/s3-put.json
 #   ./build.sh stop       stop whatever this script started
+#   ./build.sh clean      stop it, and drop the schema --local wrote its tables to (DROP SCHEMA ... CASCADE)
 #   ./build.sh --help
 #
 #   --local first checks the settings, the database and the data location (python -m etl_core check)
@@ -19,7 +20,8 @@
 #                         postgresql://postgres@127.0.0.1:5432/postgres; for containers: a PostgreSQL
 #                         container started here unless DATABASE_URL is given)
 #   DATA_DIR              the CSV directory (default: the repo's data/; in the image, the baked-in copy)
-#   DB_SCHEMA             the schema the function writes to (default public)
+#   DB_SCHEMA             the schema the function writes to (default for --local: experiment_etl, a schema
+#                         of its own that ./build.sh clean drops; in the containers' own database: public)
 #   RIE_PORT              the emulator's port on this machine (default 9000)
 #   S3_PORT               the local S3 server's port with --s3 (default 5900)
 #   CONTAINER_ENGINE      docker or podman (default: the first one that works)
@@ -41,6 +43,7 @@ IMAGE=${IMAGE:-experiment-etl:latest}
 NAME=experiment-etl
 SAM_CLI_VERSION=1.170.0
 LOCAL_DB_URL="postgresql://postgres@127.0.0.1:5432/postgres"
+LOCAL_SCHEMA=experiment_etl
 S3_PORT=${S3_PORT:-5900}
 S3_DATA_URL="s3://experiment-etl-lab-data/exports/"  # where events/s3-put.json's manifest is
 
@@ -105,6 +108,7 @@ start_local() {
     if [ -z "$DATABASE_URL" ] && [ -z "${PGHOST:-}" ]; then DATABASE_URL=$LOCAL_DB_URL; fi
     [ -n "$DATABASE_URL" ] || unset DATABASE_URL
     export DATA_DIR=${DATA_DIR:-$ROOT/data}
+    export DB_SCHEMA=${DB_SCHEMA:-$LOCAL_SCHEMA}  # a schema of its own: ./build.sh clean drops it
     # the runtime's JSON log lines (request id on each), as the template's LoggingConfig and the image have
     export AWS_LAMBDA_LOG_FORMAT=${AWS_LAMBDA_LOG_FORMAT:-JSON}
     if [ $check = 1 ]; then preflight; fi
@@ -114,6 +118,7 @@ start_local() {
         >"$RUN_DIR/function.log" 2>&1 &
     echo $! >"$RUN_DIR/local.pid"
     printf '%s\n' "${DATABASE_URL:-}" >"$RUN_DIR/database_url"
+    printf '%s\n' "$DB_SCHEMA" >"$RUN_DIR/db_schema"
     wait_for_port 127.0.0.1 "$RIE_PORT" 20 || { cat "$RUN_DIR/function.log" >&2; die "the emulator did not start"; }
     say "function running (emulator pid $(cat "$RUN_DIR/local.pid")), log: .run/function.log"
     say "invoke it:  ./invoke.sh     stop it:  ./build.sh stop"
@@ -125,6 +130,19 @@ preflight() {  # the settings, the database and the data location, as the functi
     fi
     stop_local quiet
     die "not starting: every invocation would fail; fix what is NOT OK above (./build.sh --local --no-check starts anyway)"
+}
+
+drop_schema() {  # the schema --local wrote to, in the database it wrote to
+    [ -s "$RUN_DIR/db_schema" ] || { say "nothing to clean: no schema recorded by ./build.sh --local"; return; }
+    local schema url
+    schema=$(cat "$RUN_DIR/db_schema")
+    url=$(cat "$RUN_DIR/database_url" 2>/dev/null || true)
+    command -v psql >/dev/null || die "clean needs psql (Debian: apt-get install postgresql-client)"
+    local -a args=()
+    [ -z "$url" ] || args+=("$url")
+    printf '%s\n' 'SET client_min_messages = warning;' 'DROP SCHEMA IF EXISTS :"schema" CASCADE;' \
+        | psql "${args[@]}" -X -q --set ON_ERROR_STOP=1 --set schema="$schema" || die "could not drop schema $schema"
+    say "dropped schema $schema (its tables: user_features and the job's ledger)"
 }
 
 stop_local() {
@@ -245,22 +263,24 @@ stop_containers() {
     [ "${2:-}" = quiet ] || say "removed containers $NAME and $NAME-db ($engine)"
 }
 
-local_mode=0 s3=0 stop=0 check=1
+local_mode=0 s3=0 stop=0 check=1 clean=0
 for arg in "$@"; do
     case "$arg" in
         --local) local_mode=1 ;;
         --s3) s3=1 local_mode=1 ;;  # the local S3 server serves the function run on the host
         --no-check) check=0 ;;
         stop) stop=1 ;;
+        clean) stop=1 clean=1 ;;
         -h|--help) usage; exit 0 ;;
         *) say "build.sh: unknown argument '$arg'"; usage >&2; exit 64 ;;
     esac
 done
 if [ $stop = 1 ]; then
-    [ $# = 1 ] || die "stop takes no other argument"
+    [ $# = 1 ] || die "$1 takes no other argument"
+    [ $clean = 0 ] || drop_schema
     stop_local
     if [ -f "$RUN_DIR/engine" ]; then stop_containers "$(cat "$RUN_DIR/engine")"; rm -f "$RUN_DIR/engine"; fi
-    rm -f "$RUN_DIR/database_url"
+    rm -f "$RUN_DIR/database_url" "$RUN_DIR/db_schema"
 elif [ $local_mode = 1 ]; then
     start_local
 else

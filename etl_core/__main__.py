@@ -1,6 +1,8 @@
 """The job's command line, for an operator beside the database: ``python -m etl_core migrate``
 applies the schema steps a deploy needs, ahead of it (``--status`` only says which are pending);
-``python -m etl_core check`` checks the settings, the database and the data location without running.
+``python -m etl_core check`` checks the settings, the database and the data location without running;
+``python -m etl_core settings`` and ``tables`` print the references docs/configuration.md and
+docs/tables.md are.
 Settings come from the environment, as the function's do.  Prints one JSON document; exits 1 (with
 the error as JSON on stderr, or the failed checks) when it fails."""
 
@@ -22,7 +24,14 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("--status", action="store_true", help="only show the version and the pending steps")
     check = commands.add_parser("check", help="check the settings, the database and the data location; run nothing")
     check.add_argument("--text", action="store_true", help="one line per check instead of JSON")
+    commands.add_parser("settings", help="print the settings' reference (docs/configuration.md)")
+    commands.add_parser("tables", help="print the tables' reference (docs/tables.md)")
     args = parser.parse_args(argv)
+    if args.command in ("settings", "tables"):
+        from etl_core import settings_reference, tables
+
+        sys.stdout.write(settings_reference.markdown() if args.command == "settings" else tables.markdown())
+        return 0
     try:
         settings = Settings.from_env(os.environ)
         from etl_core.service import Service

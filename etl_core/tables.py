@@ -28,7 +28,8 @@ class Column:
 class Table:
     name: str
     columns: tuple[Column, ...]
-    key: str  # the primary key's one column
+    key: str  # the primary key's column (or columns, comma-separated)
+    purpose: str = ""  # what the table is for and what readers may rely on (docs/tables.md)
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -41,7 +42,12 @@ class Table:
         return pa.schema([c.field() for c in self.columns if c.name not in without])
 
 
-USER_FEATURES = Table("user_features", key="user_id", columns=(
+USER_FEATURES = Table("user_features", key="user_id", purpose=(
+    "The features, one row per accepted user of the last load. This is the table readers use: it is created "
+    "once and then only written inside one transaction per load, so its identity (and the views, grants, "
+    "comments, indexes and triggers readers add to it) stays, and a reader sees the whole previous load or "
+    "the whole new one. Readers may rely on every column below; the challenge's example names "
+    "`most_common_compounds` 'common_compound' and `user_id` 'id'."), columns=(
     Column("user_id", pa.int64(), "bigint", "the user's id, as in users.csv"),
     Column("user_name", pa.string(), "text", "the user's name, as in users.csv (trimmed)"),
     Column("total_experiments", pa.int64(), "bigint", "how many accepted experiments the user ran"),
@@ -56,3 +62,76 @@ USER_FEATURES = Table("user_features", key="user_id", columns=(
 ))
 # the columns the store adds to what a run computes (the run's id)
 STORE_ADDS = ("run_id",)
+
+_TIMESTAMP = pa.timestamp("us", tz="UTC")
+
+ETL_RUNS = Table("etl_runs", key="id", purpose=(
+    "The ledger: one row per run, written when the run starts and finished with its outcome (in the same "
+    "transaction as the features it published). `GET /runs` and `GET /runs/{run_id}` read it. Readers may "
+    "rely on `id`, `status`, `started_at`, `finished_at`, `users_written` and `same_as`; `files`, `seconds`, "
+    "`error` and `inputs` are JSON whose members may grow. Rows older than `ETL_RUNS_RETENTION_DAYS` are "
+    "purged (docs/operating.md)."), columns=(
+    Column("id", pa.int64(), "bigint", "the run's id, increasing"),
+    Column("started_at", _TIMESTAMP, "timestamp with time zone", "when the run started (the server's clock)"),
+    Column("finished_at", _TIMESTAMP, "timestamp with time zone", "when it finished; NULL while running",
+           nullable=True),
+    Column("status", pa.string(), "text", "running, succeeded, partial, failed or unchanged (etl_core/status.py)"),
+    Column("policy", pa.string(), "text", "strict or quarantine"),
+    Column("data_dir", pa.string(), "text", "where it read: a directory, or an s3:// prefix"),
+    Column("files", pa.string(), "jsonb", "per file: rows_read, rows_accepted, rows_rejected, extra_columns",
+           nullable=True),
+    Column("users_written", pa.int64(), "bigint", "rows written to user_features (0 when unchanged)",
+           nullable=True),
+    Column("seconds", pa.string(), "jsonb", "time per phase: extract, transform, load, total", nullable=True),
+    Column("error", pa.string(), "jsonb", "a failed run's error, as the API answered it", nullable=True),
+    Column("fingerprint", pa.string(), "text", "what decides whether a later trigger is unchanged", nullable=True,
+           since=1),
+    Column("inputs", pa.string(), "jsonb", "each input file's key, size and identity as the run found it",
+           nullable=True),
+    Column("same_as", pa.int64(), "bigint", "an unchanged run: the run that loaded the same input",
+           nullable=True),
+))
+
+ETL_REJECTS = Table("etl_rejects", key="run_id, seq", purpose=(
+    "The rows a quarantine run rejected, one row per broken rule, for `GET /runs/{run_id}/rejects` (personal "
+    "data: behind its own permission). Kept `ETL_REJECTS_RETENTION_DAYS`; with `ETL_REJECTS_KEEP_RAW=false` "
+    "`value` and `raw` are NULL and `raw_sha256` holds the row's hash. A run's rows go with the run."), columns=(
+    Column("run_id", pa.int64(), "bigint", "the run (etl_runs.id) that rejected the row"),
+    Column("seq", pa.int64(), "bigint", "the reject's number within its run: 1, 2, ..."),
+    Column("file", pa.string(), "text", "the input file"),
+    Column("line", pa.int64(), "bigint", "the 1-based line of the file; NULL for a problem of the whole file",
+           nullable=True),
+    Column("column_name", pa.string(), "text", "the column whose rule the row broke; NULL: the whole row",
+           nullable=True),
+    Column("value", pa.string(), "text", "the offending value (NUL bytes shown as \\x00)", nullable=True),
+    Column("rule", pa.string(), "text", "the rule code (docs/contract.md)"),
+    Column("raw", pa.string(), "text", "the line as read", nullable=True),
+    Column("raw_sha256", pa.string(), "text", "the line's SHA-256 (hex, of its UTF-8 text) where `raw` is not kept",
+           nullable=True, since=2),
+))
+
+SCHEMA_MIGRATIONS = Table("etl_schema_migrations", key="version", purpose=(
+    "The schema's versions this database has: one row per step applied (etl_core/store/migrations.py). A "
+    "release refuses a schema newer than it knows."), columns=(
+    Column("version", pa.int32(), "integer", "the step's number"),
+    Column("description", pa.string(), "text", "what the step did"),
+    Column("applied_at", _TIMESTAMP, "timestamp with time zone", "when"),
+    Column("applied_by", pa.string(), "text", "the release that applied it"),
+))
+
+# every table the job writes, in the order docs/tables.md lists them
+TABLES = (USER_FEATURES, ETL_RUNS, ETL_REJECTS, SCHEMA_MIGRATIONS)
+
+
+def markdown() -> str:
+    """docs/tables.md."""
+    out = ["# The tables the job writes", "",
+           "Every table in `DB_SCHEMA` (default `public`; `./build.sh --local` uses a schema of its own,",
+           "`experiment_etl`). This page is made from `etl_core/tables.py` by `python -m etl_core tables`; a",
+           "test holds it, and the tables in a database migrated to this release, to those descriptions."]
+    for table in TABLES:
+        out += ["", f"## `{table.name}`", "", table.purpose, "", f"Primary key: `{table.key}`.", "",
+                "| column | type | NULL | since | meaning |", "|---|---|---|---|---|"]
+        out += [f"| `{c.name}` | {c.sql} | {'yes' if c.nullable else 'no'} | {c.since} | {c.meaning} |"
+                for c in table.columns]
+    return "\n".join(out) + "\n"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from etl_core.config import REPO_DATA_DIR, Settings, db_settings
 from etl_core.errors import ConfigError
+from tests.conftest import ROOT
 
 pytestmark = pytest.mark.unit
 
@@ -119,3 +121,45 @@ def test_arrow_allocator_is_jemalloc_unless_named() -> None:
     with pytest.raises(ConfigError, match="ARROW_DEFAULT_MEMORY_POOL must be one of jemalloc, mimalloc, system, "
                                           "not 'tcmalloc'"):
         Settings.from_env({"ARROW_DEFAULT_MEMORY_POOL": "tcmalloc"})
+
+
+# --- the settings' reference: every variable the code reads is documented, and nothing else -------------
+
+class _Recording(dict[str, str]):
+    """An environment that remembers every variable asked for."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.asked: set[str] = set()
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __getitem__(self, key: str) -> str:
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def __contains__(self, key: object) -> bool:
+        if isinstance(key, str):
+            self.asked.add(key)
+        return super().__contains__(key)
+
+
+def test_the_reference_documents_every_variable_the_settings_read_and_no_other() -> None:
+    from etl_core import settings_reference
+
+    asked: set[str] = set()
+    for env in ({}, {"DATABASE_URL": "postgresql://u@h/d"}, {"DATA_URL": "s3://b/p/", "ETL_METRICS_DIMENSIONS": "A=b"},
+                {"DB_SECRET_ID": "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"}):
+        recording = _Recording(env)
+        Settings.from_env(recording)
+        asked |= recording.asked
+    assert asked == settings_reference.names()
+
+
+def test_docs_configuration_is_the_reference() -> None:
+    from etl_core import settings_reference
+
+    assert (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8") == settings_reference.markdown(), (
+        "docs/configuration.md is made by: python -m etl_core settings > docs/configuration.md")

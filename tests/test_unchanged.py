@@ -186,3 +186,22 @@ def test_another_directory_with_files_of_the_same_names_sizes_and_times_is_loade
     summary = pipeline.run(settings, pipeline.Trigger(data="other"), store=store)
     assert summary["status"] == "succeeded"
     assert store.features is not None and "Zelda" in store.features["user_name"].to_pylist()
+
+
+@pytest.mark.parametrize("kind", ["memory", "postgres"])
+def test_an_unchanged_runs_record_says_what_its_trigger_answered(kind: str, tmp_path: Path, request: Any) -> None:
+    """files {} and users_written 0, from the trigger and from /runs/{id} alike (not null, null)."""
+    if kind == "memory":
+        settings, store = Settings.from_env({"DATA_DIR": str(data_copy(tmp_path))}), MemoryStore()
+    else:
+        env = request.getfixturevalue("env")
+        settings = Settings.from_env({**env, "DATA_DIR": str(data_copy(tmp_path))})
+        store = PostgresStore(settings.db, settings.schema)
+    try:
+        pipeline.run(settings, pipeline.Trigger(), store=store)
+        again = pipeline.run(settings, pipeline.Trigger(), store=store)
+        record = store.get_run(again["run_id"])
+        assert record is not None and record["status"] == "unchanged"
+        assert (record["files"], record["users_written"]) == (again["files"], again["users_written"]) == ({}, 0)
+    finally:
+        store.close()

@@ -104,7 +104,7 @@ class MemoryRun(RunRecord):
 
     def unchanged(self, *, same_as: int, seconds: Any) -> None:
         self._store.runs[self.run_id].update(status="unchanged", finished_at=_now(), seconds=seconds,
-                                             same_as=same_as, **self._inputs)
+                                             same_as=same_as, files={}, users_written=0, **self._inputs)
 
     @contextmanager
     def publishing(self) -> Iterator[MemoryPublication]:

@@ -220,7 +220,9 @@ class PostgresRun(RunRecord):
 
     def unchanged(self, *, same_as: int, seconds: Any) -> None:
         with _translated():
-            _finish(self._conn, self._schema, self.run_id, status="unchanged", seconds=seconds, same_as=same_as,
+            # as the trigger answers it: no file read, no user written
+            _finish(self._conn, self._schema, self.run_id, status="unchanged", files={}, users_written=0,
+                    seconds=seconds, same_as=same_as,
                     **self._inputs)
 
     @property
