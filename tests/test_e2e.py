@@ -34,18 +34,31 @@ def running(database_url: str, schema: str) -> Iterator[dict[str, str]]:
         sh("./build.sh", "stop", env=env)
 
 
+def normalized(shown: str) -> list[str]:
+    """query.sh's output, line by line without trailing blanks, the runs' seconds (which vary) as 0.00."""
+    return [re.sub(r"\|\s+[0-9.]+$", "| 0.00", line.rstrip()) if re.match(r"\s+\d+ \| \w+\s+\| (strict|quarantine)",
+                                                                       line) else line.rstrip()
+            for line in shown.strip().splitlines()]
+
+
+def readme_sample() -> list[str]:
+    block = (ROOT / "README.md").read_text(encoding="utf-8").split("<!-- query.sh output -->", 1)[1]
+    return normalized(block.split("```", 2)[1])
+
+
 def test_build_local_invoke_and_query(running: dict[str, str], db: Any, schema: str,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     first = sh("./invoke.sh", env=running)  # POST /trigger-etl
     assert first.stdout.startswith("HTTP 200")
     assert '"users_written": 10' in first.stdout
+    assert readme_sample() == normalized(sh("./query.sh", env=running).stdout)  # the README shows what it prints
     again = sh("./invoke.sh", "events/trigger-etl.json", env=running)  # the challenge's GET, served locally
     assert again.stdout.startswith("HTTP 200") and '"status": "unchanged"' in again.stdout
     assert features_rows(db, schema) == EXPECTED  # twice: still ten rows
 
     shown = sh("./query.sh", env=running).stdout
     assert "(10 rows)" in shown
-    assert re.search(r"4 \| Dave\s+\|\s+1 \| Compound A;Compound B;Compound C\s+\|\s+1\.1", shown)
+    assert re.search(r"4 \| Dave\s+\|\s+1 \| Compound A;Compound B;Compound C\s+\| \{1,2,3\}\s+\|\s+1\.1", shown)
 
     bad = sh("./invoke.sh", "events/bad-event.json", env=running, check=False)
     assert bad.returncode == 1
