@@ -111,6 +111,7 @@ start_local() {
     export DB_SCHEMA=${DB_SCHEMA:-$LOCAL_SCHEMA}  # a schema of its own: ./build.sh clean drops it
     # the runtime's JSON log lines (request id on each), as the template's LoggingConfig and the image have
     export AWS_LAMBDA_LOG_FORMAT=${AWS_LAMBDA_LOG_FORMAT:-JSON}
+    export AWS_LAMBDA_LOG_LEVEL=${AWS_LAMBDA_LOG_LEVEL:-INFO}  # the template's LogLevel: Mangum's access lines too
     if [ $check = 1 ]; then preflight; fi
     # the emulator passes its own environment on to the runtime client it starts
     PYTHONPATH="$ROOT" nohup "$rie" --runtime-interface-emulator-address "127.0.0.1:$RIE_PORT" \

@@ -80,8 +80,8 @@ class FileSystemSource:
         """What the runs ledger records of ``name``: its key, size and what its identity is made of."""
         info = self._info(name)
         # the whole path: two directories holding files of the same names, sizes and times are two inputs
-        return {"key": self._path(name), "size": int(info.size), "mtime_ns": info.mtime_ns,
-                "identity": f"{info.size}:{info.mtime_ns}"}
+        return {"key": self._path(name), "size": int(info.size), "identity": f"{info.size}:{info.mtime_ns}",
+                "mtime_ns": info.mtime_ns, "etag": None, "version_id": None}  # the same keys as S3's
 
     def _path(self, name: str) -> str:
         return f"{self.base}/{name}"
@@ -136,8 +136,8 @@ class S3Source(FileSystemSource):
                 stream.close()
         size = int(_text(meta.get("Content-Length")) or 0)
         etag = _text(meta.get("ETag"))
-        found = {"key": f"s3://{self._path(name)}", "size": int(size), "etag": etag,
-                 "identity": f"{size}:{etag}"}
+        found = {"key": f"s3://{self._path(name)}", "size": int(size), "identity": f"{size}:{etag}",
+                 "mtime_ns": None, "etag": etag, "version_id": None}  # the same keys as a local file's
         if meta.get("VersionId"):
             found["version_id"] = _text(meta["VersionId"])
         return found

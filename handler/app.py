@@ -119,7 +119,9 @@ def errors(path: str) -> dict[int | str, dict[str, Any]]:
             for status, codes in sorted(_codes_by_status(ROUTE_ERRORS[path]).items())}
 
 
-app = FastAPI(title="experiment-etl", version="1.0.0",
+# /openapi.json is served (and routed by the template); the interactive /docs and /redoc pages are not:
+# they load scripts from a CDN, and the deployed API would not route them
+app = FastAPI(title="experiment-etl", version="1.0.0", docs_url=None, redoc_url=None,
               description="Derives per-user experiment features from CSV files into PostgreSQL.")
 
 
@@ -165,8 +167,9 @@ def _methods_of(path: str) -> list[str]:
 
 
 def _routes() -> list[str]:
-    return [f"{method} {route.path}" for route in app.routes if isinstance(route, APIRoute)
-            for method in sorted(route.methods or ())]
+    """Every route and method the app answers (the OpenAPI document's own route too)."""
+    return [f"{method} {getattr(route, 'path', '')}" for route in app.routes
+            for method in sorted(getattr(route, "methods", None) or ()) if method != "HEAD"]
 
 
 async def _empty_body(request: Request) -> None:

@@ -666,3 +666,11 @@ def test_a_repeated_trigger_parameter_is_400_not_the_last_value(service: Service
     status, body = call(evt)
     assert (status, body["error"]["code"]) == (400, "bad_request")
     assert "more than once: force" in body["error"]["message"]
+
+
+def test_a_404_lists_every_route_and_the_interactive_docs_are_not_served(service: Service) -> None:
+    status, body = call(event("health.json", path="/nope", method="GET"))
+    assert status == 404
+    for route in ("POST /trigger-etl", "GET /runs/{run_id}/rejects", "GET /health", "GET /openapi.json"):
+        assert route in body["error"]["message"], route
+    assert call(event("health.json", path="/docs", method="GET"))[0] == 404  # not routed by the template either

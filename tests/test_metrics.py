@@ -158,3 +158,17 @@ def test_a_refused_trigger_is_no_run_and_prints_nothing(printed: list[dict[str, 
     with job.store.run(policy="strict", source="x"), pytest.raises(RunInProgress):
         job.trigger(Trigger())
     assert printed == []
+
+
+def test_every_metric_a_run_prints_is_documented() -> None:
+    from tests.conftest import ROOT
+
+    operating = (ROOT / "docs" / "operating.md").read_text(encoding="utf-8")
+    failed = metrics.run_document(MetricsSettings(), status="failed", run_id=1, config_error=True,
+                                  files={"users.csv": {"rows_read": 1}}, users_written=0,
+                                  seconds={"total": 1.0}, purged={"rejects": 0, "runs": 0})
+    assert failed is not None
+    for directive in failed["_aws"]["CloudWatchMetrics"]:
+        for metric in directive["Metrics"]:
+            name = metric["Name"].split(".")[0]  # RowsRead.users is RowsRead per file
+            assert f"`{name}`" in operating, f"{name} is printed but not in docs/operating.md"
