@@ -29,7 +29,7 @@ def main() -> None:
     import pg8000.native
     import pyarrow as pa
 
-    from etl_core import transform
+    from etl_core.features import kernels as transform
     from etl_core.store import postgres, sql
 
     cached = _common.ROOT / "bench" / "out" / f"features-{opts.data.name}.arrow"

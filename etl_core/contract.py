@@ -10,7 +10,7 @@ import dataclasses
 from enum import StrEnum
 from typing import Literal
 
-Kind = Literal["id", "text", "date", "number", "id_list"]  # what each kind allows: etl_core/rules.py
+Kind = Literal["id", "text", "date", "number", "id_list"]  # what each kind allows: etl_core/reading/rules.py
 
 LIST_SEPARATOR = ";"
 # The contract's version, part of every run's input fingerprint: bump it with any change to a rule or to

@@ -1,7 +1,7 @@
 """One error tree for the whole job.
 
 Foreign exceptions are translated into these, with ``raise ... from``, at the edge that meets them:
-pg8000's in the store (``etl_core.store``), the file system's in the source (``etl_core.source``),
+pg8000's in the store (``etl_core.store``), the file system's in the source (``etl_core.sources.source``),
 the CSV reader's in extract.  Whatever else escapes is a bug, answered as ``InternalError``.  Each
 class says, once, which HTTP status answers it and whether the caller (or the caller's data) is at
 fault; the handler derives its answers, its OpenAPI document and its log levels from them.

@@ -10,15 +10,22 @@ import json
 from pathlib import Path
 from typing import Any
 
-from etl_core import manifest
 from etl_core.config import Settings
 from etl_core.contract import FILES, Rule
 from etl_core.contract import VERSION as CONTRACT_VERSION
 from etl_core.errors import BadRequest, ConfigError, ContractViolation, shorten
-from etl_core.source import LocalSource, Pinned, Source, SourceMissing, s3_source
+from etl_core.reading import report, violation_rows
+from etl_core.sources import (
+    MANIFEST,
+    LocalSource,
+    Pinned,
+    Source,
+    SourceMissing,
+    check_etags,
+    read_manifest,
+    s3_source,
+)
 from etl_core.store import Run as StoreRun
-from etl_core.violations import report
-from etl_core.violations import rows as violation_rows
 
 SHOWN_CHARS = 200  # characters of a caller's value repeated in an error
 
@@ -110,7 +117,7 @@ def identify(ledger: StoreRun, location: Location, source: Pinned, policy: str) 
     found = fingerprint(policy, inputs)
     ledger.record_inputs(found, inputs)
     if expected is not None:
-        manifest.check_etags(expected, {name: item for name, item in inputs.items() if item is not None})
+        check_etags(expected, {name: item for name, item in inputs.items() if item is not None})
     return found, inputs
 
 
@@ -121,13 +128,13 @@ def expected_manifest(location: Location) -> dict[str, str | None] | None:
         return None
     names = [c.filename for c in FILES]
     try:
-        return manifest.read(location.source, names, location.manifest_prefix)
+        return read_manifest(location.source, names, location.manifest_prefix)
     except SourceMissing:
         raise ContractViolation(
-            f"there is no {manifest.MANIFEST} at {location.where}: a set is complete only once its manifest "
+            f"there is no {MANIFEST} at {location.where}: a set is complete only once its manifest "
             "is written; nothing was loaded",
             violations=report(
-                violation_rows(manifest.MANIFEST, Rule.MISSING_FILE, [None], values=[manifest.MANIFEST]), 1),
+                violation_rows(MANIFEST, Rule.MISSING_FILE, [None], values=[MANIFEST]), 1),
         ) from None
 
 

@@ -12,17 +12,16 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from etl_core import counting, guard, logs
+from etl_core import features, guard, logs
 from etl_core.config import POLICIES, Settings
 from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError, LoadError
 from etl_core.inputs import Location, identify, resolve_location
 from etl_core.logs import log_event
-from etl_core.reading import Extracted, read_all
-from etl_core.source import Pinned
+from etl_core.reading import Extracted, read_all, report, without_raw
+from etl_core.sources import Pinned
 from etl_core.store import Run as StoreRun
 from etl_core.store import Store
 from etl_core.trigger import Trigger
-from etl_core.violations import report, without_raw
 
 T = TypeVar("T")
 
@@ -162,7 +161,7 @@ def _publish(settings: Settings, ledger: StoreRun, extracted: Extracted, violati
     COPY waited for the features (they stream into it bucket by bucket: the server parses while we
     compute, so that 'transform' time is part of 'load')."""
     stopwatch = _Stopwatch()
-    features = stopwatch.timed(counting.feature_batches(extracted.users, extracted.compounds, extracted.counts))
+    batches = stopwatch.timed(features.feature_batches(extracted.users, extracted.compounds, extracted.counts))
     try:
         with _phase(seconds, "load"):
             with ledger.publishing() as publication:
@@ -170,13 +169,13 @@ def _publish(settings: Settings, ledger: StoreRun, extracted: Extracted, violati
                     publication.lock()  # against new foreign keys, as volume() would
                 else:
                     guard.check_volume(publication.volume(), extracted.volume, min_share=settings.min_share)
-                written = publication.replace_features(features)
+                written = publication.replace_features(batches)
                 publication.store_rejects(violations)
                 publication.finish(status=status, files=extracted.files, users_written=written,
                                    seconds=dict(seconds, total=round(time.perf_counter() - started, 3)))
             _after_commit(ledger.analyze, run_id=ledger.run_id, what="analyze the features table")
     finally:
-        features.close()  # a failed COPY leaves no bucket being worked out
+        batches.close()  # a failed COPY leaves no bucket being worked out
     return written, stopwatch.seconds
 
 

@@ -10,11 +10,10 @@ from etl_core import memory, metrics, pipeline
 from etl_core.config import Settings
 from etl_core.errors import BadRequest, ConfigError, EtlError, FeaturesStale, InternalError, RunInProgress, RunNotFound
 from etl_core.inputs import describe, resolve_location
-from etl_core.manifest import MANIFEST
-from etl_core.source import Pinned
+from etl_core.reading import REPORTED_CHARS
+from etl_core.sources import MANIFEST, Pinned
 from etl_core.store import Store
 from etl_core.trigger import Trigger
-from etl_core.violations import REPORTED_CHARS
 
 __all__ = ["MANIFEST", "Service", "Trigger", "start"]
 

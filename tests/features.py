@@ -1,5 +1,5 @@
-"""The features of tables already in memory, for tests: the pure kernels of etl_core/transform.py run
-one after the other on the calling thread, and the threaded engine's batches (etl_core/counting.py)
+"""The features of tables already in memory, for tests: the pure kernels of etl_core/features/kernels.py run
+one after the other on the calling thread, and the threaded engine's batches (etl_core/features/engine.py)
 gathered into one table.  The job itself streams; these are the same steps, laid out flat, to
 compare with an oracle."""
 
@@ -8,8 +8,8 @@ from __future__ import annotations
 import pyarrow as pa
 
 from etl_core import literals
-from etl_core.counting import Counts, feature_batches
-from etl_core.transform import (
+from etl_core.features.engine import Counts, feature_batches
+from etl_core.features.kernels import (
     FEATURES_SCHEMA,
     add_counts,
     average,

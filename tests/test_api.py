@@ -455,12 +455,12 @@ def test_a_bug_of_ours_at_the_edge_is_500_internal_error_without_paths_and_logge
 
 def test_a_bug_of_ours_in_the_run_is_logged_with_its_traceback(
         service: Service, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    from etl_core import counting
+    from etl_core import features
 
     def broken(*args: Any) -> Any:
         raise ZeroDivisionError("division by zero")
 
-    monkeypatch.setattr(counting, "feature_batches", broken)
+    monkeypatch.setattr(features, "feature_batches", broken)  # the face, which the run calls
     caplog.set_level("INFO", logger="etl")
     status, body = call(event("trigger-etl.json"))
     assert (status, body["error"]["code"]) == (500, "internal_error")

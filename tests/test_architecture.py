@@ -18,8 +18,8 @@ PACKAGES = ("etl_core", "handler")
 HTTP = {"fastapi", "starlette", "mangum", "pydantic", "handler"}
 THREADS_AND_IO = {"threading", "queue", "concurrent", "multiprocessing", "os", "io", "socket", "subprocess",
                   "tempfile", "pathlib", "shutil", "logging", "time", "pg8000", "pyarrow.csv", "pyarrow.fs"}
-PURE_CORE = ("etl_core.transform", "etl_core.guard", "etl_core.contract", "etl_core.rules", "etl_core.literals",
-             "etl_core.tables")
+PURE_CORE = ("etl_core.features.kernels", "etl_core.guard", "etl_core.contract", "etl_core.reading.rules",
+             "etl_core.literals", "etl_core.tables")
 # every layer may name its settings, errors and run statuses, and write logs and metrics
 SHARED = {"etl_core.config", "etl_core.errors", "etl_core.logs", "etl_core.metrics", "etl_core.status"}
 
@@ -122,3 +122,19 @@ def test_the_benchmarks_table_is_the_jobs_table_without_its_key() -> None:
     ours = [c.replace(" PRIMARY KEY", "") for c in columns(sql.features_table("s", _common.TABLE, primary_key=True))]
     assert columns(_common.create_table_sql("s")[-1]) == ours
     assert tuple(_common.COLUMNS) == sql.FEATURE_COLUMNS
+
+
+FACED = ("etl_core.reading", "etl_core.features", "etl_core.sources")
+# the store's face is etl_core.store (the Store protocol); its two implementations are chosen at the edge
+IMPLEMENTATIONS = {"etl_core.store.postgres", "etl_core.store.memory"}
+
+
+@pytest.mark.parametrize("package", (*FACED, "etl_core.store"))
+def test_outside_code_uses_each_packages_face(package: str) -> None:
+    """Folders show the architecture: code outside a package imports its face (``etl_core.reading``),
+    never a module inside it (``etl_core.reading.fast``), so the inside can change shape freely."""
+    for module, imported in GRAPH.items():
+        if module == package or module.startswith(package + "."):
+            continue
+        inside = {m for m in ours(imported) if m.startswith(package + ".")} - IMPLEMENTATIONS
+        assert not inside, f"{module} reaches into {package}: {sorted(inside)}; use the package's face"

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etl_core import transform
+from etl_core.features import kernels as transform
 from etl_core.store import copy_binary, sql
 
 INT64 = st.integers(-(2**63), 2**63 - 1)

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl_core import counting, transform
-from etl_core.counting import ExperimentCounter
+from etl_core.features import engine as counting
+from etl_core.features import kernels as transform
+from etl_core.features.engine import ExperimentCounter
 from tests.features import compute_features, feature_table
 from tests.test_transform import as_rows, compounds_table, data, experiments_table, oracle, users_table
 

@@ -1,7 +1,7 @@
 """What the job leans on inside its dependencies beyond their public APIs, pinned so that an upgrade
 which moves it fails here, naming what to change, instead of somewhere deep in a run.
 
-- ``pyarrow._acero`` (etl_core/transform.py ``group_by``): the public ``pyarrow.acero`` imports
+- ``pyarrow._acero`` (etl_core/features/kernels.py ``group_by``): the public ``pyarrow.acero`` imports
   ``pyarrow.dataset`` and, where installed, pandas.
 - pg8000's socket ``_usock`` (etl_core/store/db.py): the statement timeout's read deadline and
   ``TCP_NODELAY`` are set on it; pg8000 has no public handle on its socket.
@@ -16,7 +16,7 @@ import inspect
 import pyarrow as pa
 import pytest
 
-from etl_core import transform
+from etl_core.features import kernels as transform
 from etl_core.store import db
 
 pytestmark = pytest.mark.unit
@@ -27,7 +27,7 @@ def test_the_private_acero_entry_groups_as_the_public_group_by_does() -> None:
     ours = transform.group_by(table, ["k"], [("n", "hash_sum"), ("n", "hash_max")]).sort_by("k")
     public = table.group_by(["k"], use_threads=False).aggregate([("n", "sum"), ("n", "max")]).sort_by("k")
     assert ours.to_pydict() == public.to_pydict(), (
-        "pyarrow._acero no longer aggregates as Table.group_by does: etl_core/transform.py group_by must follow "
+        "pyarrow._acero no longer aggregates as Table.group_by does: etl_core/features/kernels.py group_by must follow "
         f"pyarrow {pa.__version__}'s Declaration/AggregateNodeOptions")
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import pyarrow as pa
 import pytest
 
-from etl_core import extract, fast, header, lines
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, USERS, FileContract
-from etl_core.source import Pinned
+from etl_core.reading import extract, fast, header, lines
+from etl_core.sources.source import Pinned
 from tests.test_rules import MemorySource
 
 pytestmark = pytest.mark.unit

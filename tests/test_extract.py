@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etl_core import diagnose, extract
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, USERS, FileContract, Rule
-from etl_core.source import LocalSource, Pinned, SourceMissing
+from etl_core.reading import diagnose, extract
+from etl_core.sources.source import LocalSource, Pinned, SourceMissing
 
 pytestmark = pytest.mark.unit
 
@@ -318,7 +318,7 @@ def test_a_key_is_the_same_key_however_it_is_written(tmp_path: Path, twice: str,
 
 def test_a_failing_sink_fails_the_read_without_a_diagnostic_re_read(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    from etl_core import counting
+    from etl_core.features import engine as counting
 
     def broken(self: counting.ExperimentCounter, item: object) -> None:
         raise pa.ArrowInvalid("a bug in counting")
@@ -348,7 +348,7 @@ def test_a_file_read_whole_is_read_to_its_end_when_it_is_longer_than_said(tmp_pa
 
 
 def test_the_fast_path_sees_0x_across_two_buffers() -> None:
-    from etl_core import fast
+    from etl_core.reading import fast
 
     watched = fast._Watched()
     for chunk in (b"id\n1,0", b"x1A\n"):
@@ -372,7 +372,7 @@ def test_a_row_the_early_parse_cannot_read_is_reported_and_the_rest_loaded(tmp_p
 
 
 def test_an_early_read_raises_its_error_where_its_batches_are_taken(tmp_path: Path) -> None:
-    from etl_core import fast
+    from etl_core.reading import fast
 
     names = [c.name for c in EXPERIMENTS.columns]
     early = fast.Early(LocalSource(tmp_path), EXPERIMENTS, lambda: names, 1 << 16, 100)  # no such file
@@ -411,7 +411,7 @@ def test_an_early_read_that_failed_is_freed_without_the_collector(tmp_path: Path
 
 
 def test_a_file_too_large_to_read_whole_is_not_read_early(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from etl_core import fast
+    from etl_core.reading import fast
 
     content = b"compound_id,compound_name,compound_structure\n1,C1,CC\n"
     (tmp_path / COMPOUNDS.filename).write_bytes(content)

@@ -28,10 +28,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etl_core import extract, pipeline
+from etl_core import pipeline
 from etl_core.config import Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, USERS, FileContract
 from etl_core.errors import ContractViolation
+from etl_core.reading import extract
 from tests import csv_oracle
 from tests.helpers import GOOD, write_files
 from tests.test_dialect import every_way

@@ -76,7 +76,7 @@ def test_a_cut_export_is_refused_unless_forced(tmp_path: Path) -> None:
 
 def _reads(monkeypatch: pytest.MonkeyPatch, *, fail_on: str | None = None) -> list[tuple[str, bool, bool]]:
     """Every extract.read_file call of a run: (file, threads, read early); ``fail_on``: that file's read raises."""
-    from etl_core import extract
+    from etl_core.reading import extract
 
     calls: list[tuple[str, bool, bool]] = []
     real = extract.read_file
@@ -99,7 +99,7 @@ def _reads(monkeypatch: pytest.MonkeyPatch, *, fail_on: str | None = None) -> li
 ], ids=["small-experiments-read-early", "large-experiments-streamed"])
 def test_where_the_experiments_are_parsed_beside_the_users_and_compounds(
         monkeypatch: pytest.MonkeyPatch, whole_read_bytes: int | None, expected: list[tuple[str, bool, bool]]) -> None:
-    from etl_core import fast
+    from etl_core.reading import fast
 
     if whole_read_bytes is not None:
         monkeypatch.setattr(fast, "WHOLE_READ_BYTES", whole_read_bytes)  # the challenge's experiments are larger
@@ -115,7 +115,7 @@ def test_a_run_that_fails_before_the_experiments_leaves_no_early_read_behind(
     import threading
     import time
 
-    from etl_core import fast
+    from etl_core.reading import fast
 
     real = fast._checked_whole
 

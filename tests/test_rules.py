@@ -34,9 +34,9 @@ import pyarrow as pa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from etl_core import diagnose, extract, fast, rules
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, USERS, FileContract, Rule
-from etl_core.source import SourceMissing
+from etl_core.reading import diagnose, extract, fast, rules
+from etl_core.sources.source import SourceMissing
 
 USERS_KNOWN = [1, 2, 3, rules.ID_MAX]
 COMPOUNDS_KNOWN = [1, 2, 3, 4, 10**17, rules.ID_MAX]

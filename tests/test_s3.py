@@ -13,10 +13,10 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from etl_core import source as source_module
 from etl_core.config import Settings
 from etl_core.errors import BadRequest, RunInProgress, SourceChanged, SourceForbidden, SourceUnavailable
 from etl_core.pipeline import ContractViolation
+from etl_core.sources import source as source_module
 from handler import lambda_function
 from tests.conftest import REFERENCE_DATA, ROOT
 from tests.helpers import EXPECTED, features_dump, features_rows, free_port

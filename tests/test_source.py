@@ -12,9 +12,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from etl_core import extract
 from etl_core.contract import COMPOUNDS, Rule
-from etl_core.source import FileSystemSource, LocalSource, Pinned, SourceChanged, SourceError, SourceMissing
+from etl_core.reading import extract
+from etl_core.sources.source import FileSystemSource, LocalSource, Pinned, SourceChanged, SourceError, SourceMissing
 
 GOOD = b"compound_id,compound_name,compound_structure\n1,A,X\n2,B,Y\n"
 BAD_ROW = b"compound_id,compound_name,compound_structure\n1,A,X\n0,B,Y\n"  # sends the file to the diagnostic path
@@ -180,7 +180,7 @@ EXTRACT_MODULES = ["extract.py", "header.py", "fast.py", "diagnose.py", "lines.p
 def test_extract_does_not_touch_the_file_system_itself(module: str) -> None:
     """Everything extract reads comes through a Source: no open(), no stat(), no OSFile or memory_map,
     no path handed to pyarrow's CSV reader, no temporary files."""
-    tree = ast.parse((Path(__file__).resolve().parent.parent / "etl_core" / module).read_text())
+    tree = ast.parse((Path(__file__).resolve().parent.parent / "etl_core" / "reading" / module).read_text())
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
             assert node.func.id != "open", f"{module}:{node.lineno} calls open()"

@@ -13,12 +13,12 @@ import pytest
 
 from etl_core.config import RetentionSettings
 from etl_core.errors import LoadError, RunInProgress
-from etl_core.extract import VIOLATION_SCHEMA
+from etl_core.features.kernels import FEATURES_SCHEMA
 from etl_core.guard import Volume
+from etl_core.reading.extract import VIOLATION_SCHEMA
 from etl_core.store import Store
 from etl_core.store.memory import MemoryStore
 from etl_core.store.postgres import PostgresStore
-from etl_core.transform import FEATURES_SCHEMA
 
 
 @pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.unit), "postgres"])
@@ -342,7 +342,7 @@ def test_a_backlog_larger_than_a_step_is_purged_a_bounded_part_per_run(store: St
 
 
 def test_rejects_stored_without_raw_answer_only_their_hash(store: Store) -> None:
-    from etl_core.violations import without_raw
+    from etl_core.reading.violations import without_raw
 
     with store.run(policy="quarantine", source="here") as run, run.publishing() as publication:
         publication.replace_features(features((1, 1)))

@@ -182,5 +182,5 @@ class Lines:
 
 def show(raw: bytes) -> str:
     """Bytes as text for a report: invalid UTF-8 as replacement characters (NUL bytes are escaped where
-    reports are made: etl_core/violations.py)."""
+    reports are made: etl_core/reading/violations.py)."""
     return raw.decode("utf-8", "replace")

@@ -6,10 +6,10 @@ import re
 
 import pyarrow as pa
 
-from etl_core import lines
 from etl_core.contract import FileContract, Rule
-from etl_core.source import Source, SourceMissing, translated
-from etl_core.violations import FileProblem, visible
+from etl_core.reading import lines
+from etl_core.reading.violations import FileProblem, visible
+from etl_core.sources import Source, SourceMissing, translated
 
 HEADER_LIMIT = 1 << 20  # bytes: a longer first line is read cut
 BOM = b"\xef\xbb\xbf"

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core import rules
+from etl_core.reading import rules
 
 
 class KeySet:
@@ -69,7 +69,7 @@ class Increasing:
 def duplicate_keys(stream: pa.NativeFile, key: str, names: list[str], block_size: int) -> pa.Array:
     """The valid key values that occur more than once in ``stream`` (one pass over its key column), as
     the checks read them (trimmed).  On the diagnostic path ``stream`` is the file's lines as
-    etl_core/lines.py hands them on."""
+    etl_core/reading/lines.py hands them on."""
 
     def skip(row: pacsv.InvalidRow) -> str:
         return "skip"

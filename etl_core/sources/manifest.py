@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from etl_core.errors import ManifestError, SourceChanged, shorten
-from etl_core.source import Source, translated
+from etl_core.sources.source import Source, translated
 
 MANIFEST = "_manifest.json"
 MAX_BYTES = 1 << 20  # a manifest names three objects: anything longer is not one

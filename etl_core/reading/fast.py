@@ -17,9 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core import keys, rules
 from etl_core.contract import Column, FileContract
-from etl_core.source import Source
+from etl_core.reading import keys, rules
+from etl_core.sources import Source
 
 Add = Callable[[pa.RecordBatch], None]  # where accepted batches go: a sink's add
 

@@ -10,15 +10,16 @@ from typing import Any
 
 import pyarrow as pa
 
-from etl_core import counting, extract
+from etl_core import features
 from etl_core.config import Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
 from etl_core.errors import ContractViolation
 from etl_core.guard import Volume
 from etl_core.logs import log_event
-from etl_core.source import Pinned, Source
-from etl_core.violations import report
-from etl_core.violations import rows as violation_rows
+from etl_core.reading import extract
+from etl_core.reading.violations import report
+from etl_core.reading.violations import rows as violation_rows
+from etl_core.sources import Pinned, Source
 
 PROGRESS_EVERY = 5.0  # seconds between progress lines of one file
 
@@ -30,7 +31,7 @@ class Extracted:
 
     users: pa.Table
     compounds: pa.Table  # sorted by compound_id: the order ties are listed in
-    counts: counting.Counts
+    counts: features.Counts
     results: tuple[extract.FileResult, ...]
 
     @property
@@ -75,7 +76,7 @@ def read_all(settings: Settings, source: Pinned, run_id: int) -> Extracted:
                                      compounds_table["compound_id"].combine_chunks())
         # a file of one block is one batch: counting it on a thread would overlap with nothing
         threaded = size > settings.block_size
-        with counting.ExperimentCounter(refs.users.keys, refs.compounds.keys, threaded=threaded) as counter:
+        with features.ExperimentCounter(refs.users.keys, refs.compounds.keys, threaded=threaded) as counter:
             experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs, early=early)
             counts = counter.result()  # the counting thread finishes with the file
     finally:

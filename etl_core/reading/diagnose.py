@@ -16,10 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core import keys, literals, rules, violations
+from etl_core import literals
 from etl_core.contract import LIST_SEPARATOR, Column, FileContract, Rule
-from etl_core.lines import Lines
-from etl_core.source import Source
+from etl_core.reading import keys, rules, violations
+from etl_core.reading.lines import Lines
+from etl_core.sources import Source
 
 Add = Callable[[pa.RecordBatch], None]  # where accepted batches go: a sink's add
 

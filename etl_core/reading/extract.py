@@ -1,17 +1,17 @@
 """Read the three CSV files under the data contract, as streams of Arrow record batches.
 
-Every file is read through a ``Source`` (etl_core/source.py): its header (etl_core/header.py), then
+Every file is read through a ``Source`` (etl_core/sources/source.py): its header (etl_core/reading/header.py), then
 
-* the fast path (etl_core/fast.py) reads it with pinned types (int64, date32, float64) on all cores
+* the fast path (etl_core/reading/fast.py) reads it with pinned types (int64, date32, float64) on all cores
   and checks the typed batches with ``pyarrow.compute``; good data never leaves this path;
 * at the first sign of trouble (a conversion error, a row with the wrong number of fields, a value
-  that breaks a rule) the file is read again on the diagnostic path (etl_core/diagnose.py): every
+  that breaks a rule) the file is read again on the diagnostic path (etl_core/reading/diagnose.py): every
   field as bytes, on one thread so that each rejected line's number is known, and every rule checked
   as a vectorised mask.  It reports each violation with file, line, column, value and rule, and hands
   on only the rows that pass, which is what the quarantine policy loads.
 
-Both paths check values against one table of the contract's rules (etl_core/rules.py).  Either
-path also reads the key column in a pass of its own when keys may repeat (etl_core/keys.py): the fast
+Both paths check values against one table of the contract's rules (etl_core/reading/rules.py).  Either
+path also reads the key column in a pass of its own when keys may repeat (etl_core/reading/keys.py): the fast
 path when they do not only grow, the diagnostic path always, unless the fast path found the
 duplicates already.  So a file is read through once when it is good and its keys grow, at most three
 times otherwise.  Accepted rows go to a ``Sink`` batch by batch.  The fast path takes a file of at
@@ -29,14 +29,15 @@ from typing import Protocol
 
 import pyarrow as pa
 
-from etl_core import diagnose, fast, literals
+from etl_core import literals
 from etl_core.contract import FileContract
-from etl_core.fast import Early
-from etl_core.header import read_header
-from etl_core.keys import KeySet, References
-from etl_core.rules import output_schema
-from etl_core.source import Pinned, Source, translated
-from etl_core.violations import VIOLATION_SCHEMA, FileProblem
+from etl_core.reading import diagnose, fast
+from etl_core.reading.fast import Early
+from etl_core.reading.header import read_header
+from etl_core.reading.keys import KeySet, References
+from etl_core.reading.rules import output_schema
+from etl_core.reading.violations import VIOLATION_SCHEMA, FileProblem
+from etl_core.sources import Pinned, Source, translated
 
 __all__ = [
     "VIOLATION_SCHEMA", "Collector", "Early", "FileProblem", "FileResult", "KeySet", "References", "Sink",

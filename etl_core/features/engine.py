@@ -33,7 +33,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from etl_core import literals, transform
+from etl_core import literals
+from etl_core.features import kernels as transform
 
 # user positions per bucket: 25 buckets at 100k users, so that both cores share them; fewer beyond
 # 524,287 compounds, so that a bucket's keys fit in 32 bits

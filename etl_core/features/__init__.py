@@ -1,0 +1,9 @@
+"""The features: pure Arrow kernels (``kernels``: arrays in, arrays out, ``pyarrow.compute`` only, no
+threads, no I/O) and the engine that runs them over a file of any length (``engine``: a counting
+thread beside the reader, buckets, a memory budget, the features worked out while the COPY sends
+them).  The face: the rest of the job uses only what this module names."""
+
+from etl_core.features.engine import Counts, ExperimentCounter, feature_batches
+from etl_core.features.kernels import FEATURES_SCHEMA
+
+__all__ = ["FEATURES_SCHEMA", "Counts", "ExperimentCounter", "feature_batches"]
