@@ -173,7 +173,8 @@ def imports(runs: int) -> None:
                        ("handler today (the INIT import)", "handler + powertools (Metrics + S3Event)"),
                        ("pyarrow (what the hand-written encoder needed)",
                         "pyarrow + pgpq (what the store's encoder needs now)")):
-        grown = [statistics.median(figures[name][k]) - statistics.median(figures[base][k]) for k in ("wall", "importtime")]
+        grown = [statistics.median(figures[name][k]) - statistics.median(figures[base][k])
+                 for k in ("wall", "importtime")]
         least = min(figures[name]["wall"]) - min(figures[base]["wall"])
         print(f"{name}: {grown[0] * 1e3:.1f} ms more than {base} (medians; -X importtime {grown[1] * 1e3:.1f} ms; "
               f"the fastest runs' {least * 1e3:.1f} ms)")
