@@ -82,3 +82,18 @@ def test_the_encoder_lays_out_the_features_table_as_described() -> None:
     grown = dataclasses.replace(USER_FEATURES, columns=(
         *USER_FEATURES.columns, Column("mean_run_time", pa.float64(), "double precision", "", nullable=True)))
     assert not copy_binary.fits(grown)
+
+
+@pytest.mark.unit
+def test_pgpq_frames_a_stream_as_the_store_does() -> None:
+    """The store sends its own header and trailer around the rows, and ``rows`` cuts pgpq's trailer
+    off each chunk by its length: both must be pgpq's own (an upgrade that changes them fails here)."""
+    from pgpq import ArrowToPostgresBinaryEncoder
+
+    from etl_core.tables import USER_FEATURES
+
+    encoder = ArrowToPostgresBinaryEncoder(USER_FEATURES.arrow_schema())
+    assert encoder.write_header() == copy_binary.HEADER
+    assert encoder.finish() == copy_binary.TRAILER
+    one = bytes(copy_binary.rows(batch_of([(1, "a", 2, None, None, 0.5)]), 3))
+    assert one.startswith((7).to_bytes(2, "big")) and one.endswith((3).to_bytes(8, "big"))
