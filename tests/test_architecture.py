@@ -122,3 +122,18 @@ def test_the_benchmarks_table_is_the_jobs_table_without_its_key() -> None:
     ours = [c.replace(" PRIMARY KEY", "") for c in columns(sql.features_table("s", _common.TABLE, primary_key=True))]
     assert columns(_common.create_table_sql("s")[-1]) == ours
     assert tuple(_common.COLUMNS) == sql.FEATURE_COLUMNS
+
+
+def test_the_dlt_peer_declares_null_where_the_jobs_table_allows_it() -> None:
+    """bench/impl_dlt.py hands dlt an Arrow schema, from which dlt makes the table's NOT NULLs (the
+    benchmark's comparison reads values, not constraints): the columns it leaves nullable are ours."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import impl_dlt
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from etl_core.tables import USER_FEATURES
+
+    assert impl_dlt.NULLABLE == tuple(c.name for c in USER_FEATURES.columns if c.nullable)
