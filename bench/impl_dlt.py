@@ -4,7 +4,8 @@ the same SQL as impl_duckdb.py, fetched from DuckDB as an Arrow table and handed
 Arrow table as CSV and loads it by COPY; its default, insert_values, turns every row into Python
 objects and SQL literals).  dlt has no array type for PostgreSQL, so the ids arrive as their array
 literal in a text column (``{1,3}``) and one ``ALTER TABLE ... TYPE bigint[]`` afterwards makes the
-column ours.  No primary key, as in the other plain peers.
+column ours.  dlt's text columns are ``varchar`` (unbounded: the same values as ``text``).  No primary
+key, as in the other plain peers.  Everything else is dlt's default (it gzips the CSV file it writes).
 
 What dlt adds next to our table: its own tables in the same schema (``_dlt_loads``, ``_dlt_version``,
 ``_dlt_pipeline_state``), and its working files in a pipelines directory (a temporary one here, so
