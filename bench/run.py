@@ -10,8 +10,11 @@ wall time and peak RSS, check that all of them wrote the same table, print and s
 Scale C is the challenge's own data (tests/data/challenge: 10 users), where the fixed costs are all
 there is.  ``duckdb_copy`` and ``polars_copy`` are the plain peers, what a user would write (the
 query, then a plain COPY into a table without a primary key); ``duckdb`` and ``polars`` also add the
-primary key.  ``ours_pandas`` is our job in a venv that has pandas installed.  ``ours`` and
-``ours_pandas`` load into a fresh schema each run (the peers drop and create their table each run);
+primary key.  ``dlt`` is the plain peer a data engineer would write with dlt: DuckDB's query, its
+Arrow result loaded by dlt's PostgreSQL destination (``write_disposition="replace"``, csv and COPY),
+then the ids column made ``bigint[]``.  ``ours_pandas`` is our job in a venv that has pandas installed.
+``ours``, ``ours_pandas`` and ``dlt`` load into a fresh schema each run (the peers drop and create
+their table each run; dlt keeps its own tables next to ours, and would otherwise truncate);
 ``ours_replace`` is the job loading over its own previous load (publishing keeps the table: DELETE and
 COPY in one transaction, then VACUUM on this server, which runs without autovacuum).
 
@@ -20,12 +23,12 @@ from the parent's fork to its wait4(); peak RSS is the child's ru_maxrss from wa
 process only: the PostgreSQL server's memory is not in it).  Before each run the server is asked for
 a CHECKPOINT, so that no run pays for writing out the previous one's table, and a VACUUM of the
 table it writes (as autovacuum would do between two scheduled runs; this server runs without it).
-Each implementation writes to a schema of its own per scale (``bench_<impl>_<scale>``).  Our job's
-schema is dropped before each ``ours`` and ``ours_pandas`` run, outside the timing, so that each is a
-first load, as each peer's run is; ``ours_replace``'s schema holds its previous load (one untimed load
-first, when it holds none), so that each of its runs replaces every row.  With ``--repeat N`` the
-implementations take turns, N rounds of one run each, and each shows its median (the lower middle
-one for an even N).
+Each implementation writes to a schema of its own per scale (``bench_<impl>_<scale>``).  The schema
+of ``ours``, ``ours_pandas`` and ``dlt`` is dropped before each of their runs, outside the timing, so
+that each is a first load, as each peer's run is; ``ours_replace``'s schema holds its previous load
+(one untimed load first, when it holds none), so that each of its runs replaces every row.  With
+``--repeat N`` the implementations take turns, N rounds of one run each, and each shows its median
+(the lower middle one for an even N).
 """
 
 from __future__ import annotations
@@ -50,11 +53,12 @@ sys.path.insert(0, str(BENCH))
 import _common  # noqa: E402
 import generate  # noqa: E402
 
-IMPLS = ("ours", "ours_pandas", "ours_replace", "duckdb", "duckdb_copy", "pandas", "polars", "polars_copy")
+IMPLS = ("ours", "ours_pandas", "ours_replace", "duckdb", "duckdb_copy", "pandas", "polars", "polars_copy",
+         "dlt")
 # ours_pandas: our job in the venv running this script, which has pandas (pyarrow imports pandas on
 # its first conversion from Python objects when pandas is installed)
 SCRIPT = {"ours_pandas": "ours", "ours_replace": "ours"}
-FRESH = ("ours", "ours_pandas")  # their schema is dropped before each run: a first load
+FRESH = ("ours", "ours_pandas", "dlt")  # their schema is dropped before each run: a first load
 CHALLENGE = BENCH.parent / "tests" / "data" / "challenge"  # scale C: the challenge's own three files
 COMPARED = ("user_id", "user_name", "total_experiments", "most_common_compounds", "most_common_compound_ids",
             "round(average_experiments::numeric, 9)")
@@ -182,7 +186,7 @@ def differences(conn: Any, a: str, b: str) -> dict[str, Any]:
 
 def versions(url: str) -> dict[str, str]:
     found = {"python": platform.python_version()}
-    for package in ("pyarrow", "duckdb", "pandas", "polars", "numpy", "pg8000", "sqlalchemy"):
+    for package in ("pyarrow", "duckdb", "pandas", "polars", "numpy", "pg8000", "sqlalchemy", "dlt"):
         try:
             found[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -138,3 +138,18 @@ def test_outside_code_uses_each_packages_face(package: str) -> None:
             continue
         inside = {m for m in ours(imported) if m.startswith(package + ".")} - IMPLEMENTATIONS
         assert not inside, f"{module} reaches into {package}: {sorted(inside)}; use the package's face"
+
+
+def test_the_dlt_peer_declares_null_where_the_jobs_table_allows_it() -> None:
+    """bench/impl_dlt.py hands dlt an Arrow schema, from which dlt makes the table's NOT NULLs (the
+    benchmark's comparison reads values, not constraints): the columns it leaves nullable are ours."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    try:
+        import impl_dlt
+    finally:
+        sys.path.remove(str(ROOT / "bench"))
+    from etl_core.tables import USER_FEATURES
+
+    assert impl_dlt.NULLABLE == tuple(c.name for c in USER_FEATURES.columns if c.nullable)
