@@ -1,12 +1,12 @@
 """The features in PostgreSQL's binary COPY format, laid out by pgpq (Arrow to binary COPY).  Pure: no I/O.
 
-A row of the features table is 7 fields, in the order of ``LAYOUT``, which must be the table's as
-``tables.USER_FEATURES`` describes it (``fits``; the store falls back to CSV COPY where it is not,
-and a quick test fails until ``LAYOUT`` names the new columns too, once tests/test_copy_binary.py,
-which loads the rows with the COPY statement of that column list, has shown that the server reads
-them back).  Each field is its length (int32, -1 for NULL) then its bytes, big-endian; pgpq lays
-each one out from its Arrow type, in Rust: int64 as bigint, string as text, float64 as double
-precision, list<int64> as bigint[] (one dimension, lower bound 1, elements of type int8).  The
+A row is the features table's columns as ``tables.USER_FEATURES`` describes them, in that order:
+each column's Arrow type must be one pgpq lays out as its PostgreSQL type, among ``BINARY_FORMS``,
+the pairs tests/test_copy_binary.py has loaded into the server and read back (``fits``; where a
+column is of another pair, the store loads with CSV COPY instead).  Each field is its length (int32,
+-1 for NULL) then its bytes, big-endian; pgpq lays each one out from its Arrow type, in Rust: int64
+as bigint, string as text, float64 as double precision, list<int64> as bigint[] (one dimension,
+lower bound 1, elements of type int8).  The
 run's id is a column of its own, the one value repeated.
 
 Until issue 26 this module was an encoder of our own, made of pyarrow gathers; bench/libraries.py
@@ -23,15 +23,15 @@ from pgpq import ArrowToPostgresBinaryEncoder
 from etl_core import literals
 from etl_core.tables import USER_FEATURES, Table
 
-# the columns whose binary form the tests have checked against the server: name, type, whether NULL may occur
-LAYOUT = (("user_id", "bigint", False), ("user_name", "text", False), ("total_experiments", "bigint", False),
-          ("most_common_compounds", "text", True), ("most_common_compound_ids", "bigint[]", True),
-          ("average_experiments", "double precision", False), ("run_id", "bigint", False))
+# the Arrow types pgpq lays out as these PostgreSQL types, NULLs included, as the tests have checked against
+# the server
+BINARY_FORMS = frozenset({(pa.int64(), "bigint"), (pa.string(), "text"), (pa.float64(), "double precision"),
+                          (pa.list_(pa.int64()), "bigint[]")})
 
 
 def fits(table: Table) -> bool:
-    """Whether ``table``'s columns are the ones this encoder lays out, in its order."""
-    return tuple((c.name, c.sql, c.nullable) for c in table.columns) == LAYOUT
+    """Whether every column of ``table`` is of a pair this encoder lays out (in the table's order)."""
+    return all((c.arrow, c.sql) in BINARY_FORMS for c in table.columns)
 
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")  # no flags, no extension
