@@ -101,3 +101,23 @@ def test_pgpq_frames_a_stream_as_the_store_does() -> None:
     assert encoder.finish() == copy_binary.TRAILER
     one = bytes(copy_binary.rows(batch_of([(1, "a", 2, None, None, 0.5)]), 3))
     assert one.startswith((7).to_bytes(2, "big")) and one.endswith((3).to_bytes(8, "big"))
+
+
+@pytest.mark.parametrize(("arrow", "sql", "values"), [
+    (pa.int64(), "bigint", [1, None, -(2**63), 2**63 - 1]),
+    (pa.string(), "text", ["a", None, "", "ünï ✓"]),
+    (pa.float64(), "double precision", [0.5, None, -0.0, float("inf")]),
+    (pa.list_(pa.int64()), "bigint[]", [[1, 2], None, [], [2**62]]),
+])
+def test_every_binary_form_reads_back_with_its_nulls(db: Any, arrow: pa.DataType, sql: str, values: list[Any]) -> None:
+    """Each pair in copy_binary.BINARY_FORMS, NULLs included, as the server reads pgpq's bytes."""
+    from pgpq import ArrowToPostgresBinaryEncoder
+
+    assert (arrow, sql) in copy_binary.BINARY_FORMS
+    schema = pa.schema([pa.field("v", arrow, nullable=True)])
+    encoder = ArrowToPostgresBinaryEncoder(schema)
+    data = encoder.write_header() + encoder.write_batch(pa.record_batch([pa.array(values, arrow)], schema=schema))
+    data += encoder.finish()
+    db.run(f"CREATE TEMPORARY TABLE binary_form_{abs(hash(sql))} (v {sql})")
+    db.run(f"COPY binary_form_{abs(hash(sql))} (v) FROM STDIN WITH (FORMAT binary)", stream=[bytes(data)])
+    assert [row[0] for row in db.run(f"SELECT v FROM binary_form_{abs(hash(sql))} ORDER BY ctid")] == values
