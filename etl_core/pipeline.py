@@ -105,7 +105,7 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, 
         extracted = read_all(settings, source, ledger.run_id)
     violations = extracted.violations if settings.retention.keep_raw else without_raw(extracted.violations)
     status = _verdict(settings, extracted, violations, policy, ledger.run_id, force=force)
-    written, waited = _publish(settings, ledger, extracted, violations, status, force=force,
+    written, changes, waited = _publish(settings, ledger, extracted, violations, status, force=force,
                                seconds=seconds, started=started)
     seconds["transform"] = round(waited, 3)
     seconds["total"] = round(time.perf_counter() - started, 3)
@@ -113,11 +113,11 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, 
     _after_commit(ledger.record_seconds, seconds, run_id=ledger.run_id, what="record the load time")
     files = extracted.files
     purged = _purge(settings, ledger)
-    log_event("run_finished", run_id=ledger.run_id, status=status, users_written=written, seconds=seconds,
-              files=files, rejects=violations.num_rows, purged=purged)
+    log_event("run_finished", run_id=ledger.run_id, status=status, users_written=written, changes=changes,
+              seconds=seconds, files=files, rejects=violations.num_rows, purged=purged)
     return {
         "run_id": ledger.run_id, "status": status, "policy": policy, "files": files,
-        "users_written": written, "violations": report(violations, settings.max_reported),
+        "users_written": written, "changes": changes, "violations": report(violations, settings.max_reported),
         "seconds": seconds, "same_as": None, "fingerprint": found, "inputs": inputs, "purged": purged,
     }
 
@@ -155,8 +155,9 @@ def _verdict(settings: Settings, extracted: Extracted, violations: pa.Table, pol
 
 
 def _publish(settings: Settings, ledger: StoreRun, extracted: Extracted, violations: pa.Table, status: str, *,
-             force: bool, seconds: dict[str, float], started: float) -> tuple[int, float]:
-    """Replace the features and finish the run in one transaction; the rows written, and the seconds the
+             force: bool, seconds: dict[str, float], started: float) -> tuple[int, dict[str, int] | None, float]:
+    """Replace the features and finish the run in one transaction; the rows written, the users added,
+    changed, removed and left unchanged, and the seconds the
     COPY waited for the features (they stream into it bucket by bucket: the server parses while we
     compute, so that 'transform' time is part of 'load')."""
     stopwatch = _Stopwatch()
@@ -175,7 +176,7 @@ def _publish(settings: Settings, ledger: StoreRun, extracted: Extracted, violati
             _after_commit(ledger.analyze, run_id=ledger.run_id, what="analyze the features table")
     finally:
         features.close()  # a failed COPY leaves no bucket being worked out
-    return written, stopwatch.seconds
+    return written, publication.changes, stopwatch.seconds
 
 
 def _unchanged(settings: Settings, ledger: StoreRun, policy: str, same_as: int, found: str,
@@ -186,6 +187,7 @@ def _unchanged(settings: Settings, ledger: StoreRun, policy: str, same_as: int, 
     ledger.unchanged(same_as=same_as, seconds=seconds)
     log_event("run_unchanged", run_id=ledger.run_id, same_as=same_as, fingerprint=found)
     return {"run_id": ledger.run_id, "status": "unchanged", "policy": policy, "files": {}, "users_written": 0,
+            "changes": None,
             "violations": {"total": 0, "first": []}, "seconds": seconds, "same_as": same_as,
             "fingerprint": found, "inputs": inputs, "purged": _purge(settings, ledger)}
 

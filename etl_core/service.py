@@ -8,7 +8,15 @@ from typing import Any
 
 from etl_core import memory, metrics, pipeline
 from etl_core.config import Settings
-from etl_core.errors import BadRequest, EtlError, FeaturesStale, InternalError, RunInProgress, RunNotFound
+from etl_core.errors import (
+    BadRequest,
+    EtlError,
+    FeaturesStale,
+    HistoryPurged,
+    InternalError,
+    RunInProgress,
+    RunNotFound,
+)
 from etl_core.manifest import MANIFEST
 from etl_core.store import Store
 from etl_core.trigger import Trigger
@@ -67,6 +75,34 @@ class Service:
         found = self.store.rejects(run_id, limit=limit + 1, after=after, max_chars=REPORTED_CHARS)
         page = found[:limit]
         return {"run_id": run_id, "rejects": page, "next_after": page[-1]["seq"] if len(found) > limit else None}
+
+    def changes(self, run_id: int, *, limit: int, after: int = 0) -> dict[str, Any]:
+        """A page of the users a run added, changed or removed, by user id, with their features before and
+        after it; ``next_after`` continues it (None: no more).  HistoryPurged where the history no longer
+        holds the run's versions."""
+        self._kept(run_id)
+        found = self.store.changes(run_id, limit=limit + 1, after=after)
+        page = found[:limit]
+        return {"run_id": run_id, "changes": page, "next_after": page[-1]["user_id"] if len(found) > limit else None}
+
+    def as_of(self, run_id: int, *, limit: int, after: int = 0) -> dict[str, Any]:
+        """A page of the features as they were when run ``run_id`` finished, by user id; ``next_after``
+        continues it (None: no more).  HistoryPurged where the history no longer holds them."""
+        self._kept(run_id)
+        found = self.store.as_of(run_id, limit=limit + 1, after=after)
+        page = found[:limit]
+        return {"run_id": run_id, "features": page, "next_after": page[-1]["user_id"] if len(found) > limit else None}
+
+    def _kept(self, run_id: int) -> dict[str, Any]:
+        """The run's record, if it finished and the history still holds the features as it left them:
+        else RunNotFound, or HistoryPurged."""
+        record = self.run_status(run_id)
+        kept_from = self.store.history_kept_from()
+        if run_id < kept_from:
+            raise HistoryPurged(f"the history no longer holds the features as of run {run_id}: it keeps them "
+                                f"from run {kept_from} on (ETL_HISTORY_RETENTION_RUNS, ETL_HISTORY_RETENTION_DAYS, "
+                                "or a run from before the history began)", run_id=run_id, kept_from=kept_from)
+        return record
 
     def health(self) -> dict[str, Any]:
         """The database answers, and the last run that confirmed the features and its age; past

@@ -52,7 +52,21 @@ USER_FEATURES = Table("user_features", key="user_id", columns=(
            "the same compounds' ids, in the same order (NULL: no experiment)", nullable=True),
     Column("average_experiments", pa.float64(), "double precision",
            "accepted experiments per accepted user, over the whole load (the same on every row)"),
-    Column("run_id", pa.int64(), "bigint", "the run (etl_runs.id) that wrote the row"),
+    Column("run_id", pa.int64(), "bigint",
+           "the run (etl_runs.id) that wrote the row as it is: added the user or last changed a value of theirs"),
 ))
 # the columns the store adds to what a run computes (the run's id)
 STORE_ADDS = ("run_id",)
+
+# Each version of a user's features that a later run ended (changed or removed the user), with the run that
+# made it valid and the run that ended it (SCD type 2).  The versions still valid are user_features' rows
+# (their run_id is the run that made them valid): a run writes here only for the users it changes or
+# removes, never a copy of the whole table (schema version 3).
+USER_FEATURES_HISTORY = Table("user_features_history", key="user_id", columns=(
+    *(dataclasses.replace(c, since=3) for c in USER_FEATURES.columns if c.name != "run_id"),
+    Column("valid_from", pa.int64(), "bigint", "the run (etl_runs.id) that made this version valid", since=3),
+    Column("valid_to", pa.int64(), "bigint",
+           "the run that ended it: changed the user's features or removed the user", since=3),
+))
+# the feature values a change is judged on: every column but the key and the run
+COMPARED = tuple(c for c in USER_FEATURES.names if c not in ("user_id", "run_id"))

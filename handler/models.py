@@ -132,6 +132,19 @@ FINGERPRINT = "what decides whether a trigger loads: the inputs' identities, the
 INPUTS = "each input file as found before the run read it (null: not there)"
 
 
+class Changes(Strict):
+    """What a publication changed: the users it added, changed (any value differs), removed, and left as
+    they were (their rows untouched, still naming the run that wrote them)."""
+
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+
+
+CHANGES = "the users the run added, changed, removed and left unchanged (null: it published nothing)"
+
+
 class RunSummary(Strict):
     """What a trigger answers when the run published its features, or found the input unchanged."""
 
@@ -141,7 +154,8 @@ class RunSummary(Strict):
                     "same_as loaded, nothing was loaded (force=true loads anyway)")
     policy: Literal["strict", "quarantine"]
     files: dict[str, FileCounts] = Field(description="per file; empty when unchanged")
-    users_written: int
+    users_written: int = Field(description="the users the table holds after the run")
+    changes: Changes | None = Field(None, description=CHANGES)
     violations: Violations
     seconds: dict[str, float] = Field(description="time per phase: extract, transform, load, total")
     same_as: int | None = Field(None, description="unchanged: the run that loaded this input")
@@ -170,6 +184,7 @@ class RunRecord(Strict):
     finished_at: DateTime | None
     files: dict[str, FileCounts] | None
     users_written: int | None
+    changes: Changes | None = Field(None, description=CHANGES)
     seconds: dict[str, float] | None
     error: ErrorDetail | None
     rejects: int = Field(description="rejected rows stored in etl_rejects: GET /runs/{run_id}/rejects")
@@ -197,6 +212,40 @@ class Reject(Strict):
 class RejectsPage(Strict):
     run_id: int
     rejects: list[Reject] = Field(description="in the order the run stored them")
+    next_after: int | None = Field(description="pass as after= for the next page; null: this is the last")
+
+
+class FeatureValues(Strict):
+    """A user's feature values (user_features' columns but the key and the run)."""
+
+    user_name: str
+    total_experiments: int
+    most_common_compounds: str | None
+    most_common_compound_ids: list[int] | None
+    average_experiments: float
+
+
+class Change(Strict):
+    user_id: int
+    change: Literal["added", "changed", "removed"]
+    before: FeatureValues | None = Field(description="the user's features before the run; null: added")
+    after: FeatureValues | None = Field(description="the user's features the run wrote; null: removed")
+
+
+class ChangesPage(Strict):
+    run_id: int
+    changes: list[Change] = Field(description="by user id")
+    next_after: int | None = Field(description="pass as after= for the next page; null: this is the last")
+
+
+class FeatureRow(FeatureValues):
+    user_id: int
+    run_id: int = Field(description="the run that wrote the row as it was then")
+
+
+class FeaturesPage(Strict):
+    run_id: int = Field(description="the features as they were when this run finished")
+    features: list[FeatureRow] = Field(description="by user id")
     next_after: int | None = Field(description="pass as after= for the next page; null: this is the last")
 
 
@@ -228,6 +277,11 @@ class RejectsQuery(Strict):
     after: Integer = Field(0, ge=0, description="only rejects with a larger seq: the previous page's next_after")
 
 
+class UsersQuery(Strict):
+    limit: Integer = Field(100, ge=1, le=MAX_PAGE, description="users in the page")
+    after: Integer = Field(0, ge=0, description="only users with a larger id: the previous page's next_after")
+
+
 # Each direct action's fields (besides "action"), checked as HTTP checks a route's parameters
 
 class RunRef(Strict):
@@ -235,6 +289,10 @@ class RunRef(Strict):
 
 
 class RejectsAction(RejectsQuery):
+    run_id: StrictInt
+
+
+class UsersAction(UsersQuery):
     run_id: StrictInt
 
 

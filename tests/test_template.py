@@ -29,7 +29,8 @@ RESOURCE_IDS = {"EtlApi": API_ID, "EtlFunction.Arn": "arn:aws:lambda:eu-west-1:1
 # Who may call what: the issue's three audiences.
 AUDIENCE = {("POST", "/trigger-etl"): "run", ("GET", "/trigger-etl"): "run",
             ("GET", "/runs"): "read", ("GET", "/runs/{run_id}"): "read", ("GET", "/health"): "read",
-            ("GET", "/openapi.json"): "read", ("GET", "/runs/{run_id}/rejects"): "rejects"}
+            ("GET", "/openapi.json"): "read", ("GET", "/runs/{run_id}/rejects"): "rejects",
+            ("GET", "/runs/{run_id}/changes"): "rejects", ("GET", "/runs/{run_id}/features"): "rejects"}
 POLICY_OF = {"read": "ReadRunsPolicy", "run": "StartRunsPolicy", "rejects": "ReadRejectsPolicy"}
 
 
@@ -225,8 +226,9 @@ def test_reading_runs_never_grants_a_runs_rejects(digits: int, monkeypatch: pyte
     stack = Stack(translated({"DataBucketName": "lab-exports"}, monkeypatch), {})
     policies = iam_policies(stack)
     run_id = "9" * digits
-    assert who_may(policies, "GET", f"/runs/{run_id}/rejects") == {"ReadRejectsPolicy"}
-    assert who_may(policies, "GET", f"/runs/{run_id}/rejects/") == set()
+    for personal in ("rejects", "changes", "features"):  # users' names: the personal-data audience only
+        assert who_may(policies, "GET", f"/runs/{run_id}/{personal}") == {"ReadRejectsPolicy"}
+        assert who_may(policies, "GET", f"/runs/{run_id}/{personal}/") == set()
     for method in ("POST", "PUT", "DELETE", "HEAD", "OPTIONS"):
         assert who_may(policies, method, f"/runs/{run_id}") == set()
         assert who_may(policies, method, "/runs") == set()

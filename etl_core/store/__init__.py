@@ -55,8 +55,12 @@ class Publication(Protocol):
         """What the table holds now (counted: the load guard's side of the comparison); locks as ``lock``."""
         ...
 
+    changes: dict[str, int] | None  # once replace_features is done: added, changed, removed, unchanged
+
     def replace_features(self, features: Iterable[pa.RecordBatch]) -> int:
-        """Make the table hold exactly these rows (consumed as they come); return how many."""
+        """Make the table hold exactly these rows (consumed as they come), writing only the users added,
+        changed (any value differs) or removed, each ended version kept in the history; return how many
+        rows.  An unchanged row keeps the run that made it valid."""
         ...
 
     def store_rejects(self, rejects: pa.Table) -> None: ...
@@ -109,7 +113,24 @@ class Store(Protocol):
         ...
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
-        """One run's record (``rejects``: how many it stored), or None."""
+        """One run's record (``rejects``: how many it stored; ``changes``: the users it added, changed,
+        removed and left unchanged, None where it published nothing), or None."""
+        ...
+
+    def history_kept_from(self) -> int:
+        """The oldest run whose features the history can still give (the runs before it are refused)."""
+        ...
+
+    def as_of(self, run_id: int, *, limit: int, after: int = 0) -> list[dict[str, Any]]:
+        """The features as they were when run ``run_id`` finished, at most ``limit`` users with an id
+        above ``after``, by user id; each row's ``run_id`` is the run that made it valid.  The caller
+        checks that the history keeps the run (``history_kept_from``)."""
+        ...
+
+    def changes(self, run_id: int, *, limit: int, after: int = 0) -> list[dict[str, Any]]:
+        """The users run ``run_id`` added, changed or removed, at most ``limit`` with an id above
+        ``after``, by user id: ``user_id``, ``change`` and ``before``/``after`` (the feature values, None
+        where the user had none)."""
         ...
 
     def list_runs(self, *, limit: int, status: str | None = None, before: int | None = None) -> list[dict[str, Any]]:

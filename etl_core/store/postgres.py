@@ -134,6 +134,22 @@ class PostgresStore:
         return [{"seq": seq, "file": file, "line": line, "column": column, "value": value, "rule": rule, "raw": raw,
                  "raw_sha256": digest} for seq, file, line, column, value, rule, raw, digest in rows]
 
+    def history_kept_from(self) -> int:
+        rows = self._read(sql.history_horizon(self.schema))
+        return int(rows[0][0]) if rows else 0
+
+    def as_of(self, run_id: int, *, limit: int, after: int = 0) -> list[dict[str, Any]]:
+        if not 1 <= run_id <= LARGEST_ID or after >= LARGEST_ID:
+            return []
+        rows = self._read(sql.as_of_page(self.schema), run=run_id, after=max(after, 0), limit=limit)
+        return [dict(zip(sql.FEATURE_COLUMNS, row, strict=True)) for row in rows]
+
+    def changes(self, run_id: int, *, limit: int, after: int = 0) -> list[dict[str, Any]]:
+        if not 1 <= run_id <= LARGEST_ID or after >= LARGEST_ID:
+            return []
+        rows = self._read(sql.changes_page(self.schema), run=run_id, after=max(after, 0), limit=limit)
+        return [_change(user_id, before, after_) for user_id, before, after_ in rows]
+
     def last_confirmed(self) -> dict[str, Any] | None:
         rows = self._read(sql.last_confirmed(self.schema, CONFIRMING))
         if not rows:
@@ -306,6 +322,7 @@ class PostgresPublication:
         self._rejects = 0  # stored so far: the next one's seq is this + 1
         self._held: int | None = None  # rows the table held before, once volume() counted them (a forced run: never)
         self.left_dead: int | None = None  # rows replace_features deleted or updated (None: not known)
+        self.changes: dict[str, int] | None = None  # added, changed, removed, unchanged: once replaced
 
     def raised_by_rows(self, exc: BaseException) -> bool:
         return any(exc is stream.error for stream in self._streams)
@@ -322,8 +339,11 @@ class PostgresPublication:
         return Volume(users=int(users), experiments=int(experiments))
 
     def replace_features(self, features: Iterable[pa.RecordBatch]) -> int:
-        """The rows go in binary COPY (the server parses it in about two thirds of CSV's time), unless the
-        table's columns no longer have the types binary COPY sends."""
+        """Make the table hold these rows, writing only what differs: into an empty table the rows go
+        straight in; else they go to a temporary table and three statements delete the users that are
+        gone, update those any of whose values changed and insert the new ones, each ended version kept
+        in the history.  The rows go in binary COPY (the server parses it in about two thirds of CSV's
+        time), unless the table's columns no longer have the types binary COPY sends."""
         rows = [0]
 
         def counted(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -333,19 +353,26 @@ class PostgresPublication:
 
         table = sql.q(self._schema, sql.FEATURES)
         with _translated(self):
-            if self._conn.run(sql.referencing_keys(), table=table):
-                self._conn.run(sql.create_staging())  # our column types; INSERT ... SELECT converts
-                self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
-                           _chunks(counted(features), self._run_id, binary=_BINARY))
-                self._conn.run(sql.delete_missing(self._schema))
-                self._conn.run(sql.upsert_staging(self._schema))
-                self.left_dead = self._held  # each old row is deleted or updated
-            else:
+            [[empty]] = self._conn.run(sql.is_empty(self._schema))
+            if empty:
                 binary = _BINARY and dict(self._conn.run(sql.column_types(), table=table)) == sql.BINARY_FEATURE_TYPES
-                chunks = _chunks(counted(features), self._run_id, binary=binary)
-                self._conn.run(sql.delete_all(self._schema))
-                self.left_dead = self._conn.row_count if self._conn.row_count >= 0 else None
-                self._copy(sql.copy_in(self._schema, sql.FEATURES, sql.FEATURE_COLUMNS, binary=binary), chunks)
+                self._copy(sql.copy_in(self._schema, sql.FEATURES, sql.FEATURE_COLUMNS, binary=binary),
+                           _chunks(counted(features), self._run_id, binary=binary))
+                self.changes = {"added": rows[0], "changed": 0, "removed": 0, "unchanged": 0}
+                self.left_dead = 0
+                return rows[0]
+            self._conn.run(sql.create_staging())  # our column types; the statements convert
+            self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
+                       _chunks(counted(features), self._run_id, binary=_BINARY))
+            self._conn.run(f"ANALYZE {sql.q('pg_temp', sql.STAGING)}")  # the planner's estimates of the joins
+            counts = {}
+            for key, statement in (("removed", sql.delete_missing), ("changed", sql.update_changed),
+                                   ("added", sql.insert_added)):
+                self._conn.run(statement(self._schema), run=self._run_id)
+                counts[key] = max(self._conn.row_count, 0)
+        self.changes = {"added": counts["added"], "changed": counts["changed"], "removed": counts["removed"],
+                        "unchanged": rows[0] - counts["added"] - counts["changed"]}
+        self.left_dead = counts["changed"] + counts["removed"]
         return rows[0]
 
     def store_rejects(self, rejects: pa.Table) -> None:
@@ -358,7 +385,7 @@ class PostgresPublication:
     def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
         with _translated():
             _finish(self._conn, self._schema, self._run_id, status=status, files=files,
-                    users_written=users_written, seconds=seconds, **self._inputs)
+                    users_written=users_written, seconds=seconds, changes=self.changes, **self._inputs)
 
     def _copy(self, statement: str, chunks: Iterable[memoryview]) -> None:
         self._streams.append(stream := _Stream(chunks))
@@ -383,22 +410,32 @@ class _Stream:
 
 def _finish(conn: Connection, schema: str, run_id: int, *, status: str, files: Any = None,
             users_written: int | None = None, seconds: Any = None, error: Any = None,
-            fingerprint: str | None = None, inputs: Any = None, same_as: int | None = None) -> None:
+            fingerprint: str | None = None, inputs: Any = None, same_as: int | None = None,
+            changes: dict[str, int] | None = None) -> None:
+    counts: dict[str, Any] = {key: (changes or {}).get(key) for key in sql.CHANGE_COUNTS}
     conn.run(sql.finish_run(schema), status=status, files=_json(files), written=users_written,
              seconds=_json(seconds), error=_json(error), fingerprint=fingerprint, inputs=_json(inputs),
-             same_as=same_as, id=run_id)
+             same_as=same_as, id=run_id, **counts)
 
 
 def _run_record(row: list[Any]) -> dict[str, Any]:
     (id_, status, policy, data_dir, started, finished, files, written, seconds, error, fingerprint, inputs, same_as,
-     rejects) = row
+     added, changed, removed, unchanged, rejects) = row
     return {
         "run_id": id_, "status": status, "policy": policy, "data_dir": data_dir,
         "started_at": started.isoformat() if started else None,
         "finished_at": finished.isoformat() if finished else None,
         "files": files, "users_written": written, "seconds": seconds, "error": error, "rejects": rejects,
         "fingerprint": fingerprint, "inputs": inputs, "same_as": same_as,
+        "changes": None if added is None else {"added": added, "changed": changed, "removed": removed,
+                                               "unchanged": unchanged},
     }
+
+
+def _change(user_id: int, before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    """One user's change: added (nothing before), removed (nothing after) or changed."""
+    change = "added" if before is None else "removed" if after is None else "changed"
+    return {"user_id": user_id, "change": change, "before": before, "after": after}
 
 
 def _rollback(conn: Connection) -> None:

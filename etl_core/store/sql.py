@@ -5,12 +5,16 @@ from __future__ import annotations
 from pg8000.native import identifier
 
 from etl_core.status import LOADED, RunStatus
-from etl_core.tables import USER_FEATURES, Table
+from etl_core.tables import COMPARED, USER_FEATURES, USER_FEATURES_HISTORY, Table
 
 FEATURES = USER_FEATURES.name
 RUNS = "etl_runs"
 REJECTS = "etl_rejects"
 STAGING = "user_features__staging"
+HISTORY = USER_FEATURES_HISTORY.name
+HORIZON = "etl_history_horizon"  # one row: the oldest run whose features the history can still give
+AS_OF = "user_features_as_of"  # the SQL function: the features as they were after a run
+CHANGE_COUNTS = ("added", "changed", "removed", "unchanged")  # etl_runs' columns, from schema version 3
 # the stamp releases before etl_core/store/migrations.py read (a comment on the runs table): migration 1
 # still writes it, so that such a release finds the shape it knows; this release reads the history
 LEDGER_VERSION = 2
@@ -79,11 +83,13 @@ def start_run(schema: str) -> str:
 
 
 def create_table(table: Table, schema: str, name: str | None = None, *, if_not_exists: bool = False,
-                 primary_key: bool = False) -> str:
-    """``CREATE TABLE`` of ``table`` as described (in ``schema``, as ``name`` or the table's own)."""
+                 primary_key: bool = False, key: tuple[str, ...] = ()) -> str:
+    """``CREATE TABLE`` of ``table`` as described (in ``schema``, as ``name`` or the table's own); its
+    key column the primary key with ``primary_key``, or ``key``'s columns together."""
     columns = ",\n        ".join(
-        f"{identifier(c.name)} {c.sql}{'' if c.nullable else ' NOT NULL'}"
-        f"{' PRIMARY KEY' if primary_key and c.name == table.key else ''}" for c in table.columns)
+        [f"{identifier(c.name)} {c.sql}{'' if c.nullable else ' NOT NULL'}"
+         f"{' PRIMARY KEY' if primary_key and c.name == table.key else ''}" for c in table.columns]
+        + ([f"PRIMARY KEY ({', '.join(identifier(k) for k in key)})"] if key else []))
     return (f"CREATE TABLE {'IF NOT EXISTS ' if if_not_exists else ''}{q(schema, name or table.name)} (\n"
             f"        {columns}\n    )")
 
@@ -95,7 +101,7 @@ def features_table(schema: str, table: str, *, if_not_exists: bool = False, prim
 FEATURE_COLUMNS = USER_FEATURES.names
 REJECT_COLUMNS = ("run_id", "seq", "file", "line", "column_name", "value", "rule", "raw", "raw_sha256")
 RUN_COLUMNS = ("id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error, "
-               "fingerprint, inputs, same_as")
+               "fingerprint, inputs, same_as, " + ", ".join(CHANGE_COUNTS))
 
 
 def copy_in(schema: str, table: str, columns: tuple[str, ...], *, binary: bool = False) -> str:
@@ -131,27 +137,118 @@ def referencing_keys() -> str:
             "WHERE contype = 'f' AND confrelid = CAST(:table AS regclass) ORDER BY conname")
 
 
-def delete_all(schema: str) -> str:
-    return f"DELETE FROM {q(schema, FEATURES)}"
+def is_empty(schema: str) -> str:
+    return f"SELECT NOT EXISTS (SELECT 1 FROM {q(schema, FEATURES)})"
 
 
 def create_staging() -> str:
-    """A temporary table for the new rows, gone at the end of the transaction."""
-    return features_table("pg_temp", STAGING) + " ON COMMIT DROP"
+    """A temporary table for the new rows, gone at the end of the transaction (its key: a duplicate user
+    fails the COPY, 23505, as it would in the table itself)."""
+    return features_table("pg_temp", STAGING, primary_key=True) + " ON COMMIT DROP"
+
+
+def _differs(old: str, new: str) -> str:
+    """Whether any feature value of row ``old`` differs from row ``new`` (NULLs compare as values)."""
+    return (f"({', '.join(f'{old}.{identifier(c)}' for c in COMPARED)}) IS DISTINCT FROM "
+            f"({', '.join(f'{new}.{identifier(c)}' for c in COMPARED)})")
+
+
+_KEPT = ", ".join(identifier(c) for c in (*USER_FEATURES.names[:-1],))  # the features' columns but run_id
+_HISTORY_COLUMNS = ", ".join(identifier(c) for c in USER_FEATURES_HISTORY.names)
 
 
 def delete_missing(schema: str) -> str:
-    """Delete the users the new rows no longer have (a key held on them acts as it was declared)."""
-    return (f"DELETE FROM {q(schema, FEATURES)} f WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {q('pg_temp', STAGING)} s WHERE s.user_id = f.user_id)")
+    """Delete the users the new rows no longer have (a key held on them acts as it was declared) and keep
+    the version each had in the history, ended by ``:run``."""
+    return (f"WITH gone AS (DELETE FROM {q(schema, FEATURES)} f WHERE NOT EXISTS "
+            f"(SELECT 1 FROM {q('pg_temp', STAGING)} s WHERE s.user_id = f.user_id) RETURNING f.*) "
+            f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT {_KEPT}, run_id, CAST(:run AS bigint) "
+            "FROM gone")
 
 
-def upsert_staging(schema: str) -> str:
-    """Insert the new users and update the others in place: a row that stays is never deleted."""
+def update_changed(schema: str) -> str:
+    """Update in place the users any of whose values differ (the row keeps its identity: keys held on it
+    never act), stamped with ``:run``; the version each had goes to the history, ended by ``:run``.
+    The old values come from a second reference to the table: the statement's snapshot, before the update."""
+    features, staging = q(schema, FEATURES), q("pg_temp", STAGING)
+    sets = ", ".join(f"{identifier(c)} = s.{identifier(c)}" for c in COMPARED)
+    old = ", ".join(f"o.{identifier(c)}" for c in USER_FEATURES.names[:-1])
+    return (f"WITH old AS (UPDATE {features} f SET {sets}, run_id = :run FROM {staging} s JOIN {features} o "
+            f"ON o.user_id = s.user_id WHERE f.user_id = s.user_id AND {_differs('o', 's')} "
+            f"RETURNING {old}, o.run_id AS valid_from) "
+            f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT {_KEPT}, valid_from, "
+            "CAST(:run AS bigint) FROM old")
+
+
+def insert_added(schema: str) -> str:
+    """Insert the users the table does not have yet, stamped with ``:run``."""
     cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
-    updates = ", ".join(f"{identifier(c)} = EXCLUDED.{identifier(c)}" for c in FEATURE_COLUMNS if c != "user_id")
-    return (f"INSERT INTO {q(schema, FEATURES)} ({cols}) SELECT {cols} FROM {q('pg_temp', STAGING)} "
-            f"ON CONFLICT (user_id) DO UPDATE SET {updates}")
+    values = ", ".join(identifier(c) if c != "run_id" else "CAST(:run AS bigint)" for c in FEATURE_COLUMNS)
+    return (f"INSERT INTO {q(schema, FEATURES)} ({cols}) SELECT {values} FROM {q('pg_temp', STAGING)} s "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {q(schema, FEATURES)} f WHERE f.user_id = s.user_id)")
+
+
+def create_history(schema: str) -> list[str]:
+    """The history table (each ended version, keyed by user and the run that made it valid), its indexes
+    (by the run that ended a version, by the run that made it valid), and the as-of function."""
+    table = q(schema, HISTORY)
+    return [
+        create_table(USER_FEATURES_HISTORY, schema, if_not_exists=True, key=("user_id", "valid_from")),
+        f"CREATE TABLE IF NOT EXISTS {q(schema, HORIZON)} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+        "kept_from bigint NOT NULL)",
+        # the history starts with the table as the last load left it: earlier runs' versions were not kept
+        f"INSERT INTO {q(schema, HORIZON)} (kept_from) SELECT coalesce(max(id), 0) FROM {q(schema, RUNS)} "
+        f"WHERE status IN ({', '.join(repr(str(s)) for s in LOADED)}) ON CONFLICT DO NOTHING",
+        f"CREATE INDEX IF NOT EXISTS {identifier(HISTORY + '_valid_to')} ON {table} (valid_to, user_id)",
+        f"CREATE INDEX IF NOT EXISTS {identifier(HISTORY + '_valid_from')} ON {table} (valid_from)",
+        as_of_function(schema),
+    ]
+
+
+def as_of_function(schema: str) -> str:
+    """``user_features_as_of(run)``: the features as they were when run ``run`` finished (every column of
+    user_features; ``run_id`` the run that made each row valid).  The versions valid then are the rows
+    made valid at or before it and not ended by then: the table's rows stamped no later than ``run``,
+    and the history's versions valid across it.  A plain SQL function: the planner inlines it, so that
+    ``WHERE user_id > x ORDER BY user_id LIMIT n`` over it reads by the keys."""
+    cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
+    kept = ", ".join(identifier(c) for c in USER_FEATURES.names[:-1])
+    types = ", ".join(f"{identifier(c.name)} {c.sql}" for c in USER_FEATURES.columns)
+    return (f"CREATE OR REPLACE FUNCTION {q(schema, AS_OF)}(run bigint) RETURNS TABLE ({types}) "
+            f"LANGUAGE sql STABLE AS $$ SELECT {cols} FROM {q(schema, FEATURES)} WHERE run_id <= run "
+            f"UNION ALL SELECT {kept}, valid_from FROM {q(schema, HISTORY)} WHERE valid_from <= run "
+            "AND valid_to > run $$")
+
+
+def add_change_counts(schema: str) -> str:
+    return (f"ALTER TABLE {q(schema, RUNS)} " + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} bigint"
+                                                           for c in CHANGE_COUNTS))
+
+
+def as_of_page(schema: str) -> str:
+    """The features as of run ``:run``, ``:limit`` users after user ``:after``, by user id."""
+    cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
+    return (f"SELECT {cols} FROM {q(schema, AS_OF)}(:run) WHERE user_id > :after ORDER BY user_id "
+            "LIMIT :limit")
+
+
+def history_horizon(schema: str) -> str:
+    return f"SELECT kept_from FROM {q(schema, HORIZON)}"
+
+
+def changes_page(schema: str) -> str:
+    """What run ``:run`` changed, ``:limit`` users after user ``:after``: each user's version before
+    the run (the history's version it ended) and after it (the version it made valid: in the table, or
+    in the history if a later run ended it), as JSON objects; NULL where there was none."""
+    features, history = q(schema, FEATURES), q(schema, HISTORY)
+    kept = ", ".join(identifier(c) for c in USER_FEATURES.names[:-1])
+    return (f"WITH before AS (SELECT {kept} FROM {history} WHERE valid_to = :run AND user_id > :after "
+            f"ORDER BY user_id LIMIT :limit), "
+            f"after AS (SELECT * FROM (SELECT {kept} FROM {features} WHERE run_id = :run AND user_id > :after "
+            f"UNION ALL SELECT {kept} FROM {history} WHERE valid_from = :run AND user_id > :after) a "
+            "ORDER BY user_id LIMIT :limit) "
+            "SELECT coalesce(b.user_id, a.user_id) AS user_id, to_jsonb(b) - 'user_id', to_jsonb(a) - 'user_id' "
+            "FROM before b FULL JOIN after a ON a.user_id = b.user_id ORDER BY 1 LIMIT :limit")
 
 
 def fail_abandoned(schema: str) -> str:
@@ -163,7 +260,7 @@ def finish_run(schema: str) -> str:
     return (f"UPDATE {q(schema, RUNS)} SET status = :status, finished_at = clock_timestamp(), "
             "files = CAST(:files AS jsonb), users_written = :written, seconds = CAST(:seconds AS jsonb), "
             "error = CAST(:error AS jsonb), fingerprint = :fingerprint, inputs = CAST(:inputs AS jsonb), "
-            "same_as = :same_as WHERE id = :id")
+            "same_as = :same_as, " + ", ".join(f"{c} = :{c}" for c in CHANGE_COUNTS) + " WHERE id = :id")
 
 
 def _rejects_count(schema: str) -> str:
