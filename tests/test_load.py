@@ -468,7 +468,7 @@ def test_a_bug_of_ours_in_the_load_is_500_internal_error_not_503(settings: Setti
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
 
     from etl_core.store import sql
-    monkeypatch.setattr(sql, "update_changed", broken)
+    monkeypatch.setattr(sql, "classify", broken)
     with installed(settings):
         reply = lambda_function.handler(event("trigger-etl.json", query={"force": "true"}), None)
     body = json.loads(reply["body"])

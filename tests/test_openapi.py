@@ -74,7 +74,8 @@ STATUS_OF_CODE = {cls.code: status_for(cls) for cls in _subclasses(EtlError)}
 # every code's status and whether it is the caller's fault (a warning, not an error), as docs/api.md lists them
 ANSWERS = {
     "bad_request": (400, True), "unsupported_event": (400, True), "run_not_found": (404, True),
-    "not_found": (404, True), "method_not_allowed": (405, True), "history_purged": (410, True), "run_in_progress": (409, True),
+    "not_found": (404, True), "method_not_allowed": (405, True), "history_purged": (410, True),
+    "run_in_progress": (409, True),
     "foreign_key_conflict": (409, True), "source_changed": (409, True), "contract_violation": (422, True),
     "load_refused": (422, True), "bad_manifest": (422, True), "source_missing": (422, True),
     "database_unavailable": (503, False), "source_unavailable": (503, False), "source_forbidden": (503, False),

@@ -361,15 +361,21 @@ class PostgresPublication:
                 self.changes = {"added": rows[0], "changed": 0, "removed": 0, "unchanged": 0}
                 self.left_dead = 0
                 return rows[0]
+            for setting in sql.PUBLISH_SETTINGS:
+                self._conn.run(setting)
             self._conn.run(sql.create_staging())  # our column types; the statements convert
             self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
                        _chunks(counted(features), self._run_id, binary=_BINARY))
-            self._conn.run(f"ANALYZE {sql.q('pg_temp', sql.STAGING)}")  # the planner's estimates of the joins
-            counts = {}
-            for key, statement in (("removed", sql.delete_missing), ("changed", sql.update_changed),
+            self._conn.run(sql.classify(self._schema))
+            self._conn.run(f"ANALYZE {sql.q('pg_temp', sql.DIFF)}")  # its size decides how the statements join
+            found = {kind: int(n) for kind, n in self._conn.run(sql.count_diff())}
+            counts = {"added": found.get("a", 0), "changed": found.get("c", 0), "removed": found.get("r", 0)}
+            if counts["changed"] or counts["removed"]:
+                self._conn.run(sql.keep_ended(self._schema), run=self._run_id)
+            for key, statement in (("removed", sql.delete_removed), ("changed", sql.update_changed),
                                    ("added", sql.insert_added)):
-                self._conn.run(statement(self._schema), run=self._run_id)
-                counts[key] = max(self._conn.row_count, 0)
+                if counts[key]:
+                    self._conn.run(statement(self._schema), run=self._run_id)
         self.changes = {"added": counts["added"], "changed": counts["changed"], "removed": counts["removed"],
                         "unchanged": rows[0] - counts["added"] - counts["changed"]}
         self.left_dead = counts["changed"] + counts["removed"]

@@ -11,6 +11,7 @@ FEATURES = USER_FEATURES.name
 RUNS = "etl_runs"
 REJECTS = "etl_rejects"
 STAGING = "user_features__staging"
+DIFF = "user_features__diff"
 HISTORY = USER_FEATURES_HISTORY.name
 HORIZON = "etl_history_horizon"  # one row: the oldest run whose features the history can still give
 AS_OF = "user_features_as_of"  # the SQL function: the features as they were after a run
@@ -137,6 +138,11 @@ def referencing_keys() -> str:
             "WHERE contype = 'f' AND confrelid = CAST(:table AS regclass) ORDER BY conname")
 
 
+# the publication's transaction: its hash joins of a million rows in memory rather than in batches on
+# disk, and no JIT compilation (it costs more than it saves on these few statements)
+PUBLISH_SETTINGS = ("SET LOCAL work_mem = '256MB'", "SET LOCAL jit = off")
+
+
 def is_empty(schema: str) -> str:
     return f"SELECT NOT EXISTS (SELECT 1 FROM {q(schema, FEATURES)})"
 
@@ -157,50 +163,62 @@ _KEPT = ", ".join(identifier(c) for c in (*USER_FEATURES.names[:-1],))  # the fe
 _HISTORY_COLUMNS = ", ".join(identifier(c) for c in USER_FEATURES_HISTORY.names)
 
 
-def delete_missing(schema: str) -> str:
-    """Delete the users the new rows no longer have (a key held on them acts as it was declared) and keep
-    the version each had in the history, ended by ``:run``."""
-    return (f"WITH gone AS (DELETE FROM {q(schema, FEATURES)} f WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {q('pg_temp', STAGING)} s WHERE s.user_id = f.user_id) RETURNING f.*) "
-            f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT {_KEPT}, run_id, CAST(:run AS bigint) "
-            "FROM gone")
+def classify(schema: str) -> str:
+    """One pass over the new rows and the table (a hash join by user_id): the users added (``a``: only
+    in the new rows), removed (``r``: only in the table) and changed (``c``: any value differs), into
+    a temporary table, gone at the end of the transaction.  Unchanged users are not in it."""
+    return (f"CREATE TEMPORARY TABLE {identifier(DIFF)} ON COMMIT DROP AS "
+            "SELECT coalesce(s.user_id, f.user_id) AS user_id, "
+            "CASE WHEN f.user_id IS NULL THEN 'a' WHEN s.user_id IS NULL THEN 'r' ELSE 'c' END AS kind "
+            f"FROM {q('pg_temp', STAGING)} s FULL JOIN {q(schema, FEATURES)} f ON f.user_id = s.user_id "
+            f"WHERE f.user_id IS NULL OR s.user_id IS NULL OR {_differs('f', 's')}")
+
+
+def count_diff() -> str:
+    return f"SELECT kind, count(*) FROM {q('pg_temp', DIFF)} GROUP BY kind"
+
+
+def keep_ended(schema: str) -> str:
+    """The version each changed or removed user has now goes to the history, ended by ``:run``."""
+    return (f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT "
+            + ", ".join(f"f.{identifier(c)}" for c in USER_FEATURES.names[:-1])
+            + f", f.run_id, CAST(:run AS bigint) FROM {q('pg_temp', DIFF)} d JOIN {q(schema, FEATURES)} f "
+            "ON f.user_id = d.user_id WHERE d.kind <> 'a' ORDER BY f.user_id")
+
+
+def delete_removed(schema: str) -> str:
+    """Delete the users the new rows no longer have (a key held on them acts as it was declared)."""
+    return (f"DELETE FROM {q(schema, FEATURES)} f USING {q('pg_temp', DIFF)} d "
+            "WHERE f.user_id = d.user_id AND d.kind = 'r'")
 
 
 def update_changed(schema: str) -> str:
-    """Update in place the users any of whose values differ (the row keeps its identity: keys held on it
-    never act), stamped with ``:run``; the version each had goes to the history, ended by ``:run``.
-    The old values come from a second reference to the table: the statement's snapshot, before the update."""
-    features, staging = q(schema, FEATURES), q("pg_temp", STAGING)
+    """Update in place the users any of whose values differ, stamped with ``:run``: the row keeps its
+    identity, and keys held on it never act."""
     sets = ", ".join(f"{identifier(c)} = s.{identifier(c)}" for c in COMPARED)
-    old = ", ".join(f"o.{identifier(c)}" for c in USER_FEATURES.names[:-1])
-    return (f"WITH old AS (UPDATE {features} f SET {sets}, run_id = :run FROM {staging} s JOIN {features} o "
-            f"ON o.user_id = s.user_id WHERE f.user_id = s.user_id AND {_differs('o', 's')} "
-            f"RETURNING {old}, o.run_id AS valid_from) "
-            f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT {_KEPT}, valid_from, "
-            "CAST(:run AS bigint) FROM old")
+    return (f"UPDATE {q(schema, FEATURES)} f SET {sets}, run_id = :run FROM {q('pg_temp', DIFF)} d "
+            f"JOIN {q('pg_temp', STAGING)} s ON s.user_id = d.user_id WHERE f.user_id = d.user_id AND d.kind = 'c'")
 
 
 def insert_added(schema: str) -> str:
     """Insert the users the table does not have yet, stamped with ``:run``."""
     cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
-    values = ", ".join(identifier(c) if c != "run_id" else "CAST(:run AS bigint)" for c in FEATURE_COLUMNS)
-    return (f"INSERT INTO {q(schema, FEATURES)} ({cols}) SELECT {values} FROM {q('pg_temp', STAGING)} s "
-            f"WHERE NOT EXISTS (SELECT 1 FROM {q(schema, FEATURES)} f WHERE f.user_id = s.user_id)")
+    values = ", ".join(f"s.{identifier(c)}" if c != "run_id" else "CAST(:run AS bigint)" for c in FEATURE_COLUMNS)
+    return (f"INSERT INTO {q(schema, FEATURES)} ({cols}) SELECT {values} FROM {q('pg_temp', DIFF)} d "
+            f"JOIN {q('pg_temp', STAGING)} s ON s.user_id = d.user_id WHERE d.kind = 'a'")
 
 
 def create_history(schema: str) -> list[str]:
-    """The history table (each ended version, keyed by user and the run that made it valid), its indexes
-    (by the run that ended a version, by the run that made it valid), and the as-of function."""
-    table = q(schema, HISTORY)
+    """The history table (each ended version, keyed by the run that ended it and the user: a run's
+    versions are appended together, in user order, to one end of the one index), the horizon, and the
+    as-of function."""
     return [
-        create_table(USER_FEATURES_HISTORY, schema, if_not_exists=True, key=("user_id", "valid_from")),
+        create_table(USER_FEATURES_HISTORY, schema, if_not_exists=True, key=("valid_to", "user_id")),
         f"CREATE TABLE IF NOT EXISTS {q(schema, HORIZON)} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
         "kept_from bigint NOT NULL)",
         # the history starts with the table as the last load left it: earlier runs' versions were not kept
         f"INSERT INTO {q(schema, HORIZON)} (kept_from) SELECT coalesce(max(id), 0) FROM {q(schema, RUNS)} "
         f"WHERE status IN ({', '.join(repr(str(s)) for s in LOADED)}) ON CONFLICT DO NOTHING",
-        f"CREATE INDEX IF NOT EXISTS {identifier(HISTORY + '_valid_to')} ON {table} (valid_to, user_id)",
-        f"CREATE INDEX IF NOT EXISTS {identifier(HISTORY + '_valid_from')} ON {table} (valid_from)",
         as_of_function(schema),
     ]
 
