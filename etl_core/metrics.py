@@ -6,7 +6,8 @@ the namespace and the one dimension set of the settings (``ETL_METRICS_NAMESPACE
 ``ETL_METRICS_DIMENSIONS``); the request id, the event's kind and the run id ride along as plain
 members, for CloudWatch Logs Insights, not as dimensions (each value would be a metric of its own).
 
-A run's document counts its status (``RunsSucceeded``, ``RunsPartial``, ``RunsFailed``: one of them 1,
+A run's document counts its status (``RunsSucceeded``, ``RunsPartial``, ``RunsFailed``, ``RunsUnchanged``,
+``RunsRestored``, ``RunsDryRun``: one of them 1,
 the others 0, so that a sum over any period counts runs), the rows read, accepted and rejected (in
 all and per file), the users written, the phases' durations, and what the retention's purge deleted
 (``PurgedRejects``, ``PurgedRuns``, ``PurgeFailed``).  The first invocation of a process
@@ -43,7 +44,7 @@ def run_document(settings: MetricsSettings, *, status: str, run_id: int | None =
                  purged: Mapping[str, Any] | None = None, now: float | None = None) -> dict[str, Any] | None:
     """The document of one run, or None when metrics are off.  ``files`` and ``seconds`` are the run
     summary's (a failed run has those it got to, if any)."""
-    values: dict[str, tuple[float, str]] = {f"Runs{s.capitalize()}": (int(s == status), COUNT) for s in FINISHED}
+    values: dict[str, tuple[float, str]] = {f"Runs{_camel(s)}": (int(s == status), COUNT) for s in FINISHED}
     if files:
         for column in ROWS:
             name = _camel(column)

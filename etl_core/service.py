@@ -54,6 +54,25 @@ class Service:
                       purged=summary.get("purged"))
         return summary
 
+    def restore(self, run_id: int, *, force: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        """A run that publishes the features as they were when run ``run_id`` finished (RunNotFound,
+        HistoryPurged where the history no longer holds them); its metrics as a trigger's."""
+        self._kept(run_id)
+        started = time.perf_counter()
+        try:
+            summary = pipeline.restore(self.settings, run_id, force=force, dry_run=dry_run, store=self.store)
+        except (BadRequest, RunInProgress):
+            raise
+        except Exception as exc:
+            error = exc if isinstance(exc, EtlError) else InternalError.of(exc)
+            self._metrics(status="failed", run_id=error.details.get("run_id"),
+                          seconds={"total": round(time.perf_counter() - started, 3)}, error_code=error.code)
+            raise
+        self._metrics(status=summary["status"], run_id=summary.get("run_id"),
+                      users_written=summary.get("users_written"), seconds=summary.get("seconds"),
+                      purged=summary.get("purged"))
+        return summary
+
     def _metrics(self, **run: Any) -> None:
         metrics.emit(metrics.run_document(self.settings.metrics, **run), self.emit)
 

@@ -5,6 +5,7 @@ app.  Direct invocations name an action: ``{"action": "trigger-etl", "policy": "
 ``{"action": "get-run", "run_id": 3}``, ``{"action": "list-runs", "limit": 20, "status": "failed",
 "before": 40}``, ``{"action": "get-rejects", "run_id": 3, "limit": 100, "after": 0}``, ``{"action":
 "get-changes", "run_id": 3}``, ``{"action": "get-features", "run_id": 3, "after": 0}``, ``{"action":
+"restore", "run_id": 3, "dry_run": true}``, ``{"action":
 "health"}``, ``{"action": "migrate"}`` (``ACTIONS``; each one's fields are checked by its model in
 handler/models.py); an EventBridge schedule triggers the job.  Anything else is answered with an
 UnsupportedEvent error that says what is expected.  Heavy imports (FastAPI, Mangum, pyarrow) happen
@@ -35,6 +36,7 @@ ACTIONS: dict[str, dict[str, Any]] = {
     "get-rejects": {"run_id": 1, "limit": 100, "after": 0},
     "get-changes": {"run_id": 1, "limit": 100, "after": 0},
     "get-features": {"run_id": 1, "limit": 100, "after": 0},
+    "restore": {"run_id": 1, "force": False, "dry_run": True},
     "health": {},
     "migrate": {"apply": False},
 }
@@ -162,6 +164,8 @@ def _actions() -> dict[str, tuple[Any, Callable[[Any, Any], dict[str, Any]]]]:
                                                                               after=q.after)),
         "get-features": (models.UsersAction, lambda service, q: service.as_of(q.run_id, limit=q.limit,
                                                                              after=q.after)),
+        "restore": (models.RestoreAction, lambda service, q: service.restore(q.run_id, force=q.force,
+                                                                            dry_run=q.dry_run)),
         "health": (models.NoFields, lambda service, q: service.health()),
         "migrate": (models.MigrateAction, lambda service, q: service.migrate(apply=q.apply)),
     }

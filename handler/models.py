@@ -72,6 +72,13 @@ def _force(value: object) -> bool:
     raise ValueError(f"force must be true or false (also 1/0, yes/no; or absent), not {shown(value)}")
 
 
+def _dry_run(value: object) -> bool:
+    try:
+        return _force(value)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("force must", "dry_run must", 1)) from None
+
+
 class TriggerQuery(Strict):
     """What a trigger asks for, from a query string's strings or a direct invocation's JSON values; an
     empty or null value is the same as none."""
@@ -84,6 +91,18 @@ class TriggerQuery(Strict):
     force: Annotated[bool, BeforeValidator(_force)] = Field(
         False, description="true/false (also 1/0, yes/no): load even what the load guard refuses, and even an "
                            "input that is unchanged since the last load")
+    dry_run: Annotated[bool, BeforeValidator(_dry_run)] = Field(
+        False, description="true/false (also 1/0, yes/no): do everything but the write (read, contract, features, "
+                           "guard, comparison) and answer what a load would change; recorded as dry_run")
+
+
+class RestoreQuery(Strict):
+    """What a restore asks for: whether to override the load guard, whether only to compare."""
+
+    force: Annotated[bool, BeforeValidator(_force)] = Field(
+        False, description="true/false (also 1/0, yes/no): restore even what the load guard refuses")
+    dry_run: Annotated[bool, BeforeValidator(_dry_run)] = Field(
+        False, description="true/false (also 1/0, yes/no): only compare, and answer what the restore would change")
 
 
 class FileCounts(Strict):
@@ -132,6 +151,23 @@ FINGERPRINT = "what decides whether a trigger loads: the inputs' identities, the
 INPUTS = "each input file as found before the run read it (null: not there)"
 
 
+class FeatureValues(Strict):
+    """A user's feature values (user_features' columns but the key and the run)."""
+
+    user_name: str
+    total_experiments: int
+    most_common_compounds: str | None
+    most_common_compound_ids: list[int] | None
+    average_experiments: float
+
+
+class Change(Strict):
+    user_id: int
+    change: Literal["added", "changed", "removed"]
+    before: FeatureValues | None = Field(description="the user's features before the run; null: added")
+    after: FeatureValues | None = Field(description="the user's features the run wrote; null: removed")
+
+
 class Changes(Strict):
     """What a publication changed: the users it added, changed (any value differs), removed, and left as
     they were (their rows untouched, still naming the run that wrote them)."""
@@ -149,9 +185,10 @@ class RunSummary(Strict):
     """What a trigger answers when the run published its features, or found the input unchanged."""
 
     run_id: int
-    status: Literal["succeeded", "partial", "unchanged"] = Field(
+    status: Literal["succeeded", "partial", "unchanged", "restored", "dry_run"] = Field(
         description="partial: some rows were rejected (quarantine); unchanged: the input is the one run "
-                    "same_as loaded, nothing was loaded (force=true loads anyway)")
+                    "same_as loaded, nothing was loaded (force=true loads anyway); restored: the features as "
+                    "of run restored_from were published; dry_run: nothing was written, changes says what would be")
     policy: Literal["strict", "quarantine"]
     files: dict[str, FileCounts] = Field(description="per file; empty when unchanged")
     users_written: int = Field(description="the users the table holds after the run")
@@ -162,6 +199,9 @@ class RunSummary(Strict):
     fingerprint: str | None = Field(None, description=FINGERPRINT)
     inputs: dict[str, InputObject | None] | None = Field(None, description=INPUTS)
     purged: Purged | None = Field(None, description="what the retention's purge deleted after this run")
+    restored_from: int | None = Field(None, description="a restore: the run whose features it published")
+    sample: list[Change] | None = Field(
+        None, description="a dry run: the first 20 users (by id) it would add, change or remove, before and after")
 
 
 class ErrorDetail(BaseModel):
@@ -191,6 +231,7 @@ class RunRecord(Strict):
     fingerprint: str | None = Field(None, description=FINGERPRINT)
     inputs: dict[str, InputObject | None] | None = Field(None, description=INPUTS)
     same_as: int | None = Field(None, description="unchanged: the run that loaded this input")
+    restored_from: int | None = Field(None, description="a restore: the run whose features it published")
 
 
 class RunsPage(Strict):
@@ -213,23 +254,6 @@ class RejectsPage(Strict):
     run_id: int
     rejects: list[Reject] = Field(description="in the order the run stored them")
     next_after: int | None = Field(description="pass as after= for the next page; null: this is the last")
-
-
-class FeatureValues(Strict):
-    """A user's feature values (user_features' columns but the key and the run)."""
-
-    user_name: str
-    total_experiments: int
-    most_common_compounds: str | None
-    most_common_compound_ids: list[int] | None
-    average_experiments: float
-
-
-class Change(Strict):
-    user_id: int
-    change: Literal["added", "changed", "removed"]
-    before: FeatureValues | None = Field(description="the user's features before the run; null: added")
-    after: FeatureValues | None = Field(description="the user's features the run wrote; null: removed")
 
 
 class ChangesPage(Strict):
@@ -293,6 +317,10 @@ class RejectsAction(RejectsQuery):
 
 
 class UsersAction(UsersQuery):
+    run_id: StrictInt
+
+
+class RestoreAction(RestoreQuery):
     run_id: StrictInt
 
 

@@ -275,7 +275,7 @@ def test_a_trigger_is_parsed_from_strings_or_json_values(given: dict[str, Any], 
     ({"force": "maybe"}, "force must be true or false (also 1/0, yes/no; or absent), not 'maybe'"),
     ({"force": 1}, "force must be true or false (also 1/0, yes/no; or absent), not 1 (a number)"),
     ({"force": "on"}, "force must be true or false"),
-    ({"polcy": "strict"}, "unknown parameter(s) 'polcy'; the accepted ones are policy, data and force"),
+    ({"polcy": "strict"}, "unknown parameter(s) 'polcy'; the accepted ones are policy, data, force and dry_run"),
 ])
 def test_a_bad_trigger_value_names_the_field_and_what_it_accepts(given: dict[str, Any], says: str) -> None:
     with pytest.raises(BadRequest) as info:

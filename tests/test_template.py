@@ -30,7 +30,8 @@ RESOURCE_IDS = {"EtlApi": API_ID, "EtlFunction.Arn": "arn:aws:lambda:eu-west-1:1
 AUDIENCE = {("POST", "/trigger-etl"): "run", ("GET", "/trigger-etl"): "run",
             ("GET", "/runs"): "read", ("GET", "/runs/{run_id}"): "read", ("GET", "/health"): "read",
             ("GET", "/openapi.json"): "read", ("GET", "/runs/{run_id}/rejects"): "rejects",
-            ("GET", "/runs/{run_id}/changes"): "rejects", ("GET", "/runs/{run_id}/features"): "rejects"}
+            ("GET", "/runs/{run_id}/changes"): "rejects", ("GET", "/runs/{run_id}/features"): "rejects",
+            ("POST", "/runs/{run_id}/restore"): "run"}
 POLICY_OF = {"read": "ReadRunsPolicy", "run": "StartRunsPolicy", "rejects": "ReadRejectsPolicy"}
 
 

@@ -63,10 +63,29 @@ class Publication(Protocol):
         rows.  An unchanged row keeps the run that made it valid."""
         ...
 
+    sample: list[dict[str, Any]] | None  # previewing: the first users the diff found, as ``Store.changes``
+
+    def preview(self, sample: int) -> None:
+        """From here on nothing is written to the features (a dry run): ``replace_features`` and
+        ``restore_features`` only compare, counting into ``changes``, and keep the first ``sample``
+        users the comparison found (by id, with before and after) in ``sample``."""
+        ...
+
+    def restore_features(self, of: int) -> int:
+        """As ``replace_features``, with the features as they were when run ``of`` finished (the history
+        must still hold them: the caller checks); return how many rows."""
+        ...
+
+    def volume_as_of(self, of: int) -> Volume:
+        """What the features as of run ``of`` hold: a restore's side of the load guard."""
+        ...
+
     def store_rejects(self, rejects: pa.Table) -> None: ...
 
-    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
-        """Mark the run finished, in the same transaction as its features."""
+    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any,
+               restored_from: int | None = None) -> None:
+        """Mark the run finished, in the same transaction as its features (``restored_from``: a restore's
+        run whose features it published)."""
         ...
 
 

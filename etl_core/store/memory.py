@@ -51,7 +51,7 @@ class MemoryStore:
             self.runs[run_id] = {"run_id": run_id, "status": "running", "policy": policy, "data_dir": source,
                                  "started_at": _now(), "finished_at": None, "files": None, "users_written": None,
                                  "seconds": None, "error": None, "fingerprint": None, "inputs": None,
-                                 "same_as": None, "changes": None}
+                                 "same_as": None, "changes": None, "restored_from": None}
             yield MemoryRun(self, run_id, last)
         finally:
             self._lock.release()
@@ -195,6 +195,23 @@ class MemoryPublication:
         self._finished: dict[str, Any] | None = None
         self._ended: list[dict[str, Any]] = []
         self.changes: dict[str, int] | None = None
+        self._sample: int | None = None
+        self.sample: list[dict[str, Any]] | None = None
+
+    def preview(self, sample: int) -> None:
+        self._sample = sample
+
+    def restore_features(self, of: int) -> int:
+        rows = self._store.as_of(of, limit=LARGEST_ID)
+        if not rows or self._store.features is None:
+            return self.replace_features([])
+        schema = pa.schema([f for f in self._store.features.schema if f.name != "run_id"])
+        table = pa.Table.from_pylist([{k: v for k, v in r.items() if k != "run_id"} for r in rows], schema=schema)
+        return self.replace_features(table.to_batches())
+
+    def volume_as_of(self, of: int) -> Volume:
+        rows = self._store.as_of(of, limit=LARGEST_ID)
+        return Volume(users=len(rows), experiments=sum(r["total_experiments"] for r in rows))
 
     def lock(self) -> None:
         pass  # one process, one run at a time: nothing to lock against
@@ -241,19 +258,31 @@ class MemoryPublication:
         added = table.num_rows - (pc.sum(known.cast(pa.int64())).as_py() or 0)
         self.changes = {"added": added, "changed": changed, "removed": current.filter(gone).num_rows,
                         "unchanged": table.num_rows - added - changed}
+        if self._sample is not None:
+            self.sample = self._diff_sample(table, current)
         self._features = table.append_column("run_id", run_ids)
         return table.num_rows
 
     def store_rejects(self, rejects: pa.Table) -> None:
         self._rejects = rejects if self._rejects is None else pa.concat_tables([self._rejects, rejects])
 
-    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
+    def _diff_sample(self, table: pa.Table, current: pa.Table) -> list[dict[str, Any]]:
+        assert self._sample is not None
+        old = {r["user_id"]: {c: r[c] for c in COMPARED} for r in current.to_pylist()}
+        new = {r["user_id"]: {c: r[c] for c in COMPARED} for r in table.to_pylist()}
+        users = sorted(u for u in old.keys() | new.keys() if old.get(u) != new.get(u))[:self._sample]
+        return [{"user_id": u, "change": "added" if u not in old else "removed" if u not in new else "changed",
+                 "before": old.get(u), "after": new.get(u)} for u in users]
+
+    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any,
+               restored_from: int | None = None) -> None:
         self._finished = {"status": status, "files": files, "users_written": users_written, "seconds": seconds,
-                          "finished_at": _now(), "changes": self.changes, **self._inputs}
+                          "finished_at": _now(), "changes": self.changes, "restored_from": restored_from,
+                          **self._inputs}
 
     def apply(self) -> None:
         """The commit: every change of the publication at once."""
-        if self.changes is not None:
+        if self.changes is not None and self._sample is None:
             self._store.features = self._features
             self._store.history.extend(self._ended)
         if self._rejects is not None and self._rejects.num_rows:

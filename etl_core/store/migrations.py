@@ -64,8 +64,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(2, "etl_rejects.raw_sha256: a rejected row's hash, kept in place of its text with "
                  "ETL_REJECTS_KEEP_RAW=false", _rejects_hash),
     Migration(3, "user_features_history (each ended version of a user's features, SCD type 2), "
-                 "etl_history_horizon, the function user_features_as_of(run), and etl_runs.added, changed, "
-                 "removed, unchanged", _history),
+                 "etl_history_horizon, the function user_features_as_of(run), etl_runs.added, changed, "
+                 "removed, unchanged and restored_from, and the statuses restored and dry_run", _history),
 )
 LATEST = MIGRATIONS[-1].version
 

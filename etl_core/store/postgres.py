@@ -323,6 +323,8 @@ class PostgresPublication:
         self._held: int | None = None  # rows the table held before, once volume() counted them (a forced run: never)
         self.left_dead: int | None = None  # rows replace_features deleted or updated (None: not known)
         self.changes: dict[str, int] | None = None  # added, changed, removed, unchanged: once replaced
+        self._sample: int | None = None  # previewing (a dry run): the diff's users to keep as a sample
+        self.sample: list[dict[str, Any]] | None = None
 
     def raised_by_rows(self, exc: BaseException) -> bool:
         return any(exc is stream.error for stream in self._streams)
@@ -338,12 +340,15 @@ class PostgresPublication:
         self._held = int(users)
         return Volume(users=int(users), experiments=int(experiments))
 
+    def preview(self, sample: int) -> None:
+        self._sample = sample
+
     def replace_features(self, features: Iterable[pa.RecordBatch]) -> int:
         """Make the table hold these rows, writing only what differs: into an empty table the rows go
-        straight in; else they go to a temporary table and three statements delete the users that are
-        gone, update those any of whose values changed and insert the new ones, each ended version kept
-        in the history.  The rows go in binary COPY (the server parses it in about two thirds of CSV's
-        time), unless the table's columns no longer have the types binary COPY sends."""
+        straight in; else they go to a temporary table, one join finds the users added, changed and
+        removed, and the statements that follow write only those (``_apply``).  The rows go in binary
+        COPY (the server parses it in about two thirds of CSV's time), unless the table's columns no
+        longer have the types binary COPY sends (into the temporary table, of our types, always binary)."""
         rows = [0]
 
         def counted(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -354,32 +359,57 @@ class PostgresPublication:
         table = sql.q(self._schema, sql.FEATURES)
         with _translated(self):
             [[empty]] = self._conn.run(sql.is_empty(self._schema))
-            if empty:
+            if empty and self._sample is None:
                 binary = _BINARY and dict(self._conn.run(sql.column_types(), table=table)) == sql.BINARY_FEATURE_TYPES
                 self._copy(sql.copy_in(self._schema, sql.FEATURES, sql.FEATURE_COLUMNS, binary=binary),
                            _chunks(counted(features), self._run_id, binary=binary))
                 self.changes = {"added": rows[0], "changed": 0, "removed": 0, "unchanged": 0}
                 self.left_dead = 0
                 return rows[0]
-            for setting in sql.PUBLISH_SETTINGS:
-                self._conn.run(setting)
-            self._conn.run(sql.create_staging())  # our column types; the statements convert
+            self._staging()
             self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
                        _chunks(counted(features), self._run_id, binary=_BINARY))
-            self._conn.run(sql.classify(self._schema))
-            self._conn.run(f"ANALYZE {sql.q('pg_temp', sql.DIFF)}")  # its size decides how the statements join
-            found = {kind: int(n) for kind, n in self._conn.run(sql.count_diff())}
-            counts = {"added": found.get("a", 0), "changed": found.get("c", 0), "removed": found.get("r", 0)}
-            if counts["changed"] or counts["removed"]:
-                self._conn.run(sql.keep_ended(self._schema), run=self._run_id)
-            for key, statement in (("removed", sql.delete_removed), ("changed", sql.update_changed),
-                                   ("added", sql.insert_added)):
-                if counts[key]:
-                    self._conn.run(statement(self._schema), run=self._run_id)
-        self.changes = {"added": counts["added"], "changed": counts["changed"], "removed": counts["removed"],
-                        "unchanged": rows[0] - counts["added"] - counts["changed"]}
-        self.left_dead = counts["changed"] + counts["removed"]
+            self._apply(rows[0])
         return rows[0]
+
+    def restore_features(self, of: int) -> int:
+        with _translated():
+            self._staging()
+            self._conn.run(sql.fill_staging_as_of(self._schema), run=self._run_id, of=of)
+            rows = max(self._conn.row_count, 0)
+            self._apply(rows)
+        return rows
+
+    def volume_as_of(self, of: int) -> Volume:
+        with _translated():
+            [[users, experiments]] = self._conn.run(sql.volume_as_of(self._schema), of=of)
+        return Volume(users=int(users), experiments=int(experiments))
+
+    def _staging(self) -> None:
+        for setting in sql.PUBLISH_SETTINGS:
+            self._conn.run(setting)
+        self._conn.run(sql.create_staging())  # our column types; the statements convert
+
+    def _apply(self, rows: int) -> None:
+        """Compare the temporary table with the table; unless previewing, write what differs: the ended
+        versions to the history, then delete the removed users, update the changed ones, insert the added."""
+        self._conn.run(sql.classify(self._schema))
+        self._conn.run(f"ANALYZE {sql.q('pg_temp', sql.DIFF)}")  # its size decides how the statements join
+        found = {kind: int(n) for kind, n in self._conn.run(sql.count_diff())}
+        counts = {"added": found.get("a", 0), "changed": found.get("c", 0), "removed": found.get("r", 0)}
+        self.changes = {**counts, "unchanged": rows - counts["added"] - counts["changed"]}
+        if self._sample is not None:
+            self.sample = [_change(user_id, before, after) for user_id, before, after in
+                           self._conn.run(sql.diff_sample(self._schema), limit=self._sample)]
+            self.left_dead = 0
+            return
+        if counts["changed"] or counts["removed"]:
+            self._conn.run(sql.keep_ended(self._schema), run=self._run_id)
+        for key, statement in (("removed", sql.delete_removed), ("changed", sql.update_changed),
+                               ("added", sql.insert_added)):
+            if counts[key]:
+                self._conn.run(statement(self._schema), run=self._run_id)
+        self.left_dead = counts["changed"] + counts["removed"]
 
     def store_rejects(self, rejects: pa.Table) -> None:
         if rejects.num_rows:
@@ -388,10 +418,12 @@ class PostgresPublication:
                            _csv_chunks([_reject_rows(rejects, self._run_id, first=self._rejects + 1)]))
             self._rejects += rejects.num_rows
 
-    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
+    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any,
+               restored_from: int | None = None) -> None:
         with _translated():
             _finish(self._conn, self._schema, self._run_id, status=status, files=files,
-                    users_written=users_written, seconds=seconds, changes=self.changes, **self._inputs)
+                    users_written=users_written, seconds=seconds, changes=self.changes,
+                    restored_from=restored_from, **self._inputs)
 
     def _copy(self, statement: str, chunks: Iterable[memoryview]) -> None:
         self._streams.append(stream := _Stream(chunks))
@@ -417,16 +449,16 @@ class _Stream:
 def _finish(conn: Connection, schema: str, run_id: int, *, status: str, files: Any = None,
             users_written: int | None = None, seconds: Any = None, error: Any = None,
             fingerprint: str | None = None, inputs: Any = None, same_as: int | None = None,
-            changes: dict[str, int] | None = None) -> None:
+            changes: dict[str, int] | None = None, restored_from: int | None = None) -> None:
     counts: dict[str, Any] = {key: (changes or {}).get(key) for key in sql.CHANGE_COUNTS}
     conn.run(sql.finish_run(schema), status=status, files=_json(files), written=users_written,
              seconds=_json(seconds), error=_json(error), fingerprint=fingerprint, inputs=_json(inputs),
-             same_as=same_as, id=run_id, **counts)
+             same_as=same_as, id=run_id, restored_from=restored_from, **counts)
 
 
 def _run_record(row: list[Any]) -> dict[str, Any]:
     (id_, status, policy, data_dir, started, finished, files, written, seconds, error, fingerprint, inputs, same_as,
-     added, changed, removed, unchanged, rejects) = row
+     added, changed, removed, unchanged, restored_from, rejects) = row
     return {
         "run_id": id_, "status": status, "policy": policy, "data_dir": data_dir,
         "started_at": started.isoformat() if started else None,
@@ -435,6 +467,7 @@ def _run_record(row: list[Any]) -> dict[str, Any]:
         "fingerprint": fingerprint, "inputs": inputs, "same_as": same_as,
         "changes": None if added is None else {"added": added, "changed": changed, "removed": removed,
                                                "unchanged": unchanged},
+        "restored_from": restored_from,
     }
 
 

@@ -102,7 +102,7 @@ def features_table(schema: str, table: str, *, if_not_exists: bool = False, prim
 FEATURE_COLUMNS = USER_FEATURES.names
 REJECT_COLUMNS = ("run_id", "seq", "file", "line", "column_name", "value", "rule", "raw", "raw_sha256")
 RUN_COLUMNS = ("id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error, "
-               "fingerprint, inputs, same_as, " + ", ".join(CHANGE_COUNTS))
+               "fingerprint, inputs, same_as, " + ", ".join(CHANGE_COUNTS) + ", restored_from")
 
 
 def copy_in(schema: str, table: str, columns: tuple[str, ...], *, binary: bool = False) -> str:
@@ -239,8 +239,33 @@ def as_of_function(schema: str) -> str:
 
 
 def add_change_counts(schema: str) -> str:
+    """The ledger's v3 columns (the changes' counts, the run a restore restored) and statuses."""
     return (f"ALTER TABLE {q(schema, RUNS)} " + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} bigint"
-                                                           for c in CHANGE_COUNTS))
+                                                           for c in (*CHANGE_COUNTS, "restored_from"))
+            + f", DROP CONSTRAINT IF EXISTS etl_runs_status_check, ADD CONSTRAINT etl_runs_status_check {STATUS_CHECK}")
+
+
+def fill_staging_as_of(schema: str) -> str:
+    """The features as of run ``:of`` into the temporary table, as a load's rows would be (``:run``)."""
+    cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
+    kept = ", ".join(identifier(c) for c in USER_FEATURES.names[:-1])
+    return (f"INSERT INTO {q('pg_temp', STAGING)} ({cols}) SELECT {kept}, CAST(:run AS bigint) "
+            f"FROM {q(schema, AS_OF)}(:of)")
+
+
+def volume_as_of(schema: str) -> str:
+    """The users and experiments the features as of run ``:of`` hold: a restore's side of the guard."""
+    return f"SELECT count(*), coalesce(sum(total_experiments), 0) FROM {q(schema, AS_OF)}(:of)"
+
+
+def diff_sample(schema: str) -> str:
+    """The first ``:limit`` users the diff found, by id, with their values before and after (JSON)."""
+    def values(alias: str) -> str:
+        pairs = ", ".join(f"'{c}', {alias}.{identifier(c)}" for c in COMPARED)
+        return f"CASE WHEN {alias}.user_id IS NULL THEN NULL ELSE jsonb_build_object({pairs}) END"
+    return (f"SELECT d.user_id, {values('f')}, {values('s')} FROM {q('pg_temp', DIFF)} d "
+            f"LEFT JOIN {q(schema, FEATURES)} f ON f.user_id = d.user_id "
+            f"LEFT JOIN {q('pg_temp', STAGING)} s ON s.user_id = d.user_id ORDER BY d.user_id LIMIT :limit")
 
 
 def as_of_page(schema: str) -> str:
@@ -278,7 +303,8 @@ def finish_run(schema: str) -> str:
     return (f"UPDATE {q(schema, RUNS)} SET status = :status, finished_at = clock_timestamp(), "
             "files = CAST(:files AS jsonb), users_written = :written, seconds = CAST(:seconds AS jsonb), "
             "error = CAST(:error AS jsonb), fingerprint = :fingerprint, inputs = CAST(:inputs AS jsonb), "
-            "same_as = :same_as, " + ", ".join(f"{c} = :{c}" for c in CHANGE_COUNTS) + " WHERE id = :id")
+            "same_as = :same_as, " + ", ".join(f"{c} = :{c}" for c in CHANGE_COUNTS)
+            + ", restored_from = :restored_from WHERE id = :id")
 
 
 def _rejects_count(schema: str) -> str:
