@@ -188,8 +188,8 @@ def _purge(settings: Settings, ledger: StoreRun) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - after the commit: never the run's failure
         reason = exc.message if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
         log_event("purge_failed", level=logging.WARNING, run_id=ledger.run_id, reason=reason)
-        return {"rejects": 0, "runs": 0, "backlog": True, "failed": True}
-    if purged["rejects"] or purged["runs"]:
+        return {"rejects": 0, "history": 0, "runs": 0, "backlog": True, "failed": True}
+    if purged["rejects"] or purged["runs"] or purged.get("history"):
         log_event("purged", run_id=ledger.run_id, **purged)
     return {**purged, "failed": False}
 

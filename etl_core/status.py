@@ -24,3 +24,5 @@ CONFIRMING = (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.UNCHANGED, RunSt
 # the statuses of a run that loaded an input: the last one's fingerprint decides 'unchanged' (a restore is
 # not one: the input the last load read stays 'unchanged', so that the restore stands until a new input)
 LOADED = (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
+# the statuses of a run that published features (a load or a restore): the history's retention by runs counts them
+PUBLISHED = (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.RESTORED)

@@ -126,6 +126,8 @@ class Purged(Strict):
     """What the run's purge deleted (ETL_REJECTS_RETENTION_DAYS, ETL_RUNS_RETENTION_DAYS)."""
 
     rejects: int
+    history: int = Field(0, description="versions of users' features that ended before the history's horizon "
+                                        "(ETL_HISTORY_RETENTION_DAYS, ETL_HISTORY_RETENTION_RUNS)")
     runs: int
     backlog: bool = Field(description="the purge stopped at its bound: the next run goes on")
     failed: bool = Field(description="the purge failed (logged as purge_failed); the run's outcome stands")

@@ -199,3 +199,33 @@ def test_as_of_each_run_is_what_it_loaded_and_a_restore_leaves_nothing_to_change
             conn.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
             dbmod.close_quietly(conn)
+
+
+def test_the_history_is_kept_for_the_last_runs_or_days_and_refused_before(job: Service) -> None:
+    from etl_core.config import RetentionSettings
+
+    store = job.store
+    runs = [publish(store, {1: ("a", n), 2: ("b", 0)}) for n in range(5)]  # user 1 changes each time
+    assert store.history_kept_from() == 0
+
+    def purge(**retention: Any) -> dict[str, Any]:
+        with store.run(policy="strict", source="here") as run:
+            run.fail({"type": "T", "code": "c", "message": "m"})
+            return run.purge(RetentionSettings(**retention))
+
+    assert purge(history_runs=10)["history"] == 0  # five runs published: all kept
+    purged = purge(history_runs=2, step_rows=1, max_steps=1)  # bounded: one version per step, one step
+    assert (purged["history"], purged["backlog"], store.history_kept_from()) == (1, True, runs[3])
+    assert purge(history_runs=2)["history"] == 1  # the other version that ended before runs[3]
+    with pytest.raises(HistoryPurged):
+        job.as_of(runs[2], limit=10)
+    with pytest.raises(HistoryPurged):
+        job.restore(runs[2])
+    assert [r["total_experiments"] for r in job.as_of(runs[3], limit=10)["features"]] == [3, 0]
+    [change] = job.changes(runs[3], limit=10)["changes"]  # its "before" ended at runs[3] itself: still kept
+    assert (change["before"]["total_experiments"], change["after"]["total_experiments"]) == (2, 3)
+    assert job.run_status(runs[0])["status"] == "succeeded"  # the ledger keeps its runs by its own retention
+    # never past the newest run that published: the table itself answers for it
+    assert purge(history_runs=1, history_days=1)["history"] == 1
+    assert store.history_kept_from() == runs[4]
+    assert [r["total_experiments"] for r in job.as_of(runs[4], limit=10)["features"]] == [4, 0]

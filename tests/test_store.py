@@ -300,11 +300,14 @@ def test_old_rejects_go_young_ones_stay_and_a_run_goes_once_its_rejects_are_gone
     young = finished_run(store, "partial", bad_rows=2)
     age(store, old, 30.01)
     age(store, young, 29.9)
-    assert purge(store, rejects_days=30, runs_days=365) == {"rejects": 3, "runs": 0, "backlog": False}
+    assert purge(store, rejects_days=30, runs_days=365) == {"rejects": 3, "history": 0, "runs": 0, "backlog": False}
     assert store.rejects(old, limit=10, max_chars=9) == [] and store.get_run(old)["rejects"] == 0  # type: ignore[index]
     assert [r["seq"] for r in store.rejects(young, limit=10, max_chars=9)] == [1, 2]
-    # rejects first, then the runs: one older than its own retention goes once its rejects are gone
-    assert purge(store, rejects_days=30, runs_days=30) == {"rejects": 0, "runs": 1, "backlog": False}
+    # rejects first, then the runs: one older than its own retention goes once its rejects are gone (and
+    # the history no longer answers for it: a run that published is kept while the history keeps its features)
+    assert purge(store, rejects_days=30, runs_days=30)["runs"] == 0
+    assert purge(store, rejects_days=30, runs_days=30, history_days=30) == {
+        "rejects": 0, "history": 0, "runs": 1, "backlog": False}
     assert store.get_run(old) is None and store.get_run(young) is not None
     assert [r["seq"] for r in store.rejects(young, limit=10, max_chars=9)] == [1, 2]
 
@@ -333,11 +336,11 @@ def test_a_backlog_larger_than_a_step_is_purged_a_bounded_part_per_run(store: St
     for run_id in runs:
         age(store, run_id, 31)
     bounded = {"step_rows": 3, "max_steps": 2, "runs_days": 3650}
-    assert purge(store, **bounded) == {"rejects": 6, "runs": 0, "backlog": True}
+    assert purge(store, **bounded) == {"rejects": 6, "history": 0, "runs": 0, "backlog": True}
     assert sum(store.get_run(r)["rejects"] > 0 for r in runs) >= 1  # type: ignore[index]
     # the last step was full: there may be more (there is not, as the next run finds)
-    assert purge(store, **bounded) == {"rejects": 6, "runs": 0, "backlog": True}
-    assert purge(store, **bounded) == {"rejects": 0, "runs": 0, "backlog": False}
+    assert purge(store, **bounded) == {"rejects": 6, "history": 0, "runs": 0, "backlog": True}
+    assert purge(store, **bounded) == {"rejects": 0, "history": 0, "runs": 0, "backlog": False}
     assert all(store.rejects(r, limit=10, max_chars=9) == [] for r in runs)
 
 

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from etl_core.config import RetentionSettings
 from etl_core.guard import Volume
-from etl_core.status import CONFIRMING, LOADED  # noqa: F401  (the store's modules take them from here)
+from etl_core.status import CONFIRMING, LOADED, PUBLISHED  # noqa: F401  (the store's modules take them from here)
 
 LARGEST_ID = 2**63 - 1  # run ids are PostgreSQL bigints: any other number is no run
 

@@ -19,7 +19,7 @@ from etl_core import literals
 from etl_core.config import RetentionSettings
 from etl_core.errors import LoadError, RunInProgress, shorten
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, LARGEST_ID, LOADED, LastLoaded, RunRecord
+from etl_core.store import CONFIRMING, LARGEST_ID, LOADED, PUBLISHED, LastLoaded, RunRecord
 from etl_core.tables import COMPARED
 
 
@@ -146,8 +146,9 @@ class MemoryRun(RunRecord):
         self._store.runs[self.run_id]["seconds"] = seconds
 
     def purge(self, retention: RetentionSettings) -> dict[str, Any]:
-        """As the PostgreSQL store purges: rejects of old runs, then old runs, in bounded steps (a run's
-        rejects are cut from their end, so that those left keep their seq)."""
+        """As the PostgreSQL store purges: rejects of old runs, the history's horizon raised and the versions
+        before it, then old runs the history no longer answers for, in bounded steps (a run's rejects are
+        cut from their end, so that those left keep their seq)."""
         store = self._store
         now = datetime.datetime.now(datetime.UTC)
 
@@ -155,7 +156,21 @@ class MemoryRun(RunRecord):
             finished = store.runs[run_id]["finished_at"]
             return finished is not None and datetime.datetime.fromisoformat(finished) < now - datetime.timedelta(days)
 
-        purged: dict[str, Any] = {"rejects": 0, "runs": 0, "backlog": False}
+        purged: dict[str, Any] = {"rejects": 0, "history": 0, "runs": 0, "backlog": False}
+        published = sorted(i for i, r in store.runs.items() if r["status"] in PUBLISHED)
+        if published:
+            recent = [i for i, r in store.runs.items() if r["finished_at"] is not None
+                      and not old(i, retention.history_days)]
+            kept = max(min(recent, default=published[-1]),
+                       published[-retention.history_runs] if retention.history_runs and
+                       len(published) >= retention.history_runs else 0)
+            store.kept_from = max(store.kept_from, min(kept, published[-1]))
+        ended = sorted((v for v in store.history if v["valid_to"] < store.kept_from),
+                       key=lambda v: (v["valid_to"], v["user_id"]))
+        dropped = ended[:retention.step_rows * retention.max_steps]
+        store.history = [v for v in store.history if v not in dropped]
+        purged["history"] = len(dropped)
+        purged["backlog"] = len(ended) > len(dropped)
         for _ in range(retention.max_steps):
             budget = retention.step_rows
             left = []
@@ -174,7 +189,8 @@ class MemoryRun(RunRecord):
         for _ in range(retention.max_steps):
             keep = {max((i for i, r in store.runs.items() if r["status"] in statuses), default=None)
                     for statuses in (LOADED, CONFIRMING)} | {i for i, _ in store.rejected}
-            gone = [i for i in sorted(store.runs) if i not in keep and old(i, retention.runs_days)]
+            gone = [i for i in sorted(store.runs) if i not in keep and old(i, retention.runs_days)
+                    and not (i >= store.kept_from and store.runs[i]["status"] in PUBLISHED)]
             for run_id in gone[:retention.step_rows]:
                 del store.runs[run_id]
             purged["runs"] += min(len(gone), retention.step_rows)

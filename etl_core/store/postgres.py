@@ -26,7 +26,18 @@ from etl_core import literals
 from etl_core.config import DbSettings, RetentionSettings
 from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, LARGEST_ID, LOADED, LastLoaded, RunRecord, copy_binary, db, migrations, sql
+from etl_core.store import (
+    CONFIRMING,
+    LARGEST_ID,
+    LOADED,
+    PUBLISHED,
+    LastLoaded,
+    RunRecord,
+    copy_binary,
+    db,
+    migrations,
+    sql,
+)
 from etl_core.store.db import Connection
 from etl_core.tables import USER_FEATURES
 
@@ -292,13 +303,20 @@ class PostgresRun(RunRecord):
         """Delete what is older than the retention allows, rejects first, each table in at most
         ``max_steps`` statements of at most ``step_rows`` rows, each its own transaction (row locks only:
         readers never wait).  ``backlog``: the bound stopped it, the next run goes on."""
-        purged: dict[str, Any] = {"rejects": 0, "runs": 0, "backlog": False}
-        steps = ((sql.purge_rejects(self._schema), "rejects", retention.rejects_days),
-                 (sql.purge_runs(self._schema, LOADED, CONFIRMING), "runs", retention.runs_days))
+        purged: dict[str, Any] = {"rejects": 0, "history": 0, "runs": 0, "backlog": False}
         with _translated():
-            for statement, key, days in steps:
+            [[kept]] = self._conn.run(sql.history_target(self._schema, PUBLISHED), days=retention.history_days,
+                                      runs=retention.history_runs or 0)
+            if kept is not None:  # first the horizon, in its own statement: no answer relies on what goes next
+                self._conn.run(sql.raise_horizon(self._schema), kept=int(kept))
+        steps: tuple[tuple[str, str, dict[str, Any]], ...] = (
+                 (sql.purge_rejects(self._schema), "rejects", {"days": retention.rejects_days}),
+                 (sql.purge_history(self._schema), "history", {"kept": int(kept or 0)}),
+                 (sql.purge_runs(self._schema, LOADED, CONFIRMING), "runs", {"days": retention.runs_days}))
+        with _translated():
+            for statement, key, params in steps:
                 for _ in range(retention.max_steps):
-                    self._conn.run(statement, days=days, step=retention.step_rows)
+                    self._conn.run(statement, step=retention.step_rows, **params)
                     purged[key] += max(self._conn.row_count, 0)
                     if self._conn.row_count < retention.step_rows:
                         break

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pg8000.native import identifier
 
-from etl_core.status import LOADED, RunStatus
+from etl_core.status import LOADED, PUBLISHED, RunStatus
 from etl_core.tables import COMPARED, USER_FEATURES, USER_FEATURES_HISTORY, Table
 
 FEATURES = USER_FEATURES.name
@@ -354,13 +354,42 @@ def purge_runs(schema: str, loaded: tuple[str, ...], confirming: tuple[str, ...]
     """Delete at most ``:step`` runs that finished more than ``:days`` days ago, oldest first, except the
     last that loaded (its fingerprint decides 'unchanged'; the features name it), the last that
     confirmed the features (/health reports it), and any run that still has rejects (they are purged
-    by their own retention first: deleting a run never cascades to an unbounded number of rows)."""
+    by their own retention first: deleting a run never cascades to an unbounded number of rows), nor a
+    run that published features the history still answers for (from etl_history_horizon.kept_from on:
+    the history's retention decides first)."""
     runs, rejects = q(schema, RUNS), q(schema, REJECTS)
     kept = ["(SELECT max(id) FROM " + runs + " WHERE status IN (" + ", ".join(f"'{s}'" for s in statuses) + "))"
             for statuses in (loaded, confirming)]
     return (f"DELETE FROM {runs} WHERE id IN (SELECT r.id FROM {runs} r WHERE {_older_than('days')} "
+            f"AND NOT (r.id >= (SELECT kept_from FROM {q(schema, HORIZON)}) AND r.status IN ("
+            + ", ".join(f"'{s}'" for s in PUBLISHED) + ")) "
             + "".join(f"AND r.id IS DISTINCT FROM {last} " for last in kept)
             + f"AND NOT EXISTS (SELECT 1 FROM {rejects} j WHERE j.run_id = r.id) ORDER BY r.id LIMIT :step)")
+
+
+def history_target(schema: str, published: tuple[str, ...]) -> str:
+    """The oldest run the history must still answer for: the oldest run that finished within ``:days``
+    days, or later the ``:runs``-th newest run that published (0: no bound by runs), never later than
+    the newest run that published (the table itself answers for it)."""
+    runs = q(schema, RUNS)
+    listed = ", ".join(f"'{status}'" for status in published)
+    last = f"(SELECT max(id) FROM {runs} WHERE status IN ({listed}))"
+    return (f"SELECT least(greatest(coalesce((SELECT min(id) FROM {runs} WHERE finished_at >= clock_timestamp() "
+            f"- make_interval(days => CAST(:days AS integer))), {last}), coalesce((SELECT id FROM {runs} "
+            f"WHERE status IN ({listed}) AND :runs > 0 ORDER BY id DESC OFFSET greatest(:runs - 1, 0) LIMIT 1), 0)), "
+            f"{last})")
+
+
+def raise_horizon(schema: str) -> str:
+    return f"UPDATE {q(schema, HORIZON)} SET kept_from = :kept WHERE kept_from < :kept"
+
+
+def purge_history(schema: str) -> str:
+    """Delete at most ``:step`` versions that ended before run ``:kept`` (the as-of of any run from
+    ``:kept`` on, and its changes, need none of them), by the key: oldest first."""
+    table = q(schema, HISTORY)
+    return (f"DELETE FROM {table} WHERE (valid_to, user_id) IN (SELECT valid_to, user_id FROM {table} "
+            "WHERE valid_to < :kept ORDER BY valid_to, user_id LIMIT :step)")
 
 
 def last_confirmed(schema: str, statuses: tuple[str, ...]) -> str:
