@@ -423,6 +423,13 @@ class PostgresPublication:
             return
         if counts["changed"] or counts["removed"]:
             self._conn.run(sql.keep_ended(self._schema), run=self._run_id)
+        table = sql.q(self._schema, sql.FEATURES)
+        if counts["changed"] > rows // 2 and not self._conn.run(sql.referencing_keys(), table=table):
+            # most users changed and no key references them: delete and insert again, as a replace would
+            self._conn.run(sql.delete_changed_and_removed(self._schema))
+            self._conn.run(sql.insert_added_and_changed(self._schema), run=self._run_id)
+            self.left_dead = counts["changed"] + counts["removed"]
+            return
         for key, statement in (("removed", sql.delete_removed), ("changed", sql.update_changed),
                                ("added", sql.insert_added)):
             if counts[key]:

@@ -192,6 +192,20 @@ def delete_removed(schema: str) -> str:
             "WHERE f.user_id = d.user_id AND d.kind = 'r'")
 
 
+def delete_changed_and_removed(schema: str) -> str:
+    """Where no other table references the features: delete every user that changed or is gone, so that
+    the changed ones go back in by ``insert_added_and_changed`` (cheaper than updating most of a table)."""
+    return (f"DELETE FROM {q(schema, FEATURES)} f USING {q('pg_temp', DIFF)} d WHERE f.user_id = d.user_id "
+            "AND d.kind <> 'a'")
+
+
+def insert_added_and_changed(schema: str) -> str:
+    cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
+    values = ", ".join(f"s.{identifier(c)}" if c != "run_id" else "CAST(:run AS bigint)" for c in FEATURE_COLUMNS)
+    return (f"INSERT INTO {q(schema, FEATURES)} ({cols}) SELECT {values} FROM {q('pg_temp', DIFF)} d "
+            f"JOIN {q('pg_temp', STAGING)} s ON s.user_id = d.user_id WHERE d.kind <> 'r'")
+
+
 def update_changed(schema: str) -> str:
     """Update in place the users any of whose values differ, stamped with ``:run``: the row keeps its
     identity, and keys held on it never act."""
