@@ -10,7 +10,7 @@ A run's document counts its status (``RunsSucceeded``, ``RunsPartial``, ``RunsFa
 ``RunsRestored``, ``RunsDryRun``: one of them 1,
 the others 0, so that a sum over any period counts runs), the rows read, accepted and rejected (in
 all and per file), the users written, the phases' durations, and what the retention's purge deleted
-(``PurgedRejects``, ``PurgedRuns``, ``PurgeFailed``).  The first invocation of a process
+(``PurgedRejects``, ``PurgedHistory``, ``PurgedRuns``, ``PurgeFailed``).  The first invocation of a process
 prints a ``ColdStart`` document.
 """
 
@@ -58,6 +58,7 @@ def run_document(settings: MetricsSettings, *, status: str, run_id: int | None =
     if purged is not None:  # the retention's purge after the run
         values["PurgedRejects"] = (int(purged.get("rejects") or 0), COUNT)
         values["PurgedRuns"] = (int(purged.get("runs") or 0), COUNT)
+        values["PurgedHistory"] = (int(purged.get("history") or 0), COUNT)
         values["PurgeFailed"] = (int(bool(purged.get("failed"))), COUNT)
     properties = {"event": "run_metrics", "run_id": run_id, "status": status, "error_code": error_code}
     return document(settings, values, properties, now=now)

@@ -247,6 +247,9 @@ def test_a_schema_before_raw_sha256_gets_it_on_its_first_read_or_run(settings: S
     ({"ETL_REJECTS_RETENTION_DAYS": "7", "ETL_RUNS_RETENTION_DAYS": "90", "ETL_REJECTS_KEEP_RAW": "FALSE"},
      RetentionSettings(rejects_days=7, runs_days=90, keep_raw=False)),
     ({"ETL_REJECTS_RETENTION_DAYS": "", "ETL_REJECTS_KEEP_RAW": ""}, RetentionSettings()),
+    ({"ETL_HISTORY_RETENTION_DAYS": "30", "ETL_HISTORY_RETENTION_RUNS": "12"},
+     RetentionSettings(history_days=30, history_runs=12)),
+    ({"ETL_HISTORY_RETENTION_RUNS": ""}, RetentionSettings(history_days=365, history_runs=None)),
 ])
 def test_retention_settings(env: dict[str, str], expected: RetentionSettings) -> None:
     assert Settings.from_env(env).retention == expected
@@ -255,7 +258,9 @@ def test_retention_settings(env: dict[str, str], expected: RetentionSettings) ->
 @pytest.mark.unit
 @pytest.mark.parametrize("env", [{"ETL_REJECTS_RETENTION_DAYS": "0"}, {"ETL_RUNS_RETENTION_DAYS": "-1"},
                                  {"ETL_REJECTS_RETENTION_DAYS": "1.5"}, {"ETL_REJECTS_KEEP_RAW": "no"},
-                                 {"ETL_RUNS_RETENTION_DAYS": "36501"}])
+                                 {"ETL_RUNS_RETENTION_DAYS": "36501"}, {"ETL_HISTORY_RETENTION_DAYS": "0"},
+                                 {"ETL_HISTORY_RETENTION_RUNS": "0"}, {"ETL_HISTORY_RETENTION_RUNS": "x"},
+                                 {"ETL_HISTORY_RETENTION_DAYS": "36501"}])
 def test_retention_settings_that_make_no_sense_are_refused(env: dict[str, str]) -> None:
     from etl_core.errors import ConfigError
 

@@ -285,12 +285,13 @@ def test_the_function_may_read_only_the_named_secret_and_decrypt_only_with_its_k
 def test_retention_settings_reach_the_function_with_their_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     params = {"DataBucketName": "lab-exports"}
     env, _ = function_env_and_statements(Stack(translated(params, monkeypatch), params))
-    assert (env["ETL_REJECTS_RETENTION_DAYS"], env["ETL_RUNS_RETENTION_DAYS"], env["ETL_REJECTS_KEEP_RAW"]) == (
-        "30", "365", "true")
-    params |= {"RejectsRetentionDays": "7", "RunsRetentionDays": "90", "RejectsKeepRaw": "false"}
+    assert (env["ETL_REJECTS_RETENTION_DAYS"], env["ETL_RUNS_RETENTION_DAYS"], env["ETL_REJECTS_KEEP_RAW"],
+            env["ETL_HISTORY_RETENTION_DAYS"]) == ("30", "365", "true", "365")
+    params |= {"RejectsRetentionDays": "7", "RunsRetentionDays": "90", "RejectsKeepRaw": "false",
+               "HistoryRetentionDays": "60"}
     env, _ = function_env_and_statements(Stack(translated(params, monkeypatch), params))
-    assert (env["ETL_REJECTS_RETENTION_DAYS"], env["ETL_RUNS_RETENTION_DAYS"], env["ETL_REJECTS_KEEP_RAW"]) == (
-        "7", "90", "false")
+    assert (env["ETL_REJECTS_RETENTION_DAYS"], env["ETL_RUNS_RETENTION_DAYS"], env["ETL_REJECTS_KEEP_RAW"],
+            env["ETL_HISTORY_RETENTION_DAYS"]) == ("7", "90", "false", "60")
 
 
 def test_the_database_url_needs_no_password() -> None:
