@@ -277,7 +277,7 @@ class FeaturesPage(Strict):
 
 class LastConfirmed(Strict):
     run_id: int
-    status: str = Field(description="succeeded, partial (or unchanged)")
+    status: str = Field(description="succeeded, partial, unchanged or restored")
     finished_at: DateTime
     age_seconds: float = Field(description="seconds since it finished, by the database's clock")
 
