@@ -376,3 +376,38 @@ def test_dead_rows_are_reclaimed_where_autovacuum_would_not(
     again = run_on(env, changed, force=True)
     assert again["changes"] == {"added": 0, "changed": 0, "removed": 0, "unchanged": 4}
     assert maintained()[0] == vacuumed  # no dead row left: no VACUUM
+
+
+def test_a_small_change_is_neither_analyzed_nor_vacuumed_a_large_one_is(
+        env: dict[str, str], tmp_path: Path, db: Any, schema: str) -> None:
+    """autovacuum's own thresholds: a reload that changed 1 user in 40 leaves the planner's statistics
+    and the one dead row as they are; the rows changed since the last ANALYZE add up until they reach
+    a tenth of the table.  (autovacuum is off for the table, so the run would be the one to vacuum.)"""
+    def users(renamed: int) -> dict[str, str]:
+        return {"users.csv": "user_id,name,email,signup_date\n" + "".join(
+            f"{i},{'X' if i <= renamed else 'U'}{i},u{i}@x,2023-01-01\n" for i in range(1, 41))}
+
+    def maintained() -> tuple[Any, Any]:
+        db.run("SELECT pg_stat_clear_snapshot()")
+        [[vacuumed, analyzed]] = db.run(
+            "SELECT last_vacuum, last_analyze FROM pg_stat_user_tables WHERE schemaname = :s "
+            "AND relname = 'user_features'", s=schema)
+        return vacuumed, analyzed
+
+    data = write_files(tmp_path / "0", users(0))
+    run_on(env, data)
+    db.run(f'ALTER TABLE "{schema}".user_features SET (autovacuum_enabled = false)')
+    # the first load's inserts reach the statistics view after its ANALYZE (a backend reports them when
+    # idle, a second later): the next run still sees them as modified and analyzes once more, then it settles
+    time.sleep(1.2)
+    assert run_on(env, data, force=True)["changes"]["changed"] == 0
+    time.sleep(1.2)
+    first = maintained()
+    assert first[1] is not None
+    for renamed in (1, 2, 3):  # one more user changed each time: 1, 2, 3 rows modified since the ANALYZE
+        assert run_on(env, write_files(tmp_path / str(renamed), users(renamed)))["changes"]["changed"] == 1
+        time.sleep(1.2)  # the statistics view's lag
+        assert maintained() == first
+    run_on(env, write_files(tmp_path / "all", users(40)))  # 37 more: past both thresholds
+    vacuumed, analyzed = maintained()
+    assert vacuumed is not None and analyzed > first[1]

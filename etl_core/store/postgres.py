@@ -41,6 +41,9 @@ from etl_core.store import (
 from etl_core.store.db import Connection
 from etl_core.tables import USER_FEATURES
 
+# after a publication: ANALYZE once this share of the rows changed since the last one, VACUUM (where
+# autovacuum is off) once this share is dead: autovacuum's own defaults (autovacuum_*_scale_factor)
+ANALYZE_SHARE, VACUUM_SHARE = 0.1, 0.2
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
 # binary COPY where its encoder lays out the features table as described (else CSV, which any column list takes)
 _BINARY = copy_binary.fits(USER_FEATURES)
@@ -244,6 +247,7 @@ class PostgresRun(RunRecord):
         self._store = store
         self._conn = conn
         self._left_dead: int | None = None  # rows the committed publication left dead (None: not known)
+        self._written: int | None = None  # rows it inserted, updated or deleted (None: not known)
 
     def unchanged(self, *, same_as: int, seconds: Any) -> None:
         with _translated():
@@ -267,6 +271,8 @@ class PostgresRun(RunRecord):
             with _translated():
                 self._conn.run("COMMIT")
             self._left_dead = publication.left_dead
+            changes = publication.changes
+            self._written = None if changes is None else changes["added"] + changes["changed"] + changes["removed"]
         except BaseException as exc:
             if publication.raised_by_rows(exc):
                 db.close_quietly(self._conn)
@@ -289,15 +295,24 @@ class PostgresRun(RunRecord):
                     db.close_quietly(conn)
 
     def analyze(self) -> None:
-        """ANALYZE; and VACUUM too where autovacuum is off (for the server or this table) and the
-        publication left the old rows behind as dead rows, since nothing else would reclaim them (a
-        first load leaves none, and its VACUUM would have nothing to reclaim).
+        """ANALYZE when the rows changed since the last one (this publication's writes included: the
+        statistics view may not count them yet) reach ANALYZE_SHARE of the table, or it never was; and
+        VACUUM too where autovacuum is off (for the server or this table) and the dead rows reach
+        VACUUM_SHARE, since nothing else would reclaim them: autovacuum's own default thresholds, so
+        that a reload that changed 1% of the users does not pay for a pass over the whole table.
         Neither blocks readers or writers (SHARE UPDATE EXCLUSIVE), and both run after the commit."""
         table = sql.q(self._schema, sql.FEATURES)
         with _translated():
-            [[autovacuum]] = self._conn.run(sql.autovacuum_on(), table=table)
-            reclaim = not autovacuum and (self._left_dead is None or self._left_dead > 0)
-            self._conn.run(f"VACUUM (ANALYZE) {table}" if reclaim else f"ANALYZE {table}")
+            [[autovacuum, live, dead, modified, analyzed]] = self._conn.run(sql.maintenance_state(), table=table)
+            rows = max(int(live or 0), 1)
+            written, left_dead = self._written, self._left_dead
+            stale = written is None or analyzed is None or int(modified or 0) + written >= ANALYZE_SHARE * rows
+            reclaim = not autovacuum and (left_dead is None or (
+                left_dead > 0 and int(dead or 0) + left_dead >= VACUUM_SHARE * rows))
+            if reclaim:
+                self._conn.run(f"VACUUM (ANALYZE) {table}")
+            elif stale:
+                self._conn.run(f"ANALYZE {table}")
 
     def purge(self, retention: RetentionSettings) -> dict[str, Any]:
         """Delete what is older than the retention allows, rejects first, each table in at most

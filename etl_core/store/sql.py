@@ -437,10 +437,13 @@ def number_rejects(schema: str) -> list[str]:
     ]
 
 
-def autovacuum_on() -> str:
-    """Whether autovacuum looks after the table ``:table``: on for the server, not off for the table."""
+def maintenance_state() -> str:
+    """For the table ``:table``: whether autovacuum looks after it, and its live rows, dead rows, rows
+    modified since its last ANALYZE and when that was (the statistics view: it may lag a second behind)."""
     return ("SELECT current_setting('autovacuum')::boolean AND NOT coalesce("
-            "'autovacuum_enabled=false' = ANY (reloptions), false) FROM pg_class WHERE oid = CAST(:table AS regclass)")
+            "'autovacuum_enabled=false' = ANY (c.reloptions), false), s.n_live_tup, s.n_dead_tup, "
+            "s.n_mod_since_analyze, coalesce(s.last_analyze, s.last_autoanalyze) FROM pg_class c "
+            "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = CAST(:table AS regclass)")
 
 
 def lock_name(schema: str) -> str:
