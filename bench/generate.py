@@ -2,6 +2,7 @@
 
     python bench/generate.py --scale M                 # -> bench/out/M/
     python bench/generate.py --users 1000 --compounds 50 --experiments 20000 --out /tmp/x
+    python bench/generate.py --scale L --changed 0.01  # -> bench/out/L-changed1/: 1% of L's users renamed
 
 Vectorised with numpy and pyarrow; the experiments file is written in chunks with a streaming CSV
 writer, so memory stays flat whatever the size.  Same seed and sizes give byte-identical files.
@@ -161,6 +162,29 @@ def generate(out: Path, users: int, compounds: int, experiments: int, seed: int)
     return {**params, "seconds": seconds, "bytes": sizes, "out": str(out)}
 
 
+def changed_variant(source: Path, out: Path, share: float, seed: int) -> dict[str, object]:
+    """A copy of the set in ``source`` in which ``share`` of the users (a deterministic random choice) have
+    another name, nothing else changed: a reload of it changes exactly those users' features, and the
+    average (experiments per user) stays as it is.  The other two files are hard links (no copy)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "params.json").unlink(missing_ok=True)
+    started = time.perf_counter()
+    for name in ("compounds.csv", "user_experiments.csv"):
+        (out / name).unlink(missing_ok=True)
+        (out / name).hardlink_to(source / name)
+    users = pacsv.read_csv(source / "users.csv", convert_options=pacsv.ConvertOptions(
+        column_types={"user_id": pa.int64(), "name": pa.string(), "email": pa.string(), "signup_date": pa.date32()}))
+    rng = np.random.default_rng(seed)
+    chosen = rng.random(users.num_rows) < share if share < 1 else np.ones(users.num_rows, dtype=bool)
+    renamed = pc.if_else(pa.array(chosen), pc.binary_join_element_wise(users["name"], f" (renamed {share:g})", ""),
+                         users["name"])
+    users = users.set_column(users.column_names.index("name"), "name", renamed)
+    pacsv.write_csv(users, out / "users.csv", write_options=pacsv.WriteOptions(quoting_style="needed"))
+    params = {"source": str(source), "changed_share": share, "changed_users": int(chosen.sum()), "seed": seed}
+    (out / "params.json").write_text(json.dumps(params) + "\n", encoding="utf-8")
+    return {**params, "seconds": round(time.perf_counter() - started, 3), "out": str(out)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), help="preset sizes (S, M, L, 2L, 4L)")
@@ -169,7 +193,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--experiments", type=int)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", type=Path, help="output directory (default bench/out/<scale>)")
+    parser.add_argument("--changed", type=float, metavar="SHARE",
+                        help="with --scale: a variant of that set (generated first if missing) in which SHARE "
+                             "(0-1) of the users are renamed, in bench/out/<scale>-changed<percent>")
     args = parser.parse_args(argv)
+    if args.changed is not None:
+        if not args.scale or not 0 < args.changed <= 1:
+            parser.error("--changed needs --scale and a share above 0, at most 1")
+        source = OUT / args.scale
+        if not (source / "params.json").exists():
+            generate(source, *SCALES[args.scale], args.seed)
+        out = args.out or OUT / f"{args.scale}-changed{args.changed * 100:g}"
+        print(json.dumps(changed_variant(source, out, args.changed, args.seed)))
+        return 0
     users, compounds, experiments = SCALES[args.scale] if args.scale else (None, None, None)
     users = args.users if args.users is not None else users
     compounds = args.compounds if args.compounds is not None else compounds

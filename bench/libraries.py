@@ -346,7 +346,7 @@ def s3() -> None:
 def _features(data: Path) -> Any:
     import pyarrow as pa
 
-    from etl_core import transform
+    from etl_core.features import kernels as transform
 
     cached = _common.ROOT / "bench" / "out" / f"features-{data.name}.arrow"
     if not cached.exists():

@@ -82,6 +82,8 @@ class RetentionSettings:
     rejects_days: int = 30
     runs_days: int = 365
     keep_raw: bool = True
+    history_days: int = 365  # the features as of runs that finished this long ago stay answerable
+    history_runs: int | None = None  # ... and as of at most this many of the last runs that published
     step_rows: int = 5_000
     max_steps: int = 20
 
@@ -182,18 +184,22 @@ def metrics_settings(env: Mapping[str, str]) -> MetricsSettings:
 
 
 def retention_settings(env: Mapping[str, str]) -> RetentionSettings:
-    """ETL_REJECTS_RETENTION_DAYS, ETL_RUNS_RETENTION_DAYS (whole days, at least 1) and ETL_REJECTS_KEEP_RAW."""
+    """ETL_REJECTS_RETENTION_DAYS, ETL_RUNS_RETENTION_DAYS, ETL_HISTORY_RETENTION_DAYS (whole days, at least
+    1), ETL_HISTORY_RETENTION_RUNS (at least 1; unset: no bound by runs) and ETL_REJECTS_KEEP_RAW."""
     keep = env.get("ETL_REJECTS_KEEP_RAW") or "true"
     if keep.lower() not in ("true", "false"):
         raise ConfigError(f"ETL_REJECTS_KEEP_RAW must be true or false, not {keep!r}")
     days = {}
     for name, default in (("ETL_REJECTS_RETENTION_DAYS", RetentionSettings.rejects_days),
-                          ("ETL_RUNS_RETENTION_DAYS", RetentionSettings.runs_days)):
+                          ("ETL_RUNS_RETENTION_DAYS", RetentionSettings.runs_days),
+                          ("ETL_HISTORY_RETENTION_DAYS", RetentionSettings.history_days)):
         days[name] = _int(env, name, default, minimum=1)
         if days[name] > MAX_RETENTION_DAYS:  # PostgreSQL's timestamps end in 294276 AD; ours much sooner
             raise ConfigError(f"{name} must be at most {MAX_RETENTION_DAYS} (100 years), not {days[name]}")
+    runs = _int(env, "ETL_HISTORY_RETENTION_RUNS", 0, minimum=1) or None
     return RetentionSettings(rejects_days=days["ETL_REJECTS_RETENTION_DAYS"],
-                             runs_days=days["ETL_RUNS_RETENTION_DAYS"], keep_raw=keep.lower() == "true")
+                             runs_days=days["ETL_RUNS_RETENTION_DAYS"], keep_raw=keep.lower() == "true",
+                             history_days=days["ETL_HISTORY_RETENTION_DAYS"], history_runs=runs)
 
 
 def secret_settings(env: Mapping[str, str]) -> SecretSettings | None:

@@ -138,6 +138,12 @@ class RunNotFound(EtlError, code="run_not_found", http_status=404, caller=True):
     """Raise when a run id is not in the runs table."""
 
 
+class HistoryPurged(EtlError, code="history_purged", http_status=410, caller=True):
+    """Raise when the features as of a run are asked for (to read, or to restore) but the history no
+    longer holds them: the run is older than the history's horizon (its retention, or a run from before
+    the history began)."""
+
+
 class FeaturesStale(EtlError, code="features_stale", http_status=503):
     """Raise when /health finds that no run has confirmed the features within the allowed age
     (ETL_HEALTH_MAX_AGE_SECONDS)."""

@@ -6,10 +6,11 @@ the namespace and the one dimension set of the settings (``ETL_METRICS_NAMESPACE
 ``ETL_METRICS_DIMENSIONS``); the request id, the event's kind and the run id ride along as plain
 members, for CloudWatch Logs Insights, not as dimensions (each value would be a metric of its own).
 
-A run's document counts its status (``RunsSucceeded``, ``RunsPartial``, ``RunsFailed``: one of them 1,
+A run's document counts its status (``RunsSucceeded``, ``RunsPartial``, ``RunsFailed``, ``RunsUnchanged``,
+``RunsRestored``, ``RunsDryRun``: one of them 1,
 the others 0, so that a sum over any period counts runs), the rows read, accepted and rejected (in
 all and per file), the users written, the phases' durations, and what the retention's purge deleted
-(``PurgedRejects``, ``PurgedRuns``, ``PurgeFailed``).  The first invocation of a process
+(``PurgedRejects``, ``PurgedHistory``, ``PurgedRuns``, ``PurgeFailed``).  The first invocation of a process
 prints a ``ColdStart`` document.
 """
 
@@ -45,7 +46,7 @@ def run_document(settings: MetricsSettings, *, status: str, run_id: int | None =
     """The document of one run, or None when metrics are off.  ``files`` and ``seconds`` are the run
     summary's (a failed run has those it got to, if any); ``config_error``: it failed for the operator's
     settings (bad_config), not for the data or the service."""
-    values: dict[str, tuple[float, str]] = {f"Runs{s.capitalize()}": (int(s == status), COUNT) for s in FINISHED}
+    values: dict[str, tuple[float, str]] = {f"Runs{_camel(s)}": (int(s == status), COUNT) for s in FINISHED}
     values["ConfigErrors"] = (int(config_error), COUNT)
     if files:
         for column in ROWS:
@@ -60,6 +61,7 @@ def run_document(settings: MetricsSettings, *, status: str, run_id: int | None =
     if purged is not None:  # the retention's purge after the run
         values["PurgedRejects"] = (int(purged.get("rejects") or 0), COUNT)
         values["PurgedRuns"] = (int(purged.get("runs") or 0), COUNT)
+        values["PurgedHistory"] = (int(purged.get("history") or 0), COUNT)
         values["PurgeFailed"] = (int(bool(purged.get("failed"))), COUNT)
     properties = {"event": "run_metrics", "run_id": run_id, "status": status, "error_code": error_code}
     return document(settings, values, properties, now=now)

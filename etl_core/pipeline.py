@@ -26,18 +26,37 @@ from etl_core.trigger import Trigger
 T = TypeVar("T")
 
 
+DRY_RUN_SAMPLE = 20  # changed users a dry run shows, with their values before and after
+
+
 def run(settings: Settings, trigger: Trigger, *, store: Store | None = None) -> dict[str, Any]:
     """Run the job once; returns the summary, raises an EtlError (recorded in the runs table)."""
     policy = trigger.policy or settings.policy
     if policy not in POLICIES:
         raise BadRequest(f"policy must be one of {', '.join(POLICIES)}, not {policy!r}")
     location = resolve_location(settings, trigger.data)
+    return _recorded(settings, store, policy, location.where,
+                     lambda ledger: _run(settings, ledger, policy, location, force=trigger.force,
+                                         dry_run=trigger.dry_run))
+
+
+def restore(settings: Settings, of: int, *, force: bool = False, dry_run: bool = False,
+            store: Store | None = None) -> dict[str, Any]:
+    """A run that publishes the features as they were when run ``of`` finished, through the same
+    comparison, guard and publication as a load (the caller has checked that the history holds them)."""
+    return _recorded(settings, store, settings.policy, f"restore of run {of}",
+                     lambda ledger: _restore(settings, ledger, of, force=force, dry_run=dry_run))
+
+
+def _recorded(settings: Settings, store: Store | None, policy: str, source: str,
+              body: Callable[[StoreRun], dict[str, Any]]) -> dict[str, Any]:
+    """``body`` as a run in the ledger: its failure recorded (and the retention's purge done)."""
     own = store is None
     store = store or postgres_store(settings)
     try:
-        with store.run(policy=policy, source=location.where) as ledger, logs.bound(run_id=ledger.run_id):
+        with store.run(policy=policy, source=source) as ledger, logs.bound(run_id=ledger.run_id):
             try:
-                return _run(settings, ledger, policy, location, force=trigger.force)
+                return body(ledger)
             except EtlError as exc:
                 exc.details.setdefault("run_id", ledger.run_id)  # the answer names the run it recorded
                 _failed(exc)
@@ -89,7 +108,8 @@ class _Stopwatch:
             items.close()
 
 
-def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, *, force: bool) -> dict[str, Any]:
+def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, *, force: bool,
+         dry_run: bool) -> dict[str, Any]:
     started = time.perf_counter()
     seconds: dict[str, float] = {}
     log_event("run_started", run_id=ledger.run_id, policy=policy, data_dir=location.where,
@@ -99,25 +119,63 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, 
         source = Pinned(location.source)
         found, inputs = identify(ledger, location, source, policy)
         last = ledger.last_loaded
-        if not force and last is not None and last.fingerprint == found:
+        if not force and not dry_run and last is not None and last.fingerprint == found:
             return _unchanged(settings, ledger, policy, last.run_id, found, inputs, started)
         extracted = read_all(settings, source, ledger.run_id)
     violations = extracted.violations if settings.retention.keep_raw else without_raw(extracted.violations)
     status = _verdict(settings, extracted, violations, policy, ledger.run_id, force=force)
-    written, waited = _publish(settings, ledger, extracted, violations, status, force=force,
-                               seconds=seconds, started=started)
+    if dry_run:
+        status = "dry_run"
+    written, changes, sample, waited = _publish(settings, ledger, extracted, violations, status, force=force,
+                                               seconds=seconds, started=started)
     seconds["transform"] = round(waited, 3)
     seconds["total"] = round(time.perf_counter() - started, 3)
     # the load phase's time too; the run itself is committed already, so this may not fail it
     _after_commit(ledger.record_seconds, seconds, run_id=ledger.run_id, what="record the load time")
     files = extracted.files
     purged = _purge(settings, ledger)
-    log_event("run_finished", run_id=ledger.run_id, status=status, users_written=written, seconds=seconds,
-              files=files, rejects=violations.num_rows, purged=purged)
+    log_event("run_finished", run_id=ledger.run_id, status=status, users_written=written, changes=changes,
+              seconds=seconds, files=files, rejects=violations.num_rows, purged=purged)
     return {
         "run_id": ledger.run_id, "status": status, "policy": policy, "files": files,
-        "users_written": written, "violations": report(violations, settings.max_reported),
+        "users_written": written, "changes": changes, "violations": report(violations, settings.max_reported),
         "seconds": seconds, "same_as": None, "fingerprint": found, "inputs": inputs, "purged": purged,
+        **({"sample": sample} if sample is not None else {}),
+    }
+
+
+def _restore(settings: Settings, ledger: StoreRun, of: int, *, force: bool, dry_run: bool) -> dict[str, Any]:
+    started = time.perf_counter()
+    seconds: dict[str, float] = {}
+    log_event("restore_started", run_id=ledger.run_id, restored_from=of, dry_run=dry_run)
+    status = "dry_run" if dry_run else "restored"
+    with _phase(seconds, "load"):
+        with ledger.publishing() as publication:
+            restored = publication.volume_as_of(of)
+            if not restored.users:
+                raise BadRequest(f"the features as of run {of} hold no user: nothing to restore", restored_from=of)
+            if force:
+                publication.lock()
+            else:
+                guard.check_volume(publication.volume(), restored, min_share=settings.min_share)
+            if dry_run:
+                publication.preview(DRY_RUN_SAMPLE)
+            rows = publication.restore_features(of)
+            written = 0 if dry_run else rows
+            publication.finish(status=status, files={}, users_written=written, restored_from=of,
+                               seconds=dict(seconds, total=round(time.perf_counter() - started, 3)))
+        if not dry_run:
+            _after_commit(ledger.analyze, run_id=ledger.run_id, what="analyze the features table")
+    seconds["total"] = round(time.perf_counter() - started, 3)
+    _after_commit(ledger.record_seconds, seconds, run_id=ledger.run_id, what="record the load time")
+    purged = _purge(settings, ledger)
+    log_event("run_finished", run_id=ledger.run_id, status=status, users_written=written,
+              changes=publication.changes, restored_from=of, seconds=seconds, purged=purged)
+    return {
+        "run_id": ledger.run_id, "status": status, "policy": settings.policy, "files": {},
+        "users_written": written, "changes": publication.changes, "violations": {"total": 0, "first": []},
+        "seconds": seconds, "same_as": None, "fingerprint": None, "inputs": None, "purged": purged,
+        "restored_from": of, **({"sample": publication.sample} if dry_run else {}),
     }
 
 
@@ -129,8 +187,8 @@ def _purge(settings: Settings, ledger: StoreRun) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - after the commit: never the run's failure
         reason = exc.message if isinstance(exc, EtlError) else f"{type(exc).__name__}: {exc}"
         log_event("purge_failed", level=logging.WARNING, run_id=ledger.run_id, reason=reason)
-        return {"rejects": 0, "runs": 0, "backlog": True, "failed": True}
-    if purged["rejects"] or purged["runs"]:
+        return {"rejects": 0, "history": 0, "runs": 0, "backlog": True, "failed": True}
+    if purged["rejects"] or purged["runs"] or purged.get("history"):
         log_event("purged", run_id=ledger.run_id, **purged)
     return {**purged, "failed": False}
 
@@ -156,8 +214,10 @@ def _verdict(settings: Settings, extracted: Extracted, violations: pa.Table, pol
 
 
 def _publish(settings: Settings, ledger: StoreRun, extracted: Extracted, violations: pa.Table, status: str, *,
-             force: bool, seconds: dict[str, float], started: float) -> tuple[int, float]:
-    """Replace the features and finish the run in one transaction; the rows written, and the seconds the
+             force: bool, seconds: dict[str, float],
+             started: float) -> tuple[int, dict[str, int] | None, list[dict[str, Any]] | None, float]:
+    """Replace the features and finish the run in one transaction; the rows written, the users added,
+    changed, removed and left unchanged, and the seconds the
     COPY waited for the features (they stream into it bucket by bucket: the server parses while we
     compute, so that 'transform' time is part of 'load')."""
     stopwatch = _Stopwatch()
@@ -169,14 +229,20 @@ def _publish(settings: Settings, ledger: StoreRun, extracted: Extracted, violati
                     publication.lock()  # against new foreign keys, as volume() would
                 else:
                     guard.check_volume(publication.volume(), extracted.volume, min_share=settings.min_share)
-                written = publication.replace_features(batches)
-                publication.store_rejects(violations)
+                if status == "dry_run":  # everything but the write: no features, no rejects stored
+                    publication.preview(DRY_RUN_SAMPLE)
+                    publication.replace_features(batches)
+                    written = 0
+                else:
+                    written = publication.replace_features(batches)
+                    publication.store_rejects(violations)
                 publication.finish(status=status, files=extracted.files, users_written=written,
                                    seconds=dict(seconds, total=round(time.perf_counter() - started, 3)))
-            _after_commit(ledger.analyze, run_id=ledger.run_id, what="analyze the features table")
+            if status != "dry_run":
+                _after_commit(ledger.analyze, run_id=ledger.run_id, what="analyze the features table")
     finally:
         batches.close()  # a failed COPY leaves no bucket being worked out
-    return written, stopwatch.seconds
+    return written, publication.changes, publication.sample, stopwatch.seconds
 
 
 def _unchanged(settings: Settings, ledger: StoreRun, policy: str, same_as: int, found: str,
@@ -187,6 +253,7 @@ def _unchanged(settings: Settings, ledger: StoreRun, policy: str, same_as: int, 
     ledger.unchanged(same_as=same_as, seconds=seconds)
     log_event("run_unchanged", run_id=ledger.run_id, same_as=same_as, fingerprint=found)
     return {"run_id": ledger.run_id, "status": "unchanged", "policy": policy, "files": {}, "users_written": 0,
+            "changes": None,
             "violations": {"total": 0, "first": []}, "seconds": seconds, "same_as": same_as,
             "fingerprint": found, "inputs": inputs, "purged": _purge(settings, ledger)}
 

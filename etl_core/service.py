@@ -8,7 +8,16 @@ from typing import Any
 
 from etl_core import memory, metrics, pipeline
 from etl_core.config import Settings
-from etl_core.errors import BadRequest, ConfigError, EtlError, FeaturesStale, InternalError, RunInProgress, RunNotFound
+from etl_core.errors import (
+    BadRequest,
+    ConfigError,
+    EtlError,
+    FeaturesStale,
+    HistoryPurged,
+    InternalError,
+    RunInProgress,
+    RunNotFound,
+)
 from etl_core.inputs import describe, resolve_location
 from etl_core.reading import REPORTED_CHARS
 from etl_core.sources import MANIFEST, Pinned
@@ -48,6 +57,25 @@ class Service:
                       purged=summary.get("purged"))
         return summary
 
+    def restore(self, run_id: int, *, force: bool = False, dry_run: bool = False) -> dict[str, Any]:
+        """A run that publishes the features as they were when run ``run_id`` finished (RunNotFound,
+        HistoryPurged where the history no longer holds them); its metrics as a trigger's."""
+        self._kept(run_id)
+        started = time.perf_counter()
+        try:
+            summary = pipeline.restore(self.settings, run_id, force=force, dry_run=dry_run, store=self.store)
+        except (BadRequest, RunInProgress):
+            raise
+        except Exception as exc:
+            error = exc if isinstance(exc, EtlError) else InternalError.of(exc)
+            self._metrics(status="failed", run_id=error.details.get("run_id"),
+                          seconds={"total": round(time.perf_counter() - started, 3)}, error_code=error.code)
+            raise
+        self._metrics(status=summary["status"], run_id=summary.get("run_id"),
+                      users_written=summary.get("users_written"), seconds=summary.get("seconds"),
+                      purged=summary.get("purged"))
+        return summary
+
     def _metrics(self, **run: Any) -> None:
         metrics.emit(metrics.run_document(self.settings.metrics, **run), self.emit)
 
@@ -69,6 +97,34 @@ class Service:
         found = self.store.rejects(run_id, limit=limit + 1, after=after, max_chars=REPORTED_CHARS)
         page = found[:limit]
         return {"run_id": run_id, "rejects": page, "next_after": page[-1]["seq"] if len(found) > limit else None}
+
+    def changes(self, run_id: int, *, limit: int, after: int = 0) -> dict[str, Any]:
+        """A page of the users a run added, changed or removed, by user id, with their features before and
+        after it; ``next_after`` continues it (None: no more).  HistoryPurged where the history no longer
+        holds the run's versions."""
+        self._kept(run_id)
+        found = self.store.changes(run_id, limit=limit + 1, after=after)
+        page = found[:limit]
+        return {"run_id": run_id, "changes": page, "next_after": page[-1]["user_id"] if len(found) > limit else None}
+
+    def as_of(self, run_id: int, *, limit: int, after: int = 0) -> dict[str, Any]:
+        """A page of the features as they were when run ``run_id`` finished, by user id; ``next_after``
+        continues it (None: no more).  HistoryPurged where the history no longer holds them."""
+        self._kept(run_id)
+        found = self.store.as_of(run_id, limit=limit + 1, after=after)
+        page = found[:limit]
+        return {"run_id": run_id, "features": page, "next_after": page[-1]["user_id"] if len(found) > limit else None}
+
+    def _kept(self, run_id: int) -> dict[str, Any]:
+        """The run's record, if it finished and the history still holds the features as it left them:
+        else RunNotFound, or HistoryPurged."""
+        record = self.run_status(run_id)
+        kept_from = self.store.history_kept_from()
+        if run_id < kept_from:
+            raise HistoryPurged(f"the history no longer holds the features as of run {run_id}: it keeps them "
+                                f"from run {kept_from} on (ETL_HISTORY_RETENTION_RUNS, ETL_HISTORY_RETENTION_DAYS, "
+                                "or a run from before the history began)", run_id=run_id, kept_from=kept_from)
+        return record
 
     def health(self) -> dict[str, Any]:
         """The database answers, and the last run that confirmed the features and its age; past

@@ -93,6 +93,16 @@ REFERENCE: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 '`false`: rejects are stored, answered and recorded without `raw` and `value`, with `raw_sha256` '
                 "(the row's SHA-256) instead, so duplicates still match without the personal data"),
     )),
+    ('History', (
+        Setting(('ETL_HISTORY_RETENTION_DAYS',), '`365`',
+                'days (1-36500): the features as of a run that finished within them stay answerable '
+                '(`/runs/{id}/features`, `/changes`, restore); the versions that ended before the oldest such '
+                'run are purged from `user_features_history` in bounded steps, and older runs are answered 410 '
+                '`history_purged`'),
+        Setting(('ETL_HISTORY_RETENTION_RUNS',), 'none',
+                'at most this many of the last runs that published (loads and restores) stay answerable, '
+                'whichever of the two bounds is tighter'),
+    )),
     ('Operating', (
         Setting(('ETL_HEALTH_MAX_AGE_SECONDS',), 'none',
                 '`GET /health` answers 503 `features_stale` when the last run that confirmed the features '

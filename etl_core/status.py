@@ -13,11 +13,16 @@ class RunStatus(StrEnum):
     PARTIAL = "partial"  # published, some rows rejected (quarantine)
     FAILED = "failed"  # published nothing; its error is recorded
     UNCHANGED = "unchanged"  # found the input the last load read, and loaded nothing
+    RESTORED = "restored"  # published the features as they were after an earlier run (restored_from)
+    DRY_RUN = "dry_run"  # did everything but the write: read, judged, compared; published nothing
 
 
 # a finished run's statuses: each is a metric of its own (Runs<Status>)
 FINISHED = tuple(s for s in RunStatus if s is not RunStatus.RUNNING)
 # the statuses of a run that confirmed the table's rows: /health reports the last one
-CONFIRMING = (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.UNCHANGED)
-# the statuses of a run that published features: the last one's fingerprint decides 'unchanged'
+CONFIRMING = (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.UNCHANGED, RunStatus.RESTORED)
+# the statuses of a run that loaded an input: the last one's fingerprint decides 'unchanged' (a restore is
+# not one: the input the last load read stays 'unchanged', so that the restore stands until a new input)
 LOADED = (RunStatus.SUCCEEDED, RunStatus.PARTIAL)
+# the statuses of a run that published features (a load or a restore): the history's retention by runs counts them
+PUBLISHED = (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.RESTORED)

@@ -58,10 +58,29 @@ USER_FEATURES = Table("user_features", key="user_id", purpose=(
            "the same compounds' ids, in the same order (NULL: no experiment)", nullable=True),
     Column("average_experiments", pa.float64(), "double precision",
            "accepted experiments per accepted user, over the whole load (the same on every row)"),
-    Column("run_id", pa.int64(), "bigint", "the run (etl_runs.id) that wrote the row"),
+    Column("run_id", pa.int64(), "bigint",
+           "the run (etl_runs.id) that wrote the row as it is: added the user or last changed a value of theirs"),
 ))
 # the columns the store adds to what a run computes (the run's id)
 STORE_ADDS = ("run_id",)
+
+# Each version of a user's features that a later run ended (changed or removed the user), with the run that
+# made it valid and the run that ended it (SCD type 2).  The versions still valid are user_features' rows
+# (their run_id is the run that made them valid): a run writes here only for the users it changes or
+# removes, never a copy of the whole table (schema version 3).
+USER_FEATURES_HISTORY = Table("user_features_history", key="valid_to, user_id", purpose=(
+    "Each version of a user's features that a later run ended, with the run that made it valid and the run that "
+    "ended it (SCD type 2); the versions still valid are `user_features`' rows. `user_features_as_of(N)` "
+    "answers the features as they were after run N, `GET /runs/{run_id}/features` and `/changes` page it "
+    "(personal data: behind the rejects permission). Versions older than the history's retention are purged."),
+    columns=(
+    *(dataclasses.replace(c, since=3) for c in USER_FEATURES.columns if c.name != "run_id"),
+    Column("valid_from", pa.int64(), "bigint", "the run (etl_runs.id) that made this version valid", since=3),
+    Column("valid_to", pa.int64(), "bigint",
+           "the run that ended it: changed the user's features or removed the user", since=3),
+))
+# the feature values a change is judged on: every column but the key and the run
+COMPARED = tuple(c for c in USER_FEATURES.names if c not in ("user_id", "run_id"))
 
 _TIMESTAMP = pa.timestamp("us", tz="UTC")
 
@@ -75,7 +94,8 @@ ETL_RUNS = Table("etl_runs", key="id", purpose=(
     Column("started_at", _TIMESTAMP, "timestamp with time zone", "when the run started (the server's clock)"),
     Column("finished_at", _TIMESTAMP, "timestamp with time zone", "when it finished; NULL while running",
            nullable=True),
-    Column("status", pa.string(), "text", "running, succeeded, partial, failed or unchanged (etl_core/status.py)"),
+    Column("status", pa.string(), "text",
+           "running, succeeded, partial, failed, unchanged, restored or dry_run (etl_core/status.py)"),
     Column("policy", pa.string(), "text", "strict or quarantine"),
     Column("data_dir", pa.string(), "text", "where it read: a directory, or an s3:// prefix"),
     Column("files", pa.string(), "jsonb", "per file: rows_read, rows_accepted, rows_rejected, extra_columns",
@@ -90,6 +110,11 @@ ETL_RUNS = Table("etl_runs", key="id", purpose=(
            nullable=True),
     Column("same_as", pa.int64(), "bigint", "an unchanged run: the run that loaded the same input",
            nullable=True),
+    *(Column(name, pa.int64(), "bigint", f"users the run {what}", nullable=True, since=3) for name, what in (
+        ("added", "added to user_features"), ("changed", "changed in user_features"),
+        ("removed", "removed from user_features"), ("unchanged", "left as they were (a dry run: would have)"))),
+    Column("restored_from", pa.int64(), "bigint", "a restore: the run whose features it published again",
+           nullable=True, since=3),
 ))
 
 ETL_REJECTS = Table("etl_rejects", key="run_id, seq", purpose=(
@@ -110,6 +135,14 @@ ETL_REJECTS = Table("etl_rejects", key="run_id, seq", purpose=(
            nullable=True, since=2),
 ))
 
+HISTORY_HORIZON = Table("etl_history_horizon", key="one", purpose=(
+    "One row: the oldest run the history still answers for (`/runs/{run_id}/features`, `/changes`, restore); "
+    "older ones are answered 410 `history_purged`. Raised by the history's retention before it purges."),
+    columns=(
+    Column("one", pa.bool_(), "boolean", "always true: the table holds one row", since=3),
+    Column("kept_from", pa.int64(), "bigint", "the oldest run the history answers for", since=3),
+))
+
 SCHEMA_MIGRATIONS = Table("etl_schema_migrations", key="version", purpose=(
     "The schema's versions this database has: one row per step applied (etl_core/store/migrations.py). A "
     "release refuses a schema newer than it knows."), columns=(
@@ -120,7 +153,7 @@ SCHEMA_MIGRATIONS = Table("etl_schema_migrations", key="version", purpose=(
 ))
 
 # every table the job writes, in the order docs/tables.md lists them
-TABLES = (USER_FEATURES, ETL_RUNS, ETL_REJECTS, SCHEMA_MIGRATIONS)
+TABLES = (USER_FEATURES, USER_FEATURES_HISTORY, ETL_RUNS, ETL_REJECTS, HISTORY_HORIZON, SCHEMA_MIGRATIONS)
 
 
 def markdown() -> str:

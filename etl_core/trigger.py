@@ -14,11 +14,13 @@ from etl_core.inputs import SHOWN_CHARS
 @dataclasses.dataclass(frozen=True)
 class Trigger:
     """What one trigger asks for: the policy (None: the settings'), optionally a data directory under
-    DATA_ROOT, and whether to override the load guard and the unchanged check."""
+    DATA_ROOT, whether to override the load guard and the unchanged check, and whether to do everything
+    but the write (a dry run: it answers what a load would change)."""
 
     policy: str | None = None
     data: str | None = None
     force: bool = False
+    dry_run: bool = False
 
     @classmethod
     def of_object(cls, settings: Settings, bucket: str, key: str) -> Trigger:

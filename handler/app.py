@@ -22,6 +22,7 @@ from etl_core.errors import (
     EtlError,
     FeaturesStale,
     ForeignKeyConflict,
+    HistoryPurged,
     InternalError,
     LoadError,
     LoadRefused,
@@ -41,15 +42,19 @@ from etl_core.errors import (
 from etl_core.logs import log_event
 from etl_core.service import Trigger
 from handler.models import (
+    ChangesPage,
+    FeaturesPage,
     Health,
     RejectsPage,
     RejectsQuery,
+    RestoreQuery,
     RunRecord,
     RunsPage,
     RunsQuery,
     RunSummary,
     Strict,
     TriggerQuery,
+    UsersQuery,
     invalid,
     problems,
 )
@@ -58,7 +63,9 @@ from handler.service import get_service, unexpected
 SHOWN_PATH = 200  # characters of a request's path repeated in a 404
 # the model of each route's query string, whose fields an unknown parameter's error lists
 QUERY_MODELS: dict[str, type[Strict]] = {"/trigger-etl": TriggerQuery, "/runs": RunsQuery,
-                                         "/runs/{run_id}/rejects": RejectsQuery}
+                                         "/runs/{run_id}/rejects": RejectsQuery,
+                                         "/runs/{run_id}/changes": UsersQuery, "/runs/{run_id}/features": UsersQuery,
+                                         "/runs/{run_id}/restore": RestoreQuery}
 
 
 def status_for(exc: EtlError | type[EtlError]) -> int:
@@ -87,6 +94,10 @@ ROUTE_ERRORS: dict[str, tuple[type[EtlError], ...]] = {
     "/runs": (BadRequest, *SERVER_ERRORS),
     "/runs/{run_id}": (BadRequest, RunNotFound, *SERVER_ERRORS),
     "/runs/{run_id}/rejects": (BadRequest, RunNotFound, *SERVER_ERRORS),
+    "/runs/{run_id}/changes": (BadRequest, RunNotFound, HistoryPurged, *SERVER_ERRORS),
+    "/runs/{run_id}/features": (BadRequest, RunNotFound, HistoryPurged, *SERVER_ERRORS),
+    "/runs/{run_id}/restore": (BadRequest, RunNotFound, HistoryPurged, RunInProgress, ForeignKeyConflict, LoadRefused,
+                               *SERVER_ERRORS),
     "/health": (FeaturesStale, *SERVER_ERRORS),
 }
 
@@ -248,6 +259,41 @@ def get_rejects(run_id: int, query: Annotated[RejectsQuery, Query()]) -> dict[st
     """The rows a run rejected (quarantine), in stored order, a page at a time: pass ``next_after``
     as ``after`` for the next."""
     return get_service().rejects(run_id, limit=query.limit, after=query.after)
+
+
+@app.get("/runs/{run_id}/changes", response_model=ChangesPage, responses=errors("/runs/{run_id}/changes"))
+def get_changes(run_id: int, query: Annotated[UsersQuery, Query()]) -> dict[str, Any]:
+    """The users a run added, changed or removed, by user id, each with its features before and after the
+    run, a page at a time: pass ``next_after`` as ``after`` for the next.  Users' names are personal
+    data: this route is the rejects' audience's (docs/security.md)."""
+    return get_service().changes(run_id, limit=query.limit, after=query.after)
+
+
+@app.get("/runs/{run_id}/features", response_model=FeaturesPage, responses=errors("/runs/{run_id}/features"))
+def get_features_as_of(run_id: int, query: Annotated[UsersQuery, Query()]) -> dict[str, Any]:
+    """The features as they were when the run finished (what ``user_features_as_of(run_id)`` answers in
+    SQL), by user id, a page at a time: pass ``next_after`` as ``after`` for the next.  410
+    history_purged where the history no longer holds them."""
+    return get_service().as_of(run_id, limit=query.limit, after=query.after)
+
+
+async def _no_body(request: Request) -> None:
+    if await request.body():
+        raise BadRequest(f"POST {request.url.path} takes its parameters in the query string "
+                         "(?force=...&dry_run=...); send no body")
+
+
+@app.post("/runs/{run_id}/restore", response_model=RunSummary, responses=errors("/runs/{run_id}/restore"),
+          dependencies=[Depends(_no_body)])
+def restore_run(request: Request, response: Response, run_id: int,
+                query: Annotated[RestoreQuery, Query()]) -> dict[str, Any]:
+    """Publish the features as they were when run ``run_id`` finished: a new run (status ``restored``,
+    ``restored_from``) through the same comparison, load guard and publication as a load.
+    ``force``: restore even what the load guard refuses; ``dry_run``: only compare, and answer what would
+    change.  410 history_purged where the history no longer holds that run's features."""
+    response.headers["Cache-Control"] = "no-store"
+    _single_values(request)
+    return get_service().restore(run_id, force=query.force, dry_run=query.dry_run)
 
 
 @app.get("/health", response_model=Health, responses=errors("/health"))

@@ -4,6 +4,8 @@ HTTP events (API Gateway REST and HTTP APIs, function URLs, ALB) go through Mang
 app.  Direct invocations name an action: ``{"action": "trigger-etl", "policy": "quarantine", "force": true}``,
 ``{"action": "get-run", "run_id": 3}``, ``{"action": "list-runs", "limit": 20, "status": "failed",
 "before": 40}``, ``{"action": "get-rejects", "run_id": 3, "limit": 100, "after": 0}``, ``{"action":
+"get-changes", "run_id": 3}``, ``{"action": "get-features", "run_id": 3, "after": 0}``, ``{"action":
+"restore", "run_id": 3, "dry_run": true}``, ``{"action":
 "health"}``, ``{"action": "migrate"}`` (``ACTIONS``; each one's fields are checked by its model in
 handler/models.py); an EventBridge schedule triggers the job.  Anything else is answered with an
 UnsupportedEvent error that says what is expected.  Heavy imports (FastAPI, Mangum, pyarrow) happen
@@ -32,6 +34,9 @@ ACTIONS: dict[str, dict[str, Any]] = {
     "get-run": {"run_id": 1},
     "list-runs": {"limit": 20, "status": "failed", "before": 40},
     "get-rejects": {"run_id": 1, "limit": 100, "after": 0},
+    "get-changes": {"run_id": 1, "limit": 100, "after": 0},
+    "get-features": {"run_id": 1, "limit": 100, "after": 0},
+    "restore": {"run_id": 1, "force": False, "dry_run": True},
     "health": {},
     "migrate": {"apply": False},
 }
@@ -155,6 +160,12 @@ def _actions() -> dict[str, tuple[Any, Callable[[Any, Any], dict[str, Any]]]]:
                                                                           before=q.before)),
         "get-rejects": (models.RejectsAction, lambda service, q: service.rejects(q.run_id, limit=q.limit,
                                                                                 after=q.after)),
+        "get-changes": (models.UsersAction, lambda service, q: service.changes(q.run_id, limit=q.limit,
+                                                                              after=q.after)),
+        "get-features": (models.UsersAction, lambda service, q: service.as_of(q.run_id, limit=q.limit,
+                                                                             after=q.after)),
+        "restore": (models.RestoreAction, lambda service, q: service.restore(q.run_id, force=q.force,
+                                                                            dry_run=q.dry_run)),
         "health": (models.NoFields, lambda service, q: service.health()),
         "migrate": (models.MigrateAction, lambda service, q: service.migrate(apply=q.apply)),
     }

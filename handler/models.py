@@ -72,6 +72,13 @@ def _force(value: object) -> bool:
     raise ValueError(f"force must be true or false (also 1/0, yes/no; or absent), not {shown(value)}")
 
 
+def _dry_run(value: object) -> bool:
+    try:
+        return _force(value)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("force must", "dry_run must", 1)) from None
+
+
 class TriggerQuery(Strict):
     """What a trigger asks for, from a query string's strings or a direct invocation's JSON values; an
     empty or null value is the same as none."""
@@ -84,6 +91,18 @@ class TriggerQuery(Strict):
     force: Annotated[bool, BeforeValidator(_force)] = Field(
         False, description="true/false (also 1/0, yes/no): load even what the load guard refuses, and even an "
                            "input that is unchanged since the last load")
+    dry_run: Annotated[bool, BeforeValidator(_dry_run)] = Field(
+        False, description="true/false (also 1/0, yes/no): do everything but the write (read, contract, features, "
+                           "guard, comparison) and answer what a load would change; recorded as dry_run")
+
+
+class RestoreQuery(Strict):
+    """What a restore asks for: whether to override the load guard, whether only to compare."""
+
+    force: Annotated[bool, BeforeValidator(_force)] = Field(
+        False, description="true/false (also 1/0, yes/no): restore even what the load guard refuses")
+    dry_run: Annotated[bool, BeforeValidator(_dry_run)] = Field(
+        False, description="true/false (also 1/0, yes/no): only compare, and answer what the restore would change")
 
 
 class FileCounts(Strict):
@@ -107,6 +126,8 @@ class Purged(Strict):
     """What the run's purge deleted (ETL_REJECTS_RETENTION_DAYS, ETL_RUNS_RETENTION_DAYS)."""
 
     rejects: int
+    history: int = Field(0, description="versions of users' features that ended before the history's horizon "
+                                        "(ETL_HISTORY_RETENTION_DAYS, ETL_HISTORY_RETENTION_RUNS)")
     runs: int
     backlog: bool = Field(description="the purge stopped at its bound: the next run goes on")
     failed: bool = Field(description="the purge failed (logged as purge_failed); the run's outcome stands")
@@ -132,22 +153,57 @@ FINGERPRINT = "what decides whether a trigger loads: the inputs' identities, the
 INPUTS = "each input file as found before the run read it (null: not there)"
 
 
+class FeatureValues(Strict):
+    """A user's feature values (user_features' columns but the key and the run)."""
+
+    user_name: str
+    total_experiments: int
+    most_common_compounds: str | None
+    most_common_compound_ids: list[int] | None
+    average_experiments: float
+
+
+class Change(Strict):
+    user_id: int
+    change: Literal["added", "changed", "removed"]
+    before: FeatureValues | None = Field(description="the user's features before the run; null: added")
+    after: FeatureValues | None = Field(description="the user's features the run wrote; null: removed")
+
+
+class Changes(Strict):
+    """What a publication changed: the users it added, changed (any value differs), removed, and left as
+    they were (their rows untouched, still naming the run that wrote them)."""
+
+    added: int
+    changed: int
+    removed: int
+    unchanged: int
+
+
+CHANGES = "the users the run added, changed, removed and left unchanged (null: it published nothing)"
+
+
 class RunSummary(Strict):
     """What a trigger answers when the run published its features, or found the input unchanged."""
 
     run_id: int
-    status: Literal["succeeded", "partial", "unchanged"] = Field(
+    status: Literal["succeeded", "partial", "unchanged", "restored", "dry_run"] = Field(
         description="partial: some rows were rejected (quarantine); unchanged: the input is the one run "
-                    "same_as loaded, nothing was loaded (force=true loads anyway)")
+                    "same_as loaded, nothing was loaded (force=true loads anyway); restored: the features as "
+                    "of run restored_from were published; dry_run: nothing was written, changes says what would be")
     policy: Literal["strict", "quarantine"]
     files: dict[str, FileCounts] = Field(description="per file; empty when unchanged")
-    users_written: int
+    users_written: int = Field(description="the users the table holds after the run")
+    changes: Changes | None = Field(None, description=CHANGES)
     violations: Violations
     seconds: dict[str, float] = Field(description="time per phase: extract, transform, load, total")
     same_as: int | None = Field(None, description="unchanged: the run that loaded this input")
     fingerprint: str | None = Field(None, description=FINGERPRINT)
     inputs: dict[str, InputObject | None] | None = Field(None, description=INPUTS)
     purged: Purged | None = Field(None, description="what the retention's purge deleted after this run")
+    restored_from: int | None = Field(None, description="a restore: the run whose features it published")
+    sample: list[Change] | None = Field(
+        None, description="a dry run: the first 20 users (by id) it would add, change or remove, before and after")
 
 
 class ErrorDetail(BaseModel):
@@ -170,12 +226,14 @@ class RunRecord(Strict):
     finished_at: DateTime | None
     files: dict[str, FileCounts] | None
     users_written: int | None
+    changes: Changes | None = Field(None, description=CHANGES)
     seconds: dict[str, float] | None
     error: ErrorDetail | None
     rejects: int = Field(description="rejected rows stored in etl_rejects: GET /runs/{run_id}/rejects")
     fingerprint: str | None = Field(None, description=FINGERPRINT)
     inputs: dict[str, InputObject | None] | None = Field(None, description=INPUTS)
     same_as: int | None = Field(None, description="unchanged: the run that loaded this input")
+    restored_from: int | None = Field(None, description="a restore: the run whose features it published")
 
 
 class RunsPage(Strict):
@@ -200,9 +258,26 @@ class RejectsPage(Strict):
     next_after: int | None = Field(description="pass as after= for the next page; null: this is the last")
 
 
+class ChangesPage(Strict):
+    run_id: int
+    changes: list[Change] = Field(description="by user id")
+    next_after: int | None = Field(description="pass as after= for the next page; null: this is the last")
+
+
+class FeatureRow(FeatureValues):
+    user_id: int
+    run_id: int = Field(description="the run that wrote the row as it was then")
+
+
+class FeaturesPage(Strict):
+    run_id: int = Field(description="the features as they were when this run finished")
+    features: list[FeatureRow] = Field(description="by user id")
+    next_after: int | None = Field(description="pass as after= for the next page; null: this is the last")
+
+
 class LastConfirmed(Strict):
     run_id: int
-    status: str = Field(description="succeeded, partial (or unchanged)")
+    status: str = Field(description="succeeded, partial, unchanged or restored")
     finished_at: DateTime
     age_seconds: float = Field(description="seconds since it finished, by the database's clock")
 
@@ -228,6 +303,11 @@ class RejectsQuery(Strict):
     after: Integer = Field(0, ge=0, description="only rejects with a larger seq: the previous page's next_after")
 
 
+class UsersQuery(Strict):
+    limit: Integer = Field(100, ge=1, le=MAX_PAGE, description="users in the page")
+    after: Integer = Field(0, ge=0, description="only users with a larger id: the previous page's next_after")
+
+
 # Each direct action's fields (besides "action"), checked as HTTP checks a route's parameters
 
 class RunRef(Strict):
@@ -235,6 +315,14 @@ class RunRef(Strict):
 
 
 class RejectsAction(RejectsQuery):
+    run_id: StrictInt
+
+
+class UsersAction(UsersQuery):
+    run_id: StrictInt
+
+
+class RestoreAction(RestoreQuery):
     run_id: StrictInt
 
 

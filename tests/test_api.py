@@ -275,7 +275,7 @@ def test_a_trigger_is_parsed_from_strings_or_json_values(given: dict[str, Any], 
     ({"force": "maybe"}, "force must be true or false (also 1/0, yes/no; or absent), not 'maybe'"),
     ({"force": 1}, "force must be true or false (also 1/0, yes/no; or absent), not 1 (a number)"),
     ({"force": "on"}, "force must be true or false"),
-    ({"polcy": "strict"}, "unknown parameter(s) 'polcy'; the accepted ones are policy, data and force"),
+    ({"polcy": "strict"}, "unknown parameter(s) 'polcy'; the accepted ones are policy, data, force and dry_run"),
 ])
 def test_a_bad_trigger_value_names_the_field_and_what_it_accepts(given: dict[str, Any], says: str) -> None:
     with pytest.raises(BadRequest) as info:
@@ -674,3 +674,54 @@ def test_a_404_lists_every_route_and_the_interactive_docs_are_not_served(service
     for route in ("POST /trigger-etl", "GET /runs/{run_id}/rejects", "GET /health", "GET /openapi.json"):
         assert route in body["error"]["message"], route
     assert call(event("health.json", path="/docs", method="GET"))[0] == 404  # not routed by the template either
+
+
+# What each run changed, and the features as of a run (issue 24), over HTTP and by direct invocation.
+
+def test_changes_and_features_as_of_a_run_page_without_gaps_and_refuse_a_purged_history(
+        env: dict[str, str], tmp_path: Path, db: Any, schema: str) -> None:
+    first_dir = write_files(tmp_path / "first", {})
+    users = ("user_id,name,email,signup_date\n1,Alicia,alice@example.com,2023-01-01\n"
+             "2,Bob,bob@example.com,2023-02-01\n3,Carol,carol@example.com,2023-03-01\n"
+             "9,Zoe,zoe@example.com,2023-04-01\n")
+    second_dir = write_files(tmp_path / "second", {"users.csv": users})
+    with installed(Settings.from_env({**env, "DATA_DIR": str(first_dir)})):
+        first = call(event("trigger-etl.json"))[1]
+    with installed(Settings.from_env({**env, "DATA_DIR": str(second_dir)})):
+        second = call(event("trigger-etl.json"))[1]
+        # Alice renamed, Zoe added; the average changed (4 users now), so everyone's row changed
+        assert second["changes"] == {"added": 1, "changed": 3, "removed": 0, "unchanged": 0}
+        found = pages(f"/runs/{second['run_id']}/changes", "after", {"limit": "3"})
+        changes = [c for p in found for c in p["changes"]]
+        assert [len(p["changes"]) for p in found] == [3, 1]
+        assert [(c["user_id"], c["change"]) for c in changes] == [(1, "changed"), (2, "changed"), (3, "changed"),
+                                                                  (9, "added")]
+        assert (changes[0]["before"]["user_name"], changes[0]["after"]["user_name"]) == ("Alice", "Alicia")
+        assert changes[3]["before"] is None and changes[3]["after"]["total_experiments"] == 0
+
+        as_of_first = [r for p in pages(f"/runs/{first['run_id']}/features", "after", {"limit": "2"})
+                       for r in p["features"]]
+        assert [(r["user_id"], r["user_name"], r["run_id"]) for r in as_of_first] == [
+            (1, "Alice", first["run_id"]), (2, "Bob", first["run_id"]), (3, "Carol", first["run_id"])]
+        direct = lambda_function.handler({"action": "get-features", "run_id": second["run_id"]}, None)
+        assert [r["user_name"] for r in direct["features"]] == ["Alicia", "Bob", "Carol", "Zoe"]
+        assert direct["next_after"] is None
+        assert lambda_function.handler({"action": "get-changes", "run_id": second["run_id"], "limit": 3,
+                                        "after": 3}, None) == {"run_id": second["run_id"], "changes": changes[3:],
+                                                               "next_after": None}
+        for route in ("changes", "features"):
+            status, body = call(event("runs.json", path=f"/runs/{second['run_id'] + 1}/{route}"))
+            assert (status, body["error"]["code"]) == (404, "run_not_found")
+            status, body = call(event("runs.json", path=f"/runs/1/{route}", query={"after": "-1"}))
+            assert (status, body["error"]["parameters"][0]["parameter"]) == (400, "after")
+        # the history no longer holds run 1 (as a retention purge, or a run from before the history, leaves it)
+        db.run(f'UPDATE "{schema}".etl_history_horizon SET kept_from = :n', n=second["run_id"])
+        for route in ("changes", "features"):
+            status, body = call(event("runs.json", path=f"/runs/{first['run_id']}/{route}"))
+            assert (status, body["error"]["code"]) == (410, "history_purged")
+            assert body["error"]["kept_from"] == second["run_id"]
+        models_checked = lambda_function.handler({"action": "get-changes", "run_id": second["run_id"]}, None)
+        from handler import models
+
+        models.ChangesPage.model_validate(models_checked)
+        models.FeaturesPage.model_validate(direct)

@@ -121,6 +121,9 @@ ROUTES = {  # (method, path as invoke.sh is given it) -> the direct action that 
     ("GET", "/runs"): ["list-runs"],
     ("GET", "/runs/{run_id}"): ["get-run", "run_id={run_id}"],
     ("GET", "/runs/{run_id}/rejects"): ["get-rejects", "run_id={run_id}"],
+    ("GET", "/runs/{run_id}/changes"): ["get-changes", "run_id={run_id}"],
+    ("GET", "/runs/{run_id}/features"): ["get-features", "run_id={run_id}"],
+    ("POST", "/runs/{run_id}/restore"): ["restore", "run_id={run_id}", "dry_run=true"],
     ("GET", "/health"): ["health"],
     ("GET", "/openapi.json"): None,  # HTTP only
 }

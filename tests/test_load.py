@@ -22,18 +22,20 @@ from tests.helpers import features_dump, features_rows
 
 
 def test_running_twice_gives_the_same_rows_never_duplicates(settings: Settings, db: Any, schema: str) -> None:
-    """The same input again is 'unchanged' and loads nothing; forced, it loads the same rows again."""
+    """The same input again is 'unchanged' and loads nothing; forced, it compares the same rows again and
+    writes none: every row still names the run that wrote it."""
     first = pipeline.run(settings, pipeline.Trigger())
     rows_after_first = features_rows(db, schema)
     again = pipeline.run(settings, pipeline.Trigger())
     assert (again["status"], again["same_as"], again["users_written"]) == ("unchanged", first["run_id"], 0)
     second = pipeline.run(settings, pipeline.Trigger(force=True))
     assert second["status"] == "succeeded"
+    assert second["changes"] == {"added": 0, "changed": 0, "removed": 0, "unchanged": 10}
     assert features_rows(db, schema) == rows_after_first
     assert len(rows_after_first) == 10
     assert second["run_id"] == first["run_id"] + 2
     [[run_ids]] = db.run(f'SELECT array_agg(DISTINCT run_id) FROM "{schema}".user_features')
-    assert run_ids == [second["run_id"]]
+    assert run_ids == [first["run_id"]]
 
 
 def test_each_run_is_recorded(settings: Settings, db: Any, schema: str) -> None:
@@ -225,8 +227,11 @@ def test_a_failure_of_ours_in_the_middle_of_the_copy_loses_nothing(
         monkeypatch.setattr(counting, "feature_batches", failing_transform)
     else:
         from etl_core.store import copy_binary, postgres
-        if where == "csv":  # a column of another type than ours: the rows go as CSV
+        if where == "csv":  # a column of another type than ours: the rows go as CSV (into an empty table; a
+            # table with rows gets them through a temporary table of our own types, in binary)
             db.run(f'ALTER TABLE "{schema}".user_features ALTER COLUMN user_name TYPE varchar(200)')
+            db.run(f'DELETE FROM "{schema}".user_features')
+            before = features_dump(db, schema)
         monkeypatch.setattr(*(copy_binary, "rows") if where == "binary" else (postgres, "_features_rows"), failing_csv)
     with pytest.raises(EtlError, match="unexpected RuntimeError: boom") as caught:
         pipeline.run(settings, pipeline.Trigger(force=True))
@@ -464,7 +469,7 @@ def test_a_bug_of_ours_in_the_load_is_500_internal_error_not_503(settings: Setti
         raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
 
     from etl_core.store import sql
-    monkeypatch.setattr(sql, "delete_all", broken)
+    monkeypatch.setattr(sql, "classify", broken)
     with installed(settings):
         reply = lambda_function.handler(event("trigger-etl.json", query={"force": "true"}), None)
     body = json.loads(reply["body"])

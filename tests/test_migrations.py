@@ -161,3 +161,37 @@ def test_a_step_waits_for_its_lock_at_most_the_lock_timeout_and_changes_nothing(
         dbmod.close_quietly(reader)
     assert run_on(env, write_files(tmp_path / "second", FOUR_USERS))["status"] == "succeeded"  # now it applies
     assert history(db, schema)[-1][0] == NEXT.version
+
+
+def test_step_3_starts_the_history_at_the_last_load_before_the_upgrade(
+        env: dict[str, str], tmp_path: Path, db: Any, schema: str) -> None:
+    """A deployment at version 2 (its features written by replaces, no history) upgraded by its next run:
+    the history answers for the last load before the upgrade (the table still holds its rows) and from
+    then on, and refuses the earlier runs rather than answer them wrongly."""
+    from etl_core.errors import HistoryPurged
+    from etl_core.service import Service
+
+    first_data, four = write_files(tmp_path / "first", {}), write_files(tmp_path / "four", FOUR_USERS)
+    first, second = run_on(env, first_data), run_on(env, four)
+    # back to version 2's shape: no history, no horizon, no function, no change counts
+    db.run(f"DROP FUNCTION {sql.q(schema, sql.AS_OF)}(bigint)")
+    db.run(f"DROP TABLE {sql.q(schema, sql.HISTORY)}, {sql.q(schema, sql.HORIZON)}")
+    db.run(f"ALTER TABLE {sql.q(schema, sql.RUNS)} DROP COLUMN added, DROP COLUMN changed, DROP COLUMN removed, "
+           "DROP COLUMN unchanged, DROP COLUMN restored_from")
+    db.run(f"DELETE FROM {sql.q(schema, migrations.HISTORY)} WHERE version > 2")
+
+    third = run_on(env, first_data, force=True)  # the upgrade's first run: it migrates, then publishes
+    assert [v for v, _ in history(db, schema)] == [m.version for m in migrations.MIGRATIONS]
+    assert third["changes"]["changed"] == 3 and third["changes"]["added"] == 0
+    service = Service(Settings.from_env(env))
+    try:
+        assert service.store.history_kept_from() == second["run_id"]
+        as_of_second = service.as_of(second["run_id"], limit=10)["features"]
+        assert [(r["user_id"], r["total_experiments"]) for r in as_of_second] == [(1, 2), (2, 1), (3, 1), (4, 1)]
+        assert len(service.changes(third["run_id"], limit=10)["changes"]) == 4  # Dave removed, three changed
+        with pytest.raises(HistoryPurged):
+            service.as_of(first["run_id"], limit=10)
+        assert service.run_status(first["run_id"])["changes"] is None  # a run from before the counts
+        assert service.restore(second["run_id"])["changes"]["added"] == 1  # Dave back
+    finally:
+        service.close()

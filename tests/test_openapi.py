@@ -19,9 +19,11 @@ pytestmark = pytest.mark.unit
 
 DOCUMENT = app.openapi()
 OPERATIONS = {"/trigger-etl": ["get", "post"], "/runs": ["get"], "/runs/{run_id}": ["get"],
-              "/runs/{run_id}/rejects": ["get"], "/health": ["get"]}
+              "/runs/{run_id}/rejects": ["get"], "/runs/{run_id}/changes": ["get"],
+              "/runs/{run_id}/features": ["get"], "/runs/{run_id}/restore": ["post"], "/health": ["get"]}
 SUCCESS = {"/trigger-etl": "RunSummary", "/runs": "RunsPage", "/runs/{run_id}": "RunRecord",
-           "/runs/{run_id}/rejects": "RejectsPage", "/health": "Health"}
+           "/runs/{run_id}/rejects": "RejectsPage", "/runs/{run_id}/changes": "ChangesPage",
+           "/runs/{run_id}/features": "FeaturesPage", "/runs/{run_id}/restore": "RunSummary", "/health": "Health"}
 
 
 def resolve(ref: str) -> dict[str, Any]:
@@ -72,7 +74,8 @@ STATUS_OF_CODE = {cls.code: status_for(cls) for cls in _subclasses(EtlError)}
 # every code's status and whether it is the caller's fault (a warning, not an error), as docs/api.md lists them
 ANSWERS = {
     "bad_request": (400, True), "unsupported_event": (400, True), "run_not_found": (404, True),
-    "not_found": (404, True), "method_not_allowed": (405, True), "run_in_progress": (409, True),
+    "not_found": (404, True), "method_not_allowed": (405, True), "history_purged": (410, True),
+    "run_in_progress": (409, True),
     "foreign_key_conflict": (409, True), "source_changed": (409, True), "contract_violation": (422, True),
     "load_refused": (422, True), "bad_manifest": (422, True), "source_missing": (422, True),
     "database_unavailable": (503, False), "source_unavailable": (503, False), "source_forbidden": (503, False),
@@ -100,7 +103,8 @@ def test_run_statuses_are_one_list() -> None:
     from etl_core.store import sql
 
     assert models.RunStatus is RunStatus
-    assert sql.STATUS_CHECK == "CHECK (status IN ('running', 'succeeded', 'partial', 'failed', 'unchanged'))"
+    assert sql.STATUS_CHECK == ("CHECK (status IN ('running', 'succeeded', 'partial', 'failed', 'unchanged', "
+                                "'restored', 'dry_run'))")
 
 
 def test_the_readme_links_to_the_schema() -> None:
@@ -113,9 +117,12 @@ def test_the_trigger_parameters_are_documented_with_their_types() -> None:
 
     for method in ("post", "get"):
         parameters = {p["name"]: p["schema"] for p in DOCUMENT["paths"]["/trigger-etl"][method]["parameters"]}
-        assert set(parameters) == {"policy", "data", "force"}
+        assert set(parameters) == {"policy", "data", "force", "dry_run"}
         assert tuple(parameters["policy"]["anyOf"][0]["enum"]) == POLICIES
         assert parameters["force"]["type"] == "boolean" and "unchanged" in parameters["force"]["description"]
+        assert parameters["dry_run"]["type"] == "boolean" and "write" in parameters["dry_run"]["description"]
+    restore = {p["name"] for p in DOCUMENT["paths"]["/runs/{run_id}/restore"]["post"]["parameters"]}
+    assert restore == {"run_id", "force", "dry_run"}
 
 
 def test_every_direct_action_has_its_model_and_a_valid_example() -> None:

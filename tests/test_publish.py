@@ -169,16 +169,18 @@ def test_cascade_and_set_null_keys_touch_only_users_that_are_gone(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Both encoders (CSV is what a features table whose description the binary one does not fit gets)."""
     monkeypatch.setattr(postgres_store, "_BINARY", binary)
-    run_on(env, write_files(tmp_path / "first", {}))
+    first = run_on(env, write_files(tmp_path / "first", {}))
     add_referencing_table(db, schema, action)
     before = oid(db, schema)
     summary = run_on(env, write_files(tmp_path / "second", WITHOUT_CAROL))
     assert summary["users_written"] == 3
+    assert summary["changes"] == {"added": 1, "changed": 1, "removed": 1, "unchanged": 1}
     assert oid(db, schema) == before
     # Alice (1) is still in the data, changed: her note stays; Carol (3) is gone: the key acts as declared
     assert db.run(f'SELECT id, user_id FROM "{schema}".notes ORDER BY id') == notes_after
     rows = db.run(f'SELECT user_id, most_common_compounds, run_id FROM "{schema}".user_features ORDER BY 1')
-    assert rows == [[1, "Compound C", summary["run_id"]], [2, "Compound A;Compound C", summary["run_id"]],
+    # Bob (2) did not change: his row is untouched and still names the run that wrote it
+    assert rows == [[1, "Compound C", summary["run_id"]], [2, "Compound A;Compound C", first["run_id"]],
                     [4, "Compound B", summary["run_id"]]]
 
 
@@ -347,22 +349,23 @@ def test_the_guard_and_force_over_http_and_by_direct_invocation(env: dict[str, s
 @pytest.mark.parametrize("table_autovacuum", [True, False])
 def test_dead_rows_are_reclaimed_where_autovacuum_would_not(
         env: dict[str, str], tmp_path: Path, db: Any, schema: str, table_autovacuum: bool) -> None:
-    """Each run leaves the old rows dead; with autovacuum off (for the server, or for the table) the
-    run vacuums them itself, else it only analyzes and leaves them to autovacuum.  A first load
-    leaves no dead row, and is only analyzed."""
+    """A run that changes or removes users leaves their old rows dead; with autovacuum off (for the
+    server, or for the table) the run vacuums them itself, else it only analyzes and leaves them to
+    autovacuum.  A first load leaves no dead row, and neither does a forced reload of the same data
+    (nothing changed, nothing written): both are only analyzed."""
     def maintained() -> tuple[Any, Any]:
         [[vacuumed, analyzed]] = db.run(
             "SELECT last_vacuum, last_analyze FROM pg_stat_user_tables WHERE schemaname = :s "
             "AND relname = 'user_features'", s=schema)
         return vacuumed, analyzed
 
-    data = write_files(tmp_path, {})
-    run_on(env, data)
+    run_on(env, write_files(tmp_path / "first", {}))
     vacuumed, analyzed = maintained()
     assert vacuumed is None and analyzed is not None  # nothing to reclaim yet
     if not table_autovacuum:
         db.run(f'ALTER TABLE "{schema}".user_features SET (autovacuum_enabled = false)')
-    run_on(env, data, force=True)
+    changed = write_files(tmp_path / "second", FOUR_USERS)
+    assert run_on(env, changed)["changes"]["changed"] == 3
     [[server_autovacuum]] = db.run("SELECT current_setting('autovacuum')::boolean")
     vacuumed, analyzed = maintained()
     assert analyzed is not None
@@ -370,3 +373,41 @@ def test_dead_rows_are_reclaimed_where_autovacuum_would_not(
         assert vacuumed is None  # left to autovacuum: the run did not pay for it
     else:
         assert vacuumed is not None
+    again = run_on(env, changed, force=True)
+    assert again["changes"] == {"added": 0, "changed": 0, "removed": 0, "unchanged": 4}
+    assert maintained()[0] == vacuumed  # no dead row left: no VACUUM
+
+
+def test_a_small_change_is_neither_analyzed_nor_vacuumed_a_large_one_is(
+        env: dict[str, str], tmp_path: Path, db: Any, schema: str) -> None:
+    """autovacuum's own thresholds: a reload that changed 1 user in 40 leaves the planner's statistics
+    and the one dead row as they are; the rows changed since the last ANALYZE add up until they reach
+    a tenth of the table.  (autovacuum is off for the table, so the run would be the one to vacuum.)"""
+    def users(renamed: int) -> dict[str, str]:
+        return {"users.csv": "user_id,name,email,signup_date\n" + "".join(
+            f"{i},{'X' if i <= renamed else 'U'}{i},u{i}@x,2023-01-01\n" for i in range(1, 41))}
+
+    def maintained() -> tuple[Any, Any]:
+        db.run("SELECT pg_stat_clear_snapshot()")
+        [[vacuumed, analyzed]] = db.run(
+            "SELECT last_vacuum, last_analyze FROM pg_stat_user_tables WHERE schemaname = :s "
+            "AND relname = 'user_features'", s=schema)
+        return vacuumed, analyzed
+
+    data = write_files(tmp_path / "0", users(0))
+    run_on(env, data)
+    db.run(f'ALTER TABLE "{schema}".user_features SET (autovacuum_enabled = false)')
+    # the first load's inserts reach the statistics view after its ANALYZE (a backend reports them when
+    # idle, a second later): the next run still sees them as modified and analyzes once more, then it settles
+    time.sleep(1.2)
+    assert run_on(env, data, force=True)["changes"]["changed"] == 0
+    time.sleep(1.2)
+    first = maintained()
+    assert first[1] is not None
+    for renamed in (1, 2, 3):  # one more user changed each time: 1, 2, 3 rows modified since the ANALYZE
+        assert run_on(env, write_files(tmp_path / str(renamed), users(renamed)))["changes"]["changed"] == 1
+        time.sleep(1.2)  # the statistics view's lag
+        assert maintained() == first
+    run_on(env, write_files(tmp_path / "all", users(40)))  # 37 more: past both thresholds
+    vacuumed, analyzed = maintained()
+    assert vacuumed is not None and analyzed > first[1]

@@ -63,7 +63,7 @@ def test_a_run_purges_old_rejects_and_runs_and_says_so(settings: Settings, db: A
         age_all(db, schema, 400)
         young = job.trigger(Trigger(force=True))
         # the old runs' rejects go, then the old runs: this run is the last that loaded and confirmed now
-        assert young["purged"] == {"rejects": 3 * BAD, "runs": 3, "backlog": False, "failed": False}
+        assert young["purged"] == {"rejects": 3 * BAD, "history": 0, "runs": 3, "backlog": False, "failed": False}
         assert [r["run_id"] for r in job.runs(limit=10)["runs"]] == [young["run_id"]]
         assert db.run(f"SELECT DISTINCT run_id FROM {identifier(schema)}.etl_rejects") == [[young["run_id"]]]
         assert old[-1] not in [r["run_id"] for r in job.runs(limit=10)["runs"]]
@@ -140,7 +140,7 @@ def test_a_failed_purge_does_not_fail_a_published_run(settings: Settings, db: An
                f"FOR EACH ROW EXECUTE FUNCTION {identifier(schema)}.refuse()")
         summary = job.trigger(Trigger(force=True))
         assert summary["status"] == "partial"
-        assert summary["purged"] == {"rejects": 0, "runs": 0, "backlog": True, "failed": True}
+        assert summary["purged"] == {"rejects": 0, "history": 0, "runs": 0, "backlog": True, "failed": True}
         assert job.run_status(summary["run_id"])["status"] == "partial"
         assert count(db, schema, "etl_rejects") == 2 * BAD
         assert metrics[-1]["PurgeFailed"] == 1 and metrics[-1]["RunsPartial"] == 1
@@ -208,7 +208,7 @@ def test_a_role_without_superuser_rights_purges_its_own_ledger(database_url: str
             job.trigger(Trigger(force=True))
             age_all(db, schema, 400)
             summary = job.trigger(Trigger(force=True))
-            assert summary["purged"] == {"rejects": 2 * BAD, "runs": 2, "backlog": False, "failed": False}
+            assert summary["purged"] == {"rejects": 2 * BAD, "history": 0, "runs": 2, "backlog": False, "failed": False}
             owners = db.run("SELECT DISTINCT tableowner FROM pg_tables WHERE schemaname = :s", s=schema)
             assert owners == [[role]]
         finally:
@@ -233,7 +233,7 @@ def test_a_schema_before_raw_sha256_gets_it_on_its_first_read_or_run(settings: S
         try:
             page = fresh.rejects(run_id, limit=2)  # a read before any run migrates
             assert [r["raw_sha256"] for r in page["rejects"]] == [None, None]
-            assert db.run(f"SELECT max(version) FROM {history}") == [[2]]
+            assert db.run(f"SELECT max(version) FROM {history}") == [[migrations.LATEST]]
             assert fresh.trigger(Trigger(force=True))["status"] == "partial"
         finally:
             fresh.close()
@@ -247,6 +247,9 @@ def test_a_schema_before_raw_sha256_gets_it_on_its_first_read_or_run(settings: S
     ({"ETL_REJECTS_RETENTION_DAYS": "7", "ETL_RUNS_RETENTION_DAYS": "90", "ETL_REJECTS_KEEP_RAW": "FALSE"},
      RetentionSettings(rejects_days=7, runs_days=90, keep_raw=False)),
     ({"ETL_REJECTS_RETENTION_DAYS": "", "ETL_REJECTS_KEEP_RAW": ""}, RetentionSettings()),
+    ({"ETL_HISTORY_RETENTION_DAYS": "30", "ETL_HISTORY_RETENTION_RUNS": "12"},
+     RetentionSettings(history_days=30, history_runs=12)),
+    ({"ETL_HISTORY_RETENTION_RUNS": ""}, RetentionSettings(history_days=365, history_runs=None)),
 ])
 def test_retention_settings(env: dict[str, str], expected: RetentionSettings) -> None:
     assert Settings.from_env(env).retention == expected
@@ -255,7 +258,9 @@ def test_retention_settings(env: dict[str, str], expected: RetentionSettings) ->
 @pytest.mark.unit
 @pytest.mark.parametrize("env", [{"ETL_REJECTS_RETENTION_DAYS": "0"}, {"ETL_RUNS_RETENTION_DAYS": "-1"},
                                  {"ETL_REJECTS_RETENTION_DAYS": "1.5"}, {"ETL_REJECTS_KEEP_RAW": "no"},
-                                 {"ETL_RUNS_RETENTION_DAYS": "36501"}])
+                                 {"ETL_RUNS_RETENTION_DAYS": "36501"}, {"ETL_HISTORY_RETENTION_DAYS": "0"},
+                                 {"ETL_HISTORY_RETENTION_RUNS": "0"}, {"ETL_HISTORY_RETENTION_RUNS": "x"},
+                                 {"ETL_HISTORY_RETENTION_DAYS": "36501"}])
 def test_retention_settings_that_make_no_sense_are_refused(env: dict[str, str]) -> None:
     from etl_core.errors import ConfigError
 

@@ -300,11 +300,14 @@ def test_old_rejects_go_young_ones_stay_and_a_run_goes_once_its_rejects_are_gone
     young = finished_run(store, "partial", bad_rows=2)
     age(store, old, 30.01)
     age(store, young, 29.9)
-    assert purge(store, rejects_days=30, runs_days=365) == {"rejects": 3, "runs": 0, "backlog": False}
+    assert purge(store, rejects_days=30, runs_days=365) == {"rejects": 3, "history": 0, "runs": 0, "backlog": False}
     assert store.rejects(old, limit=10, max_chars=9) == [] and store.get_run(old)["rejects"] == 0  # type: ignore[index]
     assert [r["seq"] for r in store.rejects(young, limit=10, max_chars=9)] == [1, 2]
-    # rejects first, then the runs: one older than its own retention goes once its rejects are gone
-    assert purge(store, rejects_days=30, runs_days=30) == {"rejects": 0, "runs": 1, "backlog": False}
+    # rejects first, then the runs: one older than its own retention goes once its rejects are gone (and
+    # the history no longer answers for it: a run that published is kept while the history keeps its features)
+    assert purge(store, rejects_days=30, runs_days=30)["runs"] == 0
+    assert purge(store, rejects_days=30, runs_days=30, history_days=30) == {
+        "rejects": 0, "history": 0, "runs": 1, "backlog": False}
     assert store.get_run(old) is None and store.get_run(young) is not None
     assert [r["seq"] for r in store.rejects(young, limit=10, max_chars=9)] == [1, 2]
 
@@ -333,11 +336,11 @@ def test_a_backlog_larger_than_a_step_is_purged_a_bounded_part_per_run(store: St
     for run_id in runs:
         age(store, run_id, 31)
     bounded = {"step_rows": 3, "max_steps": 2, "runs_days": 3650}
-    assert purge(store, **bounded) == {"rejects": 6, "runs": 0, "backlog": True}
+    assert purge(store, **bounded) == {"rejects": 6, "history": 0, "runs": 0, "backlog": True}
     assert sum(store.get_run(r)["rejects"] > 0 for r in runs) >= 1  # type: ignore[index]
     # the last step was full: there may be more (there is not, as the next run finds)
-    assert purge(store, **bounded) == {"rejects": 6, "runs": 0, "backlog": True}
-    assert purge(store, **bounded) == {"rejects": 0, "runs": 0, "backlog": False}
+    assert purge(store, **bounded) == {"rejects": 6, "history": 0, "runs": 0, "backlog": True}
+    assert purge(store, **bounded) == {"rejects": 0, "history": 0, "runs": 0, "backlog": False}
     assert all(store.rejects(r, limit=10, max_chars=9) == [] for r in runs)
 
 
@@ -352,3 +355,107 @@ def test_rejects_stored_without_raw_answer_only_their_hash(store: Store) -> None
     digest = hashlib.sha256(b"1,,x,2023-01-01").hexdigest()
     assert found == [{"seq": seq, "file": "users.csv", "line": seq + 1, "column": "name", "value": None,
                       "rule": "empty_value", "raw": None, "raw_sha256": digest} for seq in (1, 2)]
+
+
+# Change-only publishing and the features' history (issue 24): both stores.
+
+def named(*users: tuple[int, int, str]) -> list[pa.RecordBatch]:
+    """Feature rows for (user_id, total_experiments, user_name) triples."""
+    ids = [u for u, _, _ in users]
+    return pa.table({
+        "user_id": ids, "user_name": [n for _, _, n in users], "total_experiments": [t for _, t, _ in users],
+        "most_common_compounds": [None] * len(ids), "most_common_compound_ids": [None] * len(ids),
+        "average_experiments": [1.0] * len(ids)}, schema=FEATURES_SCHEMA).to_batches()
+
+
+def load(store: Store, batches: list[pa.RecordBatch]) -> tuple[int, dict[str, int] | None]:
+    with store.run(policy="strict", source="here") as run, run.publishing() as publication:
+        written = publication.replace_features(batches)
+        publication.finish(status="succeeded", files={}, users_written=written, seconds={})
+    return run.run_id, publication.changes
+
+
+def test_only_added_changed_and_removed_users_are_written_and_counted(store: Store) -> None:
+    first, counts = load(store, features((1, 1), (2, 2), (3, 3)))
+    assert counts == {"added": 3, "changed": 0, "removed": 0, "unchanged": 0}
+    second, counts = load(store, features((1, 1), (2, 5), (4, 4)))
+    assert counts == {"added": 1, "changed": 1, "removed": 1, "unchanged": 1}
+    # the unchanged row still names the run that wrote it
+    assert features_of(store) == [(1, 1, first), (2, 5, second), (4, 4, second)]
+    record = store.get_run(second)
+    assert record is not None and record["changes"] == counts and record["users_written"] == 3
+    third, counts = load(store, features((1, 1), (2, 5), (4, 4)))
+    assert counts == {"added": 0, "changed": 0, "removed": 0, "unchanged": 3}
+    assert features_of(store) == [(1, 1, first), (2, 5, second), (4, 4, second)]
+    assert store.changes(third, limit=10) == []
+
+
+def test_a_null_becoming_a_value_and_back_is_a_change(store: Store) -> None:
+    """IS DISTINCT FROM, not =: a NULL compared with a value is a difference, two NULLs are not."""
+    base = features((1, 1))[0]
+    with_ids = base.set_column(4, "most_common_compound_ids", pa.array([[3, 1]], pa.list_(pa.int64())))
+    load(store, [base])
+    assert load(store, [with_ids])[1] == {"added": 0, "changed": 1, "removed": 0, "unchanged": 0}
+    assert load(store, [with_ids])[1] == {"added": 0, "changed": 0, "removed": 0, "unchanged": 1}
+    reordered = base.set_column(4, "most_common_compound_ids", pa.array([[1, 3]], pa.list_(pa.int64())))
+    assert load(store, [reordered])[1] == {"added": 0, "changed": 1, "removed": 0, "unchanged": 0}
+    assert load(store, [base])[1] == {"added": 0, "changed": 1, "removed": 0, "unchanged": 0}
+
+
+def test_changes_name_each_user_with_before_and_after(store: Store) -> None:
+    first, _ = load(store, named((1, 1, "Ann"), (2, 2, "Bo"), (3, 3, "Cy")))
+    second, _ = load(store, named((1, 1, "Ann"), (2, 2, "Bob"), (4, 4, "Di")))
+    third, _ = load(store, named((1, 1, "Ann"), (2, 2, "Bobby"), (4, 4, "Di")))
+
+    def values(name: str, total: int) -> dict[str, Any]:
+        return {"user_name": name, "total_experiments": total, "most_common_compounds": None,
+                "most_common_compound_ids": None, "average_experiments": 1.0}
+
+    assert store.changes(second, limit=10) == [
+        {"user_id": 2, "change": "changed", "before": values("Bo", 2), "after": values("Bob", 2)},
+        {"user_id": 3, "change": "removed", "before": values("Cy", 3), "after": None},
+        {"user_id": 4, "change": "added", "before": None, "after": values("Di", 4)},
+    ]  # Bob's "after" of run 2 is in the history now (run 3 ended it): still answered
+    assert [c["user_id"] for c in store.changes(first, limit=10)] == [1, 2, 3]
+    assert [c["change"] for c in store.changes(first, limit=10)] == ["added"] * 3
+    assert store.changes(second, limit=2, after=2) == store.changes(second, limit=10)[1:3]
+    assert store.changes(third, limit=10) == [
+        {"user_id": 2, "change": "changed", "before": values("Bob", 2), "after": values("Bobby", 2)}]
+    assert store.changes(424242, limit=10) == []
+
+
+def test_the_features_as_of_each_run_are_those_it_left(store: Store) -> None:
+    first, _ = load(store, features((1, 1), (2, 2), (3, 3)))
+    failed = finished_run_failed(store)
+    second, _ = load(store, features((1, 1), (2, 5), (4, 4)))
+    third, _ = load(store, features((2, 6), (4, 4), (5, 5)))
+
+    def as_of(run_id: int, **page: int) -> list[tuple[int, int, int]]:
+        return [(r["user_id"], r["total_experiments"], r["run_id"])
+                for r in store.as_of(run_id, limit=page.get("limit", 100), after=page.get("after", 0))]
+
+    assert as_of(first) == [(1, 1, first), (2, 2, first), (3, 3, first)]
+    assert as_of(failed) == as_of(first)  # a failed run left the features as they were
+    assert as_of(second) == [(1, 1, first), (2, 5, second), (4, 4, second)]
+    assert as_of(third) == [(2, 6, third), (4, 4, second), (5, 5, third)] == features_of(store)
+    assert as_of(second, limit=2, after=1) == [(2, 5, second), (4, 4, second)]
+    assert as_of(second, limit=2, after=4) == []
+    assert store.history_kept_from() == 0
+
+
+def finished_run_failed(store: Store) -> int:
+    with store.run(policy="strict", source="here") as run:
+        run.fail({"type": "ContractViolation", "code": "contract_violation", "message": "bad"})
+    return run.run_id
+
+
+def test_a_publication_rolled_back_leaves_no_history(store: Store) -> None:
+    first, _ = load(store, features((1, 1), (2, 2)))
+    with store.run(policy="strict", source="here") as run:
+        with pytest.raises(RuntimeError, match="boom"), run.publishing() as publication:
+            publication.replace_features(features((1, 9)))
+            raise RuntimeError("boom")
+        run.fail({"code": "internal_error", "message": "boom"})
+    assert store.changes(run.run_id, limit=10) == []
+    assert store.as_of(run.run_id, limit=10) == store.as_of(first, limit=10)
+    assert store.get_run(run.run_id)["changes"] is None  # type: ignore[index]

@@ -29,7 +29,9 @@ RESOURCE_IDS = {"EtlApi": API_ID, "EtlFunction.Arn": "arn:aws:lambda:eu-west-1:1
 # Who may call what: the issue's three audiences.
 AUDIENCE = {("POST", "/trigger-etl"): "run", ("GET", "/trigger-etl"): "run",
             ("GET", "/runs"): "read", ("GET", "/runs/{run_id}"): "read", ("GET", "/health"): "read",
-            ("GET", "/openapi.json"): "read", ("GET", "/runs/{run_id}/rejects"): "rejects"}
+            ("GET", "/openapi.json"): "read", ("GET", "/runs/{run_id}/rejects"): "rejects",
+            ("GET", "/runs/{run_id}/changes"): "rejects", ("GET", "/runs/{run_id}/features"): "rejects",
+            ("POST", "/runs/{run_id}/restore"): "run"}
 POLICY_OF = {"read": "ReadRunsPolicy", "run": "StartRunsPolicy", "rejects": "ReadRejectsPolicy"}
 
 
@@ -225,8 +227,9 @@ def test_reading_runs_never_grants_a_runs_rejects(digits: int, monkeypatch: pyte
     stack = Stack(translated({"DataBucketName": "lab-exports"}, monkeypatch), {})
     policies = iam_policies(stack)
     run_id = "9" * digits
-    assert who_may(policies, "GET", f"/runs/{run_id}/rejects") == {"ReadRejectsPolicy"}
-    assert who_may(policies, "GET", f"/runs/{run_id}/rejects/") == set()
+    for personal in ("rejects", "changes", "features"):  # users' names: the personal-data audience only
+        assert who_may(policies, "GET", f"/runs/{run_id}/{personal}") == {"ReadRejectsPolicy"}
+        assert who_may(policies, "GET", f"/runs/{run_id}/{personal}/") == set()
     for method in ("POST", "PUT", "DELETE", "HEAD", "OPTIONS"):
         assert who_may(policies, method, f"/runs/{run_id}") == set()
         assert who_may(policies, method, "/runs") == set()
@@ -282,12 +285,13 @@ def test_the_function_may_read_only_the_named_secret_and_decrypt_only_with_its_k
 def test_retention_settings_reach_the_function_with_their_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     params = {"DataBucketName": "lab-exports"}
     env, _ = function_env_and_statements(Stack(translated(params, monkeypatch), params))
-    assert (env["ETL_REJECTS_RETENTION_DAYS"], env["ETL_RUNS_RETENTION_DAYS"], env["ETL_REJECTS_KEEP_RAW"]) == (
-        "30", "365", "true")
-    params |= {"RejectsRetentionDays": "7", "RunsRetentionDays": "90", "RejectsKeepRaw": "false"}
+    assert (env["ETL_REJECTS_RETENTION_DAYS"], env["ETL_RUNS_RETENTION_DAYS"], env["ETL_REJECTS_KEEP_RAW"],
+            env["ETL_HISTORY_RETENTION_DAYS"]) == ("30", "365", "true", "365")
+    params |= {"RejectsRetentionDays": "7", "RunsRetentionDays": "90", "RejectsKeepRaw": "false",
+               "HistoryRetentionDays": "60"}
     env, _ = function_env_and_statements(Stack(translated(params, monkeypatch), params))
-    assert (env["ETL_REJECTS_RETENTION_DAYS"], env["ETL_RUNS_RETENTION_DAYS"], env["ETL_REJECTS_KEEP_RAW"]) == (
-        "7", "90", "false")
+    assert (env["ETL_REJECTS_RETENTION_DAYS"], env["ETL_RUNS_RETENTION_DAYS"], env["ETL_REJECTS_KEEP_RAW"],
+            env["ETL_HISTORY_RETENTION_DAYS"]) == ("7", "90", "false", "60")
 
 
 def test_the_database_url_needs_no_password() -> None:

@@ -16,7 +16,7 @@ import pyarrow as pa
 
 from etl_core.config import RetentionSettings
 from etl_core.guard import Volume
-from etl_core.status import CONFIRMING, LOADED  # noqa: F401  (the store's modules take them from here)
+from etl_core.status import CONFIRMING, LOADED, PUBLISHED  # noqa: F401  (the store's modules take them from here)
 
 LARGEST_ID = 2**63 - 1  # run ids are PostgreSQL bigints: any other number is no run
 
@@ -55,14 +55,37 @@ class Publication(Protocol):
         """What the table holds now (counted: the load guard's side of the comparison); locks as ``lock``."""
         ...
 
+    changes: dict[str, int] | None  # once replace_features is done: added, changed, removed, unchanged
+
     def replace_features(self, features: Iterable[pa.RecordBatch]) -> int:
-        """Make the table hold exactly these rows (consumed as they come); return how many."""
+        """Make the table hold exactly these rows (consumed as they come), writing only the users added,
+        changed (any value differs) or removed, each ended version kept in the history; return how many
+        rows.  An unchanged row keeps the run that made it valid."""
+        ...
+
+    sample: list[dict[str, Any]] | None  # previewing: the first users the diff found, as ``Store.changes``
+
+    def preview(self, sample: int) -> None:
+        """From here on nothing is written to the features (a dry run): ``replace_features`` and
+        ``restore_features`` only compare, counting into ``changes``, and keep the first ``sample``
+        users the comparison found (by id, with before and after) in ``sample``."""
+        ...
+
+    def restore_features(self, of: int) -> int:
+        """As ``replace_features``, with the features as they were when run ``of`` finished (the history
+        must still hold them: the caller checks); return how many rows."""
+        ...
+
+    def volume_as_of(self, of: int) -> Volume:
+        """What the features as of run ``of`` hold: a restore's side of the load guard."""
         ...
 
     def store_rejects(self, rejects: pa.Table) -> None: ...
 
-    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
-        """Mark the run finished, in the same transaction as its features."""
+    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any,
+               restored_from: int | None = None) -> None:
+        """Mark the run finished, in the same transaction as its features (``restored_from``: a restore's
+        run whose features it published)."""
         ...
 
 
@@ -109,7 +132,24 @@ class Store(Protocol):
         ...
 
     def get_run(self, run_id: int) -> dict[str, Any] | None:
-        """One run's record (``rejects``: how many it stored), or None."""
+        """One run's record (``rejects``: how many it stored; ``changes``: the users it added, changed,
+        removed and left unchanged, None where it published nothing), or None."""
+        ...
+
+    def history_kept_from(self) -> int:
+        """The oldest run whose features the history can still give (the runs before it are refused)."""
+        ...
+
+    def as_of(self, run_id: int, *, limit: int, after: int = 0) -> list[dict[str, Any]]:
+        """The features as they were when run ``run_id`` finished, at most ``limit`` users with an id
+        above ``after``, by user id; each row's ``run_id`` is the run that made it valid.  The caller
+        checks that the history keeps the run (``history_kept_from``)."""
+        ...
+
+    def changes(self, run_id: int, *, limit: int, after: int = 0) -> list[dict[str, Any]]:
+        """The users run ``run_id`` added, changed or removed, at most ``limit`` with an id above
+        ``after``, by user id: ``user_id``, ``change`` and ``before``/``after`` (the feature values, None
+        where the user had none)."""
         ...
 
     def list_runs(self, *, limit: int, status: str | None = None, before: int | None = None) -> list[dict[str, Any]]:

@@ -52,11 +52,20 @@ def _rejects_hash(conn: Any, schema: str) -> None:
     conn.run(f"ALTER TABLE {sql.q(schema, sql.REJECTS)} ADD COLUMN IF NOT EXISTS raw_sha256 text")
 
 
+def _history(conn: Any, schema: str) -> None:
+    conn.run(sql.add_change_counts(schema))
+    for statement in sql.create_history(schema):
+        conn.run(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "etl_runs, etl_rejects and user_features, or an earlier deployment's brought to their shape",
               _ledger_and_features),
     Migration(2, "etl_rejects.raw_sha256: a rejected row's hash, kept in place of its text with "
                  "ETL_REJECTS_KEEP_RAW=false", _rejects_hash),
+    Migration(3, "user_features_history (each ended version of a user's features, SCD type 2), "
+                 "etl_history_horizon, the function user_features_as_of(run), etl_runs.added, changed, "
+                 "removed, unchanged and restored_from, and the statuses restored and dry_run", _history),
 )
 LATEST = MIGRATIONS[-1].version
 

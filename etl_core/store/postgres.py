@@ -26,10 +26,24 @@ from etl_core import literals
 from etl_core.config import DbSettings, RetentionSettings
 from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, LARGEST_ID, LOADED, LastLoaded, RunRecord, copy_binary, db, migrations, sql
+from etl_core.store import (
+    CONFIRMING,
+    LARGEST_ID,
+    LOADED,
+    PUBLISHED,
+    LastLoaded,
+    RunRecord,
+    copy_binary,
+    db,
+    migrations,
+    sql,
+)
 from etl_core.store.db import Connection
 from etl_core.tables import USER_FEATURES
 
+# after a publication: ANALYZE once this share of the rows changed since the last one, VACUUM (where
+# autovacuum is off) once this share is dead: autovacuum's own defaults (autovacuum_*_scale_factor)
+ANALYZE_SHARE, VACUUM_SHARE = 0.1, 0.2
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
 # binary COPY where its encoder lays out the features table as described (else CSV, which any column list takes)
 _BINARY = copy_binary.fits(USER_FEATURES)
@@ -134,6 +148,22 @@ class PostgresStore:
         return [{"seq": seq, "file": file, "line": line, "column": column, "value": value, "rule": rule, "raw": raw,
                  "raw_sha256": digest} for seq, file, line, column, value, rule, raw, digest in rows]
 
+    def history_kept_from(self) -> int:
+        rows = self._read(sql.history_horizon(self.schema))
+        return int(rows[0][0]) if rows else 0
+
+    def as_of(self, run_id: int, *, limit: int, after: int = 0) -> list[dict[str, Any]]:
+        if not 1 <= run_id <= LARGEST_ID or after >= LARGEST_ID:
+            return []
+        rows = self._read(sql.as_of_page(self.schema), run=run_id, after=max(after, 0), limit=limit)
+        return [dict(zip(sql.FEATURE_COLUMNS, row, strict=True)) for row in rows]
+
+    def changes(self, run_id: int, *, limit: int, after: int = 0) -> list[dict[str, Any]]:
+        if not 1 <= run_id <= LARGEST_ID or after >= LARGEST_ID:
+            return []
+        rows = self._read(sql.changes_page(self.schema), run=run_id, after=max(after, 0), limit=limit)
+        return [_change(user_id, before, after_) for user_id, before, after_ in rows]
+
     def last_confirmed(self) -> dict[str, Any] | None:
         rows = self._read(sql.last_confirmed(self.schema, CONFIRMING))
         if not rows:
@@ -217,6 +247,7 @@ class PostgresRun(RunRecord):
         self._store = store
         self._conn = conn
         self._left_dead: int | None = None  # rows the committed publication left dead (None: not known)
+        self._written: int | None = None  # rows it inserted, updated or deleted (None: not known)
 
     def unchanged(self, *, same_as: int, seconds: Any) -> None:
         with _translated():
@@ -242,6 +273,8 @@ class PostgresRun(RunRecord):
             with _translated():
                 self._conn.run("COMMIT")
             self._left_dead = publication.left_dead
+            changes = publication.changes
+            self._written = None if changes is None else changes["added"] + changes["changed"] + changes["removed"]
         except BaseException as exc:
             if publication.raised_by_rows(exc):
                 db.close_quietly(self._conn)
@@ -264,27 +297,43 @@ class PostgresRun(RunRecord):
                     db.close_quietly(conn)
 
     def analyze(self) -> None:
-        """ANALYZE; and VACUUM too where autovacuum is off (for the server or this table) and the
-        publication left the old rows behind as dead rows, since nothing else would reclaim them (a
-        first load leaves none, and its VACUUM would have nothing to reclaim).
+        """ANALYZE when the rows changed since the last one (this publication's writes included: the
+        statistics view may not count them yet) reach ANALYZE_SHARE of the table, or it never was; and
+        VACUUM too where autovacuum is off (for the server or this table) and the dead rows reach
+        VACUUM_SHARE, since nothing else would reclaim them: autovacuum's own default thresholds, so
+        that a reload that changed 1% of the users does not pay for a pass over the whole table.
         Neither blocks readers or writers (SHARE UPDATE EXCLUSIVE), and both run after the commit."""
         table = sql.q(self._schema, sql.FEATURES)
         with _translated():
-            [[autovacuum]] = self._conn.run(sql.autovacuum_on(), table=table)
-            reclaim = not autovacuum and (self._left_dead is None or self._left_dead > 0)
-            self._conn.run(f"VACUUM (ANALYZE) {table}" if reclaim else f"ANALYZE {table}")
+            [[autovacuum, live, dead, modified, analyzed]] = self._conn.run(sql.maintenance_state(), table=table)
+            rows = max(int(live or 0), 1)
+            written, left_dead = self._written, self._left_dead
+            stale = written is None or analyzed is None or int(modified or 0) + written >= ANALYZE_SHARE * rows
+            reclaim = not autovacuum and (left_dead is None or (
+                left_dead > 0 and int(dead or 0) + left_dead >= VACUUM_SHARE * rows))
+            if reclaim:
+                self._conn.run(f"VACUUM (ANALYZE) {table}")
+            elif stale:
+                self._conn.run(f"ANALYZE {table}")
 
     def purge(self, retention: RetentionSettings) -> dict[str, Any]:
         """Delete what is older than the retention allows, rejects first, each table in at most
         ``max_steps`` statements of at most ``step_rows`` rows, each its own transaction (row locks only:
         readers never wait).  ``backlog``: the bound stopped it, the next run goes on."""
-        purged: dict[str, Any] = {"rejects": 0, "runs": 0, "backlog": False}
-        steps = ((sql.purge_rejects(self._schema), "rejects", retention.rejects_days),
-                 (sql.purge_runs(self._schema, LOADED, CONFIRMING), "runs", retention.runs_days))
+        purged: dict[str, Any] = {"rejects": 0, "history": 0, "runs": 0, "backlog": False}
         with _translated():
-            for statement, key, days in steps:
+            [[kept]] = self._conn.run(sql.history_target(self._schema, PUBLISHED), days=retention.history_days,
+                                      runs=retention.history_runs or 0)
+            if kept is not None:  # first the horizon, in its own statement: no answer relies on what goes next
+                self._conn.run(sql.raise_horizon(self._schema), kept=int(kept))
+        steps: tuple[tuple[str, str, dict[str, Any]], ...] = (
+                 (sql.purge_rejects(self._schema), "rejects", {"days": retention.rejects_days}),
+                 (sql.purge_history(self._schema), "history", {"kept": int(kept or 0)}),
+                 (sql.purge_runs(self._schema, LOADED, CONFIRMING), "runs", {"days": retention.runs_days}))
+        with _translated():
+            for statement, key, params in steps:
                 for _ in range(retention.max_steps):
-                    self._conn.run(statement, days=days, step=retention.step_rows)
+                    self._conn.run(statement, step=retention.step_rows, **params)
                     purged[key] += max(self._conn.row_count, 0)
                     if self._conn.row_count < retention.step_rows:
                         break
@@ -308,6 +357,9 @@ class PostgresPublication:
         self._rejects = 0  # stored so far: the next one's seq is this + 1
         self._held: int | None = None  # rows the table held before, once volume() counted them (a forced run: never)
         self.left_dead: int | None = None  # rows replace_features deleted or updated (None: not known)
+        self.changes: dict[str, int] | None = None  # added, changed, removed, unchanged: once replaced
+        self._sample: int | None = None  # previewing (a dry run): the diff's users to keep as a sample
+        self.sample: list[dict[str, Any]] | None = None
 
     def raised_by_rows(self, exc: BaseException) -> bool:
         return any(exc is stream.error for stream in self._streams)
@@ -323,9 +375,15 @@ class PostgresPublication:
         self._held = int(users)
         return Volume(users=int(users), experiments=int(experiments))
 
+    def preview(self, sample: int) -> None:
+        self._sample = sample
+
     def replace_features(self, features: Iterable[pa.RecordBatch]) -> int:
-        """The rows go in binary COPY (the server parses it in about two thirds of CSV's time), unless the
-        table's columns no longer have the types binary COPY sends."""
+        """Make the table hold these rows, writing only what differs: into an empty table the rows go
+        straight in; else they go to a temporary table, one join finds the users added, changed and
+        removed, and the statements that follow write only those (``_apply``).  The rows go in binary
+        COPY (the server parses it in about two thirds of CSV's time), unless the table's columns no
+        longer have the types binary COPY sends (into the temporary table, of our types, always binary)."""
         rows = [0]
 
         def counted(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -335,20 +393,65 @@ class PostgresPublication:
 
         table = sql.q(self._schema, sql.FEATURES)
         with _translated(self):
-            if self._conn.run(sql.referencing_keys(), table=table):
-                self._conn.run(sql.create_staging())  # our column types; INSERT ... SELECT converts
-                self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
-                           _chunks(counted(features), self._run_id, binary=_BINARY))
-                self._conn.run(sql.delete_missing(self._schema))
-                self._conn.run(sql.upsert_staging(self._schema))
-                self.left_dead = self._held  # each old row is deleted or updated
-            else:
+            [[empty]] = self._conn.run(sql.is_empty(self._schema))
+            if empty and self._sample is None:
                 binary = _BINARY and dict(self._conn.run(sql.column_types(), table=table)) == sql.BINARY_FEATURE_TYPES
-                chunks = _chunks(counted(features), self._run_id, binary=binary)
-                self._conn.run(sql.delete_all(self._schema))
-                self.left_dead = self._conn.row_count if self._conn.row_count >= 0 else None
-                self._copy(sql.copy_in(self._schema, sql.FEATURES, sql.FEATURE_COLUMNS, binary=binary), chunks)
+                self._copy(sql.copy_in(self._schema, sql.FEATURES, sql.FEATURE_COLUMNS, binary=binary),
+                           _chunks(counted(features), self._run_id, binary=binary))
+                self.changes = {"added": rows[0], "changed": 0, "removed": 0, "unchanged": 0}
+                self.left_dead = 0
+                return rows[0]
+            self._staging()
+            self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
+                       _chunks(counted(features), self._run_id, binary=_BINARY))
+            self._apply(rows[0])
         return rows[0]
+
+    def restore_features(self, of: int) -> int:
+        with _translated():
+            self._staging()
+            self._conn.run(sql.fill_staging_as_of(self._schema), run=self._run_id, of=of)
+            rows = max(self._conn.row_count, 0)
+            self._apply(rows)
+        return rows
+
+    def volume_as_of(self, of: int) -> Volume:
+        with _translated():
+            [[users, experiments]] = self._conn.run(sql.volume_as_of(self._schema), of=of)
+        return Volume(users=int(users), experiments=int(experiments))
+
+    def _staging(self) -> None:
+        for setting in sql.PUBLISH_SETTINGS:
+            self._conn.run(setting)
+        self._conn.run(sql.create_staging())  # our column types; the statements convert
+
+    def _apply(self, rows: int) -> None:
+        """Compare the temporary table with the table; unless previewing, write what differs: the ended
+        versions to the history, then delete the removed users, update the changed ones, insert the added."""
+        self._conn.run(sql.classify(self._schema))
+        self._conn.run(f"ANALYZE {sql.q('pg_temp', sql.DIFF)}")  # its size decides how the statements join
+        found = {kind: int(n) for kind, n in self._conn.run(sql.count_diff())}
+        counts = {"added": found.get("a", 0), "changed": found.get("c", 0), "removed": found.get("r", 0)}
+        self.changes = {**counts, "unchanged": rows - counts["added"] - counts["changed"]}
+        if self._sample is not None:
+            self.sample = [_change(user_id, before, after) for user_id, before, after in
+                           self._conn.run(sql.diff_sample(self._schema), limit=self._sample)]
+            self.left_dead = 0
+            return
+        if counts["changed"] or counts["removed"]:
+            self._conn.run(sql.keep_ended(self._schema), run=self._run_id)
+        table = sql.q(self._schema, sql.FEATURES)
+        if counts["changed"] > rows // 2 and not self._conn.run(sql.referencing_keys(), table=table):
+            # most users changed and no key references them: delete and insert again, as a replace would
+            self._conn.run(sql.delete_changed_and_removed(self._schema))
+            self._conn.run(sql.insert_added_and_changed(self._schema), run=self._run_id)
+            self.left_dead = counts["changed"] + counts["removed"]
+            return
+        for key, statement in (("removed", sql.delete_removed), ("changed", sql.update_changed),
+                               ("added", sql.insert_added)):
+            if counts[key]:
+                self._conn.run(statement(self._schema), run=self._run_id)
+        self.left_dead = counts["changed"] + counts["removed"]
 
     def store_rejects(self, rejects: pa.Table) -> None:
         if rejects.num_rows:
@@ -357,10 +460,12 @@ class PostgresPublication:
                            _csv_chunks([_reject_rows(rejects, self._run_id, first=self._rejects + 1)]))
             self._rejects += rejects.num_rows
 
-    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any) -> None:
+    def finish(self, *, status: str, files: Any, users_written: int, seconds: Any,
+               restored_from: int | None = None) -> None:
         with _translated():
             _finish(self._conn, self._schema, self._run_id, status=status, files=files,
-                    users_written=users_written, seconds=seconds, **self._inputs)
+                    users_written=users_written, seconds=seconds, changes=self.changes,
+                    restored_from=restored_from, **self._inputs)
 
     def _copy(self, statement: str, chunks: Iterable[memoryview]) -> None:
         self._streams.append(stream := _Stream(chunks))
@@ -385,22 +490,33 @@ class _Stream:
 
 def _finish(conn: Connection, schema: str, run_id: int, *, status: str, files: Any = None,
             users_written: int | None = None, seconds: Any = None, error: Any = None,
-            fingerprint: str | None = None, inputs: Any = None, same_as: int | None = None) -> None:
+            fingerprint: str | None = None, inputs: Any = None, same_as: int | None = None,
+            changes: dict[str, int] | None = None, restored_from: int | None = None) -> None:
+    counts: dict[str, Any] = {key: (changes or {}).get(key) for key in sql.CHANGE_COUNTS}
     conn.run(sql.finish_run(schema), status=status, files=_json(files), written=users_written,
              seconds=_json(seconds), error=_json(error), fingerprint=fingerprint, inputs=_json(inputs),
-             same_as=same_as, id=run_id)
+             same_as=same_as, id=run_id, restored_from=restored_from, **counts)
 
 
 def _run_record(row: list[Any]) -> dict[str, Any]:
     (id_, status, policy, data_dir, started, finished, files, written, seconds, error, fingerprint, inputs, same_as,
-     rejects) = row
+     added, changed, removed, unchanged, restored_from, rejects) = row
     return {
         "run_id": id_, "status": status, "policy": policy, "data_dir": data_dir,
         "started_at": started.isoformat() if started else None,
         "finished_at": finished.isoformat() if finished else None,
         "files": files, "users_written": written, "seconds": seconds, "error": error, "rejects": rejects,
         "fingerprint": fingerprint, "inputs": inputs, "same_as": same_as,
+        "changes": None if added is None else {"added": added, "changed": changed, "removed": removed,
+                                               "unchanged": unchanged},
+        "restored_from": restored_from,
     }
+
+
+def _change(user_id: int, before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    """One user's change: added (nothing before), removed (nothing after) or changed."""
+    change = "added" if before is None else "removed" if after is None else "changed"
+    return {"user_id": user_id, "change": change, "before": before, "after": after}
 
 
 def _rollback(conn: Connection) -> None:

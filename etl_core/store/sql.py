@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from pg8000.native import identifier
 
-from etl_core.status import LOADED, RunStatus
-from etl_core.tables import USER_FEATURES, Table
+from etl_core.status import LOADED, PUBLISHED, RunStatus
+from etl_core.tables import COMPARED, USER_FEATURES, USER_FEATURES_HISTORY, Table
 
 FEATURES = USER_FEATURES.name
 RUNS = "etl_runs"
 REJECTS = "etl_rejects"
 STAGING = "user_features__staging"
+DIFF = "user_features__diff"
+HISTORY = USER_FEATURES_HISTORY.name
+HORIZON = "etl_history_horizon"  # one row: the oldest run whose features the history can still give
+AS_OF = "user_features_as_of"  # the SQL function: the features as they were after a run
+CHANGE_COUNTS = ("added", "changed", "removed", "unchanged")  # etl_runs' columns, from schema version 3
 # the stamp releases before etl_core/store/migrations.py read (a comment on the runs table): migration 1
 # still writes it, so that such a release finds the shape it knows; this release reads the history
 LEDGER_VERSION = 2
@@ -79,11 +84,13 @@ def start_run(schema: str) -> str:
 
 
 def create_table(table: Table, schema: str, name: str | None = None, *, if_not_exists: bool = False,
-                 primary_key: bool = False) -> str:
-    """``CREATE TABLE`` of ``table`` as described (in ``schema``, as ``name`` or the table's own)."""
+                 primary_key: bool = False, key: tuple[str, ...] = ()) -> str:
+    """``CREATE TABLE`` of ``table`` as described (in ``schema``, as ``name`` or the table's own); its
+    key column the primary key with ``primary_key``, or ``key``'s columns together."""
     columns = ",\n        ".join(
-        f"{identifier(c.name)} {c.sql}{'' if c.nullable else ' NOT NULL'}"
-        f"{' PRIMARY KEY' if primary_key and c.name == table.key else ''}" for c in table.columns)
+        [f"{identifier(c.name)} {c.sql}{'' if c.nullable else ' NOT NULL'}"
+         f"{' PRIMARY KEY' if primary_key and c.name == table.key else ''}" for c in table.columns]
+        + ([f"PRIMARY KEY ({', '.join(identifier(k) for k in key)})"] if key else []))
     return (f"CREATE TABLE {'IF NOT EXISTS ' if if_not_exists else ''}{q(schema, name or table.name)} (\n"
             f"        {columns}\n    )")
 
@@ -95,7 +102,7 @@ def features_table(schema: str, table: str, *, if_not_exists: bool = False, prim
 FEATURE_COLUMNS = USER_FEATURES.names
 REJECT_COLUMNS = ("run_id", "seq", "file", "line", "column_name", "value", "rule", "raw", "raw_sha256")
 RUN_COLUMNS = ("id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error, "
-               "fingerprint, inputs, same_as")
+               "fingerprint, inputs, same_as, " + ", ".join(CHANGE_COUNTS) + ", restored_from")
 
 
 def copy_in(schema: str, table: str, columns: tuple[str, ...], *, binary: bool = False) -> str:
@@ -131,27 +138,174 @@ def referencing_keys() -> str:
             "WHERE contype = 'f' AND confrelid = CAST(:table AS regclass) ORDER BY conname")
 
 
-def delete_all(schema: str) -> str:
-    return f"DELETE FROM {q(schema, FEATURES)}"
+# the publication's transaction: its hash joins of a million rows in memory rather than in batches on
+# disk, and no JIT compilation (it costs more than it saves on these few statements)
+PUBLISH_SETTINGS = ("SET LOCAL work_mem = '256MB'", "SET LOCAL jit = off")
+
+
+def is_empty(schema: str) -> str:
+    return f"SELECT NOT EXISTS (SELECT 1 FROM {q(schema, FEATURES)})"
 
 
 def create_staging() -> str:
-    """A temporary table for the new rows, gone at the end of the transaction."""
-    return features_table("pg_temp", STAGING) + " ON COMMIT DROP"
+    """A temporary table for the new rows, gone at the end of the transaction (its key: a duplicate user
+    fails the COPY, 23505, as it would in the table itself)."""
+    return features_table("pg_temp", STAGING, primary_key=True) + " ON COMMIT DROP"
 
 
-def delete_missing(schema: str) -> str:
+def _differs(old: str, new: str) -> str:
+    """Whether any feature value of row ``old`` differs from row ``new`` (NULLs compare as values)."""
+    return (f"({', '.join(f'{old}.{identifier(c)}' for c in COMPARED)}) IS DISTINCT FROM "
+            f"({', '.join(f'{new}.{identifier(c)}' for c in COMPARED)})")
+
+
+_KEPT = ", ".join(identifier(c) for c in (*USER_FEATURES.names[:-1],))  # the features' columns but run_id
+_HISTORY_COLUMNS = ", ".join(identifier(c) for c in USER_FEATURES_HISTORY.names)
+
+
+def classify(schema: str) -> str:
+    """One pass over the new rows and the table (a hash join by user_id): the users added (``a``: only
+    in the new rows), removed (``r``: only in the table) and changed (``c``: any value differs), into
+    a temporary table, gone at the end of the transaction.  Unchanged users are not in it."""
+    return (f"CREATE TEMPORARY TABLE {identifier(DIFF)} ON COMMIT DROP AS "
+            "SELECT coalesce(s.user_id, f.user_id) AS user_id, "
+            "CASE WHEN f.user_id IS NULL THEN 'a' WHEN s.user_id IS NULL THEN 'r' ELSE 'c' END AS kind "
+            f"FROM {q('pg_temp', STAGING)} s FULL JOIN {q(schema, FEATURES)} f ON f.user_id = s.user_id "
+            f"WHERE f.user_id IS NULL OR s.user_id IS NULL OR {_differs('f', 's')}")
+
+
+def count_diff() -> str:
+    return f"SELECT kind, count(*) FROM {q('pg_temp', DIFF)} GROUP BY kind"
+
+
+def keep_ended(schema: str) -> str:
+    """The version each changed or removed user has now goes to the history, ended by ``:run``."""
+    return (f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT "
+            + ", ".join(f"f.{identifier(c)}" for c in USER_FEATURES.names[:-1])
+            + f", f.run_id, CAST(:run AS bigint) FROM {q('pg_temp', DIFF)} d JOIN {q(schema, FEATURES)} f "
+            "ON f.user_id = d.user_id WHERE d.kind <> 'a' ORDER BY f.user_id")
+
+
+def delete_removed(schema: str) -> str:
     """Delete the users the new rows no longer have (a key held on them acts as it was declared)."""
-    return (f"DELETE FROM {q(schema, FEATURES)} f WHERE NOT EXISTS "
-            f"(SELECT 1 FROM {q('pg_temp', STAGING)} s WHERE s.user_id = f.user_id)")
+    return (f"DELETE FROM {q(schema, FEATURES)} f USING {q('pg_temp', DIFF)} d "
+            "WHERE f.user_id = d.user_id AND d.kind = 'r'")
 
 
-def upsert_staging(schema: str) -> str:
-    """Insert the new users and update the others in place: a row that stays is never deleted."""
+def delete_changed_and_removed(schema: str) -> str:
+    """Where no other table references the features: delete every user that changed or is gone, so that
+    the changed ones go back in by ``insert_added_and_changed`` (cheaper than updating most of a table)."""
+    return (f"DELETE FROM {q(schema, FEATURES)} f USING {q('pg_temp', DIFF)} d WHERE f.user_id = d.user_id "
+            "AND d.kind <> 'a'")
+
+
+def insert_added_and_changed(schema: str) -> str:
     cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
-    updates = ", ".join(f"{identifier(c)} = EXCLUDED.{identifier(c)}" for c in FEATURE_COLUMNS if c != "user_id")
-    return (f"INSERT INTO {q(schema, FEATURES)} ({cols}) SELECT {cols} FROM {q('pg_temp', STAGING)} "
-            f"ON CONFLICT (user_id) DO UPDATE SET {updates}")
+    values = ", ".join(f"s.{identifier(c)}" if c != "run_id" else "CAST(:run AS bigint)" for c in FEATURE_COLUMNS)
+    return (f"INSERT INTO {q(schema, FEATURES)} ({cols}) SELECT {values} FROM {q('pg_temp', DIFF)} d "
+            f"JOIN {q('pg_temp', STAGING)} s ON s.user_id = d.user_id WHERE d.kind <> 'r'")
+
+
+def update_changed(schema: str) -> str:
+    """Update in place the users any of whose values differ, stamped with ``:run``: the row keeps its
+    identity, and keys held on it never act."""
+    sets = ", ".join(f"{identifier(c)} = s.{identifier(c)}" for c in COMPARED)
+    return (f"UPDATE {q(schema, FEATURES)} f SET {sets}, run_id = :run FROM {q('pg_temp', DIFF)} d "
+            f"JOIN {q('pg_temp', STAGING)} s ON s.user_id = d.user_id WHERE f.user_id = d.user_id AND d.kind = 'c'")
+
+
+def insert_added(schema: str) -> str:
+    """Insert the users the table does not have yet, stamped with ``:run``."""
+    cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
+    values = ", ".join(f"s.{identifier(c)}" if c != "run_id" else "CAST(:run AS bigint)" for c in FEATURE_COLUMNS)
+    return (f"INSERT INTO {q(schema, FEATURES)} ({cols}) SELECT {values} FROM {q('pg_temp', DIFF)} d "
+            f"JOIN {q('pg_temp', STAGING)} s ON s.user_id = d.user_id WHERE d.kind = 'a'")
+
+
+def create_history(schema: str) -> list[str]:
+    """The history table (each ended version, keyed by the run that ended it and the user: a run's
+    versions are appended together, in user order, to one end of the one index), the horizon, and the
+    as-of function."""
+    return [
+        create_table(USER_FEATURES_HISTORY, schema, if_not_exists=True, key=("valid_to", "user_id")),
+        f"CREATE TABLE IF NOT EXISTS {q(schema, HORIZON)} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
+        "kept_from bigint NOT NULL)",
+        # the history starts with the table as the last load left it: earlier runs' versions were not kept
+        f"INSERT INTO {q(schema, HORIZON)} (kept_from) SELECT coalesce(max(id), 0) FROM {q(schema, RUNS)} "
+        f"WHERE status IN ({', '.join(repr(str(s)) for s in LOADED)}) ON CONFLICT DO NOTHING",
+        as_of_function(schema),
+    ]
+
+
+def as_of_function(schema: str) -> str:
+    """``user_features_as_of(run)``: the features as they were when run ``run`` finished (every column of
+    user_features; ``run_id`` the run that made each row valid).  The versions valid then are the rows
+    made valid at or before it and not ended by then: the table's rows stamped no later than ``run``,
+    and the history's versions valid across it.  A plain SQL function: the planner inlines it, so that
+    ``WHERE user_id > x ORDER BY user_id LIMIT n`` over it reads by the keys."""
+    cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
+    kept = ", ".join(identifier(c) for c in USER_FEATURES.names[:-1])
+    types = ", ".join(f"{identifier(c.name)} {c.sql}" for c in USER_FEATURES.columns)
+    return (f"CREATE OR REPLACE FUNCTION {q(schema, AS_OF)}(run bigint) RETURNS TABLE ({types}) "
+            f"LANGUAGE sql STABLE AS $$ SELECT {cols} FROM {q(schema, FEATURES)} WHERE run_id <= run "
+            f"UNION ALL SELECT {kept}, valid_from FROM {q(schema, HISTORY)} WHERE valid_from <= run "
+            "AND valid_to > run $$")
+
+
+def add_change_counts(schema: str) -> str:
+    """The ledger's v3 columns (the changes' counts, the run a restore restored) and statuses."""
+    return (f"ALTER TABLE {q(schema, RUNS)} " + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} bigint"
+                                                           for c in (*CHANGE_COUNTS, "restored_from"))
+            + f", DROP CONSTRAINT IF EXISTS etl_runs_status_check, ADD CONSTRAINT etl_runs_status_check {STATUS_CHECK}")
+
+
+def fill_staging_as_of(schema: str) -> str:
+    """The features as of run ``:of`` into the temporary table, as a load's rows would be (``:run``)."""
+    cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
+    kept = ", ".join(identifier(c) for c in USER_FEATURES.names[:-1])
+    return (f"INSERT INTO {q('pg_temp', STAGING)} ({cols}) SELECT {kept}, CAST(:run AS bigint) "
+            f"FROM {q(schema, AS_OF)}(:of)")
+
+
+def volume_as_of(schema: str) -> str:
+    """The users and experiments the features as of run ``:of`` hold: a restore's side of the guard."""
+    return f"SELECT count(*), coalesce(sum(total_experiments), 0) FROM {q(schema, AS_OF)}(:of)"
+
+
+def diff_sample(schema: str) -> str:
+    """The first ``:limit`` users the diff found, by id, with their values before and after (JSON)."""
+    def values(alias: str) -> str:
+        pairs = ", ".join(f"'{c}', {alias}.{identifier(c)}" for c in COMPARED)
+        return f"CASE WHEN {alias}.user_id IS NULL THEN NULL ELSE jsonb_build_object({pairs}) END"
+    return (f"SELECT d.user_id, {values('f')}, {values('s')} FROM {q('pg_temp', DIFF)} d "
+            f"LEFT JOIN {q(schema, FEATURES)} f ON f.user_id = d.user_id "
+            f"LEFT JOIN {q('pg_temp', STAGING)} s ON s.user_id = d.user_id ORDER BY d.user_id LIMIT :limit")
+
+
+def as_of_page(schema: str) -> str:
+    """The features as of run ``:run``, ``:limit`` users after user ``:after``, by user id."""
+    cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
+    return (f"SELECT {cols} FROM {q(schema, AS_OF)}(:run) WHERE user_id > :after ORDER BY user_id "
+            "LIMIT :limit")
+
+
+def history_horizon(schema: str) -> str:
+    return f"SELECT kept_from FROM {q(schema, HORIZON)}"
+
+
+def changes_page(schema: str) -> str:
+    """What run ``:run`` changed, ``:limit`` users after user ``:after``: each user's version before
+    the run (the history's version it ended) and after it (the version it made valid: in the table, or
+    in the history if a later run ended it), as JSON objects; NULL where there was none."""
+    features, history = q(schema, FEATURES), q(schema, HISTORY)
+    kept = ", ".join(identifier(c) for c in USER_FEATURES.names[:-1])
+    return (f"WITH before AS (SELECT {kept} FROM {history} WHERE valid_to = :run AND user_id > :after "
+            f"ORDER BY user_id LIMIT :limit), "
+            f"after AS (SELECT * FROM (SELECT {kept} FROM {features} WHERE run_id = :run AND user_id > :after "
+            f"UNION ALL SELECT {kept} FROM {history} WHERE valid_from = :run AND user_id > :after) a "
+            "ORDER BY user_id LIMIT :limit) "
+            "SELECT coalesce(b.user_id, a.user_id) AS user_id, to_jsonb(b) - 'user_id', to_jsonb(a) - 'user_id' "
+            "FROM before b FULL JOIN after a ON a.user_id = b.user_id ORDER BY 1 LIMIT :limit")
 
 
 def fail_abandoned(schema: str) -> str:
@@ -163,7 +317,8 @@ def finish_run(schema: str) -> str:
     return (f"UPDATE {q(schema, RUNS)} SET status = :status, finished_at = clock_timestamp(), "
             "files = CAST(:files AS jsonb), users_written = :written, seconds = CAST(:seconds AS jsonb), "
             "error = CAST(:error AS jsonb), fingerprint = :fingerprint, inputs = CAST(:inputs AS jsonb), "
-            "same_as = :same_as WHERE id = :id")
+            "same_as = :same_as, " + ", ".join(f"{c} = :{c}" for c in CHANGE_COUNTS)
+            + ", restored_from = :restored_from WHERE id = :id")
 
 
 def _rejects_count(schema: str) -> str:
@@ -213,13 +368,42 @@ def purge_runs(schema: str, loaded: tuple[str, ...], confirming: tuple[str, ...]
     """Delete at most ``:step`` runs that finished more than ``:days`` days ago, oldest first, except the
     last that loaded (its fingerprint decides 'unchanged'; the features name it), the last that
     confirmed the features (/health reports it), and any run that still has rejects (they are purged
-    by their own retention first: deleting a run never cascades to an unbounded number of rows)."""
+    by their own retention first: deleting a run never cascades to an unbounded number of rows), nor a
+    run that published features the history still answers for (from etl_history_horizon.kept_from on:
+    the history's retention decides first)."""
     runs, rejects = q(schema, RUNS), q(schema, REJECTS)
     kept = ["(SELECT max(id) FROM " + runs + " WHERE status IN (" + ", ".join(f"'{s}'" for s in statuses) + "))"
             for statuses in (loaded, confirming)]
     return (f"DELETE FROM {runs} WHERE id IN (SELECT r.id FROM {runs} r WHERE {_older_than('days')} "
+            f"AND NOT (r.id >= (SELECT kept_from FROM {q(schema, HORIZON)}) AND r.status IN ("
+            + ", ".join(f"'{s}'" for s in PUBLISHED) + ")) "
             + "".join(f"AND r.id IS DISTINCT FROM {last} " for last in kept)
             + f"AND NOT EXISTS (SELECT 1 FROM {rejects} j WHERE j.run_id = r.id) ORDER BY r.id LIMIT :step)")
+
+
+def history_target(schema: str, published: tuple[str, ...]) -> str:
+    """The oldest run the history must still answer for: the oldest run that finished within ``:days``
+    days, or later the ``:runs``-th newest run that published (0: no bound by runs), never later than
+    the newest run that published (the table itself answers for it)."""
+    runs = q(schema, RUNS)
+    listed = ", ".join(f"'{status}'" for status in published)
+    last = f"(SELECT max(id) FROM {runs} WHERE status IN ({listed}))"
+    return (f"SELECT least(greatest(coalesce((SELECT min(id) FROM {runs} WHERE finished_at >= clock_timestamp() "
+            f"- make_interval(days => CAST(:days AS integer))), {last}), coalesce((SELECT id FROM {runs} "
+            f"WHERE status IN ({listed}) AND :runs > 0 ORDER BY id DESC OFFSET greatest(:runs - 1, 0) LIMIT 1), 0)), "
+            f"{last})")
+
+
+def raise_horizon(schema: str) -> str:
+    return f"UPDATE {q(schema, HORIZON)} SET kept_from = :kept WHERE kept_from < :kept"
+
+
+def purge_history(schema: str) -> str:
+    """Delete at most ``:step`` versions that ended before run ``:kept`` (the as-of of any run from
+    ``:kept`` on, and its changes, need none of them), by the key: oldest first."""
+    table = q(schema, HISTORY)
+    return (f"DELETE FROM {table} WHERE (valid_to, user_id) IN (SELECT valid_to, user_id FROM {table} "
+            "WHERE valid_to < :kept ORDER BY valid_to, user_id LIMIT :step)")
 
 
 def last_confirmed(schema: str, statuses: tuple[str, ...]) -> str:
@@ -253,10 +437,13 @@ def number_rejects(schema: str) -> list[str]:
     ]
 
 
-def autovacuum_on() -> str:
-    """Whether autovacuum looks after the table ``:table``: on for the server, not off for the table."""
+def maintenance_state() -> str:
+    """For the table ``:table``: whether autovacuum looks after it, and its live rows, dead rows, rows
+    modified since its last ANALYZE and when that was (the statistics view: it may lag a second behind)."""
     return ("SELECT current_setting('autovacuum')::boolean AND NOT coalesce("
-            "'autovacuum_enabled=false' = ANY (reloptions), false) FROM pg_class WHERE oid = CAST(:table AS regclass)")
+            "'autovacuum_enabled=false' = ANY (c.reloptions), false), s.n_live_tup, s.n_dead_tup, "
+            "s.n_mod_since_analyze, coalesce(s.last_analyze, s.last_autoanalyze) FROM pg_class c "
+            "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = CAST(:table AS regclass)")
 
 
 def lock_name(schema: str) -> str:
