@@ -52,24 +52,43 @@ PENDING_KEYS = 1 << 28
 # features are the slower side and get a thread per core (4L, 160 keys per user: 5.5-6.3 s against
 # 7.7-8.0 s on the caller's thread).
 INLINE_KEYS_PER_USER = 64
+# A count is packed with its key in 64 bits (transform.pack_counts): a bucket takes at most this many keys
+MAX_BUCKET_KEYS = (1 << transform.COUNT_BITS) - 1
+# Batches' keys wait in a stage until there are this many per bucket (between STAGE_MIN and STAGE_MAX
+# keys in all, int64), and are then sorted into the buckets together: a 1 MiB block gives some 130k keys,
+# 270 a bucket at 8L, and a slice that small cost more in Python and allocator overhead than its keys
+# took (at 8L, 928k slices pending: 2.36 GB peak RSS, bench/README.md, round six).
+STAGE_KEYS_PER_BUCKET = 4096
+STAGE_MIN = 1 << 20
+STAGE_MAX = 1 << 23
 
 
 class Bucket:
-    """The keys of one range of user positions: counted (key, n) so far, and keys not counted yet."""
+    """The keys of one range of user positions: counted (key, n) so far, packed (``transform.pack_counts``,
+    8 bytes a pair), and keys not counted yet (4 or 8 bytes each)."""
 
     def __init__(self, key_type: pa.DataType, compact_at: int) -> None:
         self.key_type = key_type
         self.compact_at = compact_at
-        self.keys = literals.empty(key_type)
-        self.counts = literals.empty(pa.int64())
+        self.packed = literals.empty(pa.int64())  # ascending, each key once
         self.pending: list[pa.Array] = []
         self.pending_rows = 0
+        self.rows = 0  # every key added: no count of this bucket can be larger
         self.taken = False
 
+    @property
+    def pairs(self) -> int:
+        """The distinct keys counted so far."""
+        return len(self.packed)
+
     def add(self, keys: pa.Array) -> None:
+        if self.rows + len(keys) > MAX_BUCKET_KEYS:
+            raise OverflowError(f"more than {MAX_BUCKET_KEYS:,} keys for one range of users: a count would "
+                                f"not fit in {transform.COUNT_BITS} bits")
         self.pending.append(pa.concat_arrays([keys]))  # a copy: the batch's buffer is not kept alive
         self.pending_rows += len(keys)
-        if self.pending_rows >= max(self.compact_at, 2 * len(self.keys)):
+        self.rows += len(keys)
+        if self.pending_rows >= max(self.compact_at, self.pairs):
             self.compact()
 
     def compact(self) -> None:
@@ -79,16 +98,22 @@ class Bucket:
         pending, self.pending, self.pending_rows = self.pending, [], 0
         keys, counts = transform.count_keys(pa.chunked_array(pending, self.key_type))
         del pending  # freed before the merge below
-        self.keys, self.counts = transform.add_counts(self.keys, self.counts, keys, counts)
+        self.packed = transform.merge_counts(self.packed, transform.pack_counts(keys, counts))
 
     def take(self) -> tuple[pa.Array, pa.Array]:
-        """Every key with its count; the bucket lets go of them (its memory is freed with the caller's)."""
+        """Every key with its count, keys ascending; the bucket lets go of them (its memory is freed with
+        the caller's)."""
         if self.taken:
             raise RuntimeError("these counts have been used already")
+        self.taken = True
+        pending, self.pending, self.pending_rows = self.pending, [], 0
+        if not self.pairs:  # never counted before (L, 4L): the pending keys' counts as they come
+            keys, counts = transform.count_keys(pa.chunked_array(pending, self.key_type))
+            return keys, counts
+        self.pending = pending
         self.compact()
-        keys, counts = self.keys, self.counts
-        self.keys, self.counts, self.taken = literals.empty(self.key_type), literals.empty(pa.int64()), True
-        return keys, counts
+        packed, self.packed = self.packed, literals.empty(pa.int64())
+        return transform.unpack_counts(packed, self.key_type)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +139,7 @@ class Counts:
     def keys(self) -> int:
         """The keys the features are still to be worked out from: every bucket's pending keys and
         counted pairs."""
-        return sum(bucket.pending_rows + len(bucket.keys) for bucket in self.buckets)
+        return sum(bucket.pending_rows + bucket.pairs for bucket in self.buckets)
 
 
 class CountingFailed(Exception):
@@ -135,7 +160,7 @@ class ExperimentCounter:
     """
 
     def __init__(self, user_ids: pa.Array, compound_ids: pa.Array, *, bucket_users: int = BUCKET_USERS,
-                 compact_at: int | None = None, threaded: bool = True) -> None:
+                 compact_at: int | None = None, stage_at: int | None = None, threaded: bool = True) -> None:
         self.user_ids = user_ids.take(pc.array_sort_indices(user_ids))
         self.compound_ids = compound_ids
         self.width = len(compound_ids)
@@ -144,6 +169,9 @@ class ExperimentCounter:
         self._key_type = pa.int32() if self.bucket_users * self.stride <= 2**31 - 1 else pa.int64()
         self._bucket_count = -(-len(self.user_ids) // self.bucket_users)
         self._compact_at = compact_at or max(1, PENDING_KEYS // max(self._bucket_count, 1))
+        self._stage_at = stage_at or min(STAGE_MAX, max(STAGE_MIN, STAGE_KEYS_PER_BUCKET * self._bucket_count))
+        self._staged: list[pa.Array] = []
+        self._staged_rows = 0
         self.experiments = 0
         self._buckets: tuple[Bucket, ...] = ()
         self._threaded = threaded
@@ -178,11 +206,14 @@ class ExperimentCounter:
 
     def result(self) -> Counts:
         """The counts, once the counting thread has counted every batch added."""
-        self._open().finish()
+        worker = self._open()
+        worker.finish()
+        worker.last(self._flush)  # the stage's last keys, once the thread has stopped
         return Counts(self.experiments, self.user_ids, self._buckets, self.bucket_users, self.width)
 
     def _start(self) -> None:
         self.experiments = 0
+        self._staged, self._staged_rows = [], 0
         self._buckets = tuple(Bucket(self._key_type, self._compact_at) for _ in range(self._bucket_count))
         self._worker = _Worker(self._partition) if self._threaded else _Inline(self._partition)
 
@@ -192,9 +223,22 @@ class ExperimentCounter:
         return self._worker
 
     def _partition(self, item: tuple[pa.Array, pa.ListArray]) -> None:
-        """One batch's keys, each into the bucket of its user (on the counting thread)."""
+        """One batch's keys onto the stage, and the stage into the buckets once full (on the counting
+        thread)."""
         users, lists = item
         keys = transform.experiment_keys(users, lists, self.user_ids, self.compound_ids)
+        self._staged.append(keys)
+        self._staged_rows += len(keys)
+        if self._staged_rows >= self._stage_at:
+            self._flush()
+
+    def _flush(self) -> None:
+        """The staged keys, each into the bucket of its user."""
+        if not self._staged:
+            return
+        staged, self._staged, self._staged_rows = self._staged, [], 0
+        keys = pa.concat_arrays(staged) if len(staged) > 1 else staged[0]
+        del staged
         span = literals.scalar(self.bucket_users * self.stride, pa.int64())
         bucket = pc.divide(keys, span)  # integer division: keys are non-negative
         local = pc.subtract(keys, pc.multiply(bucket, span)).cast(self._key_type)
@@ -246,6 +290,15 @@ class _Worker:
         self._cancelled = True
         self._stop()
 
+    def last(self, work: Callable[[], None]) -> None:
+        """After ``finish``: one more piece of work, on the caller's thread, its failure reported as the
+        thread's would be."""
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - reported as the thread's own failure
+            self._error = exc
+        self._raise_error()
+
     def _stop(self) -> None:
         self._stopped = True
         if self._thread.is_alive():
@@ -280,6 +333,12 @@ class _Inline:
 
     def close(self) -> None:
         self._stopped = True
+
+    def last(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception as exc:
+            raise CountingFailed(f"the counting failed: {type(exc).__name__}: {exc}") from exc
 
 
 def feature_batches(users: pa.Table, compounds: pa.Table, counts: Counts) -> Generator[pa.RecordBatch, None, None]:
