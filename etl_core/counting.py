@@ -54,12 +54,12 @@ PENDING_KEYS = 1 << 28
 INLINE_KEYS_PER_USER = 64
 # A count is packed with its key in 64 bits (transform.pack_counts): a bucket takes at most this many keys
 MAX_BUCKET_KEYS = (1 << transform.COUNT_BITS) - 1
-# Batches' keys wait in a stage until there are this many per bucket (between STAGE_MIN and STAGE_MAX
-# keys in all, int64), and are then sorted into the buckets together: a 1 MiB block gives some 130k keys,
-# 270 a bucket at 8L, and a slice that small cost more in Python and allocator overhead than its keys
-# took (at 8L, 928k slices pending: 2.36 GB peak RSS, bench/README.md, round six).
+# Batches' keys wait in a stage until there are STAGE_KEYS_PER_BUCKET per bucket (at most STAGE_MAX in
+# all, int64), and are then sorted into the buckets together: a 1 MiB block gives some 130k keys, 270 a
+# bucket at 8L, and slices that small cost more in Python and allocator overhead than their keys took
+# (at 8L, 928k slices pending: 2.36 GB peak RSS against 1.65 GB staged, bench/README.md, round six).
+# Up to 32 buckets (M and below) a batch fills the stage: each is sorted into the buckets as it comes.
 STAGE_KEYS_PER_BUCKET = 4096
-STAGE_MIN = 1 << 20
 STAGE_MAX = 1 << 23
 
 
@@ -169,7 +169,7 @@ class ExperimentCounter:
         self._key_type = pa.int32() if self.bucket_users * self.stride <= 2**31 - 1 else pa.int64()
         self._bucket_count = -(-len(self.user_ids) // self.bucket_users)
         self._compact_at = compact_at or max(1, PENDING_KEYS // max(self._bucket_count, 1))
-        self._stage_at = stage_at or min(STAGE_MAX, max(STAGE_MIN, STAGE_KEYS_PER_BUCKET * self._bucket_count))
+        self._stage_at = stage_at or min(STAGE_MAX, STAGE_KEYS_PER_BUCKET * self._bucket_count)
         self._staged: list[pa.Array] = []
         self._staged_rows = 0
         self.experiments = 0

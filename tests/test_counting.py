@@ -145,9 +145,8 @@ def test_pending_keys_are_counted_once_the_buckets_share_of_the_budget_is_reache
         monkeypatch: pytest.MonkeyPatch) -> None:
     # 8 buckets share a budget of 16 pending keys: 2 each.  A bucket holds at most 4 counted keys
     # (3 pairs and its total), so pending keys stay below max(2, 4) per bucket, never the file; the stage
-    # holds at most 9 keys (flushed at 8 or more, a batch of 5 experiments adding 10 keys at most)
+    # is sorted into the buckets at 8 keys or more
     monkeypatch.setattr(counting, "PENDING_KEYS", 16)
-    monkeypatch.setattr(counting, "STAGE_MIN", 8)
     monkeypatch.setattr(counting, "STAGE_KEYS_PER_BUCKET", 1)
     users = list(range(1, 9))
     rows = [(u, [c]) for u in users for c in (1, 2, 3)]
