@@ -4,7 +4,8 @@ HTTP events (API Gateway REST and HTTP APIs, function URLs, ALB) go through Mang
 app.  Direct invocations name an action: ``{"action": "trigger-etl", "policy": "quarantine", "force": true}``,
 ``{"action": "get-run", "run_id": 3}``, ``{"action": "list-runs", "limit": 20, "status": "failed",
 "before": 40}``, ``{"action": "get-rejects", "run_id": 3, "limit": 100, "after": 0}``, ``{"action":
-"health"}``; an EventBridge schedule triggers the job.  Anything else is answered with an
+"health"}``, ``{"action": "migrate"}``, and the sharded path's ``plan-shards``, ``count-shard`` and
+``reduce-shards`` (docs/scale.md); an EventBridge schedule triggers the job.  Anything else is answered with an
 UnsupportedEvent error that says what is expected.  Heavy imports (FastAPI, Mangum, pyarrow) happen
 on first use, not at cold start.
 
@@ -23,7 +24,8 @@ from etl_core import logs, metrics
 from etl_core.errors import ConfigError, EtlError, InternalError, UnsupportedEvent, redact
 from handler.service import get_service, get_settings, unexpected
 
-ACTIONS = ("trigger-etl", "get-run", "list-runs", "get-rejects", "health", "migrate")
+ACTIONS = ("trigger-etl", "get-run", "list-runs", "get-rejects", "health", "migrate", "plan-shards", "count-shard",
+           "reduce-shards")
 _http_handler: Any = None
 _cold = True
 
@@ -145,6 +147,13 @@ def _direct(event: Any) -> dict[str, Any]:
         return get_service().health()
     if action == "migrate":
         return get_service().migrate(apply=event.get("apply", True) is not False)
+    # the sharded path's three steps, sent by the state machine (docs/scale.md)
+    if action == "plan-shards":
+        return get_service().plan_shards(event.get("batch"), event.get("shards"))
+    if action == "count-shard":
+        return get_service().count_shard(event)
+    if action == "reduce-shards":
+        return get_service().reduce_shards(event.get("batch"), force=event.get("force") is True)
     shown = sorted(event)[:10] if isinstance(event, dict) else type(event).__name__
     raise UnsupportedEvent(
         "cannot route this event: expected an HTTP event (API Gateway, function URL, ALB), an "

@@ -53,9 +53,47 @@ def _ledger_and_features(conn: Any, schema: str) -> None:
         conn.run(statement)
 
 
+SHARDS = "etl_shards"
+SHARD_COUNTS = "etl_shard_counts"
+
+
+def _shard_staging(conn: Any, schema: str) -> None:
+    """The sharded path's staging (etl_core/shards.py, docs/scale.md): each shard's partial counts and
+    what it read.  UNLOGGED: a crash empties them, and the reduce then finds shards missing and refuses;
+    the map counts them again."""
+    conn.run(f"""CREATE UNLOGGED TABLE IF NOT EXISTS {sql.q(schema, SHARDS)} (
+            batch text NOT NULL,
+            shard integer NOT NULL,
+            shards integer NOT NULL,
+            identity text NOT NULL,
+            first_byte bigint NOT NULL,
+            end_byte bigint NOT NULL,
+            rows_read bigint NOT NULL,
+            rows_rejected bigint NOT NULL,
+            experiments bigint NOT NULL,
+            first_experiment_id bigint,
+            last_experiment_id bigint,
+            increasing boolean NOT NULL,
+            violations jsonb NOT NULL,
+            counted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            PRIMARY KEY (batch, shard)
+        )""")
+    conn.run(f"""CREATE UNLOGGED TABLE IF NOT EXISTS {sql.q(schema, SHARD_COUNTS)} (
+            batch text NOT NULL,
+            shard integer NOT NULL,
+            user_id bigint NOT NULL,
+            compound_id bigint,
+            n bigint NOT NULL
+        )""")
+    conn.run(f"CREATE INDEX IF NOT EXISTS {identifier(SHARD_COUNTS + '_batch')} "
+             f"ON {sql.q(schema, SHARD_COUNTS)} (batch, shard)")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "etl_runs, etl_rejects and user_features, or an earlier deployment's brought to their shape",
               _ledger_and_features),
+    Migration(2, "etl_shards and etl_shard_counts: the sharded path's partial counts (docs/scale.md)",
+              _shard_staging),
 )
 LATEST = MIGRATIONS[-1].version
 
