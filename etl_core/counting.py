@@ -11,9 +11,10 @@ made on a thread of its own (``etl-counts``) while the caller reads and checks t
         ...
 
 Each batch's keys (``transform.experiment_keys``) are split into buckets of consecutive user positions,
-so that the hash tables that count them stay small enough for the CPU's caches, and a bucket's
-pending keys are counted into its running totals once they pass its share of a budget (PENDING_KEYS):
-beyond that, memory follows the distinct (user, compound) pairs, not the length of the file.  At the
+so that the tables that count them stay small enough for the CPU's caches.  Keys wait in their bucket
+(4 bytes each) until all buckets together hold more than a budget (PENDING_KEYS); then the buckets
+with the most are counted into their running totals (8 bytes a distinct (user, compound) pair): beyond
+the budget, memory follows the distinct pairs, not the length of the file.  At the
 end ``feature_batches`` works out each bucket's rows, on a thread per core (``etl-features``) ahead of
 the caller where users have many keys, else on the caller's thread, and hands them on in user order,
 one batch per bucket.
@@ -38,12 +39,15 @@ from etl_core import literals, transform
 # user positions per bucket: 25 buckets at 100k users, so that both cores share them; fewer beyond
 # 524,287 compounds, so that a bucket's keys fit in 32 bits
 BUCKET_USERS = 1 << 12
-# Keys wait in their bucket until there are more of them than twice the bucket's counted pairs and
-# than the bucket's share of PENDING_KEYS (2^28 keys, 1 GiB as int32, across all buckets); then they
-# are counted.  Counting sooner would cost time and, while most pairs are new, memory too: a counted
-# pair takes 12 bytes, a pending key 4.  At 4L (160M keys, 67M distinct pairs) a budget of 2^27 had
-# every bucket counted once while the file was read, to 1.24 GB peak RSS and 20-22 s; with 2^28 none
-# is, to 1.14 GB and 17-19.5 s (bench/README.md).
+# Keys wait in their buckets until all of them hold more than PENDING_KEYS (2^28 keys, 1 GiB as int32);
+# then the buckets with the most pending keys are counted, largest first, until half the budget is left
+# (a bucket with fewer pending keys than counted pairs is left: merging would cost more than it frees).
+# Counting sooner would cost time and, while most pairs are new, memory too: a counted pair takes 8
+# bytes (transform.pack_counts), a pending key 4.  So memory is bounded by 1 GiB of pending keys plus
+# 12 bytes a distinct pair (8 counted, at most 4 pending), plus a fixed budget (bench/README.md, round
+# six).  At 4L (130M keys) and 8L (260M) no bucket is counted before the end of the file.  A share of
+# the budget per bucket (round three) had the busiest buckets of 8L counted mid-read, and merged by a
+# hash aggregation at the end: 3.3x 4L's time for 2x the data.
 PENDING_KEYS = 1 << 28
 # With this many keys per user or fewer, feature_batches works each bucket out on the caller's thread,
 # between the COPY's chunks: a bucket then takes about as long as the server takes to parse its rows,
@@ -67,9 +71,8 @@ class Bucket:
     """The keys of one range of user positions: counted (key, n) so far, packed (``transform.pack_counts``,
     8 bytes a pair), and keys not counted yet (4 or 8 bytes each)."""
 
-    def __init__(self, key_type: pa.DataType, compact_at: int) -> None:
+    def __init__(self, key_type: pa.DataType) -> None:
         self.key_type = key_type
-        self.compact_at = compact_at
         self.packed = literals.empty(pa.int64())  # ascending, each key once
         self.pending: list[pa.Array] = []
         self.pending_rows = 0
@@ -88,8 +91,6 @@ class Bucket:
         self.pending.append(pa.concat_arrays([keys]))  # a copy: the batch's buffer is not kept alive
         self.pending_rows += len(keys)
         self.rows += len(keys)
-        if self.pending_rows >= max(self.compact_at, self.pairs):
-            self.compact()
 
     def compact(self) -> None:
         """Count the pending keys into the running totals."""
@@ -160,7 +161,7 @@ class ExperimentCounter:
     """
 
     def __init__(self, user_ids: pa.Array, compound_ids: pa.Array, *, bucket_users: int = BUCKET_USERS,
-                 compact_at: int | None = None, stage_at: int | None = None, threaded: bool = True) -> None:
+                 pending_keys: int | None = None, stage_at: int | None = None, threaded: bool = True) -> None:
         self.user_ids = user_ids.take(pc.array_sort_indices(user_ids))
         self.compound_ids = compound_ids
         self.width = len(compound_ids)
@@ -168,7 +169,8 @@ class ExperimentCounter:
         self.bucket_users = max(1, min(bucket_users, (2**31 - 1) // self.stride))
         self._key_type = pa.int32() if self.bucket_users * self.stride <= 2**31 - 1 else pa.int64()
         self._bucket_count = -(-len(self.user_ids) // self.bucket_users)
-        self._compact_at = compact_at or max(1, PENDING_KEYS // max(self._bucket_count, 1))
+        self._budget = pending_keys or PENDING_KEYS
+        self._pending = 0  # pending keys in all buckets
         self._stage_at = stage_at or min(STAGE_MAX, STAGE_KEYS_PER_BUCKET * self._bucket_count)
         self._staged: list[pa.Array] = []
         self._staged_rows = 0
@@ -214,7 +216,8 @@ class ExperimentCounter:
     def _start(self) -> None:
         self.experiments = 0
         self._staged, self._staged_rows = [], 0
-        self._buckets = tuple(Bucket(self._key_type, self._compact_at) for _ in range(self._bucket_count))
+        self._buckets = tuple(Bucket(self._key_type) for _ in range(self._bucket_count))
+        self._pending = 0
         self._worker = _Worker(self._partition) if self._threaded else _Inline(self._partition)
 
     def _open(self) -> _Worker | _Inline:
@@ -250,6 +253,19 @@ class ExperimentCounter:
         for end, index in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
             self._buckets[index].add(local.slice(start, end - start))
             start = end
+        self._pending += len(local)
+        if self._pending > self._budget:
+            self._relieve()
+
+    def _relieve(self) -> None:
+        """Count the buckets with the most pending keys until half the budget is left, skipping those
+        with fewer pending keys than counted pairs."""
+        for bucket in sorted(self._buckets, key=lambda b: b.pending_rows, reverse=True):
+            if self._pending <= self._budget // 2:
+                break
+            if bucket.pending_rows and bucket.pending_rows >= bucket.pairs:
+                self._pending -= bucket.pending_rows
+                bucket.compact()
 
 
 class _Worker:
