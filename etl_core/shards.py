@@ -145,9 +145,17 @@ class ShardSource:
                 length = _line_end(f, 0, self.source.size(name))
                 f.seek(0)
                 header = f.read(length)
+                whole = bytearray(len(header) + self.shard.end - self.shard.first)  # one copy, not two
+                whole[:len(header)] = header
                 f.seek(self.shard.first)
-                body = f.read(self.shard.end - self.shard.first)
-            self._body = pa.py_buffer(header + body)
+                view, filled = memoryview(whole), len(header)
+                while filled < len(whole):
+                    got = f.readinto(view[filled:])
+                    if not got:
+                        raise SourceChanged(f"{name} ended before byte {self.shard.end}: it changed; plan again",
+                                            file=name)
+                    filled += got
+            self._body = pa.py_buffer(whole)
         return self._body
 
     def open(self, name: str) -> pa.NativeFile:
