@@ -19,14 +19,12 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
-import json
 import time
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
-from pg8000.native import literal
 
 from etl_core import counting, extract, transform
 from etl_core.config import Settings
@@ -37,9 +35,7 @@ from etl_core.inputs import identify, resolve_location
 from etl_core.logs import log_event
 from etl_core.source import Pinned, Source
 from etl_core.store import Store
-from etl_core.store import db as dbmod
-from etl_core.store.migrations import SHARD_COUNTS, SHARDS
-from etl_core.store.sql import q
+from etl_core.store import shards as staging
 from etl_core.violations import report
 
 WINDOW = 1 << 16  # bytes read at a time to find the end of a line
@@ -241,25 +237,12 @@ def count(settings: Settings, event: dict[str, Any]) -> dict[str, Any]:
     experiments = counts.experiments
     rows = partial_counts(counts, compounds["compound_id"].combine_chunks())
     violations = pa.concat_tables([r.violations for r in (*results, result)])
-    conn = dbmod.connect(settings.db)
-    try:
-        conn.run("BEGIN")
-        conn.run(f"DELETE FROM {q(settings.schema, SHARD_COUNTS)} WHERE batch = :b AND shard = :s",
-                 b=shard.batch, s=shard.shard)
-        conn.run(f"DELETE FROM {q(settings.schema, SHARDS)} WHERE batch = :b AND shard = :s",
-                 b=shard.batch, s=shard.shard)
-        conn.run(f"COPY {q(settings.schema, SHARD_COUNTS)} (batch, shard, user_id, compound_id, n) "
-                 "FROM STDIN WITH (FORMAT csv)",
-                 stream=[_csv(rows, batch=shard.batch, shard=shard.shard)])
-        conn.run(f"""INSERT INTO {q(settings.schema, SHARDS)} (batch, shard, shards, identity, first_byte, end_byte,
-                     rows_read, rows_rejected, experiments, first_experiment_id, last_experiment_id, increasing,
-                     violations) VALUES (:b, :s, :n, :i, :f, :e, :rr, :rj, :x, :fi, :li, :inc, CAST(:v AS jsonb))""",
-                 b=shard.batch, s=shard.shard, n=shard.shards, i=shard.identity, f=shard.first, e=shard.end,
-                 rr=result.rows_read, rj=result.rows_rejected, x=experiments, fi=ids.first, li=ids.last,
-                 inc=ids.increasing, v=json.dumps(report(violations, settings.max_reported), default=str))
-        conn.run("COMMIT")
-    finally:
-        dbmod.close_quietly(conn)
+    staging.replace_shard(settings.db, settings.schema, shard.batch, {
+        "shard": shard.shard, "shards": shard.shards, "identity": shard.identity, "first_byte": shard.first,
+        "end_byte": shard.end, "rows_read": result.rows_read, "rows_rejected": result.rows_rejected,
+        "experiments": experiments, "first_experiment_id": ids.first, "last_experiment_id": ids.last,
+        "increasing": ids.increasing, "violations": report(violations, settings.max_reported),
+    }, _csv(rows, batch=shard.batch, shard=shard.shard))
     summary = {"batch": shard.batch, "shard": shard.shard, "rows_read": result.rows_read,
                "rows_rejected": result.rows_rejected, "experiments": experiments, "pairs": rows.num_rows,
                "seconds": round(time.perf_counter() - started, 3)}
@@ -288,33 +271,6 @@ def _csv(table: pa.Table, **constants: Any) -> bytes:
 
 
 # --- reduce
-
-
-def reduce_sql(schema: str, batch: str) -> str:
-    """The features of a batch, one CSV row per user of the reduce's users table, by user id: the partial
-    counts summed per (user, compound), each user's largest sum, the compounds tied at it (by compound id,
-    their names joined with ';'), the user's experiments.  COPY takes no parameters: the batch is quoted."""
-    counts = q(schema, SHARD_COUNTS)
-    b = literal(batch)
-    return f"""COPY (
-        WITH pairs AS (
-            SELECT user_id, compound_id, sum(n) AS n FROM {counts}
-            WHERE batch = {b} AND compound_id IS NOT NULL GROUP BY user_id, compound_id
-        ), totals AS (
-            SELECT user_id, sum(n) AS total FROM {counts}
-            WHERE batch = {b} AND compound_id IS NULL GROUP BY user_id
-        ), ranked AS (
-            SELECT user_id, compound_id, n, max(n) OVER (PARTITION BY user_id) AS top FROM pairs
-        ), ties AS (
-            SELECT r.user_id, string_agg(c.name, ';' ORDER BY r.compound_id) AS names,
-                   string_agg(r.compound_id::text, ';' ORDER BY r.compound_id) AS ids
-            FROM ranked r JOIN etl_reduce_compounds c USING (compound_id)
-            WHERE r.n = r.top GROUP BY r.user_id
-        )
-        SELECT u.user_id, u.name, coalesce(t.total, 0), ties.names, ties.ids
-        FROM etl_reduce_users u LEFT JOIN totals t USING (user_id) LEFT JOIN ties USING (user_id)
-        ORDER BY u.user_id
-    ) TO STDOUT WITH (FORMAT csv)"""
 
 
 def reduce(settings: Settings, batch: Any, *, force: bool = False, store: Store | None = None) -> dict[str, Any]:
@@ -347,33 +303,19 @@ def _reduce(settings: Settings, ledger: Any, location: Any, batch: str, *, force
     started = time.perf_counter()
     source = Pinned(location.source)
     found, inputs = identify(ledger, location, source, "strict")
-    conn = dbmod.connect(settings.db)
-    try:
-        shards = conn.run(f"""SELECT shard, shards, identity, rows_read, rows_rejected, experiments,
-                first_experiment_id, last_experiment_id, increasing, violations, first_byte
-                FROM {q(settings.schema, SHARDS)} WHERE batch = :b ORDER BY shard""", b=batch)
-        identity = source.identity(EXPERIMENTS.filename)
-        _check_shards(batch, shards, identity)
-        users, compounds, results = _read_references(settings, source)
-        violations = pa.concat_tables([r.violations for r in results])
-        if violations.num_rows:
-            raise ContractViolation(f"the input breaks the data contract in {violations.num_rows} place(s); "
-                                    "nothing was loaded", violations=report(violations, settings.max_reported))
-        conn.run("CREATE TEMP TABLE IF NOT EXISTS etl_reduce_users (user_id bigint, name text)")
-        conn.run("CREATE TEMP TABLE IF NOT EXISTS etl_reduce_compounds (compound_id bigint, name text)")
-        conn.run("TRUNCATE etl_reduce_users, etl_reduce_compounds")
-        conn.run("COPY etl_reduce_users FROM STDIN WITH (FORMAT csv)",
-                 stream=[_csv(users.select(["user_id", "name"]))])
-        conn.run("COPY etl_reduce_compounds FROM STDIN WITH (FORMAT csv)",
-                 stream=[_csv(compounds.select(["compound_id", "compound_name"]))])
-        out = io.BytesIO()
-        conn.run(reduce_sql(settings.schema, batch), stream=out)
-    finally:
-        dbmod.close_quietly(conn)
-    experiments = sum(row[5] for row in shards)
-    features = _features(out.getvalue(), experiments, users.num_rows)
+    shards = staging.shard_records(settings.db, settings.schema, batch)
+    _check_shards(batch, shards, source.identity(EXPERIMENTS.filename))
+    users, compounds, results = _read_references(settings, source)
+    violations = pa.concat_tables([r.violations for r in results])
+    if violations.num_rows:
+        raise ContractViolation(f"the input breaks the data contract in {violations.num_rows} place(s); "
+                                "nothing was loaded", violations=report(violations, settings.max_reported))
+    rows = staging.reduced(settings.db, settings.schema, batch, _csv(users.select(["user_id", "name"])),
+                           _csv(compounds.select(["compound_id", "compound_name"])))
+    experiments = sum(row["experiments"] for row in shards)
+    features = _features(rows, experiments, users.num_rows)
     files = {USERS.filename: _file(results[0]), COMPOUNDS.filename: _file(results[1]),
-             EXPERIMENTS.filename: {"rows_read": sum(r[3] for r in shards), "rows_accepted": experiments,
+             EXPERIMENTS.filename: {"rows_read": sum(r["rows_read"] for r in shards), "rows_accepted": experiments,
                                     "rows_rejected": 0, "extra_columns": [], "shards": len(shards)}}
     seconds = {"extract": round(time.perf_counter() - started, 3)}
     with ledger.publishing() as publication:
@@ -386,12 +328,8 @@ def _reduce(settings: Settings, ledger: Any, location: Any, batch: str, *, force
         publication.store_rejects(violations)
         seconds["total"] = round(time.perf_counter() - started, 3)
         publication.finish(status="succeeded", files=files, users_written=written, seconds=seconds)
-    conn = dbmod.connect(settings.db)
-    try:  # the batch's staging rows, once published (a failure here leaves them for a later clean-up)
-        conn.run(f"DELETE FROM {q(settings.schema, SHARD_COUNTS)} WHERE batch = :b", b=batch)
-        conn.run(f"DELETE FROM {q(settings.schema, SHARDS)} WHERE batch = :b", b=batch)
-    finally:
-        dbmod.close_quietly(conn)
+    # the batch's staging rows, once published (a failure here leaves them for a later clean-up)
+    staging.drop_batch(settings.db, settings.schema, batch)
     log_event("shards_reduced", run_id=ledger.run_id, batch=batch, shards=len(shards), users_written=written)
     return {"run_id": ledger.run_id, "status": "succeeded", "policy": "strict", "batch": batch, "shards": len(shards),
             "files": files, "users_written": written, "seconds": seconds, "fingerprint": found, "inputs": inputs}
@@ -402,27 +340,28 @@ def _file(result: extract.FileResult) -> dict[str, Any]:
             "rows_rejected": result.rows_rejected, "extra_columns": list(result.extra_columns)}
 
 
-def _check_shards(batch: str, shards: list[list[Any]], identity: str) -> None:
+def _check_shards(batch: str, shards: list[dict[str, Any]], identity: str) -> None:
     if not shards:
         raise ShardsIncomplete(f"no shard of batch {batch!r} has been counted; nothing was loaded", batch=batch)
-    planned = shards[0][1]
-    have = [row[0] for row in shards]
+    planned = shards[0]["shards"]
+    have = [row["shard"] for row in shards]
     missing = sorted(set(range(planned)) - set(have))
-    if missing or len(have) != planned or any(row[1] != planned for row in shards):
+    if missing or len(have) != planned or any(row["shards"] != planned for row in shards):
         raise ShardsIncomplete(f"batch {batch!r} has {len(have)} of its {planned} shards counted; nothing was "
                                "loaded: count the missing ones again", batch=batch, missing=missing[:20])
-    if any(row[2] != identity for row in shards):
+    if any(row["identity"] != identity for row in shards):
         raise ShardsIncomplete(f"batch {batch!r} was counted from another version of user_experiments.csv; "
                                "nothing was loaded: plan and count it again", batch=batch)
-    bad = [row for row in shards if row[4]]
+    bad = [row for row in shards if row["rows_rejected"]]
     if bad:
         first = bad[0]
         raise ContractViolation(
-            f"user_experiments.csv breaks the data contract in {sum(r[4] for r in bad)} place(s), in {len(bad)} "
-            f"shard(s); nothing was loaded (lines are counted from the shard's first byte)",
-            violations=first[9], shard=first[0], first_byte=first[10])
-    ranges = [(row[6], row[7]) for row in shards if row[6] is not None]
-    ordered = all(row[8] for row in shards) and all(a[1] < b[0] for a, b in itertools.pairwise(ranges))
+            f"user_experiments.csv breaks the data contract in {sum(r['rows_rejected'] for r in bad)} place(s), "
+            f"in {len(bad)} shard(s); nothing was loaded (lines are counted from the shard's first byte)",
+            violations=first["violations"], shard=first["shard"], first_byte=first["first_byte"])
+    ranges = [(row["first_experiment_id"], row["last_experiment_id"]) for row in shards
+              if row["first_experiment_id"] is not None]
+    ordered = all(row["increasing"] for row in shards) and all(a[1] < b[0] for a, b in itertools.pairwise(ranges))
     if not ordered:
         raise ContractViolation(
             "experiment_id does not increase from shard to shard: the sharded path cannot prove them unique; "
