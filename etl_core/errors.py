@@ -120,6 +120,12 @@ class InputTooLarge(EtlError, code="input_too_large", http_status=507):
     data's fault, and not one a retry mends: more memory, or the sharded path (docs/scale.md)."""
 
 
+class ShardsIncomplete(EtlError, code="shards_incomplete", http_status=409, caller=True):
+    """Raise when the sharded path's reduce finds a batch's shards missing, doubled, or counted from
+    another version of the experiments file: count the missing ones (or the whole batch) again; nothing
+    is published (docs/scale.md)."""
+
+
 class RunInProgress(EtlError, code="run_in_progress", http_status=409, caller=True):
     """Raise when another run holds the job's lock."""
 

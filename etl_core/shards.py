@@ -29,7 +29,7 @@ import pyarrow.csv as pacsv
 from etl_core import counting, extract, transform
 from etl_core.config import Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, USERS
-from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError, SourceChanged
+from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError, ShardsIncomplete, SourceChanged
 from etl_core.guard import Volume, check_volume
 from etl_core.inputs import identify, resolve_location
 from etl_core.logs import log_event
@@ -40,11 +40,6 @@ from etl_core.violations import report
 
 WINDOW = 1 << 16  # bytes read at a time to find the end of a line
 NAME_CHARS = 128  # a batch's name: what Step Functions' execution names allow, and a little more
-
-
-class ShardsIncomplete(EtlError, code="shards_incomplete", http_status=409, caller=True):
-    """Raise when a reduce finds a batch's shards missing, doubled, or counted from another version of the
-    experiments file: count the missing ones (or the whole batch) again; nothing is published."""
 
 
 @dataclasses.dataclass(frozen=True)
