@@ -111,10 +111,15 @@ start_local() {
     export DB_SCHEMA=${DB_SCHEMA:-$LOCAL_SCHEMA}  # a schema of its own: ./build.sh clean drops it
     # the runtime's JSON log lines (request id on each), as the template's LoggingConfig and the image have
     export AWS_LAMBDA_LOG_FORMAT=${AWS_LAMBDA_LOG_FORMAT:-JSON}
+    # the emulator's Runtime API on a free port of its own: its default, 127.0.0.1:9001, is one for every
+    # emulator on the machine, and a second one would fail to start
+    local api_port
+    api_port=$("$ROOT/.venv/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     export AWS_LAMBDA_LOG_LEVEL=${AWS_LAMBDA_LOG_LEVEL:-INFO}  # the template's LogLevel: Mangum's access lines too
     if [ $check = 1 ]; then preflight; fi
     # the emulator passes its own environment on to the runtime client it starts
     PYTHONPATH="$ROOT" nohup "$rie" --runtime-interface-emulator-address "127.0.0.1:$RIE_PORT" \
+        --runtime-api-address "127.0.0.1:$api_port" \
         "$ROOT/.venv/bin/python" -m awslambdaric handler.lambda_function.handler \
         >"$RUN_DIR/function.log" 2>&1 &
     echo $! >"$RUN_DIR/local.pid"

@@ -38,6 +38,9 @@ SCALES: dict[str, tuple[int, int, int]] = {  # users, compounds, experiments
     "L": (1_000_000, 10_000, 10_000_000),
     "2L": (1_000_000, 10_000, 20_000_000),
     "4L": (1_000_000, 10_000, 40_000_000),
+    # past one function's comfort: twice and four times 4L's experiments over twice and four times the users
+    "8L": (2_000_000, 10_000, 80_000_000),
+    "16L": (4_000_000, 10_000, 160_000_000),
 }
 OUT = Path(__file__).resolve().parent / "out"
 USER_SKEW = 0.8  # exponent of the power law over users
@@ -187,7 +190,7 @@ def changed_variant(source: Path, out: Path, share: float, seed: int) -> dict[st
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--scale", choices=sorted(SCALES), help="preset sizes (S, M, L, 2L, 4L)")
+    parser.add_argument("--scale", choices=sorted(SCALES), help="preset sizes (S, M, L, 2L, 4L, 8L, 16L)")
     parser.add_argument("--users", type=int)
     parser.add_argument("--compounds", type=int)
     parser.add_argument("--experiments", type=int)

@@ -3,7 +3,9 @@ wall time and peak RSS, check that all of them wrote the same table, print and s
 
     python bench/run.py --scales M L                  # pandas is skipped at L and 2L by default
     python bench/run.py --scales M L --with-2l        # and ours at 2L (20M experiments), for memory
-    python bench/run.py --scales L --with-2l --with-4l  # ... and at 4L (40M), past the pending-keys budget
+    python bench/run.py --scales L --with-2l --with-4l  # ... and at 4L (40M)
+    python bench/run.py --scales --with-4l --with-8l --repeat 3  # 4L against 8L (80M, 2M users): linear growth
+    python bench/run.py --scales --with-16l             # 16L (160M experiments, 4M users, 5.4 GB)
     python bench/run.py --scales M --impls ours duckdb --repeat 3
     python bench/run.py --scales C M L --with-4l --impls-at-2l ours duckdb_copy polars_copy --repeat 5
 
@@ -59,6 +61,7 @@ IMPLS = ("ours", "ours_pandas", "ours_replace", "duckdb", "duckdb_copy", "pandas
 # its first conversion from Python objects when pandas is installed)
 SCRIPT = {"ours_pandas": "ours", "ours_replace": "ours"}
 FRESH = ("ours", "ours_pandas", "dlt")  # their schema is dropped before each run: a first load
+BIG = ("2L", "4L", "8L", "16L")  # run with --with-<scale>, by --impls-at-2l
 CHALLENGE = BENCH.parent / "tests" / "data" / "challenge"  # scale C: the challenge's own three files
 COMPARED = ("user_id", "user_name", "total_experiments", "most_common_compounds", "most_common_compound_ids",
             "round(average_experiments::numeric, 9)")
@@ -287,13 +290,16 @@ def spread(walls: list[float]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", nargs="*", default=["M", "L"],
-                        choices=["C", *(s for s in generate.SCALES if s not in ("2L", "4L"))])
+                        choices=["C", *(s for s in generate.SCALES if s not in BIG)])
     parser.add_argument("--with-2l", action="store_true", help="also run --impls-at-2l at 2L (20M experiments)")
     parser.add_argument("--with-4l", action="store_true", help="also run --impls-at-2l at 4L (40M experiments)")
+    parser.add_argument("--with-8l", action="store_true", help="also run --impls-at-2l at 8L (80M experiments)")
+    parser.add_argument("--with-16l", action="store_true", help="also run --impls-at-2l at 16L (160M experiments)")
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
-    parser.add_argument("--impls-at-2l", nargs="+", default=["ours"], choices=IMPLS, help="the ones run at 2L and 4L")
-    parser.add_argument("--skip-pandas-at", nargs="*", default=["L", "2L", "4L"], metavar="SCALE",
-                        help="scales where pandas + to_sql is not run (default: L 2L 4L; it takes many minutes)")
+    parser.add_argument("--impls-at-2l", nargs="+", default=["ours"], choices=IMPLS,
+                        help="the ones run at 2L, 4L, 8L and 16L")
+    parser.add_argument("--skip-pandas-at", nargs="*", default=["L", *BIG], metavar="SCALE",
+                        help="scales where pandas + to_sql is not run (default: L and up; it takes many minutes)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per implementation; the median wall is shown")
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=3600, help="seconds per run before it is killed")
@@ -302,7 +308,8 @@ def main() -> int:
 
     plan = [(scale, [i for i in args.impls if not (i == "pandas" and scale in args.skip_pandas_at)])
             for scale in args.scales]
-    for big in [scale for scale, wanted in (("2L", args.with_2l), ("4L", args.with_4l)) if wanted]:
+    wanted = {"2L": args.with_2l, "4L": args.with_4l, "8L": args.with_8l, "16L": args.with_16l}
+    for big in [scale for scale in BIG if wanted[scale]]:
         plan.append((big, [i for i in args.impls_at_2l if not (i == "pandas" and big in args.skip_pandas_at)]))
     # ours first: the others are checked against its table
     plan = [(scale, sorted(impls, key=lambda i: i != "ours")) for scale, impls in plan]

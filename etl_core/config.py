@@ -114,6 +114,8 @@ class Settings:
     s3_region: str | None = None
     memory_pool: str = MEMORY_POOLS[0]  # Arrow's allocator (etl_core.memory); ARROW_DEFAULT_MEMORY_POOL
     retention: RetentionSettings = RetentionSettings()
+    # MiB the run may use (etl_core.capacity): ETL_MEMORY_LIMIT_MB, else Lambda's function size; 0/None: no watch
+    memory_limit_mb: int | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -151,6 +153,8 @@ class Settings:
             s3_region=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION") or None,
             memory_pool=pool,
             retention=retention_settings(env),
+            memory_limit_mb=_int(env, "ETL_MEMORY_LIMIT_MB", _int(env, "AWS_LAMBDA_FUNCTION_MEMORY_SIZE", 0, minimum=0),
+                                 minimum=0) or None,
         )
 
 

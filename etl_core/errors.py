@@ -130,6 +130,18 @@ class ManifestError(InputError, code="bad_manifest"):
     (a missing manifest is the contract's missing_file)."""
 
 
+class InputTooLarge(EtlError, code="input_too_large", http_status=507):
+    """Raise when the input would need more memory than the function may use: up front, from the files'
+    sizes, or while the experiments are counted, before the kernel would stop the process.  Not the
+    data's fault, and not one a retry mends: more memory, or the sharded path (docs/scale.md)."""
+
+
+class ShardsIncomplete(EtlError, code="shards_incomplete", http_status=409, caller=True):
+    """Raise when the sharded path's reduce finds a batch's shards missing, doubled, or counted from
+    another version of the experiments file: count the missing ones (or the whole batch) again; nothing
+    is published (docs/scale.md)."""
+
+
 class RunInProgress(EtlError, code="run_in_progress", http_status=409, caller=True):
     """Raise when another run holds the job's lock."""
 

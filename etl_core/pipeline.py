@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import pyarrow as pa
 
-from etl_core import features, guard, logs
+from etl_core import capacity, features, guard, logs
 from etl_core.config import POLICIES, Settings
 from etl_core.errors import BadRequest, ContractViolation, EtlError, InternalError, LoadError
 from etl_core.inputs import Location, identify, resolve_location
@@ -121,13 +121,15 @@ def _run(settings: Settings, ledger: StoreRun, policy: str, location: Location, 
         last = ledger.last_loaded
         if not force and not dry_run and last is not None and last.fingerprint == found:
             return _unchanged(settings, ledger, policy, last.run_id, found, inputs, started)
-        extracted = read_all(settings, source, ledger.run_id)
+        limit = capacity.limit_bytes(settings.memory_limit_mb)
+        watch = capacity.Watch(limit) if limit is not None else None
+        extracted = read_all(settings, source, ledger.run_id, watch)
     violations = extracted.violations if settings.retention.keep_raw else without_raw(extracted.violations)
     status = _verdict(settings, extracted, violations, policy, ledger.run_id, force=force)
     if dry_run:
         status = "dry_run"
     written, changes, sample, waited = _publish(settings, ledger, extracted, violations, status, force=force,
-                                               seconds=seconds, started=started)
+                                               seconds=seconds, started=started, watch=watch)
     seconds["transform"] = round(waited, 3)
     seconds["total"] = round(time.perf_counter() - started, 3)
     # the load phase's time too; the run itself is committed already, so this may not fail it
@@ -214,14 +216,16 @@ def _verdict(settings: Settings, extracted: Extracted, violations: pa.Table, pol
 
 
 def _publish(settings: Settings, ledger: StoreRun, extracted: Extracted, violations: pa.Table, status: str, *,
-             force: bool, seconds: dict[str, float],
-             started: float) -> tuple[int, dict[str, int] | None, list[dict[str, Any]] | None, float]:
+             force: bool, seconds: dict[str, float], started: float,
+             watch: capacity.Watch | None = None) -> tuple[int, dict[str, int] | None, list[dict[str, Any]] | None,
+                                                         float]:
     """Replace the features and finish the run in one transaction; the rows written, the users added,
     changed, removed and left unchanged, and the seconds the
     COPY waited for the features (they stream into it bucket by bucket: the server parses while we
     compute, so that 'transform' time is part of 'load')."""
     stopwatch = _Stopwatch()
-    batches = stopwatch.timed(features.feature_batches(extracted.users, extracted.compounds, extracted.counts))
+    batches = stopwatch.timed(_watched(features.feature_batches(extracted.users, extracted.compounds,
+                                                                extracted.counts), watch))
     try:
         with _phase(seconds, "load"):
             with ledger.publishing() as publication:
@@ -243,6 +247,22 @@ def _publish(settings: Settings, ledger: StoreRun, extracted: Extracted, violati
     finally:
         batches.close()  # a failed COPY leaves no bucket being worked out
     return written, publication.changes, publication.sample, stopwatch.seconds
+
+
+def _watched(batches: Generator[pa.RecordBatch, None, None],
+             watch: capacity.Watch | None) -> Generator[pa.RecordBatch, None, None]:
+    """``batches``, the memory checked after each (the COPY is then rolled back, not killed mid-way)."""
+    if watch is None:
+        yield from batches
+        return
+    written = 0
+    try:
+        for batch in batches:
+            written += batch.num_rows
+            watch.check(f"after the features of {written:,} users")
+            yield batch
+    finally:
+        batches.close()
 
 
 def _unchanged(settings: Settings, ledger: StoreRun, policy: str, same_as: int, found: str,

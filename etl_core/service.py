@@ -173,6 +173,38 @@ class Service:
             checks.append({"check": "data", "ok": False, "code": exc.code, "detail": exc.message})
         return {"ok": all(c["ok"] for c in checks), "checks": checks}
 
+    def plan_shards(self, batch: Any, shards: Any) -> dict[str, Any]:
+        """The sharded path's first step (docs/scale.md): the schema brought to this release (the staging
+        tables), then one count-shard event per line-aligned byte range of the experiments file."""
+        from etl_core import shards as sharded
+
+        self.store.migrate(apply=True)
+        return sharded.plan(self.settings, batch, shards)
+
+    def count_shard(self, event: dict[str, Any]) -> dict[str, Any]:
+        """One Map item: a shard counted into the staging table."""
+        from etl_core import shards as sharded
+
+        return sharded.count(self.settings, event)
+
+    def reduce_shards(self, batch: Any, *, force: bool = False) -> dict[str, Any]:
+        """The last step: a run that sums the batch's shards in SQL and publishes them; metrics as a run's."""
+        from etl_core import shards as sharded
+
+        started = time.perf_counter()
+        try:
+            summary = sharded.reduce(self.settings, batch, force=force, store=self.store)
+        except (BadRequest, RunInProgress):
+            raise
+        except Exception as exc:
+            error = exc if isinstance(exc, EtlError) else InternalError.of(exc)
+            self._metrics(status="failed", run_id=error.details.get("run_id"), files=error.details.get("files"),
+                          seconds={"total": round(time.perf_counter() - started, 3)}, error_code=error.code)
+            raise
+        self._metrics(status=summary["status"], run_id=summary.get("run_id"), files=summary.get("files"),
+                      users_written=summary.get("users_written"), seconds=summary.get("seconds"))
+        return summary
+
     def close(self) -> None:
         self.store.close()
 

@@ -75,6 +75,13 @@ REFERENCE: tuple[tuple[str, tuple[Setting, ...]], ...] = (
                 'largest share of rejected rows a quarantine run may have'),
         Setting(('ETL_BLOCK_SIZE',), '`1048576`',
                 'bytes per CSV record batch: small batches keep both cores busy (reading and counting overlap)'),
+        Setting(('ETL_MEMORY_LIMIT_MB',), "Lambda's `AWS_LAMBDA_FUNCTION_MEMORY_SIZE`",
+                "MiB a run may use, lowered to the memory cgroup's limit where that is lower (a container's "
+                '`--memory`): a run estimated past it is refused before a row is read, and one whose memory '
+                'passes 90% of it is stopped, both 507 `input_too_large` (`etl_core/capacity.py`, '
+                '[scale.md](scale.md)); `0` turns both checks off'),
+        Setting(('AWS_LAMBDA_FUNCTION_MEMORY_SIZE',), 'set by Lambda',
+                'the function\'s memory size in MiB, the default of `ETL_MEMORY_LIMIT_MB`'),
         Setting(('ARROW_DEFAULT_MEMORY_POOL',), '`jemalloc`',
                 "the allocator of Arrow's buffers: `jemalloc`, `mimalloc` (pyarrow's own default) or `system`. "
                 'jemalloc because mimalloc asks for transparent huge pages, which the kernel zeroes 2 MiB at a '

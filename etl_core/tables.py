@@ -143,6 +143,36 @@ HISTORY_HORIZON = Table("etl_history_horizon", key="one", purpose=(
     Column("kept_from", pa.int64(), "bigint", "the oldest run the history answers for", since=3),
 ))
 
+ETL_SHARDS = Table("etl_shards", key="batch, shard", purpose=(
+    "The sharded path's staging (docs/scale.md): what each counted shard of a batch read. UNLOGGED: a "
+    "crash empties it, and the reduce then refuses; not for readers."), columns=(
+    Column("batch", pa.string(), "text", "the Step Functions execution's name", since=4),
+    Column("shard", pa.int32(), "integer", "the shard's number in its batch", since=4),
+    Column("shards", pa.int32(), "integer", "how many shards the batch has", since=4),
+    Column("identity", pa.string(), "text", "the experiments file's identity the shard read", since=4),
+    Column("first_byte", pa.int64(), "bigint", "where its byte range starts", since=4),
+    Column("end_byte", pa.int64(), "bigint", "where it ends", since=4),
+    Column("rows_read", pa.int64(), "bigint", "rows read", since=4),
+    Column("rows_rejected", pa.int64(), "bigint", "rows rejected", since=4),
+    Column("experiments", pa.int64(), "bigint", "experiments accepted", since=4),
+    Column("first_experiment_id", pa.int64(), "bigint", "its first experiment id", nullable=True, since=4),
+    Column("last_experiment_id", pa.int64(), "bigint", "its last experiment id", nullable=True, since=4),
+    Column("increasing", pa.bool_(), "boolean", "whether its experiment ids increase", since=4),
+    Column("violations", pa.string(), "jsonb", "its first violations", since=4),
+    Column("counted_at", _TIMESTAMP, "timestamp with time zone", "when it was counted", since=4),
+))
+
+ETL_SHARD_COUNTS = Table("etl_shard_counts", key="(none)", purpose=(
+    "The sharded path's partial counts: per shard, each (user, compound) pair's count, and each user's "
+    "experiments (compound NULL); summed by the reduce in SQL. UNLOGGED; not for readers."), columns=(
+    Column("batch", pa.string(), "text", "the batch", since=4),
+    Column("shard", pa.int32(), "integer", "the shard", since=4),
+    Column("user_id", pa.int64(), "bigint", "the user", since=4),
+    Column("compound_id", pa.int64(), "bigint", "the compound; NULL: the user's experiments", nullable=True,
+           since=4),
+    Column("n", pa.int64(), "bigint", "the count", since=4),
+))
+
 SCHEMA_MIGRATIONS = Table("etl_schema_migrations", key="version", purpose=(
     "The schema's versions this database has: one row per step applied (etl_core/store/migrations.py). A "
     "release refuses a schema newer than it knows."), columns=(
@@ -153,7 +183,8 @@ SCHEMA_MIGRATIONS = Table("etl_schema_migrations", key="version", purpose=(
 ))
 
 # every table the job writes, in the order docs/tables.md lists them
-TABLES = (USER_FEATURES, USER_FEATURES_HISTORY, ETL_RUNS, ETL_REJECTS, HISTORY_HORIZON, SCHEMA_MIGRATIONS)
+TABLES = (USER_FEATURES, USER_FEATURES_HISTORY, ETL_RUNS, ETL_REJECTS, HISTORY_HORIZON, ETL_SHARDS, ETL_SHARD_COUNTS,
+          SCHEMA_MIGRATIONS)
 
 
 def markdown() -> str:

@@ -6,7 +6,8 @@ app.  Direct invocations name an action: ``{"action": "trigger-etl", "policy": "
 "before": 40}``, ``{"action": "get-rejects", "run_id": 3, "limit": 100, "after": 0}``, ``{"action":
 "get-changes", "run_id": 3}``, ``{"action": "get-features", "run_id": 3, "after": 0}``, ``{"action":
 "restore", "run_id": 3, "dry_run": true}``, ``{"action":
-"health"}``, ``{"action": "migrate"}`` (``ACTIONS``; each one's fields are checked by its model in
+"health"}``, ``{"action": "migrate"}``, and the sharded path's ``plan-shards``, ``count-shard`` and
+``reduce-shards`` (docs/scale.md) (``ACTIONS``; each one's fields are checked by its model in
 handler/models.py); an EventBridge schedule triggers the job.  Anything else is answered with an
 UnsupportedEvent error that says what is expected.  Heavy imports (FastAPI, Mangum, pyarrow) happen
 on first use, not at cold start.
@@ -39,6 +40,11 @@ ACTIONS: dict[str, dict[str, Any]] = {
     "restore": {"run_id": 1, "force": False, "dry_run": True},
     "health": {},
     "migrate": {"apply": False},
+    # the sharded path's three steps, sent by the state machine (docs/scale.md)
+    "plan-shards": {"batch": "execution-name", "shards": 8},
+    "count-shard": {"batch": "execution-name", "shard": 0, "shards": 8, "first_byte": 57, "end_byte": 1048633,
+                    "identity": "335544320:1796000000000000000"},
+    "reduce-shards": {"batch": "execution-name", "force": False},
 }
 _http_handler: Any = None
 _cold = True
@@ -168,6 +174,9 @@ def _actions() -> dict[str, tuple[Any, Callable[[Any, Any], dict[str, Any]]]]:
                                                                             dry_run=q.dry_run)),
         "health": (models.NoFields, lambda service, q: service.health()),
         "migrate": (models.MigrateAction, lambda service, q: service.migrate(apply=q.apply)),
+        "plan-shards": (models.ShardPlan, lambda service, q: service.plan_shards(q.batch, q.shards)),
+        "count-shard": (models.ShardEvent, lambda service, q: service.count_shard(q.model_dump())),
+        "reduce-shards": (models.ShardReduce, lambda service, q: service.reduce_shards(q.batch, force=q.force)),
     }
 
 

@@ -330,6 +330,22 @@ class NoFields(Strict):
     pass
 
 
+class ShardPlan(Strict):
+    batch: str = Field(description="the Step Functions execution's name: the shards' batch")
+    shards: StrictInt = Field(description="how many byte ranges of the experiments file, 1 to 10,000")
+
+
+class ShardEvent(BaseModel):
+    """One Map item, as plan-shards made it: checked by etl_core.shards (``Shard.parse``), which made it."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ShardReduce(Strict):
+    batch: str
+    force: bool = False
+
+
 class MigrateAction(Strict):
     apply: bool = Field(True, description="false: only list the steps still to apply")
 

@@ -125,8 +125,9 @@ def test_the_benchmarks_table_is_the_jobs_table_without_its_key() -> None:
 
 
 FACED = ("etl_core.reading", "etl_core.features", "etl_core.sources")
-# the store's face is etl_core.store (the Store protocol); its two implementations are chosen at the edge
-IMPLEMENTATIONS = {"etl_core.store.postgres", "etl_core.store.memory"}
+# the store's face is etl_core.store (the Store protocol); its two implementations are chosen at the edge, and the
+# sharded path's staging (PostgreSQL only) is reached by that path alone
+IMPLEMENTATIONS = {"etl_core.store.postgres", "etl_core.store.memory", "etl_core.store.shards"}
 
 
 @pytest.mark.parametrize("package", (*FACED, "etl_core.store"))

@@ -30,16 +30,19 @@ def batch_of(rows: list[tuple[int, list[int]]]) -> pa.RecordBatch:
 
 
 @settings(max_examples=150, deadline=None)
-@given(data(), st.integers(1, 16), st.integers(1, 5), st.integers(1, 10), st.booleans(), st.sampled_from([0, 64]))
+@given(data(), st.integers(1, 16), st.integers(1, 5), st.integers(1, 10), st.integers(1, 40), st.booleans(),
+       st.sampled_from([0, 64]))
 def test_features_match_the_oracle_for_any_data_and_batching(
         dataset: tuple[list[int], list[int], list[tuple[int, list[int]]]], batch: int, bucket_users: int,
-        compact_at: int, threaded: bool, inline_keys_per_user: int) -> None:
-    # small buckets and early counting, so that examples span buckets and recount running totals; the
-    # features on threads (0) or on the caller's thread (64: these examples have fewer keys per user)
+        pending_keys: int, stage_at: int, threaded: bool, inline_keys_per_user: int) -> None:
+    # small buckets, a small stage and early counting, so that examples span buckets, stages and merges of
+    # running totals; the features on threads (0) or on the caller's thread (64: these examples have fewer
+    # keys per user)
     users, compounds, experiments = dataset
     compounds_t = compounds_table(compounds).sort_by("compound_id")
     with ExperimentCounter(pa.array(users, pa.int64()), compounds_t["compound_id"].combine_chunks(),
-                           bucket_users=bucket_users, compact_at=compact_at, threaded=threaded) as counter:
+                           bucket_users=bucket_users, pending_keys=pending_keys, stage_at=stage_at,
+                           threaded=threaded) as counter:
         for part in experiments_table(experiments).to_batches(max_chunksize=batch):
             counter.add(part)
         counts = counter.result()
@@ -81,13 +84,13 @@ def test_running_counts_hold_the_distinct_pairs_not_the_whole_file() -> None:
     # 4 users x 3 compounds: at most 12 pairs and 4 experiment totals, whatever the file's length
     rows = [(u, [c, (c % 3) + 1]) for u in (1, 2, 3, 4) for c in (1, 2, 3)]
     with ExperimentCounter(pa.array([1, 2, 3, 4], pa.int64()), pa.array([1, 2, 3], pa.int64()),
-                           bucket_users=2, compact_at=50) as counter:
+                           bucket_users=2, pending_keys=50, stage_at=7) as counter:
         for batch in experiments_table(rows * 500).to_batches(max_chunksize=7):
             counter.add(batch)
         counts = counter.result()
     assert counts.experiments == 6000
     for bucket in counts.buckets:  # 2 users each: 6 pairs and 2 totals at most
-        assert len(bucket.keys) <= 8
+        assert bucket.pairs <= 8
         assert bucket.pending_rows < 50
     out = feature_table(users_table([1, 2, 3, 4]), compounds_table([1, 2, 3]), counts)
     assert as_rows(out)[0]["total_experiments"] == 1500
@@ -139,19 +142,35 @@ def test_unthreaded_counting_starts_no_thread_and_fails_with_its_own_error(
             counter.add(batch_of([(1, [1])]))
 
 
-def test_pending_keys_are_counted_once_the_buckets_share_of_the_budget_is_reached(
+def test_pending_keys_are_counted_once_all_buckets_hold_more_than_the_budget(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    # 8 buckets share a budget of 16 pending keys: 2 each.  A bucket holds at most 4 counted keys
-    # (3 pairs and its total), so pending keys may reach max(2, 2 * 4) per bucket, never the file
+    # 8 buckets, a budget of 16 pending keys: past it, buckets are counted, most pending first, until 8
+    # are left, except those holding fewer pending keys than counted pairs (at most 4: 3 pairs and the
+    # total), so pending keys stay below 8 * 4, never the file; the stage goes to the buckets at 8 keys
     monkeypatch.setattr(counting, "PENDING_KEYS", 16)
+    monkeypatch.setattr(counting, "STAGE_KEYS_PER_BUCKET", 1)
     users = list(range(1, 9))
     rows = [(u, [c]) for u in users for c in (1, 2, 3)]
     with ExperimentCounter(pa.array(users, pa.int64()), pa.array([1, 2, 3], pa.int64()), bucket_users=1) as counter:
         for batch in experiments_table(rows * 200).to_batches(max_chunksize=5):
             counter.add(batch)
         counts = counter.result()
-    assert sum(bucket.pending_rows for bucket in counts.buckets) <= 8 * 8
-    assert all(len(bucket.keys) <= 4 for bucket in counts.buckets)
+    assert sum(bucket.pending_rows for bucket in counts.buckets) < 8 * 4
+    assert all(bucket.pairs <= 4 for bucket in counts.buckets)
+    out = feature_table(users_table(users), compounds_table([1, 2, 3]), counts)
+    assert [row["total_experiments"] for row in as_rows(out)] == [600] * 8
+
+
+def test_within_the_budget_nothing_is_counted_before_the_end_and_past_it_the_busiest_bucket_first() -> None:
+    users = list(range(1, 5))
+    busy = [(1, [1, 2])] * 30 + [(u, [1]) for u in users]  # user 1's bucket: 92 keys, the others 2
+    for budget, counted in ((1000, []), (60, [0])):
+        with ExperimentCounter(pa.array(users, pa.int64()), pa.array([1, 2], pa.int64()), bucket_users=1,
+                               pending_keys=budget, stage_at=1000) as counter:
+            counter.add(experiments_table(busy).to_batches()[0])
+            counts = counter.result()
+        assert [b for b, bucket in enumerate(counts.buckets) if bucket.pairs] == counted
+        assert sum(bucket.pending_rows for bucket in counts.buckets) == 98 - 92 * len(counted)
 
 
 def test_the_engine_gives_what_the_pure_core_gives() -> None:
@@ -188,8 +207,8 @@ def test_the_counting_thread_lives_inside_the_with_block_only() -> None:
 
 
 def test_leaving_the_block_by_an_error_stops_the_thread_and_drops_its_queue(monkeypatch: pytest.MonkeyPatch) -> None:
-    seen: list[int] = []
     going = threading.Event()
+    seen: list[int] = []
 
     def slow(self: ExperimentCounter, item: Any) -> None:
         going.wait(5)

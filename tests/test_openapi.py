@@ -81,7 +81,8 @@ ANSWERS = {
     "database_unavailable": (503, False), "source_unavailable": (503, False), "source_forbidden": (503, False),
     "features_stale": (503, False), "bad_config": (500, False), "load_failed": (500, False),
     "source_unreadable": (500, False), "internal_error": (500, False), "etl_error": (500, False),
-    "schema_too_new": (500, False),
+    "schema_too_new": (500, False), "input_too_large": (507, False),
+    "shards_incomplete": (409, True),
 }
 
 

@@ -55,7 +55,9 @@ def translated(params: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[
     """What CloudFormation receives after SAM's transform (the image URI is what sam deploy fills in)."""
     monkeypatch.setenv("AWS_DEFAULT_REGION", PSEUDO["AWS::Region"])
     source = json.loads(json.dumps(TEMPLATE))
-    source["Resources"]["EtlFunction"]["Properties"]["ImageUri"] = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/etl:1"
+    for resource in source["Resources"].values():  # EtlFunction, and ShardFunction of the same image
+        if resource["Type"] == "AWS::Serverless::Function" and resource["Properties"].get("PackageType") == "Image":
+            resource["Properties"]["ImageUri"] = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/etl:1"
     out: dict[str, Any] = transform(source, params, _Policies())
     return out
 
@@ -249,9 +251,9 @@ def test_no_route_is_left_to_an_implicit_api(monkeypatch: pytest.MonkeyPatch) ->
                                                                      "DefaultAuthorizer": "AWS_IAM"}
 
 
-def function_env_and_statements(stack: Stack) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    (_, function), = stack.resources("AWS::Lambda::Function")
-    roles = [props for name, props in stack.resources("AWS::IAM::Role") if name == "EtlFunctionRole"]
+def function_env_and_statements(stack: Stack, name: str = "EtlFunction") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    (function,) = [props for found, props in stack.resources("AWS::Lambda::Function") if found == name]
+    roles = [props for found, props in stack.resources("AWS::IAM::Role") if found == f"{name}Role"]
     statements = [s for role in roles for policy in role.get("Policies", [])
                   for s in policy["PolicyDocument"]["Statement"]]
     return function["Environment"]["Variables"], statements
@@ -267,7 +269,12 @@ def test_the_function_may_read_only_the_named_secret_and_decrypt_only_with_its_k
         given: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     params = {"DataBucketName": "lab-exports", **given}
     stack = Stack(translated(params, monkeypatch), params)
-    env, statements = function_env_and_statements(stack)
+    for function in ("ShardFunction", "EtlFunction"):  # the sharded path's counting function writes too
+        _the_function_may_read_only_the_named_secret(stack, function, given)
+
+
+def _the_function_may_read_only_the_named_secret(stack: Stack, function: str, given: dict[str, str]) -> None:
+    env, statements = function_env_and_statements(stack, function)
     assert env["DB_SECRET_ID"] == given.get("DbSecretArn", "")
     secrets = [s for s in statements if "secretsmanager" in json.dumps(s["Action"])]
     assert secrets == ([{"Sid": "ReadTheDatabasePasswordOnly", "Effect": "Allow",
@@ -312,3 +319,39 @@ def test_the_bucket_refuses_requests_without_tls(monkeypatch: pytest.MonkeyPatch
     assert statement["Resource"] == [{"Fn::GetAtt": ["DataBucket", "Arn"]}, "<DataBucket.Arn>/*"]
     (_, bucket), = stack.resources("AWS::S3::Bucket")
     assert all(bucket["PublicAccessBlockConfiguration"].values())
+
+
+def test_the_sharded_run_plans_and_reduces_on_the_job_and_counts_shards_on_the_shard_function(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/scale.md: Plan and Reduce are runs of EtlFunction (one at a time), the Distributed Map sends each
+    shard to ShardFunction (this same image, ShardConcurrency at once), which no event or route reaches."""
+    source = TEMPLATE["Resources"]
+    states = source["ShardedRun"]["Properties"]["Definition"]["States"]
+    functions = source["ShardedRun"]["Properties"]["DefinitionSubstitutions"]
+    assert states["Plan"]["Parameters"]["Payload"]["action"] == "plan-shards"
+    assert states["Reduce"]["Parameters"]["Payload"]["action"] == "reduce-shards"
+    assert states["Plan"]["Parameters"]["FunctionName"] == states["Reduce"]["Parameters"]["FunctionName"] == \
+        "${EtlFunctionArn}" and functions["EtlFunctionArn"] == {"Fn::GetAtt": ["EtlFunction", "Arn"]}
+    count = states["Count"]
+    assert count["Type"] == "Map" and count["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED"
+    assert count["ToleratedFailurePercentage"] == 0  # a shard that fails for good fails the execution
+    [task] = count["ItemProcessor"]["States"].values()
+    assert task["Parameters"]["FunctionName"] == "${ShardFunctionArn}"
+    assert functions["ShardFunctionArn"] == {"Fn::GetAtt": ["ShardFunction", "Arn"]}
+    shard = source["ShardFunction"]
+    assert "Events" not in shard["Properties"] and shard["Metadata"] == source["EtlFunction"]["Metadata"]
+    assert shard["Properties"]["ReservedConcurrentExecutions"] == {"Ref": "ShardConcurrency"}
+
+    out = translated({"DataBucketName": "lab-exports"}, monkeypatch)
+    roles = {name: r["Properties"] for name, r in out["Resources"].items() if r["Type"] == "AWS::IAM::Role"}
+    statements = [s for p in roles["ShardedRunRole"]["Policies"] for s in p["PolicyDocument"]["Statement"]]
+    def actions(statement: dict[str, Any]) -> list[str]:
+        return statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+
+    invoked = [json.dumps(s["Resource"]) for s in statements if "lambda:InvokeFunction" in actions(s)]
+    assert sorted(r.count('"Ref": "EtlFunction"') + 2 * r.count('"Ref": "ShardFunction"') for r in invoked) == [1, 2]
+    assert {a for s in statements for a in actions(s)} == {
+        "lambda:InvokeFunction", "states:StartExecution", "states:DescribeExecution", "states:StopExecution"}
+    [start] = [s for s in statements if "states:StartExecution" in actions(s)]
+    assert start["Resource"]["Fn::Sub"].endswith(":stateMachine:${AWS::StackName}-sharded-run")
+    assert source["ShardedRun"]["Properties"]["Name"] == {"Fn::Sub": "${AWS::StackName}-sharded-run"}

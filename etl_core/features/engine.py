@@ -11,9 +11,10 @@ made on a thread of its own (``etl-counts``) while the caller reads and checks t
         ...
 
 Each batch's keys (``transform.experiment_keys``) are split into buckets of consecutive user positions,
-so that the hash tables that count them stay small enough for the CPU's caches, and a bucket's
-pending keys are counted into its running totals once they pass its share of a budget (PENDING_KEYS):
-beyond that, memory follows the distinct (user, compound) pairs, not the length of the file.  At the
+so that the tables that count them stay small enough for the CPU's caches.  Keys wait in their bucket
+(4 bytes each) until all buckets together hold more than a budget (PENDING_KEYS); then the buckets
+with the most are counted into their running totals (8 bytes a distinct (user, compound) pair): beyond
+the budget, memory follows the distinct pairs, not the length of the file.  At the
 end ``feature_batches`` works out each bucket's rows, on a thread per core (``etl-features``) ahead of
 the caller where users have many keys, else on the caller's thread, and hands them on in user order,
 one batch per bucket.
@@ -39,12 +40,15 @@ from etl_core.features import kernels as transform
 # user positions per bucket: 25 buckets at 100k users, so that both cores share them; fewer beyond
 # 524,287 compounds, so that a bucket's keys fit in 32 bits
 BUCKET_USERS = 1 << 12
-# Keys wait in their bucket until there are more of them than twice the bucket's counted pairs and
-# than the bucket's share of PENDING_KEYS (2^28 keys, 1 GiB as int32, across all buckets); then they
-# are counted.  Counting sooner would cost time and, while most pairs are new, memory too: a counted
-# pair takes 12 bytes, a pending key 4.  At 4L (160M keys, 67M distinct pairs) a budget of 2^27 had
-# every bucket counted once while the file was read, to 1.24 GB peak RSS and 20-22 s; with 2^28 none
-# is, to 1.14 GB and 17-19.5 s (bench/README.md).
+# Keys wait in their buckets until all of them hold more than PENDING_KEYS (2^28 keys, 1 GiB as int32);
+# then the buckets with the most pending keys are counted, largest first, until half the budget is left
+# (a bucket with fewer pending keys than counted pairs is left: merging would cost more than it frees).
+# Counting sooner would cost time and, while most pairs are new, memory too: a counted pair takes 8
+# bytes (transform.pack_counts), a pending key 4.  So memory is bounded by 1 GiB of pending keys plus
+# 12 bytes a distinct pair (8 counted, at most 4 pending), plus a fixed budget (bench/README.md, round
+# six).  At 4L (130M keys) and 8L (260M) no bucket is counted before the end of the file.  A share of
+# the budget per bucket (round three) had the busiest buckets of 8L counted mid-read, and merged by a
+# hash aggregation at the end: 3.3x 4L's time for 2x the data.
 PENDING_KEYS = 1 << 28
 # With this many keys per user or fewer, feature_batches works each bucket out on the caller's thread,
 # between the COPY's chunks: a bucket then takes about as long as the server takes to parse its rows,
@@ -53,25 +57,41 @@ PENDING_KEYS = 1 << 28
 # features are the slower side and get a thread per core (4L, 160 keys per user: 5.5-6.3 s against
 # 7.7-8.0 s on the caller's thread).
 INLINE_KEYS_PER_USER = 64
+# A count is packed with its key in 64 bits (transform.pack_counts): a bucket takes at most this many keys
+MAX_BUCKET_KEYS = (1 << transform.COUNT_BITS) - 1
+# Batches' keys wait in a stage until there are STAGE_KEYS_PER_BUCKET per bucket (at most STAGE_MAX in
+# all, int64), and are then sorted into the buckets together: a 1 MiB block gives some 130k keys, 270 a
+# bucket at 8L, and slices that small cost more in Python and allocator overhead than their keys took
+# (at 8L, 928k slices pending: 2.36 GB peak RSS against 1.65 GB staged, bench/README.md, round six).
+# Up to 32 buckets (M and below) a batch fills the stage: each is sorted into the buckets as it comes.
+STAGE_KEYS_PER_BUCKET = 4096
+STAGE_MAX = 1 << 23
 
 
 class Bucket:
-    """The keys of one range of user positions: counted (key, n) so far, and keys not counted yet."""
+    """The keys of one range of user positions: counted (key, n) so far, packed (``transform.pack_counts``,
+    8 bytes a pair), and keys not counted yet (4 or 8 bytes each)."""
 
-    def __init__(self, key_type: pa.DataType, compact_at: int) -> None:
+    def __init__(self, key_type: pa.DataType) -> None:
         self.key_type = key_type
-        self.compact_at = compact_at
-        self.keys = literals.empty(key_type)
-        self.counts = literals.empty(pa.int64())
+        self.packed = literals.empty(pa.int64())  # ascending, each key once
         self.pending: list[pa.Array] = []
         self.pending_rows = 0
+        self.rows = 0  # every key added: no count of this bucket can be larger
         self.taken = False
 
+    @property
+    def pairs(self) -> int:
+        """The distinct keys counted so far."""
+        return len(self.packed)
+
     def add(self, keys: pa.Array) -> None:
+        if self.rows + len(keys) > MAX_BUCKET_KEYS:
+            raise OverflowError(f"more than {MAX_BUCKET_KEYS:,} keys for one range of users: a count would "
+                                f"not fit in {transform.COUNT_BITS} bits")
         self.pending.append(pa.concat_arrays([keys]))  # a copy: the batch's buffer is not kept alive
         self.pending_rows += len(keys)
-        if self.pending_rows >= max(self.compact_at, 2 * len(self.keys)):
-            self.compact()
+        self.rows += len(keys)
 
     def compact(self) -> None:
         """Count the pending keys into the running totals."""
@@ -80,16 +100,22 @@ class Bucket:
         pending, self.pending, self.pending_rows = self.pending, [], 0
         keys, counts = transform.count_keys(pa.chunked_array(pending, self.key_type))
         del pending  # freed before the merge below
-        self.keys, self.counts = transform.add_counts(self.keys, self.counts, keys, counts)
+        self.packed = transform.merge_counts(self.packed, transform.pack_counts(keys, counts))
 
     def take(self) -> tuple[pa.Array, pa.Array]:
-        """Every key with its count; the bucket lets go of them (its memory is freed with the caller's)."""
+        """Every key with its count, keys ascending; the bucket lets go of them (its memory is freed with
+        the caller's)."""
         if self.taken:
             raise RuntimeError("these counts have been used already")
+        self.taken = True
+        pending, self.pending, self.pending_rows = self.pending, [], 0
+        if not self.pairs:  # never counted before (L, 4L): the pending keys' counts as they come
+            keys, counts = transform.count_keys(pa.chunked_array(pending, self.key_type))
+            return keys, counts
+        self.pending = pending
         self.compact()
-        keys, counts = self.keys, self.counts
-        self.keys, self.counts, self.taken = literals.empty(self.key_type), literals.empty(pa.int64()), True
-        return keys, counts
+        packed, self.packed = self.packed, literals.empty(pa.int64())
+        return transform.unpack_counts(packed, self.key_type)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +141,7 @@ class Counts:
     def keys(self) -> int:
         """The keys the features are still to be worked out from: every bucket's pending keys and
         counted pairs."""
-        return sum(bucket.pending_rows + len(bucket.keys) for bucket in self.buckets)
+        return sum(bucket.pending_rows + bucket.pairs for bucket in self.buckets)
 
 
 class CountingFailed(Exception):
@@ -136,7 +162,7 @@ class ExperimentCounter:
     """
 
     def __init__(self, user_ids: pa.Array, compound_ids: pa.Array, *, bucket_users: int = BUCKET_USERS,
-                 compact_at: int | None = None, threaded: bool = True) -> None:
+                 pending_keys: int | None = None, stage_at: int | None = None, threaded: bool = True) -> None:
         self.user_ids = user_ids.take(pc.array_sort_indices(user_ids))
         self.compound_ids = compound_ids
         self.width = len(compound_ids)
@@ -144,7 +170,11 @@ class ExperimentCounter:
         self.bucket_users = max(1, min(bucket_users, (2**31 - 1) // self.stride))
         self._key_type = pa.int32() if self.bucket_users * self.stride <= 2**31 - 1 else pa.int64()
         self._bucket_count = -(-len(self.user_ids) // self.bucket_users)
-        self._compact_at = compact_at or max(1, PENDING_KEYS // max(self._bucket_count, 1))
+        self._budget = pending_keys or PENDING_KEYS
+        self._pending = 0  # pending keys in all buckets
+        self._stage_at = stage_at or min(STAGE_MAX, STAGE_KEYS_PER_BUCKET * self._bucket_count)
+        self._staged: list[pa.Array] = []
+        self._staged_rows = 0
         self.experiments = 0
         self._buckets: tuple[Bucket, ...] = ()
         self._threaded = threaded
@@ -179,12 +209,16 @@ class ExperimentCounter:
 
     def result(self) -> Counts:
         """The counts, once the counting thread has counted every batch added."""
-        self._open().finish()
+        worker = self._open()
+        worker.finish()
+        worker.last(self._flush)  # the stage's last keys, once the thread has stopped
         return Counts(self.experiments, self.user_ids, self._buckets, self.bucket_users, self.width)
 
     def _start(self) -> None:
         self.experiments = 0
-        self._buckets = tuple(Bucket(self._key_type, self._compact_at) for _ in range(self._bucket_count))
+        self._staged, self._staged_rows = [], 0
+        self._buckets = tuple(Bucket(self._key_type) for _ in range(self._bucket_count))
+        self._pending = 0
         self._worker = _Worker(self._partition) if self._threaded else _Inline(self._partition)
 
     def _open(self) -> _Worker | _Inline:
@@ -193,9 +227,22 @@ class ExperimentCounter:
         return self._worker
 
     def _partition(self, item: tuple[pa.Array, pa.ListArray]) -> None:
-        """One batch's keys, each into the bucket of its user (on the counting thread)."""
+        """One batch's keys onto the stage, and the stage into the buckets once full (on the counting
+        thread)."""
         users, lists = item
         keys = transform.experiment_keys(users, lists, self.user_ids, self.compound_ids)
+        self._staged.append(keys)
+        self._staged_rows += len(keys)
+        if self._staged_rows >= self._stage_at:
+            self._flush()
+
+    def _flush(self) -> None:
+        """The staged keys, each into the bucket of its user."""
+        if not self._staged:
+            return
+        staged, self._staged, self._staged_rows = self._staged, [], 0
+        keys = pa.concat_arrays(staged) if len(staged) > 1 else staged[0]
+        del staged
         span = literals.scalar(self.bucket_users * self.stride, pa.int64())
         bucket = pc.divide(keys, span)  # integer division: keys are non-negative
         local = pc.subtract(keys, pc.multiply(bucket, span)).cast(self._key_type)
@@ -207,6 +254,19 @@ class ExperimentCounter:
         for end, index in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
             self._buckets[index].add(local.slice(start, end - start))
             start = end
+        self._pending += len(local)
+        if self._pending > self._budget:
+            self._relieve()
+
+    def _relieve(self) -> None:
+        """Count the buckets with the most pending keys until half the budget is left, skipping those
+        with fewer pending keys than counted pairs."""
+        for bucket in sorted(self._buckets, key=lambda b: b.pending_rows, reverse=True):
+            if self._pending <= self._budget // 2:
+                break
+            if bucket.pending_rows and bucket.pending_rows >= bucket.pairs:
+                self._pending -= bucket.pending_rows
+                bucket.compact()
 
 
 class _Worker:
@@ -247,6 +307,15 @@ class _Worker:
         self._cancelled = True
         self._stop()
 
+    def last(self, work: Callable[[], None]) -> None:
+        """After ``finish``: one more piece of work, on the caller's thread, its failure reported as the
+        thread's would be."""
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - reported as the thread's own failure
+            self._error = exc
+        self._raise_error()
+
     def _stop(self) -> None:
         self._stopped = True
         if self._thread.is_alive():
@@ -281,6 +350,12 @@ class _Inline:
 
     def close(self) -> None:
         self._stopped = True
+
+    def last(self, work: Callable[[], None]) -> None:
+        try:
+            work()
+        except Exception as exc:
+            raise CountingFailed(f"the counting failed: {type(exc).__name__}: {exc}") from exc
 
 
 def feature_batches(users: pa.Table, compounds: pa.Table, counts: Counts) -> Generator[pa.RecordBatch, None, None]:

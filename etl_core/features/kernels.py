@@ -105,16 +105,19 @@ RADIX_BITS = 12  # pyarrow sorts integers that span at most 2^12 values with a c
 _DIGIT = {width: scalar((1 << RADIX_BITS) - 1, pa.int64() if width == 64 else pa.int32()) for width in (32, 64)}
 
 
-def sort_small(values: pa.Array) -> pa.Array:
+def sort_small(values: pa.Array, *, low_bit: int = 0) -> pa.Array:
     """``values`` (int32 or int64, none negative, no nulls) in ascending order: a radix sort, 12 bits
     at a time from the lowest, each digit by pyarrow's stable counting sort.  A bucket's keys span 26
     bits at L (three passes), 22 at M (two); pyarrow's own sort of them, a comparison sort, took four to
-    five times as long as the three passes."""
+    five times as long as the three passes.  With ``low_bit`` the bits below it are not looked at:
+    values equal above it keep their order (``merge_counts`` sorts packed pairs by their key so)."""
     if len(values) < 2:
         return values
     top = pc.max(values).as_py()
     digit = _DIGIT[values.type.bit_width]
-    shift = 0
+    shift = low_bit
+    if top >> shift == 0:
+        return values
     while True:
         if shift == 0 and top <= digit.as_py():
             part = values  # one digit: its own counting sort
@@ -124,6 +127,45 @@ def sort_small(values: pa.Array) -> pa.Array:
         shift += RADIX_BITS
         if top >> shift == 0:
             return values
+
+
+COUNT_BITS = 32  # a packed pair: key << COUNT_BITS | count
+_COUNT_MASK = scalar((1 << COUNT_BITS) - 1, pa.int64())
+_COUNT_SHIFT = scalar(COUNT_BITS, pa.int64())
+
+
+def pack_counts(keys: pa.Array, counts: pa.Array) -> pa.Array:
+    """Counted keys as one int64 each, ``key << 32 | count`` (8 bytes a pair where a key and an int64
+    count take 12): ascending keys give ascending packed values.  Keys below 2^31, counts below 2^32;
+    a larger count raises rather than spills into the key."""
+    if len(counts) and pc.max(counts).as_py() > _COUNT_MASK.as_py():
+        raise OverflowError(f"a count of {pc.max(counts).as_py()} does not fit in {COUNT_BITS} bits")
+    return pc.bit_wise_or(pc.shift_left(keys.cast(pa.int64()), _COUNT_SHIFT), counts.cast(pa.int64()))
+
+
+def unpack_counts(packed: pa.Array, key_type: pa.DataType) -> tuple[pa.Array, pa.Array]:
+    """``pack_counts`` undone: the keys (as ``key_type``) and their counts (int64)."""
+    return pc.shift_right(packed, _COUNT_SHIFT).cast(key_type), pc.bit_wise_and(packed, _COUNT_MASK)
+
+
+def merge_counts(packed: pa.Array, more: pa.Array) -> pa.Array:
+    """Two sets of packed (key, count), each ascending with each key once, as one: ascending, each key
+    once, the counts of a key in both summed.  A radix sort on the keys' bits only (counting sorts,
+    O(n)), then one sum per run of equal keys from a running total: no hash table, and the result
+    stays in the order ``tied_favourites`` reads fastest."""
+    if not len(packed):
+        return more
+    if not len(more):
+        return packed
+    both = sort_small(pa.concat_arrays([packed, more]), low_bit=COUNT_BITS)
+    keys = pc.shift_right(both, _COUNT_SHIFT)
+    runs = pc.run_end_encode(keys)
+    if len(runs.values) == len(both):  # no key in both
+        return both
+    total = pc.cumulative_sum(pc.bit_wise_and(both, _COUNT_MASK))
+    last = pc.subtract(runs.run_ends.cast(pa.int64()), scalar(1, pa.int64()))
+    ends = pa.concat_arrays([literals.array([0], pa.int64()), total.take(last)])
+    return pack_counts(runs.values, pc.pairwise_diff(ends)[1:])
 
 
 def add_counts(keys: pa.Array, counts: pa.Array, more_keys: pa.Array,

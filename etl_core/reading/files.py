@@ -10,7 +10,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from etl_core import features
+from etl_core import capacity, features
 from etl_core.config import Settings
 from etl_core.contract import COMPOUNDS, EXPERIMENTS, FILES, USERS, FileContract, Rule
 from etl_core.errors import ContractViolation
@@ -57,19 +57,25 @@ class Extracted:
         return Volume(users=self.users.num_rows, experiments=experiments.rows_accepted)
 
 
-def read_all(settings: Settings, source: Pinned, run_id: int) -> Extracted:
+def read_all(settings: Settings, source: Pinned, run_id: int, watch: capacity.Watch | None = None) -> Extracted:
     """The three files read under the contract: accepted users and compounds, the experiments' counts,
-    each file's result; ContractViolation for file-level problems (rows' problems are in the results)."""
+    each file's result; ContractViolation for file-level problems (rows' problems are in the results).
+    With a ``watch``, InputTooLarge before a row is read when the files' sizes say the run would not fit
+    its memory, or as soon as the memory it holds passes the watch's share of it."""
     _check_headers(source)
     size = source.size(EXPERIMENTS.filename)
+    if watch is not None:
+        needed = capacity.check_fits(experiments_bytes=size, users_bytes=source.size(USERS.filename),
+                                     limit=watch.limit)
+        log_event("capacity", run_id=run_id, estimated_mb=needed >> 20, limit_mb=watch.limit >> 20)
     # a small experiments file is parsed on Arrow's pool while the users and compounds, which only its
     # checks need, are read on this thread
     early = extract.read_early(source, EXPERIMENTS, size=size, block_size=settings.block_size)
     try:
         users_sink = extract.Collector(extract.output_schema(USERS))
         compounds_sink = extract.Collector(extract.output_schema(COMPOUNDS))
-        users = _read(settings, source, USERS, users_sink, run_id, threads=early is None)
-        compounds = _read(settings, source, COMPOUNDS, compounds_sink, run_id, threads=early is None)
+        users = _read(settings, source, USERS, users_sink, run_id, threads=early is None, watch=watch)
+        compounds = _read(settings, source, COMPOUNDS, compounds_sink, run_id, threads=early is None, watch=watch)
         users_table = users_sink.table()
         compounds_table = compounds_sink.table().sort_by("compound_id")
         refs = extract.References.of(users_table["user_id"].combine_chunks(),
@@ -77,7 +83,7 @@ def read_all(settings: Settings, source: Pinned, run_id: int) -> Extracted:
         # a file of one block is one batch: counting it on a thread would overlap with nothing
         threaded = size > settings.block_size
         with features.ExperimentCounter(refs.users.keys, refs.compounds.keys, threaded=threaded) as counter:
-            experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs, early=early)
+            experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs, early=early, watch=watch)
             counts = counter.result()  # the counting thread finishes with the file
     finally:
         if early is not None:
@@ -103,11 +109,13 @@ def _check_headers(source: Source) -> None:
 
 def _read(settings: Settings, source: Source, contract: FileContract, sink: extract.Sink, run_id: int,
           refs: extract.References | None = None, early: extract.Early | None = None,
-          threads: bool = True) -> extract.FileResult:
+          threads: bool = True, watch: capacity.Watch | None = None) -> extract.FileResult:
     size = source.size(contract.filename)
     last = [time.monotonic()]
 
     def progress(rows: int, offset: int) -> None:
+        if watch is not None:
+            watch.check(f"after {rows:,} rows ({offset / 1e6:.0f} of {size / 1e6:.0f} MB) of {contract.filename}")
         now = time.monotonic()
         if now - last[0] >= PROGRESS_EVERY:
             last[0] = now

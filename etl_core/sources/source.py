@@ -69,6 +69,15 @@ class FileSystemSource:
         with translated(name):
             return self.fs.open_input_stream(self._path(name))
 
+    def open_at(self, name: str, offset: int) -> pa.NativeFile:
+        """A file of ``name`` that may seek, at byte ``offset`` (the sharded path reads byte ranges; on S3
+        each read is a ranged GET); the caller closes it."""
+        self._info(name)
+        with translated(name):
+            file = self.fs.open_input_file(self._path(name))
+            file.seek(offset)
+            return file
+
     def size(self, name: str) -> int:
         return int(self._info(name).size)
 
@@ -171,6 +180,11 @@ class Pinned:
     def open(self, name: str) -> pa.NativeFile:
         self.check(name)
         return self.source.open(name)
+
+    def open_at(self, name: str, offset: int) -> pa.NativeFile:
+        """``open`` at byte ``offset``, of a source that may seek (``FileSystemSource``)."""
+        self.check(name)
+        return self.source.open_at(name, offset)  # type: ignore[attr-defined]
 
     def size(self, name: str) -> int:
         return self.source.size(name)

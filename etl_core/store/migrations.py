@@ -56,6 +56,40 @@ def _history(conn: Any, schema: str) -> None:
     conn.run(sql.add_change_counts(schema))
     for statement in sql.create_history(schema):
         conn.run(statement)
+SHARDS = "etl_shards"
+SHARD_COUNTS = "etl_shard_counts"
+
+
+def _shard_staging(conn: Any, schema: str) -> None:
+    """The sharded path's staging (etl_core/shards.py, docs/scale.md): each shard's partial counts and
+    what it read.  UNLOGGED: a crash empties them, and the reduce then finds shards missing and refuses;
+    the map counts them again."""
+    conn.run(f"""CREATE UNLOGGED TABLE IF NOT EXISTS {sql.q(schema, SHARDS)} (
+            batch text NOT NULL,
+            shard integer NOT NULL,
+            shards integer NOT NULL,
+            identity text NOT NULL,
+            first_byte bigint NOT NULL,
+            end_byte bigint NOT NULL,
+            rows_read bigint NOT NULL,
+            rows_rejected bigint NOT NULL,
+            experiments bigint NOT NULL,
+            first_experiment_id bigint,
+            last_experiment_id bigint,
+            increasing boolean NOT NULL,
+            violations jsonb NOT NULL,
+            counted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+            PRIMARY KEY (batch, shard)
+        )""")
+    conn.run(f"""CREATE UNLOGGED TABLE IF NOT EXISTS {sql.q(schema, SHARD_COUNTS)} (
+            batch text NOT NULL,
+            shard integer NOT NULL,
+            user_id bigint NOT NULL,
+            compound_id bigint,
+            n bigint NOT NULL
+        )""")
+    conn.run(f"CREATE INDEX IF NOT EXISTS {identifier(SHARD_COUNTS + '_batch')} "
+             f"ON {sql.q(schema, SHARD_COUNTS)} (batch, shard)")
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -66,6 +100,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, "user_features_history (each ended version of a user's features, SCD type 2), "
                  "etl_history_horizon, the function user_features_as_of(run), etl_runs.added, changed, "
                  "removed, unchanged and restored_from, and the statuses restored and dry_run", _history),
+    Migration(4, "etl_shards and etl_shard_counts: the sharded path's partial counts (docs/scale.md)",
+              _shard_staging),
 )
 LATEST = MIGRATIONS[-1].version
 
