@@ -22,7 +22,14 @@ from etl_core.store.migrations import Migration
 from etl_core.store.postgres import PostgresStore
 from tests.conftest import ROOT
 from tests.helpers import write_files
-from tests.test_publish import FOUR_USERS, add_what_readers_add, oid, reader_role, run_on, what_readers_see
+from tests.test_publish import (
+    FOUR_USERS,
+    add_what_readers_add,
+    assert_what_readers_added_works,
+    oid,
+    reader_role,
+    run_on,
+)
 
 __all__ = ["reader_role"]  # the fixture, used by name below
 
@@ -124,13 +131,7 @@ def test_a_new_step_keeps_what_readers_made_on_the_features_table(
 
     assert second["status"] == "succeeded" and history(db, schema)[-1][0] == NEXT.version
     assert oid(db, schema) == before
-    assert what_readers_see(database_url, schema, reader_role) == [
-        ["Alice", 2], ["Bob", 1], ["Carol", 1], ["Dave", 1]]
-    assert db.run("SELECT obj_description(CAST(:t AS regclass), 'pg_class')", t=f'"{schema}".user_features') == [
-        ["per-user features, refreshed by the ETL"]]
-    assert db.run("SELECT indexname FROM pg_indexes WHERE schemaname = :s AND tablename = 'user_features' "
-                  "ORDER BY 1", s=schema) == [["by_name"], ["user_features_pkey"]]
-    assert db.run(f'SELECT n FROM "{schema}".audit') == [[4]]
+    assert_what_readers_added_works(db, schema, database_url, reader_role)
     assert db.run(f'SELECT count(mean_run_time) FROM "{schema}".user_features') == [[0]]  # loaded around it
 
 

@@ -60,6 +60,16 @@ def add_what_readers_add(db: Any, schema: str, role: str) -> None:
            f"FOR EACH STATEMENT EXECUTE FUNCTION {s}.count_rows()")
 
 
+def assert_what_readers_added_works(db: Any, schema: str, database_url: str, role: str) -> None:
+    """add_what_readers_add's view, grant, comment, index and trigger, after a load of FOUR_USERS."""
+    assert what_readers_see(database_url, schema, role) == [["Alice", 2], ["Bob", 1], ["Carol", 1], ["Dave", 1]]
+    assert db.run("SELECT obj_description(CAST(:t AS regclass), 'pg_class')", t=f'"{schema}".user_features') == [
+        ["per-user features, refreshed by the ETL"]]
+    assert db.run("SELECT indexname FROM pg_indexes WHERE schemaname = :s AND tablename = 'user_features' "
+                  "ORDER BY 1", s=schema) == [["by_name"], ["user_features_pkey"]]
+    assert db.run(f'SELECT n FROM "{schema}".audit') == [[4]]  # the reader's trigger ran on the new rows
+
+
 def what_readers_see(database_url: str, schema: str, role: str) -> list[Any]:
     """The dashboard view's rows, read as the read-only role."""
     conn = dbmod.connect(db_settings({"DATABASE_URL": database_url.replace("postgres@", f"{role}@", 1)}))
@@ -80,13 +90,7 @@ def test_views_grants_comment_indexes_and_triggers_survive_and_see_the_new_rows(
 
     assert second["status"] == "succeeded"
     assert oid(db, schema) == before
-    assert what_readers_see(database_url, schema, reader_role) == [
-        ["Alice", 2], ["Bob", 1], ["Carol", 1], ["Dave", 1]]
-    assert db.run("SELECT obj_description(CAST(:t AS regclass), 'pg_class')", t=f'"{schema}".user_features') == [
-        ["per-user features, refreshed by the ETL"]]
-    assert db.run("SELECT indexname FROM pg_indexes WHERE schemaname = :s AND tablename = 'user_features' "
-                  "ORDER BY 1", s=schema) == [["by_name"], ["user_features_pkey"]]
-    assert db.run(f'SELECT n FROM "{schema}".audit') == [[4]]  # the reader's trigger ran on the new rows
+    assert_what_readers_added_works(db, schema, database_url, reader_role)
     [[run_ids]] = db.run(f'SELECT array_agg(DISTINCT run_id) FROM "{schema}".user_features')
     assert run_ids == [second["run_id"]]
 
