@@ -64,8 +64,12 @@ MAX_BUCKET_KEYS = (1 << transform.COUNT_BITS) - 1
 # bucket at 8L, and slices that small cost more in Python and allocator overhead than their keys took
 # (at 8L, 928k slices pending: 2.36 GB peak RSS against 1.65 GB staged, bench/README.md, round six).
 # Up to 32 buckets (M and below) a batch fills the stage: each is sorted into the buckets as it comes.
+# A file whose batches times buckets stays under STAGE_FROM_SLICES is not staged at all: at L (some 320
+# batches of 245 buckets, 80k slices) staging cost the extract 0.3-0.5 s and saved nothing; 8L (1.3M
+# slices) and past are staged.
 STAGE_KEYS_PER_BUCKET = 4096
 STAGE_MAX = 1 << 23
+STAGE_FROM_SLICES = 500_000
 
 
 class Bucket:
@@ -158,11 +162,13 @@ class ExperimentCounter:
     caller reads and checks the next batch.  ``add``, ``reset`` and ``result`` work inside the block
     only; leaving it stops the thread, dropping what is still queued when there was no result.  With
     ``threaded=False`` (a file of one batch, where there is nothing to overlap) each batch is counted
-    at once on the caller's thread, and no thread is started.
+    at once on the caller's thread, and no thread is started.  ``batches``, how many batches the file
+    will give where the caller knows it, decides whether their keys are staged (STAGE_FROM_SLICES).
     """
 
     def __init__(self, user_ids: pa.Array, compound_ids: pa.Array, *, bucket_users: int = BUCKET_USERS,
-                 pending_keys: int | None = None, stage_at: int | None = None, threaded: bool = True) -> None:
+                 pending_keys: int | None = None, stage_at: int | None = None, threaded: bool = True,
+                 batches: int | None = None) -> None:
         self.user_ids = user_ids.take(pc.array_sort_indices(user_ids))
         self.compound_ids = compound_ids
         self.width = len(compound_ids)
@@ -172,7 +178,8 @@ class ExperimentCounter:
         self._bucket_count = -(-len(self.user_ids) // self.bucket_users)
         self._budget = pending_keys or PENDING_KEYS
         self._pending = 0  # pending keys in all buckets
-        self._stage_at = stage_at or min(STAGE_MAX, STAGE_KEYS_PER_BUCKET * self._bucket_count)
+        few_slices = batches is not None and batches * self._bucket_count < STAGE_FROM_SLICES
+        self._stage_at = stage_at or (1 if few_slices else min(STAGE_MAX, STAGE_KEYS_PER_BUCKET * self._bucket_count))
         self._staged: list[pa.Array] = []
         self._staged_rows = 0
         self.experiments = 0

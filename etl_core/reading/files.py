@@ -82,7 +82,10 @@ def read_all(settings: Settings, source: Pinned, run_id: int, watch: capacity.Wa
                                      compounds_table["compound_id"].combine_chunks())
         # a file of one block is one batch: counting it on a thread would overlap with nothing
         threaded = size > settings.block_size
-        with features.ExperimentCounter(refs.users.keys, refs.compounds.keys, threaded=threaded) as counter:
+        # how many batches the file gives: whether the engine stages their keys (features/engine.py)
+        batches = size // settings.block_size + 1
+        with features.ExperimentCounter(refs.users.keys, refs.compounds.keys, threaded=threaded,
+                                        batches=batches) as counter:
             experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs, early=early, watch=watch)
             counts = counter.result()  # the counting thread finishes with the file
     finally:
