@@ -177,3 +177,18 @@ def test_build_local_refuses_to_start_when_a_run_could_not_succeed(database_url:
 def test_build_names_a_bad_argument(args: list[str], says: str) -> None:
     done = sh("./build.sh", *args, env={**os.environ, "RIE_PORT": str(free_port())}, check=False)
     assert done.returncode != 0 and says in done.stderr
+
+
+def test_build_clean_drops_the_schema_the_local_function_wrote(database_url: str, schema: str, db: Any) -> None:
+    """The quickstart's teardown line: ./build.sh clean stops the function and drops its schema."""
+    env = {**os.environ, "DATABASE_URL": database_url, "DB_SCHEMA": schema, "RIE_PORT": str(free_port())}
+    env.pop("DATA_DIR", None)
+    sh("./build.sh", "--local", env=env)
+    try:
+        assert sh("./invoke.sh", env=env).stdout.startswith("HTTP 200")
+        assert db.run("SELECT 1 FROM pg_namespace WHERE nspname = :s", s=schema) == [[1]]
+    finally:
+        cleaned = sh("./build.sh", "clean", env=env)
+    assert f"dropped schema {schema}" in cleaned.stderr
+    assert db.run("SELECT 1 FROM pg_namespace WHERE nspname = :s", s=schema) == []
+    assert sh("./invoke.sh", env=env, check=False).returncode == 3  # stopped too
