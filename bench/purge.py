@@ -14,6 +14,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -21,6 +22,16 @@ from etl_core.config import RetentionSettings, db_settings
 from etl_core.store import sql
 from etl_core.store.db import close_quietly, connect
 from etl_core.store.postgres import PostgresStore
+
+
+def timed_purge(store: PostgresStore) -> tuple[dict[str, Any], float]:
+    """One run (failed at once, as a run whose data was bad) and its retention purge: what it purged, in
+    how many seconds."""
+    with store.run(policy="quarantine", source="bench") as run:
+        run.fail({"type": "Bench", "code": "bench", "message": "purge"})
+        start = time.perf_counter()
+        purged = run.purge(RetentionSettings())
+        return purged, time.perf_counter() - start
 
 
 def main() -> None:
@@ -47,11 +58,7 @@ def main() -> None:
         print(f"backlog: {args.rejects} rejects of {args.runs} runs, all 60 days old; "
               f"steps of {RetentionSettings.step_rows} rows, at most {RetentionSettings.max_steps} per table")
         while True:
-            with store.run(policy="quarantine", source="bench") as run:
-                run.fail({"type": "Bench", "code": "bench", "message": "purge"})
-                start = time.perf_counter()
-                purged = run.purge(RetentionSettings())
-                spent = time.perf_counter() - start
+            purged, spent = timed_purge(store)
             print(f"purge: {purged['rejects']:7d} rejects, {purged['runs']:3d} runs in {spent:6.3f} s"
                   f"{'  (bound reached)' if purged['backlog'] else ''}")
             if not purged["rejects"] and not purged["runs"]:
@@ -63,11 +70,7 @@ def main() -> None:
                   "FROM generate_series(1, :n) i", runs=args.runs, n=args.rejects)
         admin.run(f"VACUUM ANALYZE {rejects}")
         for _ in range(3):
-            with store.run(policy="quarantine", source="bench") as run:
-                run.fail({"type": "Bench", "code": "bench", "message": "purge"})
-                start = time.perf_counter()
-                purged = run.purge(RetentionSettings())
-                spent = time.perf_counter() - start
+            purged, spent = timed_purge(store)
             print(f"purge with {args.rejects} young rejects: {purged['rejects']} rejects, {purged['runs']} runs "
                   f"in {spent:6.3f} s")
     finally:

@@ -86,28 +86,37 @@ def _login(settings: DbSettings, sleep: Any) -> Connection:
     from etl_core.store import secret  # botocore: only when a secret is set
 
     kept = secret.login(settings)
-    try:
-        return _connect(kept.applied(settings), sleep)
-    except LoadError as exc:
-        code = exc.details.get("sqlstate")
-        if code not in secret.AUTH_FAILED:
-            raise
-        refused = exc
+    conn, refused = _try_login(kept.applied(settings), sleep, secret.AUTH_FAILED)
+    if conn is not None:
+        return conn
+    assert refused is not None
+    code = refused.details.get("sqlstate")
     fresh = secret.login(settings, refused=code)
     name = settings.secret.secret_id
     if fresh == kept:
         raise SecretError(f"PostgreSQL at {kept.applied(settings).describe()} refuses the login of the secret {name} "
                           f"({code}), and the secret has not changed since it was read: {refused.message}",
                           secret=name, sqlstate=code) from refused
+    conn, again = _try_login(fresh.applied(settings), sleep, secret.AUTH_FAILED)
+    if conn is not None:
+        return conn
+    assert again is not None
+    code = again.details.get("sqlstate")
+    raise SecretError(f"PostgreSQL at {fresh.applied(settings).describe()} refuses the login of the secret "
+                      f"{name} ({code}), also as read again after a first refusal: {again.message}",
+                      secret=name, sqlstate=code) from again
+
+
+def _try_login(settings: DbSettings, sleep: Any,
+               refusals: Any) -> tuple[Connection | None, LoadError | None]:
+    """A connection, or the LoadError of a login the server refused with one of ``refusals`` (SQLSTATEs);
+    any other failure is raised."""
     try:
-        return _connect(fresh.applied(settings), sleep)
+        return _connect(settings, sleep), None
     except LoadError as exc:
-        code = exc.details.get("sqlstate")
-        if code not in secret.AUTH_FAILED:
+        if exc.details.get("sqlstate") not in refusals:
             raise
-        raise SecretError(f"PostgreSQL at {fresh.applied(settings).describe()} refuses the login of the secret "
-                          f"{name} ({code}), also as read again after a first refusal: {exc.message}",
-                          secret=name, sqlstate=code) from exc
+        return None, exc
 
 
 def describe(settings: DbSettings) -> str:
