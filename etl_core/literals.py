@@ -15,11 +15,11 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.compute as pc
 
-_FORMATS = {pa.int8(): "<b", pa.int32(): "<i", pa.int64(): "<q", pa.float64(): "<d"}
+_FORMATS = {pa.int8(): "<b", pa.int32(): "<i", pa.int64(): "<q", pa.uint64(): "<Q", pa.float64(): "<d"}
 
 
 def scalar(value: int | float | str | bool, type: pa.DataType) -> pa.Scalar:
-    """``value`` as a scalar of ``type`` (int8, int32, int64, float64, bool or string)."""
+    """``value`` as a scalar of ``type`` (int8, int32, int64, uint64, float64, bool or string)."""
     return array([value], type)[0]
 
 

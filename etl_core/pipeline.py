@@ -233,12 +233,13 @@ def _publish(settings: Settings, ledger: StoreRun, extracted: Extracted, violati
                     publication.lock()  # against new foreign keys, as volume() would
                 else:
                     guard.check_volume(publication.volume(), extracted.volume, min_share=settings.min_share)
+                digester = features.Digester(extracted.compounds)
                 if status == "dry_run":  # everything but the write: no features, no rejects stored
                     publication.preview(DRY_RUN_SAMPLE)
-                    publication.replace_features(batches)
+                    publication.replace_features(batches, digester)
                     written = 0
                 else:
-                    written = publication.replace_features(batches)
+                    written = publication.replace_features(batches, digester)
                     publication.store_rejects(violations)
                 publication.finish(status=status, files=extracted.files, users_written=written,
                                    seconds=dict(seconds, total=round(time.perf_counter() - started, 3)))

@@ -173,6 +173,17 @@ ETL_SHARD_COUNTS = Table("etl_shard_counts", key="(none)", purpose=(
     Column("n", pa.int64(), "bigint", "the count", since=4),
 ))
 
+FEATURE_DIGESTS = Table("etl_feature_digests", key="run_id", purpose=(
+    "One row: each user's digest (etl_core/features/digests.py) as the newest publication left the features, "
+    "so that a reload sends the database only the users whose digest differs. UNLOGGED, a cache: when it is "
+    "empty, or stored by an older run than the newest that published (a restore stores none), the next load "
+    "compares every value on the server and stores it again; not for readers."), columns=(
+    Column("run_id", pa.int64(), "bigint", "the run whose features these are", since=5),
+    Column("algorithm", pa.int32(), "integer", "the digest's version: another one is not compared", since=5),
+    Column("users", pa.int64(), "bigint", "how many users", since=5),
+    Column("digests", pa.binary(), "bytea", "an Arrow IPC stream: user_id (ascending) and digest (uint64)", since=5),
+))
+
 SCHEMA_MIGRATIONS = Table("etl_schema_migrations", key="version", purpose=(
     "The schema's versions this database has: one row per step applied (etl_core/store/migrations.py). A "
     "release refuses a schema newer than it knows."), columns=(
@@ -184,7 +195,7 @@ SCHEMA_MIGRATIONS = Table("etl_schema_migrations", key="version", purpose=(
 
 # every table the job writes, in the order docs/tables.md lists them
 TABLES = (USER_FEATURES, USER_FEATURES_HISTORY, ETL_RUNS, ETL_REJECTS, HISTORY_HORIZON, ETL_SHARDS, ETL_SHARD_COUNTS,
-          SCHEMA_MIGRATIONS)
+          FEATURE_DIGESTS, SCHEMA_MIGRATIONS)
 
 
 def markdown() -> str:

@@ -64,8 +64,8 @@ def after_the_features_are_written(monkeypatch: pytest.MonkeyPatch, action: Any)
     real = PostgresPublication.replace_features
     done: list[bool] = []
 
-    def then_act(self: PostgresPublication, features: Any) -> int:
-        written = real(self, features)
+    def then_act(self: PostgresPublication, features: Any, *rest: Any) -> int:
+        written = real(self, features, *rest)
         if not done:
             done.append(True)
             action(self)

@@ -43,6 +43,16 @@ class RunRecord:
         self._inputs = {"fingerprint": fingerprint, "inputs": inputs}
 
 
+class RowDigests(Protocol):
+    """Each row's digest of a load's features (``etl_core.features.Digester``): equal rows, equal digests."""
+
+    algorithm: int  # digests of another algorithm are never compared
+
+    def rows(self, features: pa.RecordBatch) -> pa.Array:
+        """One uint64 per row."""
+        ...
+
+
 class Publication(Protocol):
     """One transaction that replaces the features: everything in it is published together at the end
     of the ``with`` block, or nothing is (any exception rolls all of it back)."""
@@ -57,10 +67,11 @@ class Publication(Protocol):
 
     changes: dict[str, int] | None  # once replace_features is done: added, changed, removed, unchanged
 
-    def replace_features(self, features: Iterable[pa.RecordBatch]) -> int:
+    def replace_features(self, features: Iterable[pa.RecordBatch], digester: RowDigests | None = None) -> int:
         """Make the table hold exactly these rows (consumed as they come), writing only the users added,
         changed (any value differs) or removed, each ended version kept in the history; return how many
-        rows.  An unchanged row keeps the run that made it valid."""
+        rows.  An unchanged row keeps the run that made it valid.  A store may use ``digester`` (the
+        load's: ``etl_core.features.Digester``) to find the changed users without comparing every value."""
         ...
 
     sample: list[dict[str, Any]] | None  # previewing: the first users the diff found, as ``Store.changes``

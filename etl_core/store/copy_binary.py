@@ -52,3 +52,25 @@ def rows(features: pa.RecordBatch, run_id: int) -> memoryview:
     encoder.write_header()
     data = encoder.write_batch(batch) + encoder.finish()
     return memoryview(data)[:-len(TRAILER)]
+
+
+def one_blob_row(run_id: int, algorithm: int, users: int, blob: bytes) -> list[bytes]:
+    """One row of (bigint, integer, bigint, bytea) in binary COPY, header and trailer included: the
+    digests' row (etl_feature_digests), sent as it is rather than as hex text."""
+    return [HEADER, (4).to_bytes(2, "big"),
+            (8).to_bytes(4, "big"), run_id.to_bytes(8, "big", signed=True),
+            (4).to_bytes(4, "big"), algorithm.to_bytes(4, "big", signed=True),
+            (8).to_bytes(4, "big"), users.to_bytes(8, "big", signed=True),
+            len(blob).to_bytes(4, "big"), blob, TRAILER]
+
+
+def single_field(data: bytes) -> bytes | None:
+    """The one field of the one row of a binary ``COPY ... TO STDOUT`` (None: no row, or NULL)."""
+    if not data.startswith(HEADER[:11]):
+        raise ValueError("not binary COPY data")
+    extension = int.from_bytes(data[15:19], "big")
+    at = 19 + extension
+    if int.from_bytes(data[at:at + 2], "big", signed=True) != 1:  # the trailer (-1): no row
+        return None
+    length = int.from_bytes(data[at + 2:at + 6], "big", signed=True)
+    return None if length < 0 else data[at + 6:at + 6 + length]

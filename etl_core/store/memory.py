@@ -19,7 +19,7 @@ from etl_core import literals
 from etl_core.config import RetentionSettings
 from etl_core.errors import LoadError, RunInProgress, shorten
 from etl_core.guard import Volume
-from etl_core.store import CONFIRMING, LARGEST_ID, LOADED, PUBLISHED, LastLoaded, RunRecord
+from etl_core.store import CONFIRMING, LARGEST_ID, LOADED, PUBLISHED, LastLoaded, RowDigests, RunRecord
 from etl_core.tables import COMPARED
 
 
@@ -238,7 +238,7 @@ class MemoryPublication:
             return Volume(users=0, experiments=0)
         return Volume(users=table.num_rows, experiments=int(pc.sum(table["total_experiments"]).as_py()))
 
-    def replace_features(self, features: Iterable[pa.RecordBatch]) -> int:
+    def replace_features(self, features: Iterable[pa.RecordBatch], digester: RowDigests | None = None) -> int:
         """As the PostgreSQL store writes: only the users added, changed or removed; unchanged rows keep
         the run that made them valid, and each ended version goes to the history."""
         batches = list(features)

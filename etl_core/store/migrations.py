@@ -92,6 +92,11 @@ def _shard_staging(conn: Any, schema: str) -> None:
              f"ON {sql.q(schema, SHARD_COUNTS)} (batch, shard)")
 
 
+def _digests(conn: Any, schema: str) -> None:
+    for statement in sql.create_digests(schema):
+        conn.run(statement)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "etl_runs, etl_rejects and user_features, or an earlier deployment's brought to their shape",
               _ledger_and_features),
@@ -102,6 +107,8 @@ MIGRATIONS: tuple[Migration, ...] = (
                  "removed, unchanged and restored_from, and the statuses restored and dry_run", _history),
     Migration(4, "etl_shards and etl_shard_counts: the sharded path's partial counts (docs/scale.md)",
               _shard_staging),
+    Migration(5, "etl_feature_digests: each user's digest as the newest publication left the features, so "
+                 "that a reload sends only the users whose digest differs (docs/publishing.md)", _digests),
 )
 LATEST = MIGRATIONS[-1].version
 

@@ -12,9 +12,12 @@ only users that are gone are deleted.
 
 from __future__ import annotations
 
+import collections
+import io
 import json
 import threading
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any
 
@@ -32,7 +35,9 @@ from etl_core.store import (
     LOADED,
     PUBLISHED,
     LastLoaded,
+    RowDigests,
     RunRecord,
+    changes,
     copy_binary,
     db,
     migrations,
@@ -378,12 +383,16 @@ class PostgresPublication:
     def preview(self, sample: int) -> None:
         self._sample = sample
 
-    def replace_features(self, features: Iterable[pa.RecordBatch]) -> int:
-        """Make the table hold these rows, writing only what differs: into an empty table the rows go
-        straight in; else they go to a temporary table, one join finds the users added, changed and
-        removed, and the statements that follow write only those (``_apply``).  The rows go in binary
-        COPY (the server parses it in about two thirds of CSV's time), unless the table's columns no
-        longer have the types binary COPY sends (into the temporary table, of our types, always binary)."""
+    def replace_features(self, features: Iterable[pa.RecordBatch], digester: RowDigests | None = None) -> int:
+        """Make the table hold these rows, writing only what differs.  Into an empty table the rows go
+        straight in.  Else, where the last publication stored its users' digests (and this run counted
+        the table: not a forced one), only the users whose digest differs go to a temporary table, and
+        the users the rows no longer have to another (``_send_changed``); without stored digests every
+        row goes to the temporary table.  One join then finds the users added, changed and removed, and
+        the statements that follow write only those (``_apply``).  With a ``digester`` the rows' digests
+        are stored for the next reload.  The rows go in binary COPY (the server parses it in about two
+        thirds of CSV's time), unless the table's columns no longer have the types binary COPY sends
+        (into the temporary table, of our types, always binary)."""
         rows = [0]
 
         def counted(batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -392,20 +401,81 @@ class PostgresPublication:
                 yield batch
 
         table = sql.q(self._schema, sql.FEATURES)
-        with _translated(self):
+        digests = _Digests(digester)
+        with _translated(self), digests:
             [[empty]] = self._conn.run(sql.is_empty(self._schema))
             if empty and self._sample is None:
                 binary = _BINARY and dict(self._conn.run(sql.column_types(), table=table)) == sql.BINARY_FEATURE_TYPES
                 self._copy(sql.copy_in(self._schema, sql.FEATURES, sql.FEATURE_COLUMNS, binary=binary),
-                           _chunks(counted(features), self._run_id, binary=binary))
+                           _chunks(digests.beside(counted(features)), self._run_id, binary=binary))
                 self.changes = {"added": rows[0], "changed": 0, "removed": 0, "unchanged": 0}
                 self.left_dead = 0
+                self._store_digests(digests, rows[0])
                 return rows[0]
+            previous = self._previous(digester)
             self._staging()
-            self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
-                       _chunks(counted(features), self._run_id, binary=_BINARY))
-            self._apply(rows[0])
+            if previous is not None:
+                gone = self._send_changed(digests.compared(counted(features), previous))
+            else:
+                self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
+                           _chunks(digests.beside(counted(features)), self._run_id, binary=_BINARY))
+                gone = None
+            self._apply(rows[0], gone=gone)
+            self._store_digests(digests, rows[0])
         return rows[0]
+
+    def _previous(self, digester: RowDigests | None) -> changes.Previous | None:
+        """The last publication's digests, where they can be trusted to describe the table: stored by the
+        newest run that published, by this algorithm, for as many users as the table holds now (counted
+        by ``volume()``; a forced run counts nothing and compares every value)."""
+        if digester is None or self._held is None:
+            return None
+        out = io.BytesIO()
+        self._conn.run(sql.last_digests(self._schema, PUBLISHED, algorithm=digester.algorithm, users=self._held),
+                       stream=out)
+        blob = copy_binary.single_field(out.getbuffer().tobytes())
+        if blob is None:
+            return None
+        stored = pa.ipc.open_stream(blob).read_all()
+        return changes.Previous(stored["user_id"].combine_chunks(), stored["digest"].combine_chunks())
+
+    def _send_changed(self, batches: Iterator[tuple[pa.RecordBatch | None, pa.Array]]) -> bool:
+        """COPY the rows whose digest differs into the temporary table, and the users gone into another;
+        whether any user is gone."""
+        gone: list[pa.Array] = []
+        sent = [0]
+
+        def changed() -> Iterator[pa.RecordBatch]:
+            for batch, removed in batches:
+                gone.append(removed)
+                if batch is not None and batch.num_rows:
+                    sent[0] += batch.num_rows
+                    yield batch
+
+        self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
+                   _chunks(changed(), self._run_id, binary=_BINARY))
+        self._conn.run(f"ANALYZE {sql.q('pg_temp', sql.STAGING)}")
+        removed = pa.chunked_array(gone, pa.int64())
+        if len(removed):
+            self._conn.run(sql.create_gone())
+            self._copy(sql.copy_in("pg_temp", sql.GONE, ("user_id",)),
+                       _csv_chunks([pa.table({"user_id": removed})]))
+        self._join_by_key(sent[0] + len(removed), self._held or 0)
+        return bool(len(removed))
+
+    def _store_digests(self, digests: _Digests, rows: int) -> None:
+        """Keep this load's digests for the next reload (never a dry run's: the table stays as it was)."""
+        if self._sample is not None or digests.digester is None:
+            return
+        stored = digests.table()
+        if stored.num_rows != rows:  # not every row was digested: store none rather than a wrong set
+            return
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, stored.schema) as writer:
+            writer.write_table(stored)
+        self._conn.run(sql.drop_digests(self._schema))
+        self._copy(sql.store_digests(self._schema), copy_binary.one_blob_row(
+            self._run_id, int(digests.digester.algorithm), rows, sink.getvalue().to_pybytes()))
 
     def restore_features(self, of: int) -> int:
         with _translated():
@@ -425,13 +495,20 @@ class PostgresPublication:
             self._conn.run(setting)
         self._conn.run(sql.create_staging())  # our column types; the statements convert
 
-    def _apply(self, rows: int) -> None:
-        """Compare the temporary table with the table; unless previewing, write what differs: the ended
+    def _join_by_key(self, users: int, rows: int) -> None:
+        """Let the statements that follow find ``users`` users by the key, if they are few of ``rows``."""
+        for setting in sql.join_by_key(users <= rows * sql.SMALL_SHARE):
+            self._conn.run(setting)
+
+    def _apply(self, rows: int, *, gone: bool | None = None) -> None:
+        """Compare the temporary table with the table (all the rows; or, with ``gone`` not None, those
+        whose digest differed and the users gone); unless previewing, write what differs: the ended
         versions to the history, then delete the removed users, update the changed ones, insert the added."""
-        self._conn.run(sql.classify(self._schema))
+        self._conn.run(sql.classify(self._schema) if gone is None else sql.classify_sent(self._schema, gone=gone))
         self._conn.run(f"ANALYZE {sql.q('pg_temp', sql.DIFF)}")  # its size decides how the statements join
         found = {kind: int(n) for kind, n in self._conn.run(sql.count_diff())}
         counts = {"added": found.get("a", 0), "changed": found.get("c", 0), "removed": found.get("r", 0)}
+        self._join_by_key(sum(counts.values()), max(rows, self._held or 0))
         self.changes = {**counts, "unchanged": rows - counts["added"] - counts["changed"]}
         if self._sample is not None:
             self.sample = [_change(user_id, before, after) for user_id, before, after in
@@ -470,6 +547,53 @@ class PostgresPublication:
     def _copy(self, statement: str, chunks: Iterable[memoryview]) -> None:
         self._streams.append(stream := _Stream(chunks))
         self._conn.run(statement, stream=stream)
+
+
+class _Digests:
+    """A load's digests, worked out beside the rows: on a thread of their own while the rows stream to
+    the COPY (the server parses one batch while the next one's digests are computed), or in line where
+    they decide which rows to send.  A context: leaving it waits for the thread."""
+
+    def __init__(self, digester: RowDigests | None) -> None:
+        self.digester = digester
+        self._ids: list[pa.Array] = []
+        self._digests: list[Any] = []  # arrays, or futures of them
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> _Digests:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def beside(self, batches: Iterable[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        """``batches`` as they are, each one's digests worked out on the thread."""
+        if self.digester is None:
+            yield from batches
+            return
+        self._pool = self._pool or ThreadPoolExecutor(1, thread_name_prefix="etl-digests")
+        for batch in batches:
+            self._ids.append(batch["user_id"])
+            self._digests.append(self._pool.submit(self.digester.rows, batch))
+            yield batch
+
+    def compared(self, batches: Iterable[pa.RecordBatch],
+                 previous: changes.Previous) -> Iterator[tuple[pa.RecordBatch | None, pa.Array]]:
+        """Per batch: its rows whose digest differs from ``previous`` (added or changed), and the users of
+        ``previous`` it skipped (removed); at the end, no rows and the users after the last batch."""
+        assert self.digester is not None
+        for batch in batches:
+            digests = self.digester.rows(batch)
+            self._ids.append(batch["user_id"])
+            self._digests.append(digests)
+            found = previous.compare(batch["user_id"], digests)
+            yield batch.filter(found.send), found.removed
+        yield None, previous.rest()
+
+    def table(self) -> pa.Table:
+        digests = [d.result() if isinstance(d, Future) else d for d in self._digests]
+        return changes.digest_table(self._ids, digests)
 
 
 class _Stream:

@@ -5,13 +5,15 @@ from __future__ import annotations
 from pg8000.native import identifier
 
 from etl_core.status import LOADED, PUBLISHED, RunStatus
-from etl_core.tables import COMPARED, USER_FEATURES, USER_FEATURES_HISTORY, Table
+from etl_core.tables import COMPARED, FEATURE_DIGESTS, USER_FEATURES, USER_FEATURES_HISTORY, Table
 
 FEATURES = USER_FEATURES.name
 RUNS = "etl_runs"
 REJECTS = "etl_rejects"
 STAGING = "user_features__staging"
 DIFF = "user_features__diff"
+GONE = "user_features__gone"  # the users a reload found gone by their digests (temporary)
+DIGESTS = "etl_feature_digests"
 HISTORY = USER_FEATURES_HISTORY.name
 HORIZON = "etl_history_horizon"  # one row: the oldest run whose features the history can still give
 AS_OF = "user_features_as_of"  # the SQL function: the features as they were after a run
@@ -149,8 +151,21 @@ def is_empty(schema: str) -> str:
 
 def create_staging() -> str:
     """A temporary table for the new rows, gone at the end of the transaction (its key: a duplicate user
-    fails the COPY, 23505, as it would in the table itself)."""
+    fails the COPY, 23505, as it would in the table itself; and the statements that follow find a
+    user's new row by it)."""
     return features_table("pg_temp", STAGING, primary_key=True) + " ON COMMIT DROP"
+
+
+# A publication that writes few users finds each in the table by its key: the planner, left to itself,
+# scans the whole table into a hash join (at L, 0.15-0.3 s per statement against 0.02-0.06 s for ten
+# thousand key lookups).  Under SMALL_SHARE of the table's rows, its statements run without hash and merge
+# joins; above it, with them (a scan costs less than that many lookups).
+SMALL_SHARE = 1 / 16
+
+
+def join_by_key(few: bool) -> tuple[str, ...]:
+    value = "off" if few else "on"
+    return (f"SET LOCAL enable_hashjoin = {value}", f"SET LOCAL enable_mergejoin = {value}")
 
 
 def _differs(old: str, new: str) -> str:
@@ -174,6 +189,49 @@ def classify(schema: str) -> str:
             f"WHERE f.user_id IS NULL OR s.user_id IS NULL OR {_differs('f', 's')}")
 
 
+def classify_sent(schema: str, *, gone: bool) -> str:
+    """As ``classify``, where the temporary table holds only the users whose digest differed from the
+    last load's (``GONE``, with ``gone``, the users it no longer has): each is looked up in the table
+    by its key, and one whose values are all equal after all is unchanged."""
+    removed = (f" UNION ALL SELECT g.user_id, 'r' FROM {q('pg_temp', GONE)} g JOIN {q(schema, FEATURES)} f "
+               "ON f.user_id = g.user_id") if gone else ""
+    return (f"CREATE TEMPORARY TABLE {identifier(DIFF)} ON COMMIT DROP AS "
+            "SELECT s.user_id, CASE WHEN f.user_id IS NULL THEN 'a' ELSE 'c' END AS kind "
+            f"FROM {q('pg_temp', STAGING)} s LEFT JOIN {q(schema, FEATURES)} f ON f.user_id = s.user_id "
+            f"WHERE f.user_id IS NULL OR {_differs('f', 's')}{removed}")
+
+
+def create_gone() -> str:
+    return f"CREATE TEMPORARY TABLE {identifier(GONE)} (user_id bigint PRIMARY KEY) ON COMMIT DROP"
+
+
+def create_digests(schema: str) -> list[str]:
+    """The digests' table (schema step 5): UNLOGGED, as a cache is (a crash empties it, and the next
+    reload compares every value on the server instead); the digests stored as they are (they do not
+    compress)."""
+    return [create_table(FEATURE_DIGESTS, schema, if_not_exists=True, primary_key=True)
+            .replace("CREATE TABLE", "CREATE UNLOGGED TABLE", 1),
+            f"ALTER TABLE {q(schema, DIGESTS)} ALTER COLUMN digests SET STORAGE EXTERNAL"]
+
+
+def last_digests(schema: str, published: tuple[str, ...], *, algorithm: int, users: int) -> str:
+    """The stored digests, as binary COPY of one bytea, if they are those of the newest run that published
+    features (a restore, or a publication that stored none, leaves older ones, which no longer count), of
+    ``algorithm`` and for ``users`` users (integers written in: COPY takes no parameters)."""
+    listed = ", ".join(f"'{status}'" for status in published)
+    return (f"COPY (SELECT digests FROM {q(schema, DIGESTS)} WHERE run_id = (SELECT max(id) FROM "
+            f"{q(schema, RUNS)} WHERE status IN ({listed})) AND algorithm = {int(algorithm)} AND users = {int(users)}) "
+            "TO STDOUT (FORMAT binary)")
+
+
+def drop_digests(schema: str) -> str:
+    return f"DELETE FROM {q(schema, DIGESTS)}"
+
+
+def store_digests(schema: str) -> str:
+    return f"COPY {q(schema, DIGESTS)} (run_id, algorithm, users, digests) FROM STDIN (FORMAT binary)"
+
+
 def count_diff() -> str:
     return f"SELECT kind, count(*) FROM {q('pg_temp', DIFF)} GROUP BY kind"
 
@@ -186,17 +244,19 @@ def keep_ended(schema: str) -> str:
             "ON f.user_id = d.user_id WHERE d.kind <> 'a' ORDER BY f.user_id")
 
 
+def delete_changed_and_removed(schema: str) -> str:
+    """Where most users changed and no other table references the features: delete every user that
+    changed or is gone, so that the changed ones go back in by ``insert_added_and_changed`` (cheaper
+    than updating most of a table).  (One statement that deletes and moves the rows to the history,
+    ``WITH ended AS (DELETE ... RETURNING ...) INSERT ...``, was measured slower at L.)"""
+    return (f"DELETE FROM {q(schema, FEATURES)} f USING {q('pg_temp', DIFF)} d WHERE f.user_id = d.user_id "
+            "AND d.kind <> 'a'")
+
+
 def delete_removed(schema: str) -> str:
     """Delete the users the new rows no longer have (a key held on them acts as it was declared)."""
     return (f"DELETE FROM {q(schema, FEATURES)} f USING {q('pg_temp', DIFF)} d "
             "WHERE f.user_id = d.user_id AND d.kind = 'r'")
-
-
-def delete_changed_and_removed(schema: str) -> str:
-    """Where no other table references the features: delete every user that changed or is gone, so that
-    the changed ones go back in by ``insert_added_and_changed`` (cheaper than updating most of a table)."""
-    return (f"DELETE FROM {q(schema, FEATURES)} f USING {q('pg_temp', DIFF)} d WHERE f.user_id = d.user_id "
-            "AND d.kind <> 'a'")
 
 
 def insert_added_and_changed(schema: str) -> str:
