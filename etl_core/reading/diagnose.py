@@ -22,8 +22,6 @@ from etl_core.reading import keys, rules, violations
 from etl_core.reading.lines import Lines
 from etl_core.sources import Source
 
-Add = Callable[[pa.RecordBatch], None]  # where accepted batches go: a sink's add
-
 
 @dataclasses.dataclass
 class Outcome:
@@ -34,7 +32,7 @@ class Outcome:
     violations: pa.Table
 
 
-def read(source: Source, contract: FileContract, names: list[str], add: Add, refs: keys.References | None,
+def read(source: Source, contract: FileContract, names: list[str], add: rules.Add, refs: keys.References | None,
          block_size: int, progress: Callable[[int, int], None] | None, duplicates: pa.Array | None = None
          ) -> Outcome:
     """Read the file into ``add`` (accepted rows only); return its counts and every violation.  The
