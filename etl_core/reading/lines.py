@@ -34,7 +34,7 @@ BLANKS = b" \t"  # the whitespace the contract trims: spaces and tabs, nothing e
 # a block that has any of these is read line by line: a quote, a NUL byte, a lone CR (pyarrow ends a row
 # there too, but the lines are counted here), a blank line
 _SUSPECT = re.compile(rb'["\x00]|\r(?!\n)|^[ \t]*\r?\n', re.MULTILINE)
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+LINE_END = re.compile(rb"\r\n|\r|\n")  # where a line ends, as the CSV reader ends rows
 # Lines that pyarrow reads exactly as this dialect does: not blank, every field plain (no quote) or
 # quoted from its first byte to the delimiter, no NUL byte, no lone CR.
 _FIELD = rb'(?:"[^"\r\n\x00]*(?:""[^"\r\n\x00]*)*"|[^",\r\n\x00]*)'  # the quoted loop unrolled: 4x faster
@@ -149,7 +149,7 @@ class Lines:
         return b"".join(out)
 
     def _each_line(self, data: bytes) -> bytes:
-        lines = _LINE_END.split(data)
+        lines = LINE_END.split(data)
         lines.pop()  # data ends with a line break: nothing after it
         out = []
         for line in lines:
