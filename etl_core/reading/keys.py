@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core.reading import rules
+from etl_core.reading import lines, rules
 
 
 class KeySet:
@@ -70,14 +70,10 @@ def duplicate_keys(stream: pa.NativeFile, key: str, names: list[str], block_size
     """The valid key values that occur more than once in ``stream`` (one pass over its key column), as
     the checks read them (trimmed).  On the diagnostic path ``stream`` is the file's lines as
     etl_core/reading/lines.py hands them on."""
-
-    def skip(row: pacsv.InvalidRow) -> str:
-        return "skip"
-
     reader = pacsv.open_csv(
         stream,
         read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=skip, ignore_empty_lines=False),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=lines.skip, ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(column_types={key: pa.binary()}, include_columns=[key],
                                              strings_can_be_null=False),
     )

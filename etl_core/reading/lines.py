@@ -24,6 +24,7 @@ import bisect
 import re
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from etl_core.contract import Rule
 
@@ -178,6 +179,30 @@ class Lines:
     def dropped_between(self, first: int, last: int) -> list[int]:
         """The dropped lines from ``first`` to ``last``."""
         return self.dropped[bisect.bisect_left(self.dropped, first):bisect.bisect_right(self.dropped, last)]
+
+
+def skip(row: pacsv.InvalidRow) -> str:
+    """pyarrow's handler for a row with a wrong field count (``invalid_row_handler``) wherever the rows are
+    read as bytes (the diagnostic read, the duplicate keys' pass): skip it."""
+    return "skip"
+
+
+class SkippedRows:
+    """``skip``, remembering each skipped row's line and text: for a read on one thread (pyarrow numbers
+    the rows only there), which reports them and numbers the rows after them."""
+
+    def __init__(self) -> None:
+        self.new: list[tuple[int, str]] = []  # since the last take()
+        self.lines: list[int] = []  # every skipped line so far, sorted
+
+    def __call__(self, row: pacsv.InvalidRow) -> str:
+        self.new.append((row.number, row.text))
+        bisect.insort(self.lines, row.number)
+        return skip(row)
+
+    def take(self) -> list[tuple[int, str]]:
+        new, self.new = self.new, []
+        return new
 
 
 def show(raw: bytes) -> str:
