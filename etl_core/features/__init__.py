@@ -4,6 +4,6 @@ thread beside the reader, buckets, a memory budget, the features worked out whil
 them).  The face: the rest of the job uses only what this module names."""
 
 from etl_core.features.engine import Counts, ExperimentCounter, feature_batches
-from etl_core.features.kernels import FEATURES_SCHEMA, ascending, average
+from etl_core.features.kernels import FEATURES_SCHEMA, ascending, average, dense_range
 
-__all__ = ["FEATURES_SCHEMA", "Counts", "ExperimentCounter", "ascending", "average", "feature_batches"]
+__all__ = ["FEATURES_SCHEMA", "Counts", "ExperimentCounter", "ascending", "average", "dense_range", "feature_batches"]

@@ -8,6 +8,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
+from etl_core.features import dense_range
 from etl_core.reading import lines, rules
 
 
@@ -16,11 +17,7 @@ class KeySet:
 
     def __init__(self, keys: pa.Array) -> None:
         self.keys = keys
-        self._range: tuple[int, int] | None = None
-        if len(keys):
-            bounds = pc.min_max(keys).as_py()
-            if bounds["max"] - bounds["min"] + 1 == len(keys):  # keys are unique: a full range
-                self._range = (bounds["min"], bounds["max"])
+        self._range = dense_range(keys)  # the keys are unique
 
     def contains_all(self, values: pa.Array) -> bool:
         """Whether every value (none null) is one of the keys."""
