@@ -2,13 +2,17 @@
 whether it may be NULL, the schema version that added it and what it means.  The features' Arrow
 schema (``transform``), the DDL and the COPY column lists (``store.sql``), the encoders
 (``store.postgres``, ``store.copy_binary``) and the benchmark's mirrored table are made from, or
-checked against, these descriptions.  Pure: pyarrow's types only."""
+checked against, these descriptions.  A column also says what its DDL needs beyond its type (a default,
+a sequence, a CHECK, a foreign key), so that ``store.sql`` makes a table as any schema version had it
+(its columns of that version or before).  Pure: pyarrow's types and the run statuses only."""
 
 from __future__ import annotations
 
 import dataclasses
 
 import pyarrow as pa
+
+from etl_core.status import RunStatus
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +23,11 @@ class Column:
     meaning: str
     nullable: bool = False
     since: int = 1  # the schema version that added the column
+    default: str = ""  # the SQL expression a row gets when it names no value ("": none)
+    serial: bool = False  # numbered by a sequence of its own (bigserial): its default is the next number
+    check: str = ""  # an SQL condition each value meets (the constraint <table>_<column>_check)
+    # (table, column) of the same schema whose value this column holds; deleting that row deletes this one
+    references: tuple[str, str] | None = None
 
     def field(self) -> pa.Field:
         return pa.field(self.name, self.arrow, nullable=self.nullable)
@@ -37,6 +46,17 @@ class Table:
 
     def sql_types(self) -> dict[str, str]:
         return {c.name: c.sql for c in self.columns}
+
+    def column(self, name: str) -> Column:
+        return next(c for c in self.columns if c.name == name)
+
+    def as_of(self, version: int) -> tuple[Column, ...]:
+        """The columns the table had at schema ``version``: those added by it or before, in order."""
+        return tuple(c for c in self.columns if c.since <= version)
+
+    def added_by(self, version: int) -> tuple[Column, ...]:
+        """The columns schema ``version`` added to the table."""
+        return tuple(c for c in self.columns if c.since == version)
 
     def arrow_schema(self, *, without: tuple[str, ...] = ()) -> pa.Schema:
         return pa.schema([c.field() for c in self.columns if c.name not in without])
@@ -90,12 +110,14 @@ ETL_RUNS = Table("etl_runs", key="id", purpose=(
     "rely on `id`, `status`, `started_at`, `finished_at`, `users_written` and `same_as`; `files`, `seconds`, "
     "`error` and `inputs` are JSON whose members may grow. Rows older than `ETL_RUNS_RETENTION_DAYS` are "
     "purged (docs/operating.md)."), columns=(
-    Column("id", pa.int64(), "bigint", "the run's id, increasing"),
-    Column("started_at", _TIMESTAMP, "timestamp with time zone", "when the run started (the server's clock)"),
+    Column("id", pa.int64(), "bigint", "the run's id, increasing", serial=True),
+    Column("started_at", _TIMESTAMP, "timestamp with time zone", "when the run started (the server's clock)",
+           default="clock_timestamp()"),
     Column("finished_at", _TIMESTAMP, "timestamp with time zone", "when it finished; NULL while running",
            nullable=True),
     Column("status", pa.string(), "text",
-           "running, succeeded, partial, failed, unchanged, restored or dry_run (etl_core/status.py)"),
+           "running, succeeded, partial, failed, unchanged, restored or dry_run (etl_core/status.py)",
+           check="status IN (" + ", ".join(f"'{status}'" for status in RunStatus) + ")"),
     Column("policy", pa.string(), "text", "strict or quarantine"),
     Column("data_dir", pa.string(), "text", "where it read: a directory, or an s3:// prefix"),
     Column("files", pa.string(), "jsonb", "per file: rows_read, rows_accepted, rows_rejected, extra_columns",
@@ -121,7 +143,8 @@ ETL_REJECTS = Table("etl_rejects", key="run_id, seq", purpose=(
     "The rows a quarantine run rejected, one row per broken rule, for `GET /runs/{run_id}/rejects` (personal "
     "data: behind its own permission). Kept `ETL_REJECTS_RETENTION_DAYS`; with `ETL_REJECTS_KEEP_RAW=false` "
     "`value` and `raw` are NULL and `raw_sha256` holds the row's hash. A run's rows go with the run."), columns=(
-    Column("run_id", pa.int64(), "bigint", "the run (etl_runs.id) that rejected the row"),
+    Column("run_id", pa.int64(), "bigint", "the run (etl_runs.id) that rejected the row",
+           references=(ETL_RUNS.name, "id")),
     Column("seq", pa.int64(), "bigint", "the reject's number within its run: 1, 2, ..."),
     Column("file", pa.string(), "text", "the input file"),
     Column("line", pa.int64(), "bigint", "the 1-based line of the file; NULL for a problem of the whole file",

@@ -79,6 +79,15 @@ def test_offset_if_range_is_the_first_id_of_a_dense_range_only() -> None:
     assert transform.offset_if_range(ints([])) is None
 
 
+def test_dense_range_is_the_bounds_of_ids_that_fill_them_in_any_order() -> None:
+    """One detection for the kernels' ranks (sorted ids: their ends) and the readers' key sets (any order)."""
+    assert transform.dense_range(ints([6, 4, 5])) == (4, 6)
+    assert transform.dense_range(ints([7, 4, 6])) is None
+    assert transform.dense_range(ints([4, 5, 6]), ascending=True) == (4, 6)
+    assert transform.dense_range(ints([4, 6, 7]), ascending=True) is None
+    assert transform.dense_range(ints([])) is None and transform.dense_range(ints([]), ascending=True) is None
+
+
 def test_rank_is_the_position_among_the_sorted_ids_dense_or_not() -> None:
     assert transform.rank(ints([6, 4, 5]), ints([4, 5, 6]), 4).to_pylist() == [2, 0, 1]
     assert transform.rank(ints([9, 2, 1000]), ints([2, 9, 1000]), None).to_pylist() == [1, 0, 2]

@@ -33,11 +33,24 @@ MAX_SHIFTS = 8  # lists longer than this are deduplicated with a hash instead of
 FEATURES_SCHEMA = USER_FEATURES.arrow_schema(without=STORE_ADDS)  # what a run computes
 
 
+def dense_range(ids: pa.Array, *, ascending: bool = False) -> tuple[int, int] | None:
+    """(lowest, highest) when the distinct ``ids`` are every integer from the lowest to the highest, else
+    None (and for no ids): an id's rank is then ``id - lowest``, and it is one of them when it lies in
+    between.  ``ascending``: the ids are sorted, so their ends are their bounds (no pass over them)."""
+    if not len(ids):
+        return None
+    if ascending:
+        lowest, highest = ids[0].as_py(), ids[-1].as_py()
+    else:
+        bounds = pc.min_max(ids).as_py()
+        lowest, highest = bounds["min"], bounds["max"]
+    return (int(lowest), int(highest)) if highest - lowest + 1 == len(ids) else None
+
+
 def offset_if_range(sorted_ids: pa.Array) -> int | None:
     """The first id when the sorted ids fill a range (rank = id - first), else None."""
-    if len(sorted_ids) and sorted_ids[-1].as_py() - sorted_ids[0].as_py() + 1 == len(sorted_ids):
-        return int(sorted_ids[0].as_py())
-    return None
+    span = dense_range(sorted_ids, ascending=True)
+    return None if span is None else span[0]
 
 
 def rank(ids: pa.Array, sorted_ids: pa.Array, offset: int | None) -> pa.Array:

@@ -19,10 +19,8 @@ import pyarrow.csv as pacsv
 from etl_core import literals
 from etl_core.contract import LIST_SEPARATOR, Column, FileContract, Rule
 from etl_core.reading import keys, rules, violations
-from etl_core.reading.lines import Lines
+from etl_core.reading.lines import Lines, SkippedRows
 from etl_core.sources import Source
-
-Add = Callable[[pa.RecordBatch], None]  # where accepted batches go: a sink's add
 
 
 @dataclasses.dataclass
@@ -34,7 +32,7 @@ class Outcome:
     violations: pa.Table
 
 
-def read(source: Source, contract: FileContract, names: list[str], add: Add, refs: keys.References | None,
+def read(source: Source, contract: FileContract, names: list[str], add: rules.Add, refs: keys.References | None,
          block_size: int, progress: Callable[[int, int], None] | None, duplicates: pa.Array | None = None
          ) -> Outcome:
     """Read the file into ``add`` (accepted rows only); return its counts and every violation.  The
@@ -79,27 +77,10 @@ class _Piece:
     broken: list[tuple[int, str]]  # (line, text) of rows pyarrow found a wrong field count in, since the last piece
 
 
-class _Skipped:
-    """pyarrow's handler for rows with a wrong field count: skip each, and remember its line and text."""
-
-    def __init__(self) -> None:
-        self.new: list[tuple[int, str]] = []  # since the last take()
-        self.lines: list[int] = []  # every skipped line so far, sorted
-
-    def __call__(self, row: pacsv.InvalidRow) -> str:
-        self.new.append((row.number, row.text))
-        bisect.insort(self.lines, row.number)
-        return "skip"
-
-    def take(self) -> list[tuple[int, str]]:
-        new, self.new = self.new, []
-        return new
-
-
 def _pieces(physical: Lines, names: list[str], block_size: int) -> Iterator[_Piece]:
     """The file's rows as they come, without the rows pyarrow makes of lines that are none (blank lines,
     the header, lines ``physical`` rejected whole)."""
-    skipped = _Skipped()
+    skipped = SkippedRows()
     stream = physical.stream
     reader = pacsv.open_csv(
         stream,

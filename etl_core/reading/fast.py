@@ -21,8 +21,6 @@ from etl_core.contract import Column, FileContract
 from etl_core.reading import keys, rules
 from etl_core.sources import Source
 
-Add = Callable[[pa.RecordBatch], None]  # where accepted batches go: a sink's add
-
 
 class Diagnose(Exception):
     """Raise inside the fast path: something is off, read the file again on the diagnostic path.
@@ -42,7 +40,7 @@ class Diagnose(Exception):
 WHOLE_READ_BYTES = 64 << 20
 
 
-def read(source: Source, contract: FileContract, names: list[str], add: Add, refs: keys.References | None,
+def read(source: Source, contract: FileContract, names: list[str], add: rules.Add, refs: keys.References | None,
          block_size: int, progress: Callable[[int, int], None] | None, *, size: int | None = None,
          early: Early | None = None, threads: bool = True) -> int:
     """Read the file into ``add`` batch by batch; return the number of rows read.  ``size``: the file's

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pyarrow as pa
 
 from etl_core.contract import FileContract, Rule
@@ -12,8 +10,6 @@ from etl_core.reading.violations import FileProblem, visible
 from etl_core.sources import Source, SourceMissing, translated
 
 HEADER_LIMIT = 1 << 20  # bytes: a longer first line is read cut
-BOM = b"\xef\xbb\xbf"
-_LINE_END = re.compile(rb"\r\n|\r|\n")  # as the CSV reader ends lines
 
 
 def read_header(source: Source, contract: FileContract) -> tuple[list[str], tuple[str, ...]]:
@@ -60,16 +56,18 @@ def _header_line(stream: pa.NativeFile, limit: int) -> tuple[int, bytes] | None:
     while len(head) < limit:
         chunk = stream.read(min(1 << 16, limit - len(head)))
         head += chunk
-        body = head[len(BOM):] if head.startswith(BOM) else head
-        lines = _LINE_END.split(body)
-        complete = lines if not chunk else lines[:-1]  # at the end, the last piece is a line too
-        for number, line in enumerate(complete, 1):
-            if line.strip(b" \t"):
-                return number, line
-        if not chunk:
-            return None
-    body = head[len(BOM):] if head.startswith(BOM) else head
-    for number, line in enumerate(_LINE_END.split(body), 1):
-        if line.strip(b" \t"):
+        found = _first_not_blank(head, ended=not chunk)
+        if found is not None or not chunk:
+            return found
+    return _first_not_blank(head, ended=True)  # the last line cut at the limit
+
+
+def _first_not_blank(head: bytes, *, ended: bool) -> tuple[int, bytes] | None:
+    """(line number, bytes) of the first line of ``head`` that is not blank (a BOM before it passed over);
+    the bytes after the last line break count as a line only when ``ended``."""
+    body = head[len(lines.BOM):] if head.startswith(lines.BOM) else head
+    pieces = lines.LINE_END.split(body)
+    for number, line in enumerate(pieces if ended else pieces[:-1], 1):
+        if not lines.is_blank(line):
             return number, line
     return None

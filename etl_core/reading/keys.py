@@ -8,7 +8,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core.reading import rules
+from etl_core.features import dense_range
+from etl_core.reading import lines, rules
 
 
 class KeySet:
@@ -16,11 +17,7 @@ class KeySet:
 
     def __init__(self, keys: pa.Array) -> None:
         self.keys = keys
-        self._range: tuple[int, int] | None = None
-        if len(keys):
-            bounds = pc.min_max(keys).as_py()
-            if bounds["max"] - bounds["min"] + 1 == len(keys):  # keys are unique: a full range
-                self._range = (bounds["min"], bounds["max"])
+        self._range = dense_range(keys)  # the keys are unique
 
     def contains_all(self, values: pa.Array) -> bool:
         """Whether every value (none null) is one of the keys."""
@@ -70,14 +67,10 @@ def duplicate_keys(stream: pa.NativeFile, key: str, names: list[str], block_size
     """The valid key values that occur more than once in ``stream`` (one pass over its key column), as
     the checks read them (trimmed).  On the diagnostic path ``stream`` is the file's lines as
     etl_core/reading/lines.py hands them on."""
-
-    def skip(row: pacsv.InvalidRow) -> str:
-        return "skip"
-
     reader = pacsv.open_csv(
         stream,
         read_options=pacsv.ReadOptions(column_names=names, skip_rows=1, block_size=block_size),
-        parse_options=pacsv.ParseOptions(invalid_row_handler=skip, ignore_empty_lines=False),
+        parse_options=pacsv.ParseOptions(invalid_row_handler=lines.skip, ignore_empty_lines=False),
         convert_options=pacsv.ConvertOptions(column_types={key: pa.binary()}, include_columns=[key],
                                              strings_can_be_null=False),
     )

@@ -24,6 +24,7 @@ import bisect
 import re
 
 import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from etl_core.contract import Rule
 
@@ -34,7 +35,7 @@ BLANKS = b" \t"  # the whitespace the contract trims: spaces and tabs, nothing e
 # a block that has any of these is read line by line: a quote, a NUL byte, a lone CR (pyarrow ends a row
 # there too, but the lines are counted here), a blank line
 _SUSPECT = re.compile(rb'["\x00]|\r(?!\n)|^[ \t]*\r?\n', re.MULTILINE)
-_LINE_END = re.compile(rb"\r\n|\r|\n")
+LINE_END = re.compile(rb"\r\n|\r|\n")  # where a line ends, as the CSV reader ends rows
 # Lines that pyarrow reads exactly as this dialect does: not blank, every field plain (no quote) or
 # quoted from its first byte to the delimiter, no NUL byte, no lone CR.
 _FIELD = rb'(?:"[^"\r\n\x00]*(?:""[^"\r\n\x00]*)*"|[^",\r\n\x00]*)'  # the quoted loop unrolled: 4x faster
@@ -149,7 +150,7 @@ class Lines:
         return b"".join(out)
 
     def _each_line(self, data: bytes) -> bytes:
-        lines = _LINE_END.split(data)
+        lines = LINE_END.split(data)
         lines.pop()  # data ends with a line break: nothing after it
         out = []
         for line in lines:
@@ -178,6 +179,30 @@ class Lines:
     def dropped_between(self, first: int, last: int) -> list[int]:
         """The dropped lines from ``first`` to ``last``."""
         return self.dropped[bisect.bisect_left(self.dropped, first):bisect.bisect_right(self.dropped, last)]
+
+
+def skip(row: pacsv.InvalidRow) -> str:
+    """pyarrow's handler for a row with a wrong field count (``invalid_row_handler``) wherever the rows are
+    read as bytes (the diagnostic read, the duplicate keys' pass): skip it."""
+    return "skip"
+
+
+class SkippedRows:
+    """``skip``, remembering each skipped row's line and text: for a read on one thread (pyarrow numbers
+    the rows only there), which reports them and numbers the rows after them."""
+
+    def __init__(self) -> None:
+        self.new: list[tuple[int, str]] = []  # since the last take()
+        self.lines: list[int] = []  # every skipped line so far, sorted
+
+    def __call__(self, row: pacsv.InvalidRow) -> str:
+        self.new.append((row.number, row.text))
+        bisect.insort(self.lines, row.number)
+        return skip(row)
+
+    def take(self) -> list[tuple[int, str]]:
+        new, self.new = self.new, []
+        return new
 
 
 def show(raw: bytes) -> str:

@@ -262,6 +262,9 @@ def output_schema(contract: FileContract) -> pa.Schema:
     return pa.schema([(c.name, RULES[c.kind].becomes) for c in contract.columns])
 
 
+Add = Callable[[pa.RecordBatch], None]  # where either read path hands its accepted batches: a sink's add
+
+
 def as_text(raw: pa.Array) -> pa.Array:
     """Bytes shown as text: invalid UTF-8 decoded with replacement characters."""
     try:

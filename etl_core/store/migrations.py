@@ -49,7 +49,7 @@ def _ledger_and_features(conn: Any, schema: str) -> None:
 
 
 def _rejects_hash(conn: Any, schema: str) -> None:
-    conn.run(f"ALTER TABLE {sql.q(schema, sql.REJECTS)} ADD COLUMN IF NOT EXISTS raw_sha256 text")
+    conn.run(sql.add_rejects_hash(schema))
 
 
 def _history(conn: Any, schema: str) -> None:

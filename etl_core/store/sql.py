@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from pg8000.native import identifier
 
 from etl_core.status import LOADED, PUBLISHED, RunStatus
-from etl_core.tables import COMPARED, FEATURE_DIGESTS, USER_FEATURES, USER_FEATURES_HISTORY, Table
+from etl_core.tables import (
+    COMPARED,
+    ETL_REJECTS,
+    ETL_RUNS,
+    FEATURE_DIGESTS,
+    USER_FEATURES,
+    USER_FEATURES_HISTORY,
+    Column,
+    Table,
+)
 
 FEATURES = USER_FEATURES.name
-RUNS = "etl_runs"
-REJECTS = "etl_rejects"
+RUNS = ETL_RUNS.name
+REJECTS = ETL_REJECTS.name
 STAGING = "user_features__staging"
 DIFF = "user_features__diff"
 GONE = "user_features__gone"  # the users a reload found gone by their digests (temporary)
-DIGESTS = "etl_feature_digests"
+DIGESTS = FEATURE_DIGESTS.name
 HISTORY = USER_FEATURES_HISTORY.name
 HORIZON = "etl_history_horizon"  # one row: the oldest run whose features the history can still give
 AS_OF = "user_features_as_of"  # the SQL function: the features as they were after a run
@@ -22,7 +33,9 @@ CHANGE_COUNTS = ("added", "changed", "removed", "unchanged")  # etl_runs' column
 # still writes it, so that such a release finds the shape it knows; this release reads the history
 LEDGER_VERSION = 2
 LEDGER_STAMP = f"experiment-etl ledger v{LEDGER_VERSION}"
-STATUS_CHECK = "CHECK (status IN (" + ", ".join(f"'{status}'" for status in RunStatus) + "))"
+STATUS_CHECK = f"CHECK ({ETL_RUNS.column('status').check})"
+# the runs' columns ledger v2 added (migration 1 adds them to a ledger v1 table)
+LEDGER_V2 = ("fingerprint", "inputs", "same_as")
 
 
 def q(schema: str, table: str) -> str:
@@ -30,47 +43,26 @@ def q(schema: str, table: str) -> str:
 
 
 def create_tables(schema: str) -> list[str]:
-    """Idempotent DDL for the three tables (run while holding the job's lock)."""
-    return [
-        f"""CREATE TABLE IF NOT EXISTS {q(schema, RUNS)} (
-            id bigserial PRIMARY KEY,
-            started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-            finished_at timestamptz,
-            status text NOT NULL CONSTRAINT etl_runs_status_check {STATUS_CHECK},
-            policy text NOT NULL,
-            data_dir text NOT NULL,
-            files jsonb,
-            users_written bigint,
-            seconds jsonb,
-            error jsonb,
-            fingerprint text,
-            inputs jsonb,
-            same_as bigint
-        )""",
-        f"""CREATE TABLE IF NOT EXISTS {q(schema, REJECTS)} (
-            run_id bigint NOT NULL REFERENCES {q(schema, RUNS)} (id) ON DELETE CASCADE,
-            seq bigint NOT NULL,
-            file text NOT NULL,
-            line bigint,
-            column_name text,
-            value text,
-            rule text NOT NULL,
-            raw text,
-            PRIMARY KEY (run_id, seq)
-        )""",
-        features_table(schema, FEATURES, if_not_exists=True, primary_key=True),
-    ]
+    """Idempotent DDL for the three tables as schema version 1 had them (migration 1 runs it, holding
+    the job's lock): the columns later versions added are added by their own steps."""
+    return [create_table(table, schema, if_not_exists=True, primary_key=True, version=1)
+            for table in (ETL_RUNS, ETL_REJECTS, USER_FEATURES)]
+
+
+def _restate_status_check() -> str:
+    """The ALTER TABLE clauses that give the runs' status the CHECK of this release's statuses."""
+    name = identifier(check_name(RUNS, "status"))
+    return f"DROP CONSTRAINT IF EXISTS {name}, ADD CONSTRAINT {name} {STATUS_CHECK}"
 
 
 def migrate_runs(schema: str) -> list[str]:
     """Bring a runs table of any earlier version to ledger v2 (idempotent; in one transaction) and stamp it:
     v2 added the runs' fingerprint, inputs and same_as (migration 1 runs this)."""
     table = q(schema, RUNS)
+    added = [ETL_RUNS.column(name) for name in LEDGER_V2]
     return [
         f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE",
-        f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS fingerprint text, ADD COLUMN IF NOT EXISTS inputs jsonb, "
-        f"ADD COLUMN IF NOT EXISTS same_as bigint, DROP CONSTRAINT IF EXISTS etl_runs_status_check, "
-        f"ADD CONSTRAINT etl_runs_status_check {STATUS_CHECK}",
+        f"ALTER TABLE {table} {_add_columns(schema, RUNS, added)}, {_restate_status_check()}",
         f"COMMENT ON TABLE {table} IS '{LEDGER_STAMP}'",
     ]
 
@@ -85,15 +77,51 @@ def start_run(schema: str) -> str:
             "RETURNING id) SELECT made.id, last.id, last.fingerprint FROM made LEFT JOIN last ON true")
 
 
+_SERIAL = {"smallint": "smallserial", "integer": "serial", "bigint": "bigserial"}
+
+
+def check_name(table: str, column: str) -> str:
+    """The name of a column's CHECK constraint: the one PostgreSQL gives it by default."""
+    return f"{table}_{column}_check"
+
+
+def column_definition(column: Column, schema: str, table: str) -> str:
+    """``column`` as CREATE TABLE and ADD COLUMN declare it, in table ``table`` of ``schema``: its type (a
+    serial one's with its sequence), NOT NULL, its default, its CHECK and its foreign key."""
+    parts = [identifier(column.name), _SERIAL[column.sql] if column.serial else column.sql]
+    if not column.nullable:
+        parts.append("NOT NULL")
+    if column.default:
+        parts.append(f"DEFAULT {column.default}")
+    if column.check:
+        parts.append(f"CONSTRAINT {identifier(check_name(table, column.name))} CHECK ({column.check})")
+    if column.references:
+        referenced, key = column.references
+        parts.append(f"REFERENCES {q(schema, referenced)} ({identifier(key)}) ON DELETE CASCADE")
+    return " ".join(parts)
+
+
+def _add_columns(schema: str, table: str, columns: Iterable[Column]) -> str:
+    return ", ".join(f"ADD COLUMN IF NOT EXISTS {column_definition(c, schema, table)}" for c in columns)
+
+
+def add_columns(table: Table, schema: str, version: int) -> str:
+    """Idempotent ``ALTER TABLE`` that adds to ``table`` the columns schema ``version`` added."""
+    return f"ALTER TABLE {q(schema, table.name)} {_add_columns(schema, table.name, table.added_by(version))}"
+
+
 def create_table(table: Table, schema: str, name: str | None = None, *, if_not_exists: bool = False,
-                 primary_key: bool = False, key: tuple[str, ...] = ()) -> str:
-    """``CREATE TABLE`` of ``table`` as described (in ``schema``, as ``name`` or the table's own); its
-    key column the primary key with ``primary_key``, or ``key``'s columns together."""
+                 primary_key: bool = False, version: int | None = None) -> str:
+    """``CREATE TABLE`` of ``table`` as described (in ``schema``, as ``name`` or the table's own), as schema
+    ``version`` had it (its columns added by then; None: every column); with ``primary_key``, its key
+    (one column: declared on the column; more: together, after the columns)."""
+    name = name or table.name
+    key = tuple(k.strip() for k in table.key.split(",")) if primary_key else ()
     columns = ",\n        ".join(
-        [f"{identifier(c.name)} {c.sql}{'' if c.nullable else ' NOT NULL'}"
-         f"{' PRIMARY KEY' if primary_key and c.name == table.key else ''}" for c in table.columns]
-        + ([f"PRIMARY KEY ({', '.join(identifier(k) for k in key)})"] if key else []))
-    return (f"CREATE TABLE {'IF NOT EXISTS ' if if_not_exists else ''}{q(schema, name or table.name)} (\n"
+        [column_definition(c, schema, name) + (" PRIMARY KEY" if key == (c.name,) else "")
+         for c in (table.columns if version is None else table.as_of(version))]
+        + ([f"PRIMARY KEY ({', '.join(identifier(k) for k in key)})"] if len(key) > 1 else []))
+    return (f"CREATE TABLE {'IF NOT EXISTS ' if if_not_exists else ''}{q(schema, name)} (\n"
             f"        {columns}\n    )")
 
 
@@ -102,7 +130,7 @@ def features_table(schema: str, table: str, *, if_not_exists: bool = False, prim
 
 
 FEATURE_COLUMNS = USER_FEATURES.names
-REJECT_COLUMNS = ("run_id", "seq", "file", "line", "column_name", "value", "rule", "raw", "raw_sha256")
+REJECT_COLUMNS = ETL_REJECTS.names
 RUN_COLUMNS = ("id, status, policy, data_dir, started_at, finished_at, files, users_written, seconds, error, "
                "fingerprint, inputs, same_as, " + ", ".join(CHANGE_COUNTS) + ", restored_from")
 
@@ -287,7 +315,7 @@ def create_history(schema: str) -> list[str]:
     versions are appended together, in user order, to one end of the one index), the horizon, and the
     as-of function."""
     return [
-        create_table(USER_FEATURES_HISTORY, schema, if_not_exists=True, key=("valid_to", "user_id")),
+        create_table(USER_FEATURES_HISTORY, schema, if_not_exists=True, primary_key=True),
         f"CREATE TABLE IF NOT EXISTS {q(schema, HORIZON)} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
         "kept_from bigint NOT NULL)",
         # the history starts with the table as the last load left it: earlier runs' versions were not kept
@@ -312,11 +340,14 @@ def as_of_function(schema: str) -> str:
             "AND valid_to > run $$")
 
 
+def add_rejects_hash(schema: str) -> str:
+    """The rejects' v2 column: a rejected row's hash, kept in place of its text."""
+    return add_columns(ETL_REJECTS, schema, 2)
+
+
 def add_change_counts(schema: str) -> str:
     """The ledger's v3 columns (the changes' counts, the run a restore restored) and statuses."""
-    return (f"ALTER TABLE {q(schema, RUNS)} " + ", ".join(f"ADD COLUMN IF NOT EXISTS {c} bigint"
-                                                           for c in (*CHANGE_COUNTS, "restored_from"))
-            + f", DROP CONSTRAINT IF EXISTS etl_runs_status_check, ADD CONSTRAINT etl_runs_status_check {STATUS_CHECK}")
+    return f"{add_columns(ETL_RUNS, schema, 3)}, {_restate_status_check()}"
 
 
 def fill_staging_as_of(schema: str) -> str:
