@@ -18,7 +18,8 @@ PACKAGES = ("etl_core", "handler")
 HTTP = {"fastapi", "starlette", "mangum", "pydantic", "handler"}
 THREADS_AND_IO = {"threading", "queue", "concurrent", "multiprocessing", "os", "io", "socket", "subprocess",
                   "tempfile", "pathlib", "shutil", "logging", "time", "pg8000", "pyarrow.csv", "pyarrow.fs"}
-PURE_CORE = ("etl_core.features.kernels", "etl_core.features.digests", "etl_core.store.changes", "etl_core.guard", "etl_core.contract", "etl_core.reading.rules",
+PURE_CORE = ("etl_core.features.kernels", "etl_core.features.digests", "etl_core.store.changes", "etl_core.guard",
+             "etl_core.contract", "etl_core.reading.rules",
              "etl_core.literals", "etl_core.tables")
 # every layer may name its settings, errors and run statuses, and write logs and metrics
 SHARED = {"etl_core.config", "etl_core.errors", "etl_core.logs", "etl_core.metrics", "etl_core.status"}

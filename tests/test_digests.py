@@ -4,6 +4,7 @@ compared value changes the digest, and the comparison finds exactly the users ad
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pyarrow as pa
@@ -112,7 +113,7 @@ def test_the_comparison_finds_exactly_the_users_added_changed_and_removed(old: d
     removed: list[int] = []
     added = changed = 0
     bounds = sorted({0, len(ids), *(c for c in cuts if c <= len(ids))})
-    for start, end in zip(bounds, bounds[1:]):  # the load's rows in batches, as the engine sends them
+    for start, end in itertools.pairwise(bounds):  # the load's rows in batches, as the engine sends them
         found = previous.compare(ids.slice(start, end - start), digests.slice(start, end - start))
         sent += ids.slice(start, end - start).filter(found.send).to_pylist()
         removed += found.removed.to_pylist()

@@ -32,6 +32,7 @@ DERIVED = ("most_common_compounds",)
 COLUMNS = tuple(c for c in USER_FEATURES.names if c not in ("user_id", "run_id", *DERIVED))
 _U64 = pa.uint64()
 _I32 = pa.int32()
+_RUNS = pa.run_end_encoded(_I32, _I32)
 _POSITIONS = 256  # the byte table's positions; later bytes reuse them with an odd factor per block of 256
 _NULL = 0x6A09E667F3BCC909  # the digest of a NULL value (an empty text or list sums to 0)
 _M1, _M2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # SplitMix64's multipliers
@@ -84,7 +85,10 @@ def _starts(offsets: pa.Array, items: int, scale: int = 1) -> pa.Array:
     firsts = offsets.slice(0, n) if scale == 1 else pc.multiply(offsets.slice(0, n), _i32(scale))
     lengths = pc.subtract(offsets.slice(1, n), offsets.slice(0, n))
     if pc.min(lengths).as_py() > 0:  # runs of equal starts: one decoding pass
-        return pc.run_end_decode(pa.RunEndEncodedArray.from_arrays(offsets.slice(1, n), firsts))
+        # (from_buffers, not RunEndEncodedArray.from_arrays, which looks for pandas; children from offset 0)
+        runs = pa.Array.from_buffers(_RUNS, offsets[n].as_py(), [None],
+                                     children=[pa.concat_arrays([offsets.slice(1, n)]), pa.concat_arrays([firsts])])
+        return pc.run_end_decode(runs)
     rows = pc.list_parent_indices(pa.ListArray.from_arrays(offsets, pa.nulls(items, pa.null())))
     return pc.take(firsts, rows)
 

@@ -54,14 +54,15 @@ def rows(features: pa.RecordBatch, run_id: int) -> memoryview:
     return memoryview(data)[:-len(TRAILER)]
 
 
-def one_blob_row(run_id: int, algorithm: int, users: int, blob: bytes) -> list[bytes]:
+def one_blob_row(run_id: int, algorithm: int, users: int, blob: bytes) -> list[memoryview]:
     """One row of (bigint, integer, bigint, bytea) in binary COPY, header and trailer included: the
     digests' row (etl_feature_digests), sent as it is rather than as hex text."""
-    return [HEADER, (4).to_bytes(2, "big"),
-            (8).to_bytes(4, "big"), run_id.to_bytes(8, "big", signed=True),
-            (4).to_bytes(4, "big"), algorithm.to_bytes(4, "big", signed=True),
-            (8).to_bytes(4, "big"), users.to_bytes(8, "big", signed=True),
-            len(blob).to_bytes(4, "big"), blob, TRAILER]
+    parts = [HEADER, (4).to_bytes(2, "big"),
+             (8).to_bytes(4, "big"), run_id.to_bytes(8, "big", signed=True),
+             (4).to_bytes(4, "big"), algorithm.to_bytes(4, "big", signed=True),
+             (8).to_bytes(4, "big"), users.to_bytes(8, "big", signed=True),
+             len(blob).to_bytes(4, "big"), blob, TRAILER]
+    return [memoryview(part) for part in parts]
 
 
 def single_field(data: bytes) -> bytes | None:

@@ -583,12 +583,22 @@ class _Digests:
         """Per batch: its rows whose digest differs from ``previous`` (added or changed), and the users of
         ``previous`` it skipped (removed); at the end, no rows and the users after the last batch."""
         assert self.digester is not None
-        for batch in batches:
-            digests = self.digester.rows(batch)
+        self._pool = self._pool or ThreadPoolExecutor(1, thread_name_prefix="etl-digests")
+        ahead: collections.deque[tuple[pa.RecordBatch, Future[pa.Array]]] = collections.deque()
+
+        def compare() -> tuple[pa.RecordBatch, pa.Array]:
+            batch, digests = ahead.popleft()
+            found = previous.compare(batch["user_id"], digests.result())
+            return batch.filter(found.send), found.removed
+
+        for batch in batches:  # a batch's digests on the thread while the next batch's features are worked out
+            ahead.append((batch, self._pool.submit(self.digester.rows, batch)))
             self._ids.append(batch["user_id"])
-            self._digests.append(digests)
-            found = previous.compare(batch["user_id"], digests)
-            yield batch.filter(found.send), found.removed
+            self._digests.append(ahead[-1][1])
+            if len(ahead) > 1:
+                yield compare()
+        while ahead:
+            yield compare()
         yield None, previous.rest()
 
     def table(self) -> pa.Table:
