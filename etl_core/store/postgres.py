@@ -49,6 +49,7 @@ from etl_core.tables import USER_FEATURES
 # after a publication: ANALYZE once this share of the rows changed since the last one, VACUUM (where
 # autovacuum is off) once this share is dead: autovacuum's own defaults (autovacuum_*_scale_factor)
 ANALYZE_SHARE, VACUUM_SHARE = 0.1, 0.2
+_DIGESTS_AHEAD = 2  # batches whose digests the thread may still owe while the rows stream on
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
 # binary COPY where its encoder lays out the features table as described (else CSV, which any column list takes)
 _BINARY = copy_binary.fits(USER_FEATURES)
@@ -364,6 +365,10 @@ class PostgresPublication:
         self.left_dead: int | None = None  # rows replace_features deleted or updated (None: not known)
         self.changes: dict[str, int] | None = None  # added, changed, removed, unchanged: once replaced
         self._sample: int | None = None  # previewing (a dry run): the diff's users to keep as a sample
+        # how replace_features found the changes: "empty" (a first load), "digests" (only the users whose
+        # digest differed were sent: ``sent`` of them, and the users gone) or "values" (every row sent)
+        self.compared_by: str | None = None
+        self.sent: int | None = None
         self.sample: list[dict[str, Any]] | None = None
 
     def raised_by_rows(self, exc: BaseException) -> bool:
@@ -410,16 +415,19 @@ class PostgresPublication:
                            _chunks(digests.beside(counted(features)), self._run_id, binary=binary))
                 self.changes = {"added": rows[0], "changed": 0, "removed": 0, "unchanged": 0}
                 self.left_dead = 0
+                self.compared_by, self.sent = "empty", rows[0]
                 self._store_digests(digests, rows[0])
                 return rows[0]
             previous = self._previous(digester)
             self._staging()
             if previous is not None:
                 gone = self._send_changed(digests.compared(counted(features), previous))
+                self.compared_by = "digests"
             else:
                 self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
                            _chunks(digests.beside(counted(features)), self._run_id, binary=_BINARY))
                 gone = None
+                self.compared_by, self.sent = "values", rows[0]
             self._apply(rows[0], gone=gone)
             self._store_digests(digests, rows[0])
         return rows[0]
@@ -461,6 +469,7 @@ class PostgresPublication:
             self._copy(sql.copy_in("pg_temp", sql.GONE, ("user_id",)),
                        _csv_chunks([pa.table({"user_id": removed})]))
         self._join_by_key(sent[0] + len(removed), self._held or 0)
+        self.sent = sent[0]
         return bool(len(removed))
 
     def _store_digests(self, digests: _Digests, rows: int) -> None:
@@ -576,6 +585,8 @@ class _Digests:
         for batch in batches:
             self._ids.append(batch["user_id"])
             self._digests.append(self._pool.submit(self.digester.rows, batch))
+            if len(self._digests) > _DIGESTS_AHEAD:  # never more batches held for the thread than this
+                self._digests[-1 - _DIGESTS_AHEAD].result()
             yield batch
 
     def compared(self, batches: Iterable[pa.RecordBatch],
