@@ -17,12 +17,14 @@ another algorithm is not compared at all.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import cache
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl_core import literals
+from etl_core.features.kernels import offset_if_range
 from etl_core.tables import USER_FEATURES
 
 ALGORITHM = 1  # bump whenever a digest of the same row would come out different
@@ -126,15 +128,18 @@ def text_digests(values: pa.Array) -> pa.Array:
     return _with_nulls(_segment_sums(parts, offsets), values)
 
 
-def list_digests(values: pa.Array) -> pa.Array:
-    """Each list's digest (a list of 64-bit integers, in order; NULL has its own)."""
+def list_digests(values: pa.Array, items_digests: Callable[[pa.Array], pa.Array] | None = None) -> pa.Array:
+    """Each list's digest (a list of 64-bit integers, in order; NULL has its own); with ``items_digests``,
+    also each item's digest by it (what the item stands for: a compound's name)."""
     n = len(values)
     offsets = _from_zero(pc.cast(values.offsets, _I32))
     total = offsets[n].as_py() if n else 0
-    items = pc.cast(values.values.slice(values.offsets[0].as_py(), total), pa.int64()).view(_U64) \
-        if total else literals.empty(_U64)
+    items = pc.cast(values.values.slice(values.offsets[0].as_py(), total), pa.int64()) \
+        if total else literals.empty(pa.int64())
     places = pc.cast(_positions(offsets, total), _U64)
-    parts = mix(pc.add(items, pc.multiply(pc.add(places, _u64(1)), _u64(_GOLDEN))))
+    parts = mix(pc.add(items.view(_U64), pc.multiply(pc.add(places, _u64(1)), _u64(_GOLDEN))))
+    if items_digests is not None:
+        parts = pc.add(parts, pc.multiply(items_digests(items), _u64(_odd(0))))
     return _with_nulls(_segment_sums(parts, offsets), values)
 
 
@@ -157,10 +162,11 @@ def _odd(i: int) -> int:
     return (z ^ (z >> 31)) | 1
 
 
-def row_digests(features: pa.RecordBatch | pa.Table, context: int = 0) -> pa.Array:
+def row_digests(features: pa.RecordBatch | pa.Table,
+                names: Callable[[pa.Array], pa.Array] | None = None) -> pa.Array:
     """Each row's digest over the features' values (every column but the user's id, the run's and the
-    ``DERIVED`` ones) and ``context`` (what the derived ones follow from): the columns' digests, each
-    times its own odd weight, summed with ``context`` and mixed."""
+    ``DERIVED`` ones; with ``names``, each listed compound's name digest by it): the columns' digests,
+    each times its own odd weight, summed and mixed."""
     row: pa.Array | None = None
     for i, name in enumerate(COLUMNS, start=1):
         column = features[name]
@@ -168,26 +174,32 @@ def row_digests(features: pa.RecordBatch | pa.Table, context: int = 0) -> pa.Arr
         if pa.types.is_string(values.type) or pa.types.is_binary(values.type):
             digests = text_digests(values)
         elif pa.types.is_list(values.type):
-            digests = list_digests(values)
+            digests = list_digests(values, names)
         else:
             digests = number_digests(values)
         term = pc.multiply(digests, _u64(_odd(i)))
         row = term if row is None else pc.add(row, term)
     assert row is not None
-    return mix(pc.add(row, _u64(context)) if context else row)
+    return mix(row)
 
 
 class Digester:
-    """The digests of one load's rows: each row's own values and, once for the load, the compounds'
-    ids and names (from which each row's ``most_common_compounds`` follows)."""
+    """The digests of one load's rows: each row's own values and the names of the compounds it lists
+    (from which its ``most_common_compounds`` follows), so that a renamed compound changes the digest
+    of the users that list it, and of no other."""
 
     algorithm = ALGORITHM
 
     def __init__(self, compounds: pa.Table) -> None:
-        ids = mix(number_digests(compounds["compound_id"].combine_chunks()))
-        names = text_digests(compounds["compound_name"].combine_chunks())
-        total = pc.sum(mix(pc.add(pc.multiply(ids, _u64(_GOLDEN)), names))).as_py() or 0
-        self.context = (total + len(compounds) * _GOLDEN) % (1 << 64) or _GOLDEN
+        compounds = compounds.sort_by("compound_id")
+        self._ids = compounds["compound_id"].combine_chunks()
+        self._names = mix(text_digests(compounds["compound_name"].combine_chunks()))
+        self._offset = offset_if_range(self._ids)
+
+    def _name_digests(self, ids: pa.Array) -> pa.Array:
+        at = (pc.subtract(ids, literals.scalar(self._offset, pa.int64())) if self._offset is not None
+              else pc.index_in(ids, value_set=self._ids))
+        return pc.fill_null(pc.take(self._names, at), _u64(_NULL))  # (an id not among the compounds: none)
 
     def rows(self, features: pa.RecordBatch) -> pa.Array:
-        return row_digests(features, self.context)
+        return row_digests(features, self._name_digests)

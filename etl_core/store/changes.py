@@ -20,6 +20,7 @@ class Changes:
     users of the last load that the new rows skipped (removed)."""
 
     send: pa.Array  # boolean, one per row of the batch
+    new: pa.Array  # boolean, one per row of the batch: the user is not in the last load (added)
     removed: pa.Array  # user ids, ascending
     added: int
     changed: int
@@ -41,7 +42,7 @@ class Previous:
         """The batch's rows (``user_ids`` ascending, after every earlier batch's) against the last load."""
         n = len(user_ids)
         if not n:
-            return Changes(literals.empty(pa.bool_()), literals.empty(pa.int64()), 0, 0)
+            return Changes(literals.empty(pa.bool_()), literals.empty(pa.bool_()), literals.empty(pa.int64()), 0, 0)
         first, last = user_ids[0].as_py(), user_ids[n - 1].as_py()
         if (self._last_id is not None and first <= self._last_id) or (
                 n > 1 and not pc.all(pc.greater(user_ids.slice(1), user_ids.slice(0, n - 1))).as_py()):
@@ -53,7 +54,8 @@ class Previous:
         self._next = end
         if len(old_ids) == n and pc.all(pc.equal(old_ids, user_ids)).as_py():  # the same users: row by row
             differs = pc.not_equal(old_digests, digests)
-            return Changes(differs, literals.empty(pa.int64()), 0, differs.true_count)
+            return Changes(differs, literals.repeat(False, pa.bool_(), n), literals.empty(pa.int64()), 0,
+                           differs.true_count)
         at = pc.index_in(user_ids, value_set=old_ids)
         known = at.is_valid()
         differs = pc.not_equal(pc.take(old_digests, at), digests)
@@ -61,7 +63,7 @@ class Previous:
         added = len(user_ids) - known.true_count
         changed = pc.sum(pc.fill_null(differs, False)).as_py() or 0
         removed = pc.filter(old_ids, pc.invert(pc.is_in(old_ids, value_set=user_ids)))
-        return Changes(pc.fill_null(send, True), removed, added, changed)
+        return Changes(pc.fill_null(send, True), pc.invert(known), removed, added, changed)
 
     def rest(self) -> pa.Array:
         """The last load's users after every batch compared: all removed."""

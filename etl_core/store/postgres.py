@@ -54,6 +54,7 @@ ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
 # binary COPY where its encoder lays out the features table as described (else CSV, which any column list takes)
 _BINARY = copy_binary.fits(USER_FEATURES)
 _COMMA, _OPEN, _CLOSE, _NOTHING = (literals.scalar(text, pa.string()) for text in (",", "{", "}", ""))
+_ADDED, _CHANGED = (literals.scalar(kind, pa.string()) for kind in ("a", "c"))  # the diff's kinds
 
 
 @contextmanager
@@ -421,14 +422,14 @@ class PostgresPublication:
             previous = self._previous(digester)
             self._staging()
             if previous is not None:
-                gone = self._send_changed(digests.compared(counted(features), previous))
+                self._send_changed(digests.compared(counted(features), previous))
                 self.compared_by = "digests"
             else:
                 self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
                            _chunks(digests.beside(counted(features)), self._run_id, binary=_BINARY))
-                gone = None
+                self._conn.run(sql.classify(self._schema))
                 self.compared_by, self.sent = "values", rows[0]
-            self._apply(rows[0], gone=gone)
+            self._apply(rows[0])
             self._store_digests(digests, rows[0])
         return rows[0]
 
@@ -447,30 +448,31 @@ class PostgresPublication:
         stored = pa.ipc.open_stream(blob).read_all()
         return changes.Previous(stored["user_id"].combine_chunks(), stored["digest"].combine_chunks())
 
-    def _send_changed(self, batches: Iterator[tuple[pa.RecordBatch | None, pa.Array]]) -> bool:
-        """COPY the rows whose digest differs into the temporary table, and the users gone into another;
-        whether any user is gone."""
+    def _send_changed(self, batches: Iterator[tuple[pa.RecordBatch | None, pa.Array, pa.Array]]) -> None:
+        """COPY the rows whose digest differs into the temporary table, and what they are (added, changed)
+        with the users gone (removed) into the diff's: the comparison is the digests', not the server's."""
+        ids: list[pa.Array] = []
+        kinds: list[pa.Array] = []
         gone: list[pa.Array] = []
-        sent = [0]
 
         def changed() -> Iterator[pa.RecordBatch]:
-            for batch, removed in batches:
+            for batch, new, removed in batches:
                 gone.append(removed)
                 if batch is not None and batch.num_rows:
-                    sent[0] += batch.num_rows
+                    ids.append(batch["user_id"])
+                    kinds.append(pc.if_else(new, _ADDED, _CHANGED))
                     yield batch
 
         self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
                    _chunks(changed(), self._run_id, binary=_BINARY))
-        self._conn.run(f"ANALYZE {sql.q('pg_temp', sql.STAGING)}")
         removed = pa.chunked_array(gone, pa.int64())
-        if len(removed):
-            self._conn.run(sql.create_gone())
-            self._copy(sql.copy_in("pg_temp", sql.GONE, ("user_id",)),
-                       _csv_chunks([pa.table({"user_id": removed})]))
-        self._join_by_key(sent[0] + len(removed), self._held or 0)
-        self.sent = sent[0]
-        return bool(len(removed))
+        self.sent = sum(len(i) for i in ids)
+        diff = pa.table({"user_id": pa.chunked_array([*ids, removed], pa.int64()),
+                         "kind": pa.chunked_array([*kinds, literals.repeat("r", pa.string(), len(removed))],
+                                                  pa.string())})
+        self._conn.run(sql.create_diff())
+        if diff.num_rows:
+            self._copy(sql.copy_in("pg_temp", sql.DIFF, ("user_id", "kind")), _csv_chunks([diff]))
 
     def _store_digests(self, digests: _Digests, rows: int) -> None:
         """Keep this load's digests for the next reload (never a dry run's: the table stays as it was)."""
@@ -491,6 +493,7 @@ class PostgresPublication:
             self._staging()
             self._conn.run(sql.fill_staging_as_of(self._schema), run=self._run_id, of=of)
             rows = max(self._conn.row_count, 0)
+            self._conn.run(sql.classify(self._schema))
             self._apply(rows)
         return rows
 
@@ -509,11 +512,11 @@ class PostgresPublication:
         for setting in sql.join_by_key(users <= rows * sql.SMALL_SHARE):
             self._conn.run(setting)
 
-    def _apply(self, rows: int, *, gone: bool | None = None) -> None:
-        """Compare the temporary table with the table (all the rows; or, with ``gone`` not None, those
-        whose digest differed and the users gone); unless previewing, write what differs: the ended
-        versions to the history, then delete the removed users, update the changed ones, insert the added."""
-        self._conn.run(sql.classify(self._schema) if gone is None else sql.classify_sent(self._schema, gone=gone))
+    def _apply(self, rows: int) -> None:
+        """With the diff made (by ``sql.classify``, or from the digests), unless previewing, write what
+        differs: the ended versions to the history, then delete the removed users, update the changed
+        ones, insert the added."""
+        self._conn.run(f"ANALYZE {sql.q('pg_temp', sql.STAGING)}")
         self._conn.run(f"ANALYZE {sql.q('pg_temp', sql.DIFF)}")  # its size decides how the statements join
         found = {kind: int(n) for kind, n in self._conn.run(sql.count_diff())}
         counts = {"added": found.get("a", 0), "changed": found.get("c", 0), "removed": found.get("r", 0)}
@@ -590,17 +593,18 @@ class _Digests:
             yield batch
 
     def compared(self, batches: Iterable[pa.RecordBatch],
-                 previous: changes.Previous) -> Iterator[tuple[pa.RecordBatch | None, pa.Array]]:
-        """Per batch: its rows whose digest differs from ``previous`` (added or changed), and the users of
-        ``previous`` it skipped (removed); at the end, no rows and the users after the last batch."""
+                 previous: changes.Previous) -> Iterator[tuple[pa.RecordBatch | None, pa.Array, pa.Array]]:
+        """Per batch: its rows whose digest differs from ``previous`` (added or changed), which of them
+        are new (added), and the users of ``previous`` it skipped (removed); at the end, no rows and the
+        users after the last batch."""
         assert self.digester is not None
         self._pool = self._pool or ThreadPoolExecutor(1, thread_name_prefix="etl-digests")
         ahead: collections.deque[tuple[pa.RecordBatch, Future[pa.Array]]] = collections.deque()
 
-        def compare() -> tuple[pa.RecordBatch, pa.Array]:
+        def compare() -> tuple[pa.RecordBatch, pa.Array, pa.Array]:
             batch, digests = ahead.popleft()
             found = previous.compare(batch["user_id"], digests.result())
-            return batch.filter(found.send), found.removed
+            return batch.filter(found.send), found.new.filter(found.send), found.removed
 
         for batch in batches:  # a batch's digests on the thread while the next batch's features are worked out
             ahead.append((batch, self._pool.submit(self.digester.rows, batch)))
@@ -610,7 +614,7 @@ class _Digests:
                 yield compare()
         while ahead:
             yield compare()
-        yield None, previous.rest()
+        yield None, literals.empty(pa.bool_()), previous.rest()
 
     def table(self) -> pa.Table:
         digests = [d.result() if isinstance(d, Future) else d for d in self._digests]

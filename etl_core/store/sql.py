@@ -23,7 +23,6 @@ RUNS = ETL_RUNS.name
 REJECTS = ETL_REJECTS.name
 STAGING = "user_features__staging"
 DIFF = "user_features__diff"
-GONE = "user_features__gone"  # the users a reload found gone by their digests (temporary)
 DIGESTS = FEATURE_DIGESTS.name
 HISTORY = USER_FEATURES_HISTORY.name
 HORIZON = "etl_history_horizon"  # one row: the oldest run whose features the history can still give
@@ -217,20 +216,10 @@ def classify(schema: str) -> str:
             f"WHERE f.user_id IS NULL OR s.user_id IS NULL OR {_differs('f', 's')}")
 
 
-def classify_sent(schema: str, *, gone: bool) -> str:
-    """As ``classify``, where the temporary table holds only the users whose digest differed from the
-    last load's (``GONE``, with ``gone``, the users it no longer has): each is looked up in the table
-    by its key, and one whose values are all equal after all is unchanged."""
-    removed = (f" UNION ALL SELECT g.user_id, 'r' FROM {q('pg_temp', GONE)} g JOIN {q(schema, FEATURES)} f "
-               "ON f.user_id = g.user_id") if gone else ""
-    return (f"CREATE TEMPORARY TABLE {identifier(DIFF)} ON COMMIT DROP AS "
-            "SELECT s.user_id, CASE WHEN f.user_id IS NULL THEN 'a' ELSE 'c' END AS kind "
-            f"FROM {q('pg_temp', STAGING)} s LEFT JOIN {q(schema, FEATURES)} f ON f.user_id = s.user_id "
-            f"WHERE f.user_id IS NULL OR {_differs('f', 's')}{removed}")
-
-
-def create_gone() -> str:
-    return f"CREATE TEMPORARY TABLE {identifier(GONE)} (user_id bigint PRIMARY KEY) ON COMMIT DROP"
+def create_diff() -> str:
+    """The temporary table of the users a run changes (``kind``: a added, c changed, r removed), where the
+    job works them out itself (from the digests) rather than by ``classify``."""
+    return f"CREATE TEMPORARY TABLE {identifier(DIFF)} (user_id bigint PRIMARY KEY, kind text NOT NULL) ON COMMIT DROP"
 
 
 def create_digests(schema: str) -> list[str]:
@@ -264,12 +253,20 @@ def count_diff() -> str:
     return f"SELECT kind, count(*) FROM {q('pg_temp', DIFF)} GROUP BY kind"
 
 
+_ENDED, _WRITTEN = "<> 'a'", "<> 'r'"  # the kinds whose version ends (changed, removed), whose row is written
+
+
+def _in_diff(column: str, kinds: str) -> str:
+    """``column`` is one of the users the diff holds with a kind of ``kinds`` (a semi-join: the rows of
+    the table it filters keep their order, and none is joined twice)."""
+    return f"{column} IN (SELECT d.user_id FROM {q('pg_temp', DIFF)} d WHERE d.kind {kinds})"
+
+
 def keep_ended(schema: str) -> str:
     """The version each changed or removed user has now goes to the history, ended by ``:run``."""
     return (f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT "
             + ", ".join(f"f.{identifier(c)}" for c in USER_FEATURES.names[:-1])
-            + f", f.run_id, CAST(:run AS bigint) FROM {q('pg_temp', DIFF)} d JOIN {q(schema, FEATURES)} f "
-            "ON f.user_id = d.user_id WHERE d.kind <> 'a' ORDER BY f.user_id")
+            + f", f.run_id, CAST(:run AS bigint) FROM {q(schema, FEATURES)} f WHERE {_in_diff('f.user_id', _ENDED)}")
 
 
 def delete_changed_and_removed(schema: str) -> str:
@@ -277,8 +274,7 @@ def delete_changed_and_removed(schema: str) -> str:
     changed or is gone, so that the changed ones go back in by ``insert_added_and_changed`` (cheaper
     than updating most of a table).  (One statement that deletes and moves the rows to the history,
     ``WITH ended AS (DELETE ... RETURNING ...) INSERT ...``, was measured slower at L.)"""
-    return (f"DELETE FROM {q(schema, FEATURES)} f USING {q('pg_temp', DIFF)} d WHERE f.user_id = d.user_id "
-            "AND d.kind <> 'a'")
+    return f"DELETE FROM {q(schema, FEATURES)} f WHERE {_in_diff('f.user_id', _ENDED)}"
 
 
 def delete_removed(schema: str) -> str:
@@ -290,8 +286,8 @@ def delete_removed(schema: str) -> str:
 def insert_added_and_changed(schema: str) -> str:
     cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
     values = ", ".join(f"s.{identifier(c)}" if c != "run_id" else "CAST(:run AS bigint)" for c in FEATURE_COLUMNS)
-    return (f"INSERT INTO {q(schema, FEATURES)} ({cols}) SELECT {values} FROM {q('pg_temp', DIFF)} d "
-            f"JOIN {q('pg_temp', STAGING)} s ON s.user_id = d.user_id WHERE d.kind <> 'r'")
+    return (f"INSERT INTO {q(schema, FEATURES)} ({cols}) SELECT {values} FROM {q('pg_temp', STAGING)} s "
+            f"WHERE {_in_diff('s.user_id', _WRITTEN)}")
 
 
 def update_changed(schema: str) -> str:
