@@ -31,21 +31,24 @@ def batch_of(rows: list[tuple[int, list[int]]]) -> pa.RecordBatch:
 
 @settings(max_examples=150, deadline=None)
 @given(data(), st.integers(1, 16), st.integers(1, 5), st.integers(1, 10), st.integers(1, 40), st.booleans(),
-       st.sampled_from([0, 64]))
+       st.sampled_from([0, 64]), st.sampled_from([2, 3, counting.COALESCE_SLICES]))
 def test_features_match_the_oracle_for_any_data_and_batching(
         dataset: tuple[list[int], list[int], list[tuple[int, list[int]]]], batch: int, bucket_users: int,
-        pending_keys: int, stage_at: int, threaded: bool, inline_keys_per_user: int) -> None:
-    # small buckets, a small stage and early counting, so that examples span buckets, stages and merges of
-    # running totals; the features on threads (0) or on the caller's thread (64: these examples have fewer
-    # keys per user)
+        pending_keys: int, stage_at: int, threaded: bool, inline_keys_per_user: int, coalesce: int) -> None:
+    # small buckets, a small stage, early counting and slices joined every 2 or 3, so that examples span
+    # buckets, stages, joins and merges of running totals; the features on threads (0) or on the caller's
+    # thread (64: these examples have fewer keys per user)
     users, compounds, experiments = dataset
     compounds_t = compounds_table(compounds).sort_by("compound_id")
-    with ExperimentCounter(pa.array(users, pa.int64()), compounds_t["compound_id"].combine_chunks(),
-                           bucket_users=bucket_users, pending_keys=pending_keys, stage_at=stage_at,
-                           threaded=threaded) as counter:
-        for part in experiments_table(experiments).to_batches(max_chunksize=batch):
-            counter.add(part)
-        counts = counter.result()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(counting, "COALESCE_SLICES", coalesce)
+        counter = ExperimentCounter(pa.array(users, pa.int64()), compounds_t["compound_id"].combine_chunks(),
+                                    bucket_users=bucket_users, pending_keys=pending_keys, stage_at=stage_at,
+                                    threaded=threaded)
+        with counter:
+            for part in experiments_table(experiments).to_batches(max_chunksize=batch):
+                counter.add(part)
+            counts = counter.result()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(counting, "INLINE_KEYS_PER_USER", inline_keys_per_user)
         out = feature_table(users_table(users), compounds_t, counts)
@@ -148,7 +151,7 @@ def test_pending_keys_are_counted_once_all_buckets_hold_more_than_the_budget(
     # are left, except those holding fewer pending keys than counted pairs (at most 4: 3 pairs and the
     # total), so pending keys stay below 8 * 4, never the file; the stage goes to the buckets at 8 keys
     monkeypatch.setattr(counting, "PENDING_KEYS", 16)
-    monkeypatch.setattr(counting, "STAGE_KEYS_PER_BUCKET", 1)
+    monkeypatch.setattr(counting, "STAGE_KEYS", 8)
     users = list(range(1, 9))
     rows = [(u, [c]) for u in users for c in (1, 2, 3)]
     with ExperimentCounter(pa.array(users, pa.int64()), pa.array([1, 2, 3], pa.int64()), bucket_users=1) as counter:

@@ -59,16 +59,19 @@ PENDING_KEYS = 1 << 28
 INLINE_KEYS_PER_USER = 64
 # A count is packed with its key in 64 bits (transform.pack_counts): a bucket takes at most this many keys
 MAX_BUCKET_KEYS = (1 << transform.COUNT_BITS) - 1
-# Batches' keys wait in a stage until there are STAGE_KEYS_PER_BUCKET per bucket (at most STAGE_MAX in
-# all, int64), and are then sorted into the buckets together: a 1 MiB block gives some 130k keys, 270 a
-# bucket at 8L, and slices that small cost more in Python and allocator overhead than their keys took
-# (at 8L, 928k slices pending: 2.36 GB peak RSS against 1.65 GB staged, bench/README.md, round six).
-# Up to 32 buckets (M and below) a batch fills the stage: each is sorted into the buckets as it comes.
+# Batches' keys wait in a stage of STAGE_KEYS keys and are then sorted into the buckets together: a 1 MiB
+# block gives some 130k keys, 270 a bucket at 8L, and slices that small cost more in Python and allocator
+# overhead than their keys took (at 8L, 928k slices pending: 2.36 GB peak RSS against 1.65 GB staged,
+# bench/README.md, round six).  The stage is a fixed 2^18 keys (2 MiB of int64), not a share per
+# bucket: a stage of 2M keys (4,096 a bucket at 8L) was sorted and taken apart out of the caches, and
+# the counting thread's flushes cost 3.8-7.4x per key what they cost at 4L (py-spy, issue 25).
+# A bucket's small slices are joined into one every COALESCE_SLICES, so that it holds a few large
+# arrays however many batches come (each key is copied once more, at most).
 # A file whose batches times buckets stays under STAGE_FROM_SLICES is not staged at all: at L (some 320
 # batches of 245 buckets, 80k slices) staging cost the extract 0.3-0.5 s and saved nothing; 8L (1.3M
-# slices) and past are staged.
-STAGE_KEYS_PER_BUCKET = 4096
-STAGE_MAX = 1 << 23
+# slices) and past are staged.  Up to 32 buckets (M and below) the file is under it too.
+STAGE_KEYS = 1 << 18
+COALESCE_SLICES = 32
 STAGE_FROM_SLICES = 500_000
 
 
@@ -81,6 +84,7 @@ class Bucket:
         self.packed = literals.empty(pa.int64())  # ascending, each key once
         self.pending: list[pa.Array] = []
         self.pending_rows = 0
+        self._loose = 0  # the slices at the end of pending added since they were last joined
         self.rows = 0  # every key added: no count of this bucket can be larger
         self.taken = False
 
@@ -96,12 +100,16 @@ class Bucket:
         self.pending.append(pa.concat_arrays([keys]))  # a copy: the batch's buffer is not kept alive
         self.pending_rows += len(keys)
         self.rows += len(keys)
+        self._loose += 1
+        if self._loose == COALESCE_SLICES:
+            self.pending[-COALESCE_SLICES:] = [pa.concat_arrays(self.pending[-COALESCE_SLICES:])]
+            self._loose = 0
 
     def compact(self) -> None:
         """Count the pending keys into the running totals."""
         if not self.pending:
             return
-        pending, self.pending, self.pending_rows = self.pending, [], 0
+        pending, self.pending, self.pending_rows, self._loose = self.pending, [], 0, 0
         keys, counts = transform.count_keys(pa.chunked_array(pending, self.key_type))
         del pending  # freed before the merge below
         self.packed = transform.merge_counts(self.packed, transform.pack_counts(keys, counts))
@@ -112,7 +120,7 @@ class Bucket:
         if self.taken:
             raise RuntimeError("these counts have been used already")
         self.taken = True
-        pending, self.pending, self.pending_rows = self.pending, [], 0
+        pending, self.pending, self.pending_rows, self._loose = self.pending, [], 0, 0
         if not self.pairs:  # never counted before (L, 4L): the pending keys' counts as they come
             keys, counts = transform.count_keys(pa.chunked_array(pending, self.key_type))
             return keys, counts
@@ -179,7 +187,7 @@ class ExperimentCounter:
         self._budget = pending_keys or PENDING_KEYS
         self._pending = 0  # pending keys in all buckets
         few_slices = batches is not None and batches * self._bucket_count < STAGE_FROM_SLICES
-        self._stage_at = stage_at or (1 if few_slices else min(STAGE_MAX, STAGE_KEYS_PER_BUCKET * self._bucket_count))
+        self._stage_at = stage_at or (1 if few_slices else STAGE_KEYS)
         self._staged: list[pa.Array] = []
         self._staged_rows = 0
         self.experiments = 0
