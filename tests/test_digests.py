@@ -64,6 +64,23 @@ def test_a_row_digests_alike_wherever_it_sits_in_a_batch() -> None:
             assert Digester(COMPOUNDS).rows(batch.slice(start, length)).to_pylist() == whole[start:start + length]
 
 
+@settings(max_examples=100, deadline=None)
+@given(texts=st.lists(st.one_of(st.none(), st.text(max_size=40)), max_size=8), start=st.integers(0, 2))
+def test_a_texts_digest_is_the_sum_of_the_numbers_its_bytes_stand_for_at_their_places(
+        texts: list[str | None], start: int) -> None:
+    """The oracle in plain Python for texts up to 256 bytes: empty texts and slices at any offset included."""
+    table = digests_module._byte_table().to_pylist()
+    values = pa.array(["pad", "", *texts], pa.string()).slice(start)
+    expected = [digests_module._NULL if text is None else
+                sum(table[i * 256 + b] for i, b in enumerate(text.encode())) % (1 << 64)
+                for text in values.to_pylist()]
+    assert digests_module.text_digests(values).to_pylist() == expected
+
+
+def test_an_empty_batch_has_no_digests() -> None:
+    assert len(Digester(COMPOUNDS).rows(features([]))) == 0
+
+
 @pytest.mark.parametrize("ids", [[1, 2, 3], [10, 20, 30]])  # a range of ids, and not
 def test_a_renamed_compound_changes_the_digest_of_the_users_that_list_it_and_no_other(ids: list[int]) -> None:
     compounds = pa.table({"compound_id": pa.array(ids, pa.int64()),
