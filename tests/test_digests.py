@@ -160,3 +160,24 @@ def test_a_loads_digests_are_one_table_in_user_order() -> None:
     stored = digest_table([pa.array([1, 2], pa.int64()), pa.array([5], pa.int64())],
                           [pa.array([9, 8], pa.uint64()), pa.array([7], pa.uint64())])
     assert stored.to_pydict() == {"user_id": [1, 2, 5], "digest": [9, 8, 7]}
+
+
+@pytest.mark.parametrize("group", [1, 3, 5, 100])
+def test_a_first_loads_digests_are_each_rows_however_the_batches_are_grouped(
+        group: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    from etl_core.store import postgres
+
+    monkeypatch.setattr(postgres, "DIGEST_ROWS", group)
+    whole = features([{"user_name": f"U{i}" * (i % 4), "most_common_compound_ids": [1 + i % 3] * (i % 3)}
+                      for i in range(11)])
+    batches = [whole.slice(start, length) for start, length in [(0, 2), (2, 1), (3, 4), (7, 4)]]
+    digester = Digester(COMPOUNDS)
+    digests = postgres._Digests(digester)
+    assert [b.num_rows for b in digests.beside(batches)] == [2, 1, 4, 4]  # the rows pass as they came
+    stored = digests.table()
+    assert stored["user_id"].to_pylist() == list(range(1, 12))
+    assert stored["digest"].to_pylist() == digester.rows(whole).to_pylist()
+    cut = postgres._Digests(digester)
+    list(itertools.islice(cut.beside(batches), 3))  # a COPY that stopped after three batches
+    assert cut.table()["digest"].to_pylist() == digester.rows(whole).to_pylist()[:len(cut.table())]
+    assert len(cut.table()) == {1: 7, 3: 7, 5: 7, 100: 0}[group]  # only what was digested: fewer than were sent

@@ -215,5 +215,5 @@ class Digester:
               else pc.index_in(ids, value_set=self._ids))
         return pc.fill_null(pc.take(self._names, at), _u64(_NULL))  # (an id not among the compounds: none)
 
-    def rows(self, features: pa.RecordBatch) -> pa.Array:
+    def rows(self, features: pa.RecordBatch | pa.Table) -> pa.Array:
         return row_digests(features, self._name_digests)

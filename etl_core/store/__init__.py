@@ -48,7 +48,7 @@ class RowDigests(Protocol):
 
     algorithm: int  # digests of another algorithm are never compared
 
-    def rows(self, features: pa.RecordBatch) -> pa.Array:
+    def rows(self, features: pa.RecordBatch | pa.Table) -> pa.Array:
         """One uint64 per row."""
         ...
 
