@@ -307,30 +307,31 @@ def insert_added(schema: str) -> str:
             f"JOIN {q('pg_temp', STAGING)} s ON s.user_id = d.user_id WHERE d.kind = 'a'")
 
 
-def create_history(schema: str) -> list[str]:
+def create_history(schema: str, version: int) -> list[str]:
     """The history table (each ended version, keyed by the run that ended it and the user: a run's
     versions are appended together, in user order, to one end of the one index), the horizon, and the
-    as-of function."""
+    as-of function, as schema ``version`` has them (the step that adds them)."""
     return [
-        create_table(USER_FEATURES_HISTORY, schema, if_not_exists=True, primary_key=True),
+        create_table(USER_FEATURES_HISTORY, schema, if_not_exists=True, primary_key=True, version=version),
         f"CREATE TABLE IF NOT EXISTS {q(schema, HORIZON)} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
         "kept_from bigint NOT NULL)",
         # the history starts with the table as the last load left it: earlier runs' versions were not kept
         f"INSERT INTO {q(schema, HORIZON)} (kept_from) SELECT coalesce(max(id), 0) FROM {q(schema, RUNS)} "
         f"WHERE status IN ({', '.join(repr(str(s)) for s in LOADED)}) ON CONFLICT DO NOTHING",
-        as_of_function(schema),
+        as_of_function(schema, version),
     ]
 
 
-def as_of_function(schema: str) -> str:
-    """``user_features_as_of(run)``: the features as they were when run ``run`` finished (every column of
-    user_features; ``run_id`` the run that made each row valid).  The versions valid then are the rows
-    made valid at or before it and not ended by then: the table's rows stamped no later than ``run``,
-    and the history's versions valid across it.  A plain SQL function: the planner inlines it, so that
-    ``WHERE user_id > x ORDER BY user_id LIMIT n`` over it reads by the keys."""
-    cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
-    versions = ", ".join("valid_from" if c == "run_id" else identifier(c) for c in FEATURE_COLUMNS)
-    types = ", ".join(f"{identifier(c.name)} {c.sql}" for c in USER_FEATURES.columns)
+def as_of_function(schema: str, version: int) -> str:
+    """``user_features_as_of(run)``: the features as they were when run ``run`` finished (every column
+    user_features has at schema ``version``; ``run_id`` the run that made each row valid).  The versions
+    valid then are the rows made valid at or before it and not ended by then: the table's rows stamped
+    no later than ``run``, and the history's versions valid across it.  A plain SQL function: the
+    planner inlines it, so that ``WHERE user_id > x ORDER BY user_id LIMIT n`` over it reads by the keys."""
+    columns = USER_FEATURES.as_of(version)
+    cols = ", ".join(identifier(c.name) for c in columns)
+    versions = ", ".join("valid_from" if c.name == "run_id" else identifier(c.name) for c in columns)
+    types = ", ".join(f"{identifier(c.name)} {c.sql}" for c in columns)
     return (f"CREATE OR REPLACE FUNCTION {q(schema, AS_OF)}(run bigint) RETURNS TABLE ({types}) "
             f"LANGUAGE sql STABLE AS $$ SELECT {cols} FROM {q(schema, FEATURES)} WHERE run_id <= run "
             f"UNION ALL SELECT {versions} FROM {q(schema, HISTORY)} WHERE valid_from <= run "
