@@ -87,17 +87,20 @@ STORE_ADDS = ("run_id",)
 # Each version of a user's features that a later run ended (changed or removed the user), with the run that
 # made it valid and the run that ended it (SCD type 2).  The versions still valid are user_features' rows
 # (their run_id is the run that made them valid): a run writes here only for the users it changes or
-# removes, never a copy of the whole table (schema version 3).
+# removes, never a copy of the whole table (schema version 3).  Its columns follow user_features': those
+# the features had at version 3 (but run_id), the two runs, then each feature column a later version added,
+# as that version's step adds it to both tables.
 USER_FEATURES_HISTORY = Table("user_features_history", key="valid_to, user_id", purpose=(
     "Each version of a user's features that a later run ended, with the run that made it valid and the run that "
     "ended it (SCD type 2); the versions still valid are `user_features`' rows. `user_features_as_of(N)` "
     "answers the features as they were after run N, `GET /runs/{run_id}/features` and `/changes` page it "
     "(personal data: behind the rejects permission). Versions older than the history's retention are purged."),
     columns=(
-    *(dataclasses.replace(c, since=3) for c in USER_FEATURES.columns if c.name != "run_id"),
+    *(dataclasses.replace(c, since=3) for c in USER_FEATURES.as_of(3) if c.name != "run_id"),
     Column("valid_from", pa.int64(), "bigint", "the run (etl_runs.id) that made this version valid", since=3),
     Column("valid_to", pa.int64(), "bigint",
            "the run that ended it: changed the user's features or removed the user", since=3),
+    *(c for c in USER_FEATURES.columns if c.since > 3),
 ))
 # the feature values a change is judged on: every column but the key and the run
 COMPARED = tuple(c for c in USER_FEATURES.names if c not in ("user_id", "run_id"))

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from etl_core.tables import USER_FEATURES
+
 GOOD = {
     "users.csv": (
         "user_id,name,email,signup_date\n"
@@ -76,9 +78,11 @@ def features_rows(conn: Any, schema: str) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in rows]
 
 
-def features_dump(conn: Any, schema: str) -> list[tuple[Any, ...]]:
-    """Every column of every row, including the run that wrote it: 'byte for byte' comparisons."""
-    rows = conn.run(f'SELECT * FROM "{schema}".user_features ORDER BY user_id')
+def features_dump(conn: Any, schema: str, *, run_id: bool = True) -> list[tuple[Any, ...]]:
+    """Every column of every row, including the run that wrote it: 'byte for byte' comparisons; with
+    ``run_id=False`` every column but that one (found by name), to compare tables written by other runs."""
+    columns = "*" if run_id else ", ".join(f'"{c}"' for c in USER_FEATURES.names if c != "run_id")
+    rows = conn.run(f'SELECT {columns} FROM "{schema}".user_features ORDER BY user_id')
     return [tuple(r) for r in rows]
 
 

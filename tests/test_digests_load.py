@@ -80,7 +80,7 @@ def reference(env: dict[str, str], directory: Path) -> list[tuple[Any, ...]]:
     conn = dbmod.connect(settings.db)
     try:
         service.trigger(Trigger())
-        return [row[:-1] for row in features_dump(conn, schema)]
+        return features_dump(conn, schema, run_id=False)
     finally:
         service.close()
         conn.run(f'DROP SCHEMA "{schema}" CASCADE')
@@ -90,7 +90,7 @@ def reference(env: dict[str, str], directory: Path) -> list[tuple[Any, ...]]:
 def table(service: Service) -> list[tuple[Any, ...]]:
     conn = dbmod.connect(service.settings.db)
     try:
-        return [row[:-1] for row in features_dump(conn, service.settings.schema)]
+        return features_dump(conn, service.settings.schema, run_id=False)
     finally:
         dbmod.close_quietly(conn)
 

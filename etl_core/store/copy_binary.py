@@ -7,7 +7,7 @@ column is of another pair, the store loads with CSV COPY instead).  Each field i
 -1 for NULL) then its bytes, big-endian; pgpq lays each one out from its Arrow type, in Rust: int64
 as bigint, string as text, float64 as double precision, list<int64> as bigint[] (one dimension,
 lower bound 1, elements of type int8).  The
-run's id is a column of its own, the one value repeated.
+run's id is a column of its own, the one value repeated, wherever the table has it.
 
 Until issue 26 this module was an encoder of our own, made of pyarrow gathers; bench/libraries.py
 keeps it as the reference (from git) and shows pgpq's bytes to be the same, byte for byte, at the
@@ -37,7 +37,7 @@ def fits(table: Table) -> bool:
 HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")  # no flags, no extension
 TRAILER = (-1).to_bytes(2, "big", signed=True)
 
-_SCHEMA = USER_FEATURES.arrow_schema()  # the features, then the run's id
+_SCHEMA = USER_FEATURES.arrow_schema()  # the table's columns: the features' and the run's id, each found by name
 _I64 = pa.int64()
 
 
@@ -46,7 +46,8 @@ def rows(features: pa.RecordBatch, run_id: int) -> memoryview:
     the other."""
     if not features.num_rows:
         return memoryview(b"")
-    batch = pa.RecordBatch.from_arrays([*features.columns, literals.repeat(run_id, _I64, features.num_rows)],
+    run = literals.repeat(run_id, _I64, features.num_rows)
+    batch = pa.RecordBatch.from_arrays([run if f.name == "run_id" else features.column(f.name) for f in _SCHEMA],
                                        schema=_SCHEMA)
     encoder = ArrowToPostgresBinaryEncoder(_SCHEMA)  # made per chunk: it keeps what it was given until finish
     encoder.write_header()

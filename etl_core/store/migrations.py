@@ -54,7 +54,7 @@ def _rejects_hash(conn: Any, schema: str) -> None:
 
 def _history(conn: Any, schema: str) -> None:
     conn.run(sql.add_change_counts(schema))
-    for statement in sql.create_history(schema):
+    for statement in sql.create_history(schema, 3):
         conn.run(statement)
 SHARDS = "etl_shards"
 SHARD_COUNTS = "etl_shard_counts"

@@ -14,20 +14,22 @@ from etl_core.config import DbSettings
 from etl_core.store import db as dbmod
 from etl_core.store.migrations import SHARD_COUNTS, SHARDS
 from etl_core.store.sql import q
+from etl_core.tables import ETL_SHARD_COUNTS
 
 SHARD_COLUMNS = ("shard", "shards", "identity", "first_byte", "end_byte", "rows_read", "rows_rejected",
                  "experiments", "first_experiment_id", "last_experiment_id", "increasing", "violations")
 
 
 def replace_shard(settings: DbSettings, schema: str, batch: str, record: dict[str, Any], counts_csv: bytes) -> None:
-    """One shard's partial counts (CSV rows: batch, shard, user_id, compound_id, n) and its record
-    (SHARD_COLUMNS), in place of any earlier count of the same shard, in one transaction."""
+    """One shard's partial counts (CSV rows of etl_shard_counts' columns, as etl_core/tables.py describes
+    them: batch, shard, user_id, compound_id, n) and its record (SHARD_COLUMNS), in place of any earlier
+    count of the same shard, in one transaction."""
     conn = dbmod.connect(settings)
     try:
         conn.run("BEGIN")
         for table in (SHARD_COUNTS, SHARDS):
             conn.run(f"DELETE FROM {q(schema, table)} WHERE batch = :b AND shard = :s", b=batch, s=record["shard"])
-        conn.run(f"COPY {q(schema, SHARD_COUNTS)} (batch, shard, user_id, compound_id, n) FROM STDIN "
+        conn.run(f"COPY {q(schema, SHARD_COUNTS)} ({', '.join(ETL_SHARD_COUNTS.names)}) FROM STDIN "
                  "WITH (FORMAT csv)", stream=[counts_csv])
         names = ", ".join(SHARD_COLUMNS)
         values = ", ".join(f"CAST(:{c} AS jsonb)" if c == "violations" else f":{c}" for c in SHARD_COLUMNS)

@@ -201,7 +201,7 @@ def _differs(old: str, new: str) -> str:
             f"({', '.join(f'{new}.{identifier(c)}' for c in COMPARED)})")
 
 
-_KEPT = ", ".join(identifier(c) for c in (*USER_FEATURES.names[:-1],))  # the features' columns but run_id
+_VALUES = tuple(c for c in FEATURE_COLUMNS if c != "run_id")  # the features' columns but run_id, by name
 _HISTORY_COLUMNS = ", ".join(identifier(c) for c in USER_FEATURES_HISTORY.names)
 
 
@@ -264,9 +264,10 @@ def _in_diff(column: str, kinds: str) -> str:
 
 def keep_ended(schema: str) -> str:
     """The version each changed or removed user has now goes to the history, ended by ``:run``."""
-    return (f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT "
-            + ", ".join(f"f.{identifier(c)}" for c in USER_FEATURES.names[:-1])
-            + f", f.run_id, CAST(:run AS bigint) FROM {q(schema, FEATURES)} f WHERE {_in_diff('f.user_id', _ENDED)}")
+    source = {"valid_from": "f.run_id", "valid_to": "CAST(:run AS bigint)"}  # each other column: the row's own
+    values = ", ".join(source.get(c, f"f.{identifier(c)}") for c in USER_FEATURES_HISTORY.names)
+    return (f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT {values} "
+            f"FROM {q(schema, FEATURES)} f WHERE {_in_diff('f.user_id', _ENDED)}")
 
 
 def delete_changed_and_removed(schema: str) -> str:
@@ -306,33 +307,34 @@ def insert_added(schema: str) -> str:
             f"JOIN {q('pg_temp', STAGING)} s ON s.user_id = d.user_id WHERE d.kind = 'a'")
 
 
-def create_history(schema: str) -> list[str]:
+def create_history(schema: str, version: int) -> list[str]:
     """The history table (each ended version, keyed by the run that ended it and the user: a run's
     versions are appended together, in user order, to one end of the one index), the horizon, and the
-    as-of function."""
+    as-of function, as schema ``version`` has them (the step that adds them)."""
     return [
-        create_table(USER_FEATURES_HISTORY, schema, if_not_exists=True, primary_key=True),
+        create_table(USER_FEATURES_HISTORY, schema, if_not_exists=True, primary_key=True, version=version),
         f"CREATE TABLE IF NOT EXISTS {q(schema, HORIZON)} (one boolean PRIMARY KEY DEFAULT true CHECK (one), "
         "kept_from bigint NOT NULL)",
         # the history starts with the table as the last load left it: earlier runs' versions were not kept
         f"INSERT INTO {q(schema, HORIZON)} (kept_from) SELECT coalesce(max(id), 0) FROM {q(schema, RUNS)} "
         f"WHERE status IN ({', '.join(repr(str(s)) for s in LOADED)}) ON CONFLICT DO NOTHING",
-        as_of_function(schema),
+        as_of_function(schema, version),
     ]
 
 
-def as_of_function(schema: str) -> str:
-    """``user_features_as_of(run)``: the features as they were when run ``run`` finished (every column of
-    user_features; ``run_id`` the run that made each row valid).  The versions valid then are the rows
-    made valid at or before it and not ended by then: the table's rows stamped no later than ``run``,
-    and the history's versions valid across it.  A plain SQL function: the planner inlines it, so that
-    ``WHERE user_id > x ORDER BY user_id LIMIT n`` over it reads by the keys."""
-    cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
-    kept = ", ".join(identifier(c) for c in USER_FEATURES.names[:-1])
-    types = ", ".join(f"{identifier(c.name)} {c.sql}" for c in USER_FEATURES.columns)
+def as_of_function(schema: str, version: int) -> str:
+    """``user_features_as_of(run)``: the features as they were when run ``run`` finished (every column
+    user_features has at schema ``version``; ``run_id`` the run that made each row valid).  The versions
+    valid then are the rows made valid at or before it and not ended by then: the table's rows stamped
+    no later than ``run``, and the history's versions valid across it.  A plain SQL function: the
+    planner inlines it, so that ``WHERE user_id > x ORDER BY user_id LIMIT n`` over it reads by the keys."""
+    columns = USER_FEATURES.as_of(version)
+    cols = ", ".join(identifier(c.name) for c in columns)
+    versions = ", ".join("valid_from" if c.name == "run_id" else identifier(c.name) for c in columns)
+    types = ", ".join(f"{identifier(c.name)} {c.sql}" for c in columns)
     return (f"CREATE OR REPLACE FUNCTION {q(schema, AS_OF)}(run bigint) RETURNS TABLE ({types}) "
             f"LANGUAGE sql STABLE AS $$ SELECT {cols} FROM {q(schema, FEATURES)} WHERE run_id <= run "
-            f"UNION ALL SELECT {kept}, valid_from FROM {q(schema, HISTORY)} WHERE valid_from <= run "
+            f"UNION ALL SELECT {versions} FROM {q(schema, HISTORY)} WHERE valid_from <= run "
             "AND valid_to > run $$")
 
 
@@ -349,8 +351,8 @@ def add_change_counts(schema: str) -> str:
 def fill_staging_as_of(schema: str) -> str:
     """The features as of run ``:of`` into the temporary table, as a load's rows would be (``:run``)."""
     cols = ", ".join(identifier(c) for c in FEATURE_COLUMNS)
-    kept = ", ".join(identifier(c) for c in USER_FEATURES.names[:-1])
-    return (f"INSERT INTO {q('pg_temp', STAGING)} ({cols}) SELECT {kept}, CAST(:run AS bigint) "
+    values = ", ".join("CAST(:run AS bigint)" if c == "run_id" else identifier(c) for c in FEATURE_COLUMNS)
+    return (f"INSERT INTO {q('pg_temp', STAGING)} ({cols}) SELECT {values} "
             f"FROM {q(schema, AS_OF)}(:of)")
 
 
@@ -385,7 +387,7 @@ def changes_page(schema: str) -> str:
     the run (the history's version it ended) and after it (the version it made valid: in the table, or
     in the history if a later run ended it), as JSON objects; NULL where there was none."""
     features, history = q(schema, FEATURES), q(schema, HISTORY)
-    kept = ", ".join(identifier(c) for c in USER_FEATURES.names[:-1])
+    kept = ", ".join(identifier(c) for c in _VALUES)
     return (f"WITH before AS (SELECT {kept} FROM {history} WHERE valid_to = :run AND user_id > :after "
             f"ORDER BY user_id LIMIT :limit), "
             f"after AS (SELECT * FROM (SELECT {kept} FROM {features} WHERE run_id = :run AND user_id > :after "
