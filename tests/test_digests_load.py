@@ -6,10 +6,12 @@ in-memory store, which compares every value."""
 from __future__ import annotations
 
 import dataclasses
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pyarrow as pa
 import pytest
@@ -19,7 +21,7 @@ from hypothesis import strategies as st
 from etl_core.config import Settings, db_settings
 from etl_core.features import Digester
 from etl_core.service import Service, Trigger
-from etl_core.store import Store
+from etl_core.store import Store, postgres
 from etl_core.store import db as dbmod
 from etl_core.store.memory import MemoryStore
 from etl_core.store.postgres import PostgresPublication, PostgresStore
@@ -188,35 +190,51 @@ def test_a_dry_run_compares_by_digests_and_stores_none(job: Service, tmp_path: P
 
 
 # The property: for any sequence of loads, comparing by digests gives each run the changes that comparing
-# every value gives (the in-memory store), and the features as of each run are the ones it loaded.
+# every value gives (the in-memory store), whichever way the publication writes them (only the users that
+# differ, or every row with the unchanged put back, on a look-ahead of any length that may mislead), and
+# the features as of each run are the ones it loaded.
 
 loads = st.lists(st.dictionaries(st.integers(1, 30), st.tuples(st.sampled_from(["a", "b", "ab"]), st.integers(0, 4)),
                                  min_size=1, max_size=20), min_size=2, max_size=6)
 NO_COMPOUNDS = pa.table({"compound_id": pa.array([], pa.int64()), "compound_name": pa.array([], pa.string())})
 
 
-def publish(store: Store, users: dict[int, tuple[str, int]]) -> tuple[int, dict[str, int] | None, str | None]:
+def publish(store: Store, users: dict[int, tuple[str, int]],
+            rows: int = 1 << 20) -> tuple[int, dict[str, int] | None, PostgresPublication | Any]:
+    """One load of ``users``, in batches of ``rows`` rows."""
+    batches = pa.Table.from_batches(batch(users)).to_batches(max_chunksize=rows)
     with store.run(policy="strict", source="here") as run, run.publishing() as publication:
         publication.volume()  # as a run that is not forced counts the table first
-        written = publication.replace_features(iter(batch(users)), Digester(NO_COMPOUNDS))
+        written = publication.replace_features(iter(batches), Digester(NO_COMPOUNDS))
         publication.finish(status="succeeded", files={}, users_written=written, seconds={})
-    return run.run_id, publication.changes, getattr(publication, "compared_by", None)
+    return run.run_id, publication.changes, publication
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(sequence=loads)
+def listed(service: Service, run_id: int) -> list[dict[str, Any]]:
+    return service.changes(run_id, limit=100)["changes"]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(sequence=loads, rows=st.integers(1, 8), look_ahead=st.integers(1, 12))
 def test_digests_give_every_run_the_changes_a_comparison_of_every_value_gives(
-        database_url: str, sequence: list[dict[int, tuple[str, int]]]) -> None:
+        database_url: str, sequence: list[dict[int, tuple[str, int]]], rows: int, look_ahead: int) -> None:
     schema = f"t_{uuid.uuid4().hex[:12]}"
     store = PostgresStore(db_settings({"DATABASE_URL": database_url}), schema)
     memory = MemoryStore()
     service = Service(Settings.from_env({"ETL_METRICS_NAMESPACE": ""}), store)
+    in_memory = Service(Settings.from_env({"ETL_METRICS_NAMESPACE": ""}), memory)
+    runs: list[tuple[int, dict[int, tuple[str, int]]]] = []
     try:
-        for i, users in enumerate(sequence):
-            run_id, found, compared_by = publish(store, users)
-            assert compared_by == ("empty" if i == 0 else "digests")
-            assert found == publish(memory, users)[1]
-            assert values(service, run_id) == expected(users)
+        with mock.patch.object(postgres, "LOOK_AHEAD_ROWS", look_ahead):
+            for i, users in enumerate(sequence):
+                run_id, found, publication = publish(store, users, rows)
+                assert publication.compared_by == ("empty" if i == 0 else "digests")
+                memory_run, memory_found, _ = publish(memory, users)
+                assert found == memory_found
+                assert listed(service, run_id) == listed(in_memory, memory_run)
+                runs.append((run_id, users))
+                for earlier, loaded in runs:  # no later load rewrites the past
+                    assert values(service, earlier) == expected(loaded), (earlier, publication.wrote)
     finally:
         store.close()
         conn = dbmod.connect(db_settings({"DATABASE_URL": database_url}))
@@ -224,3 +242,110 @@ def test_digests_give_every_run_the_changes_a_comparison_of_every_value_gives(
             conn.run(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         finally:
             dbmod.close_quietly(conn)
+
+
+def stamps(service: Service) -> dict[int, int]:
+    """Each user's run_id in the table."""
+    conn = dbmod.connect(service.settings.db)
+    try:
+        return dict(conn.run(f'SELECT user_id, run_id FROM "{service.settings.schema}".user_features'))
+    finally:
+        dbmod.close_quietly(conn)
+
+
+def test_a_reload_where_most_users_changed_rewrites_the_table_and_puts_the_unchanged_back(
+        job: Service, env: dict[str, str], tmp_path: Path, publications: list[PostgresPublication]) -> None:
+    first = job.trigger(Trigger())
+    users = {u: f"User {u}" for u in range(1, 41)} | {u: f"Renamed {u}" for u in range(2, 31)}
+    del users[1], users[21]  # gone, and two added with one experiment each: the average stays 1.5
+    users |= {45: "New", 49: "Newer"}
+    second = data(tmp_path, "second", users)
+    loaded = on(job, second)
+    assert loaded["changes"] == {"added": 2, "changed": 28, "removed": 2, "unchanged": 10}
+    assert (publications[-1].compared_by, publications[-1].wrote) == ("digests", "all")
+    assert table(job) == reference(env, second)
+    run_ids = stamps(job)
+    assert {u: run_ids[u] for u in range(31, 41)} == dict.fromkeys(range(31, 41), first["run_id"])
+    assert {run_ids[u] for u in (*range(2, 21), *range(22, 31), 45, 49)} == {loaded["run_id"]}
+    listed_changes = listed(job, loaded["run_id"])
+    assert [(c["user_id"], c["change"]) for c in listed_changes] == sorted(
+        [(1, "removed"), (21, "removed"), (45, "added"), (49, "added")]
+        + [(u, "changed") for u in (*range(2, 21), *range(22, 31))])
+    first_values = job.as_of(first["run_id"], limit=100)["features"]
+    assert [f["user_name"] for f in first_values] == [f"User {u}" for u in range(1, 41)]
+    again = on(job, second)  # the same input again: nothing read, nothing written
+    assert again["status"] == "unchanged"
+
+
+def test_most_users_changed_but_a_key_held_on_the_table_changes_only_them(
+        job: Service, env: dict[str, str], tmp_path: Path, publications: list[PostgresPublication]) -> None:
+    job.trigger(Trigger())
+    schema = job.settings.schema
+    conn = dbmod.connect(job.settings.db)
+    try:
+        conn.run(f'CREATE TABLE "{schema}".notes (user_id bigint REFERENCES "{schema}".user_features '
+                 "ON DELETE CASCADE, note text)")
+        conn.run(f"INSERT INTO \"{schema}\".notes VALUES (40, 'kept')")
+        renamed = data(tmp_path, "renamed", {u: f"User {u}" for u in range(1, 41)} | {u: f"R{u}" for u in range(1, 31)})
+        loaded = on(job, renamed)
+        assert loaded["changes"] == {"added": 0, "changed": 30, "removed": 0, "unchanged": 10}
+        assert publications[-1].wrote == "changes"
+        assert conn.run(f'SELECT user_id, note FROM "{schema}".notes') == [[40, "kept"]]
+        assert table(job) == reference(env, renamed)
+    finally:
+        dbmod.close_quietly(conn)
+
+
+@pytest.mark.parametrize("after", [0, 1], ids=["in the first rows", "while the history is written"])
+def test_features_that_fail_while_read_ahead_leave_the_table_and_its_history(
+        job: Service, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    """A reload by digests reads its first rows before any COPY (to choose how to write them), and reads
+    ahead while the history is written: our error there is raised as ours (not the database's, which
+    reads as 'retry later'), the table and the history stay as they were, the run is recorded failed."""
+    from etl_core import features as counting
+    from etl_core.errors import EtlError
+
+    job.trigger(Trigger())
+    before, history = table(job), f'SELECT count(*) FROM "{job.settings.schema}".user_features_history'
+    real = counting.feature_batches
+
+    def failing(*args: Any) -> Any:
+        batches = real(*args)
+        try:
+            for _ in range(after):
+                yield next(batches)
+            raise OSError("boom while reading ahead")  # not the connection's, though an OSError
+        finally:
+            batches.close()
+
+    monkeypatch.setattr(counting, "feature_batches", failing)
+    if after:  # the first batch decides (every user renamed: rewrite all); the next fails while read ahead
+        ending, read_ahead = PostgresPublication._end_every_version, postgres._ahead
+        calls: list[int] = []
+
+        def slow_ending(self: PostgresPublication) -> int:
+            time.sleep(0.5)
+            return ending(self)
+
+        def ahead(*args: Any, **kwargs: Any) -> Any:
+            calls.append(1)
+            return read_ahead(*args, **kwargs)
+
+        monkeypatch.setattr(postgres, "LOOK_AHEAD_ROWS", 1)
+        monkeypatch.setattr(PostgresPublication, "_end_every_version", slow_ending)
+        monkeypatch.setattr(postgres, "_ahead", ahead)
+    renamed = data(tmp_path, "renamed", {u: f"R{u}" for u in range(1, 41)})
+    with pytest.raises(EtlError, match="unexpected OSError: boom") as caught:
+        on(job, renamed)
+    assert table(job) == before
+    assert not after or calls == [1]
+    conn = dbmod.connect(job.settings.db)
+    try:
+        assert conn.run(history) == [[0]]
+        [[status]] = conn.run(f'SELECT status FROM "{job.settings.schema}".etl_runs WHERE id = :id',
+                              id=caught.value.details["run_id"])
+        assert status == "failed"
+    finally:
+        dbmod.close_quietly(conn)
+    monkeypatch.undo()
+    assert on(job, renamed)["changes"]["changed"] == 40

@@ -65,6 +65,10 @@ class Previous:
         removed = pc.filter(old_ids, pc.invert(pc.is_in(old_ids, value_set=user_ids)))
         return Changes(pc.fill_null(send, True), pc.invert(known), removed, added, changed)
 
+    def afresh(self) -> Previous:
+        """The same users and digests, compared from the first again (an estimate's own cursor)."""
+        return Previous(self._ids, self._digests)
+
     def rest(self) -> pa.Array:
         """The last load's users after every batch compared: all removed."""
         rest = self._ids.slice(self._next)
@@ -76,3 +80,15 @@ def digest_table(user_ids: Sequence[pa.Array], digests: Sequence[pa.Array]) -> p
     """A load's digests as one table (user_id ascending, digest), to store."""
     return pa.table({"user_id": pa.chunked_array(user_ids, pa.int64()),
                      "digest": pa.chunked_array(digests, pa.uint64())})
+
+
+def share_differing(previous: Previous, user_ids: Sequence[pa.Array], digests: Sequence[pa.Array]) -> float:
+    """Of the first batches of a load (``user_ids`` ascending, their ``digests``) and the last load's users
+    among them, the share that differ: added, changed or removed (0 where there are none)."""
+    probe = previous.afresh()
+    differing = seen = 0
+    for ids, found_digests in zip(user_ids, digests, strict=True):
+        found = probe.compare(ids, found_digests)
+        differing += found.added + found.changed + len(found.removed)
+        seen += len(ids) + len(found.removed)
+    return differing / seen if seen else 0.0

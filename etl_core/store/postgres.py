@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import io
+import itertools
 import json
 import threading
 from collections.abc import Iterable, Iterator
@@ -51,6 +52,14 @@ from etl_core.tables import USER_FEATURES
 ANALYZE_SHARE, VACUUM_SHARE = 0.1, 0.2
 ROWS_PER_CHUNK = 1 << 12  # rows per CopyData message (about 640 kB of features)
 DIGEST_ROWS = 1 << 14  # rows whose digests are worked out together as a first load streams
+# A reload by digests compares its first LOOK_AHEAD_ROWS rows (four of L's batches) before it sends any:
+# where more than REWRITE_SHARE of them (and of the users they skip) differ, every row is rewritten
+# (``_replace_all``), else only the users that differ are sent (bench/README.md, round eight)
+LOOK_AHEAD_ROWS = 1 << 14
+REWRITE_SHARE = 0.5
+# While the server moves the table's versions to the history, the rows that follow are worked out
+# ahead, up to AHEAD_BYTES of them (at L, all of them)
+AHEAD_BYTES = 1 << 28
 # binary COPY where its encoder lays out the features table as described (else CSV, which any column list takes)
 _BINARY = copy_binary.fits(USER_FEATURES)
 _COMMA, _OPEN, _CLOSE, _NOTHING = (literals.scalar(text, pa.string()) for text in (",", "{", "}", ""))
@@ -370,6 +379,9 @@ class PostgresPublication:
         # digest differed were sent: ``sent`` of them, and the users gone) or "values" (every row sent)
         self.compared_by: str | None = None
         self.sent: int | None = None
+        # how it wrote them: "changes" (only the users that differ), "all" (most differed: every row
+        # rewritten, the unchanged put back) or "copy" (into an empty table)
+        self.wrote: str | None = None
         self.sample: list[dict[str, Any]] | None = None
 
     def raised_by_rows(self, exc: BaseException) -> bool:
@@ -416,20 +428,27 @@ class PostgresPublication:
                            _chunks(digests.beside(counted(features)), self._run_id, binary=binary))
                 self.changes = {"added": rows[0], "changed": 0, "removed": 0, "unchanged": 0}
                 self.left_dead = 0
-                self.compared_by, self.sent = "empty", rows[0]
+                self.compared_by, self.sent, self.wrote = "empty", rows[0], "copy"
                 self._store_digests(digests, rows[0])
                 return rows[0]
             previous = self._previous(digester)
             self._staging()
             if previous is not None:
-                self._send_changed(digests.compared(counted(features), previous))
+                batches = iter(self._rows(counted(features)))  # read ahead of any COPY: its errors are ours
+                head = _head(batches, LOOK_AHEAD_ROWS)
                 self.compared_by = "digests"
+                if self._sample is None and self._rewrite_all(head, previous, digests) and not self._referenced():
+                    self._replace_all(digests.compared(itertools.chain(head, batches), previous), rows)
+                    self._store_digests(digests, rows[0])
+                    return rows[0]
+                self._send_changed(digests.compared(itertools.chain(head, batches), previous))
             else:
                 self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
                            _chunks(digests.beside(counted(features)), self._run_id, binary=_BINARY))
                 self._conn.run(sql.classify(self._schema))
                 self.compared_by, self.sent = "values", rows[0]
             self._apply(rows[0])
+            self.wrote = "changes"
             self._store_digests(digests, rows[0])
         return rows[0]
 
@@ -448,7 +467,70 @@ class PostgresPublication:
         stored = pa.ipc.open_stream(blob).read_all()
         return changes.Previous(stored["user_id"].combine_chunks(), stored["digest"].combine_chunks())
 
-    def _send_changed(self, batches: Iterator[tuple[pa.RecordBatch | None, pa.Array, pa.Array]]) -> None:
+    def _rows(self, batches: Iterable[pa.RecordBatch]) -> _Stream:
+        """``batches``, an error raised while making them remembered as the rows' (not the database's)."""
+        self._streams.append(stream := _Stream(batches))
+        return stream
+
+    def _rewrite_all(self, head: list[pa.RecordBatch], previous: changes.Previous, digests: _Digests) -> bool:
+        """Whether most of the first rows differ from the last load (REWRITE_SHARE), so that most of the
+        table is likely to: then rewriting all of it costs less than finding and writing the changes."""
+        assert digests.digester is not None
+        share = changes.share_differing(previous, [b["user_id"] for b in head],
+                                        [digests.digester.rows(b) for b in head])
+        return share > REWRITE_SHARE
+
+    def _referenced(self) -> bool:
+        return bool(self._conn.run(sql.referencing_keys(), table=sql.q(self._schema, sql.FEATURES)))
+
+    def _replace_all(self, batches: Iterator[tuple[pa.RecordBatch | None, changes.Changes]], rows: list[int]) -> None:
+        """Where most users changed: every version the table holds to the history and out of the table
+        (two statements over the whole table, no join), every row COPYed in as a first load's are, and
+        then the users whose digest did not change put back as they were (stamped with their own run,
+        their version out of the history again): a cost in the unchanged users, few where this is chosen.
+        Ends as ``_send_changed`` and ``_apply`` would: the same table, history and counts."""
+        table = sql.q(self._schema, sql.FEATURES)
+        found = {"added": 0, "changed": 0, "removed": 0}
+        kept: list[pa.Array] = []
+        with ThreadPoolExecutor(1, thread_name_prefix="etl-history") as pool:
+            ending = pool.submit(self._end_every_version)
+            ahead = _ahead(batches, until=ending, most=AHEAD_BYTES)
+            held = ending.result()
+
+        def every() -> Iterator[pa.RecordBatch]:
+            for batch, change in itertools.chain(ahead, batches):
+                found["added"] += change.added
+                found["changed"] += change.changed
+                found["removed"] += len(change.removed)
+                if batch is not None and batch.num_rows:
+                    if change.added + change.changed < batch.num_rows:
+                        kept.append(batch["user_id"].filter(pc.invert(change.send)))
+                    yield batch
+
+        binary = _BINARY and dict(self._conn.run(sql.column_types(), table=table)) == sql.BINARY_FEATURE_TYPES
+        self._copy(sql.copy_in(self._schema, sql.FEATURES, sql.FEATURE_COLUMNS, binary=binary),
+                   _chunks(every(), self._run_id, binary=binary))
+        unchanged = sum(len(ids) for ids in kept)
+        if unchanged:
+            self._conn.run(sql.create_unchanged())
+            self._copy(sql.copy_in("pg_temp", sql.UNCHANGED, ("user_id",)),
+                       _csv_chunks([pa.table({"user_id": pa.chunked_array(kept, pa.int64())})]))
+            self._conn.run(f"ANALYZE {sql.q('pg_temp', sql.UNCHANGED)}")
+            self._join_by_key(unchanged, rows[0])
+            self._conn.run(sql.restamp_unchanged(self._schema), run=self._run_id)
+            self._conn.run(sql.unend_unchanged(self._schema), run=self._run_id)
+        self.changes = {**found, "unchanged": unchanged}
+        self.left_dead = held + unchanged
+        self.sent, self.wrote = rows[0], "all"
+
+    def _end_every_version(self) -> int:
+        """Every version the table holds to the history, ended by this run, and out of the table: the
+        rows it held."""
+        self._conn.run(sql.end_every_version(self._schema), run=self._run_id)
+        self._conn.run(sql.delete_every_row(self._schema))
+        return max(self._conn.row_count, 0)
+
+    def _send_changed(self, batches: Iterator[tuple[pa.RecordBatch | None, changes.Changes]]) -> None:
         """COPY the rows whose digest differs into the temporary table, and what they are (added, changed)
         with the users gone (removed) into the diff's: the comparison is the digests', not the server's."""
         ids: list[pa.Array] = []
@@ -456,11 +538,14 @@ class PostgresPublication:
         gone: list[pa.Array] = []
 
         def changed() -> Iterator[pa.RecordBatch]:
-            for batch, new, removed in batches:
-                gone.append(removed)
-                if batch is not None and batch.num_rows:
+            for whole, change in batches:
+                gone.append(change.removed)
+                if whole is not None and whole.num_rows:
+                    batch = whole.filter(change.send)
+                    if not batch.num_rows:
+                        continue
                     ids.append(batch["user_id"])
-                    kinds.append(pc.if_else(new, _ADDED, _CHANGED))
+                    kinds.append(pc.if_else(change.new.filter(change.send), _ADDED, _CHANGED))
                     yield batch
 
         self._copy(sql.copy_in("pg_temp", sql.STAGING, sql.FEATURE_COLUMNS, binary=_BINARY),
@@ -557,8 +642,7 @@ class PostgresPublication:
                     restored_from=restored_from, **self._inputs)
 
     def _copy(self, statement: str, chunks: Iterable[memoryview]) -> None:
-        self._streams.append(stream := _Stream(chunks))
-        self._conn.run(statement, stream=stream)
+        self._conn.run(statement, stream=self._rows(chunks))
 
 
 class _Digests:
@@ -608,18 +692,16 @@ class _Digests:
         self._digests.append(self.digester.rows(pa.Table.from_batches(batches)))
 
     def compared(self, batches: Iterable[pa.RecordBatch],
-                 previous: changes.Previous) -> Iterator[tuple[pa.RecordBatch | None, pa.Array, pa.Array]]:
-        """Per batch: its rows whose digest differs from ``previous`` (added or changed), which of them
-        are new (added), and the users of ``previous`` it skipped (removed); at the end, no rows and the
-        users after the last batch."""
+                 previous: changes.Previous) -> Iterator[tuple[pa.RecordBatch | None, changes.Changes]]:
+        """Per batch: the batch and how it compares with ``previous`` (which rows differ, which are new,
+        the users of ``previous`` it skipped); at the end, no batch and the users after the last one."""
         assert self.digester is not None
         self._pool = self._pool or ThreadPoolExecutor(1, thread_name_prefix="etl-digests")
         ahead: collections.deque[tuple[pa.RecordBatch, Future[pa.Array]]] = collections.deque()
 
-        def compare() -> tuple[pa.RecordBatch, pa.Array, pa.Array]:
+        def compare() -> tuple[pa.RecordBatch, changes.Changes]:
             batch, digests = ahead.popleft()
-            found = previous.compare(batch["user_id"], digests.result())
-            return batch.filter(found.send), found.new.filter(found.send), found.removed
+            return batch, previous.compare(batch["user_id"], digests.result())
 
         for batch in batches:  # a batch's digests on the thread while the next batch's features are worked out
             ahead.append((batch, self._pool.submit(self.digester.rows, batch)))
@@ -629,7 +711,8 @@ class _Digests:
                 yield compare()
         while ahead:
             yield compare()
-        yield None, literals.empty(pa.bool_()), previous.rest()
+        rest = previous.rest()
+        yield None, changes.Changes(literals.empty(pa.bool_()), literals.empty(pa.bool_()), rest, 0, 0)
 
     def table(self) -> pa.Table:
         digests = [d.result() if isinstance(d, Future) else d for d in self._digests]
@@ -637,14 +720,14 @@ class _Digests:
 
 
 class _Stream:
-    """A COPY's data, remembering an error raised while making it (the database's errors come later,
-    from pg8000, and are not this one)."""
+    """A COPY's data (or the rows it is made of), remembering an error raised while making it (the
+    database's errors come later, from pg8000, and are not this one)."""
 
-    def __init__(self, chunks: Iterable[memoryview]) -> None:
+    def __init__(self, chunks: Iterable[Any]) -> None:
         self._chunks = chunks
         self.error: BaseException | None = None
 
-    def __iter__(self) -> Iterator[memoryview]:
+    def __iter__(self) -> Iterator[Any]:
         try:
             yield from self._chunks
         except BaseException as exc:
@@ -750,3 +833,29 @@ def _csv_chunks(tables: Iterable[pa.Table]) -> Iterator[memoryview]:
 
 def _json(value: Any) -> str | None:
     return None if value is None else json.dumps(value, default=str)
+
+
+def _head(batches: Iterator[pa.RecordBatch], rows: int) -> list[pa.RecordBatch]:
+    """The first batches of ``batches``, at least ``rows`` rows of them where there are that many."""
+    head: list[pa.RecordBatch] = []
+    taken = 0
+    for batch in batches:
+        head.append(batch)
+        taken += batch.num_rows
+        if taken >= rows:
+            break
+    return head
+
+
+def _ahead(items: Iterator[tuple[pa.RecordBatch | None, Any]], *, until: Future[Any],
+           most: int) -> list[tuple[pa.RecordBatch | None, Any]]:
+    """Items of ``items`` worked out ahead while ``until`` runs, at most ``most`` bytes of their batches."""
+    ahead: list[tuple[pa.RecordBatch | None, Any]] = []
+    size = 0
+    while not until.done() and size < most:
+        item = next(items, None)
+        if item is None:
+            break
+        ahead.append(item)
+        size += item[0].nbytes if item[0] is not None else 0
+    return ahead

@@ -23,6 +23,7 @@ RUNS = ETL_RUNS.name
 REJECTS = ETL_REJECTS.name
 STAGING = "user_features__staging"
 DIFF = "user_features__diff"
+UNCHANGED = "user_features__unchanged"
 DIGESTS = FEATURE_DIGESTS.name
 HISTORY = USER_FEATURES_HISTORY.name
 HORIZON = "etl_history_horizon"  # one row: the oldest run whose features the history can still give
@@ -268,6 +269,38 @@ def keep_ended(schema: str) -> str:
     values = ", ".join(source.get(c, f"f.{identifier(c)}") for c in USER_FEATURES_HISTORY.names)
     return (f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT {values} "
             f"FROM {q(schema, FEATURES)} f WHERE {_in_diff('f.user_id', _ENDED)}")
+
+
+def end_every_version(schema: str) -> str:
+    """Every version the table holds goes to the history, ended by ``:run``: the first step of a
+    publication that rewrites the whole table (``replace_all``); the users that turn out unchanged are
+    put back by ``restamp_unchanged`` and ``unend_unchanged``."""
+    source = {"valid_from": "run_id", "valid_to": "CAST(:run AS bigint)"}
+    values = ", ".join(source.get(c, identifier(c)) for c in USER_FEATURES_HISTORY.names)
+    return f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT {values} FROM {q(schema, FEATURES)}"
+
+
+def delete_every_row(schema: str) -> str:
+    return f"DELETE FROM {q(schema, FEATURES)}"
+
+
+def create_unchanged() -> str:
+    """The users a publication that rewrote the whole table found unchanged (by their digests)."""
+    return f"CREATE TEMPORARY TABLE {identifier(UNCHANGED)} (user_id bigint PRIMARY KEY) ON COMMIT DROP"
+
+
+def restamp_unchanged(schema: str) -> str:
+    """The unchanged users' rows, rewritten by ``:run``, stamped again with the run that made their
+    version valid (kept by ``end_every_version`` in the history)."""
+    return (f"UPDATE {q(schema, FEATURES)} f SET run_id = h.valid_from FROM {q('pg_temp', UNCHANGED)} u "
+            f"JOIN {q(schema, HISTORY)} h ON h.valid_to = :run AND h.user_id = u.user_id "
+            "WHERE f.user_id = u.user_id")
+
+
+def unend_unchanged(schema: str) -> str:
+    """The unchanged users' versions out of the history again: ``:run`` did not end them."""
+    return (f"DELETE FROM {q(schema, HISTORY)} h USING {q('pg_temp', UNCHANGED)} u "
+            "WHERE h.valid_to = :run AND h.user_id = u.user_id")
 
 
 def delete_changed_and_removed(schema: str) -> str:
