@@ -3,6 +3,7 @@
     python bench/generate.py --scale M                 # -> bench/out/M/
     python bench/generate.py --users 1000 --compounds 50 --experiments 20000 --out /tmp/x
     python bench/generate.py --scale L --changed 0.01  # -> bench/out/L-changed1/: 1% of L's users renamed
+    python bench/generate.py --scale L --sparse        # -> bench/out/L-sparse/: the user ids spread out
 
 Vectorised with numpy and pyarrow; the experiments file is written in chunks with a streaming CSV
 writer, so memory stays flat whatever the size.  Same seed and sizes give byte-identical files.
@@ -188,6 +189,34 @@ def changed_variant(source: Path, out: Path, share: float, seed: int) -> dict[st
     return {**params, "seconds": round(time.perf_counter() - started, 3), "out": str(out)}
 
 
+SPREAD = 1_000_003  # a sparse variant's user id: the original times this (ids up to about 10^13)
+
+
+def sparse_variant(source: Path, out: Path) -> dict[str, object]:
+    """A copy of the set in ``source`` whose user ids are spread out (``id * SPREAD``) in both files: the
+    same users, experiments and features under other ids, which no longer fill a range (the job then
+    finds a user by a lookup, not by subtraction).  compounds.csv is a hard link."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "params.json").unlink(missing_ok=True)
+    started = time.perf_counter()
+    (out / "compounds.csv").unlink(missing_ok=True)
+    (out / "compounds.csv").hardlink_to(source / "compounds.csv")
+    spread = pa.scalar(SPREAD, pa.int64())
+    for name in ("users.csv", "user_experiments.csv"):
+        convert = pacsv.ConvertOptions(column_types={"user_id": pa.int64()}, strings_can_be_null=False,
+                                       quoted_strings_can_be_null=False)
+        reader = pacsv.open_csv(source / name, read_options=pacsv.ReadOptions(block_size=64 << 20),
+                                convert_options=convert)
+        with pacsv.CSVWriter(out / name, reader.schema,
+                             write_options=pacsv.WriteOptions(quoting_style="needed")) as writer:
+            for batch in reader:
+                at = batch.schema.get_field_index("user_id")
+                writer.write_batch(batch.set_column(at, "user_id", pc.multiply(batch["user_id"], spread)))
+    params = {"source": str(source), "sparse": SPREAD}
+    (out / "params.json").write_text(json.dumps(params) + "\n", encoding="utf-8")
+    return {**params, "seconds": round(time.perf_counter() - started, 3), "out": str(out)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scale", choices=sorted(SCALES), help="preset sizes (S, M, L, 2L, 4L, 8L, 16L)")
@@ -199,7 +228,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--changed", type=float, metavar="SHARE",
                         help="with --scale: a variant of that set (generated first if missing) in which SHARE "
                              "(0-1) of the users are renamed, in bench/out/<scale>-changed<percent>")
+    parser.add_argument("--sparse", action="store_true",
+                        help="with --scale: a variant of that set (generated first if missing) whose user ids "
+                             "are spread out (not a range), in bench/out/<scale>-sparse")
     args = parser.parse_args(argv)
+    if args.sparse:
+        if not args.scale:
+            parser.error("--sparse needs --scale")
+        source = OUT / args.scale
+        if not (source / "params.json").exists():
+            generate(source, *SCALES[args.scale], args.seed)
+        print(json.dumps(sparse_variant(source, args.out or OUT / f"{args.scale}-sparse")))
+        return 0
     if args.changed is not None:
         if not args.scale or not 0 < args.changed <= 1:
             parser.error("--changed needs --scale and a share above 0, at most 1")

@@ -11,6 +11,7 @@ from etl_core import literals
 from etl_core.features.engine import Counts, feature_batches
 from etl_core.features.kernels import (
     FEATURES_SCHEMA,
+    IdIndex,
     add_counts,
     average,
     by_user_id,
@@ -35,7 +36,7 @@ def compute_features(users: pa.Table, compounds: pa.Table, experiments: pa.Table
     for batch in experiments.to_batches():
         if batch.num_rows:
             more = experiment_keys(batch.column("user_id"), batch.column("experiment_compound_ids"),
-                                   user_ids, compound_ids)
+                                   IdIndex(user_ids), IdIndex(compound_ids))
             keys, counts = add_counts(keys, counts, *count_keys(more))
     batch = feature_batch(users, favourites(keys, counts, users.num_rows, len(compound_ids) + 1),
                           compounds["compound_name"].combine_chunks(), compound_ids,

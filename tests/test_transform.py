@@ -73,12 +73,6 @@ def test_the_core_imports_pyarrow_only() -> None:
 # --- ranks
 
 
-def test_offset_if_range_is_the_first_id_of_a_dense_range_only() -> None:
-    assert transform.offset_if_range(ints([4, 5, 6])) == 4
-    assert transform.offset_if_range(ints([4, 6, 7])) is None
-    assert transform.offset_if_range(ints([])) is None
-
-
 def test_dense_range_is_the_bounds_of_ids_that_fill_them_in_any_order() -> None:
     """One detection for the kernels' ranks (sorted ids: their ends) and the readers' key sets (any order)."""
     assert transform.dense_range(ints([6, 4, 5])) == (4, 6)
@@ -88,10 +82,44 @@ def test_dense_range_is_the_bounds_of_ids_that_fill_them_in_any_order() -> None:
     assert transform.dense_range(ints([])) is None and transform.dense_range(ints([]), ascending=True) is None
 
 
-def test_rank_is_the_position_among_the_sorted_ids_dense_or_not() -> None:
-    assert transform.rank(ints([6, 4, 5]), ints([4, 5, 6]), 4).to_pylist() == [2, 0, 1]
-    assert transform.rank(ints([9, 2, 1000]), ints([2, 9, 1000]), None).to_pylist() == [1, 0, 2]
-    assert transform.rank(ints([9, 2]), ints([2, 9]), None).type == pa.int64()
+def ranks(ids: list[int], asked: list[int | None]) -> list[int | None]:
+    """The oracle: each asked id's position among the sorted ids, None where it is not one of them."""
+    where = {v: i for i, v in enumerate(sorted(ids))}
+    return [None if a is None else where.get(a) for a in asked]
+
+
+@pytest.mark.parametrize(("ids", "how"), [
+    ([6, 4, 5], "range"),  # every id from the lowest to the highest: a subtraction
+    ([10, 3, 4, 7, 12], "table"),  # gaps, within TABLE_SPREAD times their number: a table of positions
+    ([9, 2, 10**12, -5, 2**40], "search"),  # sparse: a binary search
+])
+def test_an_id_index_ranks_ids_dense_with_gaps_or_sparse_and_knows_the_others(ids: list[int], how: str) -> None:
+    index = transform.IdIndex(ints(ids))
+    assert index.how == how
+    asked = [*ids, min(ids) - 1, max(ids) + 1, None, 8, 11, 2**62, -(2**62)]
+    found = index.rank(pa.array(asked, pa.int64()))
+    assert found.type == pa.int64() and found.to_pylist() == ranks(ids, asked)
+    assert index.contains_all(ints(ids[::-1])) and index.contains_all(ints([]))
+    assert not index.contains_all(ints([*ids, 11]))
+    assert index.missing(pa.array([ids[0], None, 11], pa.int64())).to_pylist() == [False, False, True]
+    assert len(index) == len(ids) and index.sorted.to_pylist() == sorted(ids)
+
+
+def test_an_id_index_of_no_ids_knows_none() -> None:
+    index = transform.IdIndex(ints([]))
+    assert index.rank(ints([1, 2])).to_pylist() == [None, None]
+    assert not index.contains_all(ints([1])) and index.contains_all(ints([]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(ids=st.sets(st.integers(-(2**40), 2**40) | st.integers(0, 60), max_size=40),
+       asked=st.lists(st.none() | st.integers(-(2**40), 2**40) | st.integers(-5, 65), max_size=40))
+def test_an_id_index_agrees_with_a_dictionary(ids: set[int], asked: list[int | None]) -> None:
+    listed = sorted(ids, key=lambda v: (v * 7919) % 101)  # any order in, sorted inside
+    index = transform.IdIndex(ints(listed))
+    assert index.rank(pa.array(asked, pa.int64())).to_pylist() == ranks(listed, asked)
+    known = [a for a in asked if a is not None]
+    assert index.contains_all(ints(known)) == all(a in ids for a in known)
 
 
 # --- a compound listed twice in one list
@@ -122,27 +150,31 @@ def test_repeated_in_list_of_nothing_is_nothing() -> None:
 # --- the keys of one batch
 
 
+def index(ids: list[int]) -> transform.IdIndex:
+    return transform.IdIndex(ints(ids))
+
+
 def test_experiment_keys_are_one_per_distinct_compound_then_one_per_experiment() -> None:
     # users 10, 20, 30 are positions 0, 1, 2; compounds 5, 7, 9 indices 0, 1, 2: width 3, stride 4
-    keys = transform.experiment_keys(ints([30, 10]), lists([[9, 5, 9], [7]]), ints([10, 20, 30]), ints([5, 7, 9]))
+    keys = transform.experiment_keys(ints([30, 10]), lists([[9, 5, 9], [7]]), index([10, 20, 30]), index([5, 7, 9]))
     assert keys.to_pylist() == [2 * 4 + 2, 2 * 4 + 0, 0 * 4 + 1, 2 * 4 + 3, 0 * 4 + 3]
 
 
 def test_experiment_keys_are_the_same_for_dense_ids() -> None:
-    keys = transform.experiment_keys(ints([103, 101]), lists([[3, 1, 3], [2]]), ints([101, 102, 103]),
-                                     ints([1, 2, 3]))
+    keys = transform.experiment_keys(ints([103, 101]), lists([[3, 1, 3], [2]]), index([101, 102, 103]),
+                                     index([1, 2, 3]))
     assert keys.to_pylist() == [10, 8, 1, 11, 3]
 
 
 def test_experiment_keys_of_a_long_list_with_repeats() -> None:
     long = [2] * (transform.MAX_SHIFTS + 3) + [1]
-    keys = transform.experiment_keys(ints([1]), lists([long]), ints([1]), ints([1, 2]))
+    keys = transform.experiment_keys(ints([1]), lists([long]), index([1]), index([1, 2]))
     assert keys.to_pylist() == [1, 0, 2]
 
 
 def test_experiment_keys_of_huge_ids_stay_small() -> None:
     big = 9_000_000_000_000_000_000
-    keys = transform.experiment_keys(ints([big]), lists([[big]]), ints([7, big]), ints([3, big]))
+    keys = transform.experiment_keys(ints([big]), lists([[big]]), index([7, big]), index([3, big]))
     assert keys.to_pylist() == [1 * 3 + 1, 1 * 3 + 2]
 
 

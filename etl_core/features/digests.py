@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from etl_core import literals
-from etl_core.features.kernels import offset_if_range
+from etl_core.features.kernels import IdIndex
 from etl_core.tables import USER_FEATURES
 
 ALGORITHM = 1  # bump whenever a digest of the same row would come out different
@@ -208,11 +208,10 @@ class Digester:
         compounds = compounds.sort_by("compound_id")
         self._ids = compounds["compound_id"].combine_chunks()
         self._names = mix(text_digests(compounds["compound_name"].combine_chunks()))
-        self._offset = offset_if_range(self._ids)
+        self._index = IdIndex(self._ids)
 
     def _name_digests(self, ids: pa.Array) -> pa.Array:
-        at = (pc.subtract(ids, literals.scalar(self._offset, pa.int64())) if self._offset is not None
-              else pc.index_in(ids, value_set=self._ids))
+        at = self._index.rank(ids)
         return pc.fill_null(pc.take(self._names, at), _u64(_NULL))  # (an id not among the compounds: none)
 
     def rows(self, features: pa.RecordBatch | pa.Table) -> pa.Array:

@@ -179,6 +179,8 @@ class ExperimentCounter:
                  batches: int | None = None) -> None:
         self.user_ids = user_ids.take(pc.array_sort_indices(user_ids))
         self.compound_ids = compound_ids
+        self._user_index = transform.IdIndex(self.user_ids)  # built once: a batch's ranks cost what it holds
+        self._compound_index = transform.IdIndex(compound_ids)
         self.width = len(compound_ids)
         self.stride = self.width + 1
         self.bucket_users = max(1, min(bucket_users, (2**31 - 1) // self.stride))
@@ -245,7 +247,7 @@ class ExperimentCounter:
         """One batch's keys onto the stage, and the stage into the buckets once full (on the counting
         thread)."""
         users, lists = item
-        keys = transform.experiment_keys(users, lists, self.user_ids, self.compound_ids)
+        keys = transform.experiment_keys(users, lists, self._user_index, self._compound_index)
         self._staged.append(keys)
         self._staged_rows += len(keys)
         if self._staged_rows >= self._stage_at:

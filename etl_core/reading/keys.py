@@ -8,29 +8,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from etl_core.features import dense_range
+from etl_core.features import IdIndex
 from etl_core.reading import lines, rules
 
 
 class KeySet:
-    """The accepted keys of one file, with a fast membership test for whole arrays."""
+    """The accepted keys of one file, with a membership test for whole arrays in time that follows the
+    array (``features.IdIndex``: built once, not a hash table of every key per batch)."""
 
     def __init__(self, keys: pa.Array) -> None:
         self.keys = keys
-        self._range = dense_range(keys)  # the keys are unique
+        self.index = IdIndex(keys)  # the keys are unique
 
     def contains_all(self, values: pa.Array) -> bool:
         """Whether every value (none null) is one of the keys."""
-        if len(values) == 0:
-            return True
-        if self._range is not None:
-            bounds = pc.min_max(values).as_py()
-            return bool(self._range[0] <= bounds["min"] and bounds["max"] <= self._range[1])
-        return bool(pc.all(pc.is_in(values, value_set=self.keys)).as_py())
+        return self.index.contains_all(values)
 
     def missing(self, values: pa.Array) -> pa.Array:
         """Per value: True where it is not null and not one of the keys."""
-        return pc.and_(pc.is_valid(values), pc.invert(pc.is_in(values, value_set=self.keys)))
+        return self.index.missing(values)
 
 
 @dataclasses.dataclass(frozen=True)
