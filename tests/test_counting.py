@@ -271,6 +271,6 @@ def test_the_ids_are_indexed_once_per_file_not_once_per_batch(monkeypatch: pytes
         for part in experiments_table(rows).to_batches(max_chunksize=7):
             counter.add(part)
         counts = counter.result()
-    assert built == [{1: "range", 3: "table"}.get(spread, "search"), "range"]
+    assert built == [{1: "range", 3: "table"}.get(spread, "buckets"), "range"]
     out = feature_table(users_table(users), compounds, counts)
     assert out.to_pylist() == oracle(users, [1, 2, 3], rows)

@@ -91,7 +91,9 @@ def ranks(ids: list[int], asked: list[int | None]) -> list[int | None]:
 @pytest.mark.parametrize(("ids", "how"), [
     ([6, 4, 5], "range"),  # every id from the lowest to the highest: a subtraction
     ([10, 3, 4, 7, 12], "table"),  # gaps, within TABLE_SPREAD times their number: a table of positions
-    ([9, 2, 10**12, -5, 2**40], "search"),  # sparse: a binary search
+    ([9, 2, 10**12, -5, 2**40, 2**40 + 7], "buckets"),  # sparse: buckets of their high bits, a few probes
+    ([*range(100, 120), *range(10**9, 10**9 + 20)], "search"),  # in clusters (a bucket of 20): a binary search
+    ([-(2**62), 2**62], "search"),  # too far apart for buckets' arithmetic
 ])
 def test_an_id_index_ranks_ids_dense_with_gaps_or_sparse_and_knows_the_others(ids: list[int], how: str) -> None:
     index = transform.IdIndex(ints(ids))
