@@ -101,6 +101,7 @@ def test_an_id_index_ranks_ids_dense_with_gaps_or_sparse_and_knows_the_others(id
     asked = [*ids, min(ids) - 1, max(ids) + 1, None, 8, 11, 2**62, -(2**62)]
     found = index.rank(pa.array(asked, pa.int64()))
     assert found.type == pa.int64() and found.to_pylist() == ranks(ids, asked)
+    assert index.positions(ints(ids[::-1])).to_pylist() == ranks(ids, ids[::-1])
     assert index.contains_all(ints(ids[::-1])) and index.contains_all(ints([]))
     assert not index.contains_all(ints([*ids, 11]))
     assert index.missing(pa.array([ids[0], None, 11], pa.int64())).to_pylist() == [False, False, True]

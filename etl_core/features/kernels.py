@@ -125,6 +125,16 @@ class IdIndex:
                                  scalar(len(self.sorted) - 1, pa.int64()))
         return pc.if_else(pc.equal(self.sorted.take(at), ids), at, _NO_RANK)
 
+    def positions(self, ids: pa.Array) -> pa.Array:
+        """``rank`` for ids that are all among the set (a file's checked references): no bounds to check
+        where the ids fill a range or a table (at L, a tenth of a second less for the compounds)."""
+        low = scalar(self._low, pa.int64())
+        if self._range is not None:
+            return pc.subtract(ids, low)
+        if self._table is not None:
+            return self._table.take(pc.subtract(ids, low)).cast(pa.int64())
+        return self.rank(ids)
+
     def _probe(self, ids: pa.Array, offsets: pa.Array) -> pa.Array:
         """Each id compared with the sorted ids of its bucket, the first of them for all ids, then the
         second, ...: the position where they are equal (null: none, or outside the ids' bounds)."""
@@ -184,9 +194,9 @@ def experiment_keys(users: pa.Array, lists: pa.ListArray, user_ids: IdIndex, com
     of the batch; ``width = len(compound_ids)``, ``stride = width + 1``.  A compound listed twice in one
     experiment gives one key."""
     width = len(compound_ids)
-    positions = user_ids.rank(users)
+    positions = user_ids.positions(users)
     parents = pc.list_parent_indices(lists)
-    compounds = compound_ids.rank(pc.list_flatten(lists))
+    compounds = compound_ids.positions(pc.list_flatten(lists))
     firsts = pc.invert(repeated_in_list(parents, compounds, lists))
     base = pc.multiply(positions, scalar(width + 1, pa.int64()))
     return pa.concat_arrays([
