@@ -225,7 +225,7 @@ def count(settings: Settings, event: dict[str, Any]) -> dict[str, Any]:
     users, compounds, results = _read_references(settings, source)
     refs = reading.References.of(users["user_id"].combine_chunks(), compounds["compound_id"].combine_chunks())
     view = ShardSource(source, shard)
-    with features.ExperimentCounter(refs.users.keys, refs.compounds.keys) as counter:
+    with features.ExperimentCounter(refs.users.index, refs.compounds.index) as counter:
         ids = _Ids(counter)
         result = reading.read_file(view, EXPERIMENTS, ids, refs=refs, block_size=settings.block_size,
                                    size=view.size(name))

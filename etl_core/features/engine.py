@@ -164,7 +164,8 @@ class ExperimentCounter:
     """Running counts over batches of accepted experiments (a sink for the extract step), made on a
     thread of its own inside the counter's ``with`` block.
 
-    ``user_ids`` are the accepted users, ``compound_ids`` the accepted compounds, sorted.  A compound
+    ``user_ids`` are the accepted users, ``compound_ids`` the accepted compounds (arrays in any order, or
+    the ``IdIndex`` of each that the reader checks references with).  A compound
     listed twice in one experiment counts once for that experiment.  The counting thread starts when
     the block is entered and is fed through a short queue, so that it uses the second core while the
     caller reads and checks the next batch.  ``add``, ``reset`` and ``result`` work inside the block
@@ -174,13 +175,15 @@ class ExperimentCounter:
     will give where the caller knows it, decides whether their keys are staged (STAGE_FROM_SLICES).
     """
 
-    def __init__(self, user_ids: pa.Array, compound_ids: pa.Array, *, bucket_users: int = BUCKET_USERS,
-                 pending_keys: int | None = None, stage_at: int | None = None, threaded: bool = True,
-                 batches: int | None = None) -> None:
-        self.user_ids = user_ids.take(pc.array_sort_indices(user_ids))
-        self.compound_ids = compound_ids
-        self._user_index = transform.IdIndex(self.user_ids)  # built once: a batch's ranks cost what it holds
-        self._compound_index = transform.IdIndex(compound_ids)
+    def __init__(self, user_ids: pa.Array | transform.IdIndex, compound_ids: pa.Array | transform.IdIndex, *,
+                 bucket_users: int = BUCKET_USERS, pending_keys: int | None = None, stage_at: int | None = None,
+                 threaded: bool = True, batches: int | None = None) -> None:
+        # indexed once (or given indexed, as the reader's checks have them): a batch's ranks cost what it holds
+        self._user_index = user_ids if isinstance(user_ids, transform.IdIndex) else transform.IdIndex(user_ids)
+        self._compound_index = (compound_ids if isinstance(compound_ids, transform.IdIndex)
+                                else transform.IdIndex(compound_ids))
+        self.user_ids = self._user_index.sorted
+        self.compound_ids = self._compound_index.sorted
         self.width = len(compound_ids)
         self.stride = self.width + 1
         self.bucket_users = max(1, min(bucket_users, (2**31 - 1) // self.stride))

@@ -84,7 +84,7 @@ def read_all(settings: Settings, source: Pinned, run_id: int, watch: capacity.Wa
         threaded = size > settings.block_size
         # how many batches the file gives: whether the engine stages their keys (features/engine.py)
         batches = size // settings.block_size + 1
-        with features.ExperimentCounter(refs.users.keys, refs.compounds.keys, threaded=threaded,
+        with features.ExperimentCounter(refs.users.index, refs.compounds.index, threaded=threaded,
                                         batches=batches) as counter:
             experiments = _read(settings, source, EXPERIMENTS, counter, run_id, refs=refs, early=early, watch=watch)
             counts = counter.result()  # the counting thread finishes with the file
