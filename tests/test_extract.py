@@ -4,6 +4,7 @@ report (file, line, column, value, rule) for rows that break the contract.  No d
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pytest
@@ -303,6 +304,37 @@ def test_keys_in_any_order_are_checked_for_duplicates_across_batches(tmp_path: P
     _, result = read(tmp_path, COMPOUNDS, again.encode())
     assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()] == [
         (3, "duplicate_key"), (3995, "duplicate_key")]
+
+
+@pytest.mark.parametrize(("order", "opened"), [
+    ([5, 3, 9, *range(10, 4000)], 2),  # in no order from the first batch: the keys kept as they pass (the header
+    # is opened on its own)
+    ([*range(10, 4000), 5, 3, 9], 3),  # in order for more than EARLY_BATCHES batches: a second look at the keys
+])
+def test_keys_that_stop_growing_early_are_looked_over_without_a_second_read(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, order: list[int], opened: int) -> None:
+    opens: list[str] = []
+    real = LocalSource.open
+
+    def counted(self: LocalSource, name: str) -> Any:
+        opens.append(name)
+        return real(self, name)
+
+    def load(content: str) -> extract.FileResult:
+        (tmp_path / COMPOUNDS.filename).write_text(content)
+        sink = extract.Collector(extract.output_schema(COMPOUNDS))
+        result = extract.read_file(LocalSource(tmp_path), COMPOUNDS, sink, block_size=1 << 12)
+        assert sink.table().num_rows == result.rows_accepted
+        return result
+
+    monkeypatch.setattr(LocalSource, "open", counted)
+    rows = [f"{i},C{i},X" for i in order]  # 4 kB blocks: 9-10 batches
+    content = "compound_id,compound_name,compound_structure\n" + "\n".join(rows) + "\n"
+    result = load(content)
+    assert (result.rows_accepted, result.violations.num_rows, len(opens)) == (len(order), 0, opened)
+    result = load(content + "3,C3 again,Y\n")  # far from the first 3, in another batch
+    assert [(v["line"], v["rule"]) for v in result.violations.to_pylist()] == [
+        (order.index(3) + 2, "duplicate_key"), (len(order) + 2, "duplicate_key")]
 
 
 @pytest.mark.parametrize("twice", ["3", " 3 ", '"3"', "+3", "003", '3,\t"C, again",Y'])

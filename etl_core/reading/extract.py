@@ -10,11 +10,12 @@ Every file is read through a ``Source`` (etl_core/sources/source.py): its header
   as a vectorised mask.  It reports each violation with file, line, column, value and rule, and hands
   on only the rows that pass, which is what the quarantine policy loads.
 
-Both paths check values against one table of the contract's rules (etl_core/reading/rules.py).  Either
-path also reads the key column in a pass of its own when keys may repeat (etl_core/reading/keys.py): the fast
-path when they do not only grow, the diagnostic path always, unless the fast path found the
-duplicates already.  So a file is read through once when it is good and its keys grow, at most three
-times otherwise.  Accepted rows go to a ``Sink`` batch by batch.  The fast path takes a file of at
+Both paths check values against one table of the contract's rules (etl_core/reading/rules.py).  Keys
+that only grow are unique; keys in no order from the first batches on are kept as they pass and looked
+over at the end (etl_core/reading/keys.py, ``Unique``).  Either path reads the key column in a pass of
+its own otherwise: the fast path when keys grew for longer and then stopped, the diagnostic path
+always, unless the fast path found the duplicates already.  So a good file is read through once
+(twice where its keys grew, then did not), a bad one at most three times.  Accepted rows go to a ``Sink`` batch by batch.  The fast path takes a file of at
 most ``fast.WHOLE_READ_BYTES`` (64 MiB) into memory and parses it on all cores at once; a larger
 one streams in blocks, so that a large experiments file is never held whole.  A small experiments
 file is read and parsed early (``read_early``), on Arrow's pool, while the users and compounds that

@@ -48,7 +48,7 @@ def read(source: Source, contract: FileContract, names: list[str], add: rules.Ad
     already (``Early``); ``threads``: False parses on the caller's thread, leaving Arrow's pool to an
     ``Early`` read of another file."""
     rows = 0
-    increasing = keys.Increasing()
+    unique = keys.Unique()
     watched = _Watched()
     whole = size is not None and size <= WHOLE_READ_BYTES
     with contextlib.ExitStack() as opened:
@@ -64,16 +64,20 @@ def read(source: Source, contract: FileContract, names: list[str], add: rules.Ad
             if watched.hex:
                 raise Diagnose
             rows += out.num_rows
-            increasing.add(out.column(contract.key))
+            unique.add(out.column(contract.key))
             add(out)
             if progress:
                 progress(rows, watched.bytes)
     if watched.hex or watched.quote_at_end:
         raise Diagnose
-    # keys that only ever grow are unique, with nothing kept; others take a second look at the file
-    if not increasing.holds:
-        with source.open(contract.filename) as again:
-            duplicates = keys.duplicate_keys(again, contract.key, names, block_size)
+    # keys that only ever grow are unique, with nothing kept; keys in no order from the start were kept
+    # as they passed; others take a second look at the file
+    if not unique.increasing.holds:
+        if unique.known:
+            duplicates = unique.duplicates()
+        else:
+            with source.open(contract.filename) as again:
+                duplicates = keys.duplicate_keys(again, contract.key, names, block_size)
         if len(duplicates):
             raise Diagnose(duplicates)
     return rows
