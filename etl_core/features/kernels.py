@@ -103,11 +103,6 @@ class IdIndex:
             return "range"
         return "table" if self._table is not None else "buckets" if self._starts is not None else "search"
 
-    @property
-    def offset(self) -> int | None:
-        """The first id where the ids fill a range (then rank = id - offset)."""
-        return None if self._range is None else self._range[0]
-
     def rank(self, ids: pa.Array) -> pa.Array:
         """Each id's position among the sorted ids (int64), null for an id not among them (or null)."""
         if not len(self.sorted):
