@@ -15,8 +15,9 @@ that only grow are unique; keys in no order from the first batches on are kept a
 over at the end (etl_core/reading/keys.py, ``Unique``).  Either path reads the key column in a pass of
 its own otherwise: the fast path when keys grew for longer and then stopped, the diagnostic path
 always, unless the fast path found the duplicates already.  So a good file is read through once
-(twice where its keys grew, then did not), a bad one at most three times.  Accepted rows go to a ``Sink`` batch by batch.  The fast path takes a file of at
-most ``fast.WHOLE_READ_BYTES`` (64 MiB) into memory and parses it on all cores at once; a larger
+(twice where its keys grew, then did not), a bad one at most three times.  Accepted rows go to a
+``Sink`` batch by batch.  The fast path takes a file of at most ``fast.WHOLE_READ_BYTES`` (64 MiB)
+into memory and parses it on all cores at once; a larger
 one streams in blocks, so that a large experiments file is never held whole.  A small experiments
 file is read and parsed early (``read_early``), on Arrow's pool, while the users and compounds that
 its checks need are read on the caller's thread.
