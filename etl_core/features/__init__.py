@@ -6,7 +6,7 @@ the rest of the job uses only what this module names."""
 
 from etl_core.features.digests import Digester
 from etl_core.features.engine import Counts, ExperimentCounter, feature_batches
-from etl_core.features.kernels import FEATURES_SCHEMA, TABLE_SPREAD, IdIndex, ascending, average, dense_range
+from etl_core.features.kernels import FEATURES_SCHEMA, TABLE_SPREAD, IdIndex, ascending, average
 
 __all__ = ["FEATURES_SCHEMA", "TABLE_SPREAD", "Counts", "Digester", "ExperimentCounter", "IdIndex", "ascending",
-           "average", "dense_range", "feature_batches"]
+           "average", "feature_batches"]

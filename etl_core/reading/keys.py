@@ -18,7 +18,6 @@ class KeySet:
     array (``features.IdIndex``: built once, not a hash table of every key per batch)."""
 
     def __init__(self, keys: pa.Array) -> None:
-        self.keys = keys
         self.index = IdIndex(keys)  # the keys are unique
 
     def contains_all(self, values: pa.Array) -> bool:

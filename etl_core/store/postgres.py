@@ -418,12 +418,11 @@ class PostgresPublication:
                 rows[0] += batch.num_rows
                 yield batch
 
-        table = sql.q(self._schema, sql.FEATURES)
         digests = _Digests(digester)
         with _translated(self), digests:
             [[empty]] = self._conn.run(sql.is_empty(self._schema))
             if empty and self._sample is None:
-                binary = _BINARY and dict(self._conn.run(sql.column_types(), table=table)) == sql.BINARY_FEATURE_TYPES
+                binary = self._binary_fits()
                 self._copy(sql.copy_in(self._schema, sql.FEATURES, sql.FEATURE_COLUMNS, binary=binary),
                            _chunks(digests.beside(counted(features)), self._run_id, binary=binary))
                 self.changes = {"added": rows[0], "changed": 0, "removed": 0, "unchanged": 0}
@@ -480,6 +479,11 @@ class PostgresPublication:
                                         [digests.digester.rows(b) for b in head])
         return share > REWRITE_SHARE
 
+    def _binary_fits(self) -> bool:
+        """Whether the table's columns still have the types binary COPY sends (else the rows go as CSV)."""
+        types = self._conn.run(sql.column_types(), table=sql.q(self._schema, sql.FEATURES))
+        return _BINARY and dict(types) == sql.BINARY_FEATURE_TYPES
+
     def _referenced(self) -> bool:
         return bool(self._conn.run(sql.referencing_keys(), table=sql.q(self._schema, sql.FEATURES)))
 
@@ -489,7 +493,6 @@ class PostgresPublication:
         then the users whose digest did not change put back as they were (stamped with their own run,
         their version out of the history again): a cost in the unchanged users, few where this is chosen.
         Ends as ``_send_changed`` and ``_apply`` would: the same table, history and counts."""
-        table = sql.q(self._schema, sql.FEATURES)
         found = {"added": 0, "changed": 0, "removed": 0}
         kept: list[pa.Array] = []
         with ThreadPoolExecutor(1, thread_name_prefix="etl-history") as pool:
@@ -507,7 +510,7 @@ class PostgresPublication:
                         kept.append(batch["user_id"].filter(pc.invert(change.send)))
                     yield batch
 
-        binary = _BINARY and dict(self._conn.run(sql.column_types(), table=table)) == sql.BINARY_FEATURE_TYPES
+        binary = self._binary_fits()
         self._copy(sql.copy_in(self._schema, sql.FEATURES, sql.FEATURE_COLUMNS, binary=binary),
                    _chunks(every(), self._run_id, binary=binary))
         unchanged = sum(len(ids) for ids in kept)

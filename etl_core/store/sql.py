@@ -263,21 +263,24 @@ def _in_diff(column: str, kinds: str) -> str:
     return f"{column} IN (SELECT d.user_id FROM {q('pg_temp', DIFF)} d WHERE d.kind {kinds})"
 
 
-def keep_ended(schema: str) -> str:
-    """The version each changed or removed user has now goes to the history, ended by ``:run``."""
+def _end_versions(schema: str, where: str = "") -> str:
+    """The table's versions (those ``where`` picks, else all) into the history, ended by ``:run``."""
     source = {"valid_from": "f.run_id", "valid_to": "CAST(:run AS bigint)"}  # each other column: the row's own
     values = ", ".join(source.get(c, f"f.{identifier(c)}") for c in USER_FEATURES_HISTORY.names)
     return (f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT {values} "
-            f"FROM {q(schema, FEATURES)} f WHERE {_in_diff('f.user_id', _ENDED)}")
+            f"FROM {q(schema, FEATURES)} f{f' WHERE {where}' if where else ''}")
+
+
+def keep_ended(schema: str) -> str:
+    """The version each changed or removed user has now goes to the history, ended by ``:run``."""
+    return _end_versions(schema, _in_diff("f.user_id", _ENDED))
 
 
 def end_every_version(schema: str) -> str:
     """Every version the table holds goes to the history, ended by ``:run``: the first step of a
     publication that rewrites the whole table (``replace_all``); the users that turn out unchanged are
     put back by ``restamp_unchanged`` and ``unend_unchanged``."""
-    source = {"valid_from": "run_id", "valid_to": "CAST(:run AS bigint)"}
-    values = ", ".join(source.get(c, identifier(c)) for c in USER_FEATURES_HISTORY.names)
-    return f"INSERT INTO {q(schema, HISTORY)} ({_HISTORY_COLUMNS}) SELECT {values} FROM {q(schema, FEATURES)}"
+    return _end_versions(schema)
 
 
 def delete_every_row(schema: str) -> str:
