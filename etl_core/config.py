@@ -77,7 +77,9 @@ class RetentionSettings:
     """How long the ledger keeps rejected rows and runs, and whether a reject keeps the row it rejected.
 
     A purge deletes at most ``step_rows`` rows per statement and runs at most ``max_steps`` statements
-    per table and run, so that a first purge of a large backlog is spread over several runs."""
+    per table and run, so that a first purge of a large backlog is spread over several runs; for the
+    history, at least enough statements to delete twice the versions the run itself ended
+    (``history_steps``), so that runs which end many (every user changed) never outgrow the purge."""
 
     rejects_days: int = 30
     runs_days: int = 365
@@ -86,6 +88,14 @@ class RetentionSettings:
     history_runs: int | None = None  # ... and as of at most this many of the last runs that published
     step_rows: int = 5_000
     max_steps: int = 20
+
+    def history_steps(self, ended: int) -> int:
+        """The history's statements a run that ended ``ended`` versions may run: ``max_steps``, or enough
+        for twice its own versions (a reload where every user changed ends as many versions as the table
+        has rows; with a fixed bound of ``max_steps * step_rows`` the history would grow past its
+        retention by the difference each run, and a backlog left by earlier runs shrinks by at least
+        the run's own versions)."""
+        return max(self.max_steps, -(-2 * max(ended, 0) // self.step_rows))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -201,6 +201,39 @@ def test_as_of_each_run_is_what_it_loaded_and_a_restore_leaves_nothing_to_change
             dbmod.close_quietly(conn)
 
 
+def test_a_run_that_ends_more_versions_than_the_bound_purges_twice_its_own(job: Service) -> None:
+    """Every user changing (as when the average moves) ends a version per user each run: a purge bounded
+    only by max_steps * step_rows would fall further behind the retention with every such run."""
+    from etl_core.config import RetentionSettings
+
+    store, users = job.store, range(1, 7)
+    bound = RetentionSettings(history_runs=1, step_rows=1, max_steps=1)
+
+    def publish_and_purge(n: int) -> dict[str, Any]:
+        with store.run(policy="strict", source="here") as run:
+            with run.publishing() as publication:
+                written = publication.replace_features(batch({u: ("a", n) for u in users}))
+                publication.finish(status="succeeded", files={}, users_written=written, seconds={})
+            return run.purge(bound)
+
+    first = publish_and_purge(0)
+    assert first["history"] == 0  # a first load ends nothing
+    assert publish_and_purge(1)["history"] == 0  # its six versions are the ones the last run's as-of needs
+    for n in (2, 3):  # each ends six and may purge twelve: the six the run before it ended, all that is due
+        purged = publish_and_purge(n)
+        assert (purged["history"], purged["backlog"]) == (6, False)  # six in, six out: no growth
+    with store.run(policy="strict", source="here") as run:  # a run that ended nothing: the plain bound
+        run.fail({"type": "T", "code": "c", "message": "m"})
+        assert run.purge(RetentionSettings(history_runs=1, history_days=0, step_rows=1, max_steps=1))["history"] <= 1
+
+
+def test_the_history_purge_may_run_twice_the_steps_of_the_versions_a_run_ended() -> None:
+    from etl_core.config import RetentionSettings
+
+    bound = RetentionSettings(step_rows=5_000, max_steps=20)
+    assert [bound.history_steps(n) for n in (0, -1, 50_000, 50_001, 1_000_000)] == [20, 20, 20, 21, 400]
+
+
 def test_the_history_is_kept_for_the_last_runs_or_days_and_refused_before(job: Service) -> None:
     from etl_core.config import RetentionSettings
 

@@ -167,7 +167,10 @@ class MemoryRun(RunRecord):
             store.kept_from = max(store.kept_from, min(kept, published[-1]))
         ended = sorted((v for v in store.history if v["valid_to"] < store.kept_from),
                        key=lambda v: (v["valid_to"], v["user_id"]))
-        dropped = ended[:retention.step_rows * retention.max_steps]
+        run = store.runs[self.run_id]
+        own = (run["changes"] or {}) if run["status"] in PUBLISHED else {}
+        steps = retention.history_steps(own.get("changed", 0) + own.get("removed", 0))
+        dropped = ended[:retention.step_rows * steps]
         store.history = [v for v in store.history if v not in dropped]
         purged["history"] = len(dropped)
         purged["backlog"] = len(ended) > len(dropped)

@@ -342,13 +342,16 @@ class PostgresRun(RunRecord):
                                       runs=retention.history_runs or 0)
             if kept is not None:  # first the horizon, in its own statement: no answer relies on what goes next
                 self._conn.run(sql.raise_horizon(self._schema), kept=int(kept))
-        steps: tuple[tuple[str, str, dict[str, Any]], ...] = (
-                 (sql.purge_rejects(self._schema), "rejects", {"days": retention.rejects_days}),
-                 (sql.purge_history(self._schema), "history", {"kept": int(kept or 0)}),
-                 (sql.purge_runs(self._schema, LOADED, CONFIRMING), "runs", {"days": retention.runs_days}))
+            [[ended]] = self._conn.run(sql.versions_ended(self._schema, PUBLISHED), id=self.run_id)
+        steps: tuple[tuple[str, str, dict[str, Any], int], ...] = (
+                 (sql.purge_rejects(self._schema), "rejects", {"days": retention.rejects_days}, retention.max_steps),
+                 (sql.purge_history(self._schema), "history", {"kept": int(kept or 0)},
+                  retention.history_steps(int(ended))),
+                 (sql.purge_runs(self._schema, LOADED, CONFIRMING), "runs", {"days": retention.runs_days},
+                  retention.max_steps))
         with _translated():
-            for statement, key, params in steps:
-                for _ in range(retention.max_steps):
+            for statement, key, params, most in steps:
+                for _ in range(most):
                     self._conn.run(statement, step=retention.step_rows, **params)
                     purged[key] += max(self._conn.row_count, 0)
                     if self._conn.row_count < retention.step_rows:

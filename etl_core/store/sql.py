@@ -519,6 +519,13 @@ def history_target(schema: str, published: tuple[str, ...]) -> str:
             f"{last})")
 
 
+def versions_ended(schema: str, published: tuple[str, ...]) -> str:
+    """The versions run ``:id`` ended (its changed and removed users), if it published (a dry run ends none)."""
+    listed = ", ".join(f"'{status}'" for status in published)
+    return (f"SELECT coalesce(sum(coalesce(changed, 0) + coalesce(removed, 0)), 0) FROM {q(schema, RUNS)} "
+            f"WHERE id = :id AND status IN ({listed})")
+
+
 def raise_horizon(schema: str) -> str:
     return f"UPDATE {q(schema, HORIZON)} SET kept_from = :kept WHERE kept_from < :kept"
 
