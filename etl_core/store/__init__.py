@@ -132,7 +132,8 @@ class Run(Protocol):
         """After the run's outcome is recorded: delete the rejects of runs that finished more than
         ``rejects_days`` ago, then the runs older than ``runs_days`` (never the last that loaded, the last
         that confirmed the features, or one that still has rejects), each table in at most ``max_steps``
-        steps of ``step_rows`` rows.  ``{"rejects": M, "runs": N, "backlog": bound reached}``."""
+        steps of ``step_rows`` rows (the history in ``retention.history_steps`` of the versions this run
+        ended).  ``{"rejects": M, "history": H, "runs": N, "backlog": bound reached}``."""
         ...
 
 
