@@ -104,8 +104,8 @@ REFERENCE: tuple[tuple[str, tuple[Setting, ...]], ...] = (
         Setting(('ETL_HISTORY_RETENTION_DAYS',), '`365`',
                 'days (1-36500): the features as of a run that finished within them stay answerable '
                 '(`/runs/{id}/features`, `/changes`, restore); the versions that ended before the oldest such '
-                'run are purged from `user_features_history` in bounded steps, and older runs are answered 410 '
-                '`history_purged`'),
+                'run are purged from `user_features_history` in bounded steps (each run at least twice the '
+                'versions it ended itself), and older runs are answered 410 `history_purged`'),
         Setting(('ETL_HISTORY_RETENTION_RUNS',), 'none',
                 'at most this many of the last runs that published (loads and restores) stay answerable, '
                 'whichever of the two bounds is tighter'),
