@@ -91,7 +91,7 @@ def plan(settings: Settings, batch: Any, shards: Any) -> dict[str, Any]:
         identity = source.identity(name)
         size = source.size(name)
         with source.open_at(name, 0) as f:
-            start = _line_end(f, 0, size)  # past the header
+            start = reading.header_end(f)  # past the header (and any blank line before it)
             cuts = [start]
             for k in range(1, shards):
                 cut = _line_end(f, start + (size - start) * k // shards - 1, size)
@@ -134,7 +134,7 @@ class ShardSource:
         if self._body is None:
             name = EXPERIMENTS.filename
             with translated(name), self.source.open_at(name, 0) as f:
-                length = _line_end(f, 0, self.source.size(name))
+                length = reading.header_end(f)
                 f.seek(0)
                 header = f.read(length)
                 whole = bytearray(len(header) + self.shard.end - self.shard.first)  # one copy, not two

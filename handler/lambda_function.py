@@ -211,7 +211,10 @@ def _s3(records: list[Any]) -> dict[str, Any]:
     objects = []
     for record in records:
         try:
-            objects.append((record["s3"]["bucket"]["name"], unquote_plus(record["s3"]["object"]["key"])))
+            bucket, key = record["s3"]["bucket"]["name"], record["s3"]["object"]["key"]
+            if not isinstance(bucket, str) or not isinstance(key, str):
+                raise TypeError("not text")
+            objects.append((bucket, unquote_plus(key)))
         except (KeyError, TypeError):
             raise UnsupportedEvent("an S3 notification record without s3.bucket.name and s3.object.key",
                                    example={"Records": [{"eventSource": "aws:s3", "s3": {

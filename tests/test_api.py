@@ -725,3 +725,47 @@ def test_changes_and_features_as_of_a_run_page_without_gaps_and_refuse_a_purged_
 
         models.ChangesPage.model_validate(models_checked)
         models.FeaturesPage.model_validate(direct)
+
+
+# What hostile or careless clients sent (a review's findings): each is answered as documented.
+
+@pytest.mark.parametrize("path", ["/runs/1%2Frejects", "/runs/1%2frejects/", "/runs/1%2Fchanges"])
+def test_an_encoded_slash_cannot_reach_another_route_than_the_authorizer_matched(service: Service, path: str) -> None:
+    """API Gateway authorises ``GET /runs/{run_id}`` for a read token; decoded, the path would be the
+    rejects route (personal data, another permission)."""
+    found = event("get-run-1.json", path=path)
+    status, body = call(found)
+    assert (status, body["error"]["code"]) == (400, "bad_request"), body
+    assert "%2F" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("proto", ["javascript", "HTTPS", ""])
+def test_an_unknown_forwarded_scheme_leaves_404_and_405_as_they_are(service: Service, proto: str) -> None:
+    for path, method, want in (("/nope", "GET", 404), ("/trigger-etl", "PUT", 405)):
+        found = event("get-run-1.json", path=path, method=method)
+        found["headers"]["x-forwarded-proto"] = proto
+        status, body = call(found)
+        assert status == want and body["error"]["code"] in ("not_found", "method_not_allowed"), body
+
+
+def test_every_answer_says_not_to_cache_it_errors_and_pages_of_personal_data_too(service: Service) -> None:
+    for found in (event("get-run-1.json", path="/runs/1/rejects"), event("get-run-1.json", path="/runs/999"),
+                  event("get-run-1.json", path="/nope"), event("runs.json")):
+        reply = lambda_function.handler(found, None)
+        assert reply["headers"]["cache-control"] == "no-store", (found["rawPath"], reply)
+
+
+def test_get_trigger_refuses_a_body_as_post_does(recorded_triggers: list[Trigger]) -> None:
+    found = event("trigger-etl.json", query={"dry_run": "true"})
+    found["body"] = '{"policy": "quarantine", "force": true}'
+    found["isBase64Encoded"] = False
+    status, body = call(found)
+    assert (status, body["error"]["code"]) == (400, "bad_request") and "GET /trigger-etl" in body["error"]["message"]
+    assert recorded_triggers == []
+
+
+@pytest.mark.parametrize("key", [None, 7, ["k"]])
+def test_an_s3_record_whose_key_is_not_text_is_unsupported(key: Any) -> None:
+    with pytest.raises(UnsupportedEvent):
+        lambda_function.handler({"Records": [{"eventSource": "aws:s3", "s3": {"bucket": {"name": "b"},
+                                                                              "object": {"key": key}}}]}, None)

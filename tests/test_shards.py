@@ -77,6 +77,21 @@ def test_more_shards_than_lines_give_one_shard_a_line_and_a_header_only_file_one
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize(("before", "end"), [(b"", b"\n"), (b"\n", b"\n"), (b" \t\r\n\r\n", b"\r\n"), (b"\r\r", b"\r"),
+                                            (b"\xef\xbb\xbf\n", b"\n"), (b"\n" * 70_000, b"\r")])
+def test_the_header_ends_after_the_first_line_that_is_not_blank(before: bytes, end: bytes) -> None:
+    import pyarrow as pa
+
+    from etl_core import reading
+
+    header = b"experiment_id,user_id"
+    text = before + header + end + b"1,2\n"
+    assert reading.header_end(pa.BufferReader(text)) == len(before) + len(header) + len(end)
+    assert reading.header_end(pa.BufferReader(before + header)) == len(before + header)  # no break: no rows
+    assert reading.header_end(pa.BufferReader(before)) == len(before)  # nothing but blank lines
+
+
+@pytest.mark.unit
 @pytest.mark.parametrize("event", [
     {"batch": "b", "shards": 0}, {"batch": "b", "shards": "4"}, {"batch": "", "shards": 2},
     {"batch": "x" * 200, "shards": 2}, {"shards": 2}])
@@ -126,6 +141,22 @@ def test_a_sharded_run_publishes_the_table_one_function_publishes(
     assert status == "succeeded" and files["user_experiments.csv"]["rows_read"] == 30000
     # the staging rows are gone once published
     assert db.run(f'SELECT count(*) FROM "{schema}".etl_shard_counts')[0][0] == 0
+
+
+@pytest.mark.parametrize("before", [b"\n", b"  \r\n\r\n", b"\xef\xbb\xbf\n"])
+def test_blank_lines_before_the_header_and_its_own_line_end_do_not_move_the_cuts(
+        env: dict[str, str], db: Any, schema: str, generated: Path, tmp_path: Path, before: bytes) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("users.csv", "compounds.csv"):
+        (data / name).write_bytes((generated / name).read_bytes())
+    text = (generated / "user_experiments.csv").read_bytes()
+    first = text.index(b"\n")
+    (data / "user_experiments.csv").write_bytes(before + text[:first] + b"\r" + text[first + 1:])  # header ends by CR
+    want = single_table(env, data, db, schema)
+    summary = run_sharded(settings_of(env, data), "blank-first", 3)
+    assert (summary["status"], summary["users_written"], summary["shards"]) == ("succeeded", 2000, 3)
+    assert features_dump(db, schema, run_id=False) == want
 
 
 def test_a_shard_counted_twice_replaces_its_rows(env: dict[str, str], db: Any, schema: str, generated: Path) -> None:

@@ -41,6 +41,25 @@ def read_header(source: Source, contract: FileContract) -> tuple[list[str], tupl
     return names, extra
 
 
+def header_end(stream: pa.NativeFile, limit: int = HEADER_LIMIT) -> int:
+    """The offset just past the line break that ends the stream's header (its first line that is not
+    blank, after a BOM and blank lines of any of the three line endings), looking at most ``limit``
+    bytes far; the bytes read if no such line ends within them (the file holds no rows)."""
+    head, ended = b"", False
+    while not ended:
+        chunk = stream.read(min(1 << 16, limit - len(head))) if len(head) < limit else b""
+        head += chunk
+        ended = not chunk
+        start = len(lines.BOM) if head.startswith(lines.BOM) else 0
+        for found in lines.LINE_END.finditer(head, start):
+            if not ended and found.end() == len(head) and found.group() == b"\r":
+                break  # a CR at the end of what was read may be the first half of a CRLF
+            if not lines.is_blank(head[start:found.start()]):
+                return found.end()
+            start = found.end()
+    return len(head)
+
+
 def _names(line: str) -> list[str]:
     """The header's names, split and trimmed as every line is (docs/contract.md); a quote left open runs
     to the end of the line."""
