@@ -159,6 +159,15 @@ class Service:
                            + (f", steps {pending} to apply on the first run" if pending else "")})
         except EtlError as exc:
             checks.append({"check": "database", "ok": False, "code": exc.code, "detail": exc.message})
+        else:
+            try:
+                lacking = self.store.missing_grants()
+                needed = [m for m in lacking if not m.startswith("ownership")]
+                checks.append({"check": "privileges", "ok": not needed, **({"code": "bad_config"} if needed else {}),
+                               "detail": ("the role lacks " + "; ".join(lacking) + " (docs/security.md)") if lacking
+                               else "the role has every privilege a run needs"})
+            except EtlError as exc:
+                checks.append({"check": "privileges", "ok": False, "code": exc.code, "detail": exc.message})
         try:
             location = resolve_location(self.settings, None)
             try:

@@ -143,10 +143,10 @@ def _raw_paths(scope: Mapping[str, Any]) -> list[str]:
     paths = [raw.decode("latin-1")] if isinstance(raw, bytes) else []
     event = scope.get("aws.event")
     if isinstance(event, Mapping):
-        http = (event.get("requestContext") or {}).get("http") if isinstance(event.get("requestContext"), Mapping) else None
-        for found in (event.get("rawPath"), event.get("path"), http.get("path") if isinstance(http, Mapping) else None):
-            if isinstance(found, str):
-                paths.append(found)
+        context = event.get("requestContext")
+        http = context.get("http") if isinstance(context, Mapping) else None
+        inner = http.get("path") if isinstance(http, Mapping) else None
+        paths += [found for found in (event.get("rawPath"), event.get("path"), inner) if isinstance(found, str)]
     return paths
 
 

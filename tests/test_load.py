@@ -300,6 +300,59 @@ def test_the_least_privileges_in_the_readme_are_enough(database_url: str, schema
         db.run(f'DROP ROLE "{role}"')
 
 
+def test_a_runtime_role_that_owns_nothing_runs_with_the_documented_grants_and_check_names_what_it_lacks(
+        database_url: str, schema: str, db: Any, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A DBA migrates as the owner; the job runs as a role granted docs/security.md's list, nothing more:
+    loads, a reload that changes a user, ANALYZE skipped with a warning (only the owner may), and
+    ``check`` says what a role lacks, which a run reports as the operator's setting (bad_config)."""
+    from etl_core.errors import ConfigError
+    from etl_core.store import sql
+    from tests.helpers import GOOD, logged, write_files
+
+    role = f"etl_rt_{schema}"
+    [[database]] = db.run("SELECT current_database()")
+    owner = Settings.from_env({"DATABASE_URL": database_url, "DB_SCHEMA": schema})
+    migrating = Service(owner)
+    try:
+        migrating.migrate()
+    finally:
+        migrating.close()
+    db.run(f'CREATE ROLE "{role}" LOGIN')
+    try:
+        db.run(f'GRANT CONNECT, TEMPORARY ON DATABASE "{database}" TO "{role}"')
+        db.run(f'GRANT USAGE ON SCHEMA "{schema}" TO "{role}"')
+        db.run(f'GRANT USAGE ON SEQUENCE "{schema}".etl_runs_id_seq TO "{role}"')
+        for table, privileges in sql.RUNTIME_GRANTS:
+            db.run(f'GRANT {privileges} ON "{schema}"."{table}" TO "{role}"')
+        url = database_url.replace("postgres@", f"{role}@", 1)
+        data = write_files(tmp_path / "data", GOOD)
+        runtime = Settings.from_env({"DATABASE_URL": url, "DB_SCHEMA": schema, "DATA_DIR": str(data),
+                                     "ETL_METRICS_NAMESPACE": ""})
+        service = Service(runtime)
+        try:
+            [privileges] = [c for c in service.check()["checks"] if c["check"] == "privileges"]
+            assert privileges["ok"] and "ownership of" in privileges["detail"], privileges
+            assert pipeline.run(runtime, pipeline.Trigger())["status"] == "succeeded"
+            (data / "users.csv").write_text(GOOD["users.csv"].replace("Alice", "Alicia"), encoding="utf-8")
+            caplog.set_level("INFO", logger="etl")
+            summary = pipeline.run(runtime, pipeline.Trigger())
+            assert (summary["status"], summary["changes"]["changed"]) == ("succeeded", 1), summary
+            assert "maintenance_skipped" in [e["event"] for e in logged(caplog.records)]
+            db.run(f'REVOKE DELETE ON "{schema}".etl_rejects FROM "{role}"')
+            db.run(f'REVOKE SELECT ON "{schema}".etl_runs FROM "{role}"')
+            [privileges] = [c for c in service.check()["checks"] if c["check"] == "privileges"]
+            assert not privileges["ok"] and privileges["code"] == "bad_config"
+            assert f'DELETE on "{schema}"."etl_rejects"' in privileges["detail"], privileges
+            with pytest.raises(ConfigError, match="lacks a privilege"):
+                pipeline.run(runtime, pipeline.Trigger(force=True))
+        finally:
+            service.close()
+    finally:
+        db.run(f'DROP OWNED BY "{role}"')
+        db.run(f'REVOKE ALL ON DATABASE "{database}" FROM "{role}"')
+        db.run(f'DROP ROLE "{role}"')
+
+
 def test_the_run_logs_each_phase_as_json_lines(settings: Settings, caplog: pytest.LogCaptureFixture) -> None:
     from tests.helpers import logged
 

@@ -183,6 +183,10 @@ class Store(Protocol):
 
     def health(self) -> dict[str, Any]: ...
 
+    def missing_grants(self) -> list[str]:
+        """The privileges a run needs that the store's role lacks (docs/security.md), each named."""
+        ...
+
     def migrate(self, *, apply: bool = True) -> dict[str, Any]:
         """Bring the store's schema to this release's version now: ``schema``, ``version_before``,
         ``version``, ``applied`` (the steps' versions), ``pending`` (each step's version and

@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 _TRANSIENT_PREFIXES = ("08", "53", "57P", "40")
 _TRANSIENT_CODES = {"55P03", "57014"}  # lock_not_available, query_canceled (statement_timeout)
 _FOREIGN_KEY_VIOLATION = "23503"
+_INSUFFICIENT_PRIVILEGE = "42501"
 # pg8000 raises InterfaceError both for a lost or unreachable server (with these messages, or with the
 # OSError as its cause) and for a call it cannot make (a missing parameter, no password to offer):
 # only the first kind may go away on retry
@@ -294,6 +295,9 @@ def translate(exc: BaseException) -> EtlError:
     message = exc.args[0].get("M", "") if isinstance(exc.args[0], dict) else str(exc)
     if code.startswith(_TRANSIENT_PREFIXES) or code in _TRANSIENT_CODES:
         return TransientLoadError(f"database error {code}: {message}", sqlstate=code)
+    if code == _INSUFFICIENT_PRIVILEGE:  # the role the operator configured lacks a grant: their setting
+        return ConfigError(f"the database role lacks a privilege the job needs ({message}): docs/security.md "
+                           "lists the grants of the job's role; python -m etl_core check tests them", sqlstate=code)
     if code == _FOREIGN_KEY_VIOLATION:
         detail = exc.args[0].get("D", "")
         return ForeignKeyConflict(f"another table's foreign key forbids the new rows; nothing was changed: "

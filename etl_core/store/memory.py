@@ -110,6 +110,9 @@ class MemoryStore:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "database": "memory", "server_version": None}
 
+    def missing_grants(self) -> list[str]:
+        return []
+
     def migrate(self, *, apply: bool = True) -> dict[str, Any]:
         """Memory has one shape, this release's: nothing to apply."""
         from etl_core.store.migrations import LATEST

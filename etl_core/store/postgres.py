@@ -16,6 +16,7 @@ import collections
 import io
 import itertools
 import json
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -30,6 +31,7 @@ from etl_core import literals
 from etl_core.config import DbSettings, RetentionSettings
 from etl_core.errors import EtlError, RunInProgress, TransientLoadError
 from etl_core.guard import Volume
+from etl_core.logs import log_event
 from etl_core.store import (
     CONFIRMING,
     LARGEST_ID,
@@ -209,6 +211,12 @@ class PostgresStore:
             rows = conn.run("SHOW server_version")
         return {"status": "ok", "database": db.describe(self.settings), "server_version": rows[0][0] if rows else None}
 
+    def missing_grants(self) -> list[str]:
+        """What the role lacks of what a run needs (``sql.missing_grants``): empty when it has it all."""
+        statement, params = sql.missing_grants(self.schema)
+        with self.connection() as conn, _translated():
+            return [str(row[0]) for row in conn.run(statement, **params)]
+
     def _lock(self, conn: Connection) -> None:
         [[got]] = conn.run("SELECT pg_try_advisory_lock(hashtext(:name))", name=sql.lock_name(self.schema))
         if got:
@@ -321,7 +329,12 @@ class PostgresRun(RunRecord):
         Neither blocks readers or writers (SHARE UPDATE EXCLUSIVE), and both run after the commit."""
         table = sql.q(self._schema, sql.FEATURES)
         with _translated():
-            [[autovacuum, live, dead, modified, analyzed]] = self._conn.run(sql.maintenance_state(), table=table)
+            [[autovacuum, live, dead, modified, analyzed, owned]] = self._conn.run(sql.maintenance_state(), table=table)
+            if not owned:  # the server would skip both with a warning the driver drops: say so once here
+                log_event("maintenance_skipped", level=logging.WARNING, table=table, autovacuum=bool(autovacuum),
+                          reason="the job's role does not own the table, and only its owner may ANALYZE or VACUUM "
+                                 "it: autovacuum must look after it (docs/security.md)")
+                return
             rows = max(int(live or 0), 1)
             written, left_dead = self._written, self._left_dead
             stale = written is None or analyzed is None or int(modified or 0) + written >= ANALYZE_SHARE * rows

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from pg8000.native import identifier
 
@@ -571,11 +572,51 @@ def number_rejects(schema: str) -> list[str]:
 
 def maintenance_state() -> str:
     """For the table ``:table``: whether autovacuum looks after it, and its live rows, dead rows, rows
-    modified since its last ANALYZE and when that was (the statistics view: it may lag a second behind)."""
+    modified since its last ANALYZE and when that was (the statistics view: it may lag a second behind);
+    whether the connected role may ANALYZE and VACUUM it (its owner, or a member of the owner's role)."""
     return ("SELECT current_setting('autovacuum')::boolean AND NOT coalesce("
             "'autovacuum_enabled=false' = ANY (c.reloptions), false), s.n_live_tup, s.n_dead_tup, "
-            "s.n_mod_since_analyze, coalesce(s.last_analyze, s.last_autoanalyze) FROM pg_class c "
+            "s.n_mod_since_analyze, coalesce(s.last_analyze, s.last_autoanalyze), pg_has_role(c.relowner, 'USAGE') "
+            "FROM pg_class c "
             "LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = CAST(:table AS regclass)")
+
+
+# What the job's role must be allowed on each table once the schema is migrated (docs/security.md): runs,
+# reloads, restores, dry runs, the sharded path and the retention's purge use no other privilege
+RUNTIME_GRANTS = (
+    ("etl_schema_migrations", "SELECT"),
+    (RUNS, "SELECT, INSERT, UPDATE, DELETE"),
+    (FEATURES, "SELECT, INSERT, UPDATE, DELETE"),
+    (REJECTS, "SELECT, INSERT, DELETE"),
+    (HISTORY, "SELECT, INSERT, DELETE"),
+    (DIGESTS, "SELECT, INSERT, DELETE"),
+    (HORIZON, "SELECT, UPDATE"),
+    ("etl_shards", "SELECT, INSERT, DELETE"),
+    ("etl_shard_counts", "SELECT, INSERT, DELETE"),
+)
+
+
+def missing_grants(schema: str) -> tuple[str, dict[str, Any]]:
+    """What the connected role lacks of what a run needs, one row each: TEMPORARY on the database (a
+    reload's temporary tables), USAGE on ``schema`` (if it exists), the sequence of run ids and each
+    table's privileges of RUNTIME_GRANTS (those that exist); and the ownership of the features, without
+    which the ANALYZE and VACUUM after a load are skipped (only the owner may run them).  The statement
+    and its parameters (every name a value, none written into the text)."""
+    pairs = [(q(schema, table), privilege.strip()) for table, privileges in RUNTIME_GRANTS
+             for privilege in privileges.split(",")]
+    statement = (
+        "SELECT 'TEMPORARY on database ' || current_database() "
+        "WHERE NOT has_database_privilege(current_database(), 'TEMPORARY') "
+        "UNION ALL SELECT 'USAGE on schema ' || n.nspname FROM pg_namespace n WHERE n.nspname = :schema "
+        "AND NOT has_schema_privilege(n.oid, 'USAGE') "
+        "UNION ALL SELECT 'USAGE on sequence ' || :sequence WHERE to_regclass(:sequence) IS NOT NULL "
+        "AND NOT has_sequence_privilege(:sequence, 'USAGE') "
+        "UNION ALL SELECT x.p || ' on ' || x.t FROM unnest(CAST(:tables AS text[]), CAST(:privileges AS text[])) "
+        "AS x(t, p) WHERE to_regclass(x.t) IS NOT NULL AND NOT has_table_privilege(x.t, x.p) "
+        "UNION ALL SELECT 'ownership of ' || :features || ' (ANALYZE and VACUUM after a load are skipped without it)' "
+        "FROM pg_class c WHERE c.oid = to_regclass(:features) AND NOT pg_has_role(c.relowner, 'USAGE')")
+    return statement, {"schema": schema, "sequence": q(schema, RUNS + "_id_seq"), "features": q(schema, FEATURES),
+                       "tables": [t for t, _ in pairs], "privileges": [p for _, p in pairs]}
 
 
 def lock_name(schema: str) -> str:
