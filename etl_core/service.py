@@ -119,6 +119,9 @@ class Service:
         """The run's record, if it finished and the history still holds the features as it left them:
         else RunNotFound, or HistoryPurged."""
         record = self.run_status(run_id)
+        if record.get("status") == "running":  # what it changes, and so the features as of it, are not known yet
+            raise RunInProgress(f"run {run_id} is still running: its features and changes are known once it "
+                                "has finished; ask again then", running_run_id=run_id)
         kept_from = self.store.history_kept_from()
         if run_id < kept_from:
             raise HistoryPurged(f"the history no longer holds the features as of run {run_id}: it keeps them "

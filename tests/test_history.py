@@ -262,3 +262,18 @@ def test_the_history_is_kept_for_the_last_runs_or_days_and_refused_before(job: S
     assert purge(history_runs=1, history_days=1)["history"] == 1
     assert store.history_kept_from() == runs[4]
     assert [r["total_experiments"] for r in job.as_of(runs[4], limit=10)["features"]] == [4, 0]
+
+
+def test_the_features_and_changes_of_a_run_still_running_are_refused_until_it_finishes(job: Service) -> None:
+    from etl_core.errors import RunInProgress
+
+    store = job.store
+    publish(store, {1: ("a", 1)})
+    with store.run(policy="strict", source="here") as run, run.publishing() as publication:
+        for ask in (job.as_of, job.changes):  # the last run's table would pass for this one's
+            with pytest.raises(RunInProgress, match=f"run {run.run_id} is still running"):
+                ask(run.run_id, limit=10)
+        written = publication.replace_features(batch({1: ("b", 1)}))
+        publication.finish(status="succeeded", files={}, users_written=written, seconds={})
+    [change] = job.changes(run.run_id, limit=10)["changes"]
+    assert (change["before"]["user_name"], change["after"]["user_name"]) == ("a", "b")
