@@ -73,6 +73,11 @@ def _force(value: object) -> bool:
 
 
 def _dry_run(value: object) -> bool:
+    """As ``force``, but an empty value (a bare ``?dry_run``, written as a flag) is refused: read as
+    absent it would be false, and the run its caller meant to only compare would write."""
+    if value == "":
+        raise ValueError("dry_run must be true or false (also 1/0, yes/no); a bare ?dry_run is refused rather "
+                         "than read as false, which would load")
     try:
         return _force(value)
     except ValueError as exc:
@@ -81,7 +86,7 @@ def _dry_run(value: object) -> bool:
 
 class TriggerQuery(Strict):
     """What a trigger asks for, from a query string's strings or a direct invocation's JSON values; an
-    empty or null value is the same as none."""
+    empty or null value is the same as none (but an empty ``dry_run``: refused)."""
 
     policy: Annotated[Literal["strict", "quarantine"] | None, BeforeValidator(_policy)] = Field(
         None, description="strict: any violation fails the run; quarantine: bad rows go to etl_rejects. "

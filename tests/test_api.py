@@ -769,3 +769,12 @@ def test_an_s3_record_whose_key_is_not_text_is_unsupported(key: Any) -> None:
     with pytest.raises(UnsupportedEvent):
         lambda_function.handler({"Records": [{"eventSource": "aws:s3", "s3": {"bucket": {"name": "b"},
                                                                               "object": {"key": key}}}]}, None)
+
+
+@pytest.mark.parametrize("route", ["/trigger-etl", "/runs/1/restore"])
+def test_a_bare_dry_run_is_refused_not_read_as_a_load(recorded_triggers: list[Trigger], route: str) -> None:
+    found = event("post-trigger-etl.json", path=route, method="POST")
+    found["rawQueryString"], found["queryStringParameters"] = "dry_run", {"dry_run": ""}
+    status, body = call(found)
+    assert (status, body["error"]["code"]) == (400, "bad_request") and "bare ?dry_run" in str(body), body
+    assert recorded_triggers == []
