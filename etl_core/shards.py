@@ -50,7 +50,7 @@ class Shard:
     shards: int
     first: int  # the first byte of the shard's first line
     end: int  # one past the last byte of its last line
-    identity: str  # the experiments file's version the plan saw
+    identity: str  # the versions of the three files the plan saw (``_identities``)
 
     def event(self) -> dict[str, Any]:
         return {"action": "count-shard", **dataclasses.asdict(self)}
@@ -88,7 +88,7 @@ def plan(settings: Settings, batch: Any, shards: Any) -> dict[str, Any]:
     source = Pinned(resolve_location(settings, None).source)
     name = EXPERIMENTS.filename
     with translated(name):
-        identity = source.identity(name)
+        identity = _identities(source)
         size = source.size(name)
         with source.open_at(name, 0) as f:
             start = reading.header_end(f)  # past the header (and any blank line before it)
@@ -101,6 +101,13 @@ def plan(settings: Settings, batch: Any, shards: Any) -> dict[str, Any]:
     events = [Shard(batch, i, len(ranges), a, b, identity).event() for i, (a, b) in enumerate(ranges)]
     log_event("shards_planned", batch=batch, shards=len(events), bytes=size)
     return {"batch": batch, "shards": events}
+
+
+def _identities(source: Source) -> str:
+    """The versions of the three files, as one text: what a plan pins, each count checks and stores,
+    and the reduce compares with the files it reads (the users and compounds are read by every step)."""
+    with translated(EXPERIMENTS.filename):
+        return ";".join(f"{c.filename}={source.identity(c.filename)}" for c in (EXPERIMENTS, USERS, COMPOUNDS))
 
 
 def _line_end(f: pa.NativeFile, position: int, size: int) -> int:
@@ -219,9 +226,9 @@ def count(settings: Settings, event: dict[str, Any]) -> dict[str, Any]:
     _batch_name(shard.batch)
     source = Pinned(resolve_location(settings, None).source)
     name = EXPERIMENTS.filename
-    with translated(name):
-        if source.identity(name) != shard.identity:
-            raise SourceChanged(f"{name} is not the version the shards were planned on; plan again", file=name)
+    if _identities(source) != shard.identity:
+        raise SourceChanged("an input file is not the version the shards were planned on (users.csv, compounds.csv "
+                            "and user_experiments.csv are all pinned by the plan); plan again", file=name)
     users, compounds, results = _read_references(settings, source)
     refs = reading.References.of(users["user_id"].combine_chunks(), compounds["compound_id"].combine_chunks())
     view = ShardSource(source, shard)
@@ -248,8 +255,7 @@ def count(settings: Settings, event: dict[str, Any]) -> dict[str, Any]:
 
 def _read_references(settings: Settings, source: Source) -> tuple[pa.Table, pa.Table,
                                                                    tuple[reading.FileResult, ...]]:
-    for contract in (USERS, COMPOUNDS, EXPERIMENTS):
-        reading.read_header(source, contract)  # a missing or bad header: FileProblem -> the caller's error
+    reading.check_headers(source)  # a missing file or a bad header: the data's error (422), as a run's
     users_sink = reading.Collector(reading.output_schema(USERS))
     compounds_sink = reading.Collector(reading.output_schema(COMPOUNDS))
     users = reading.read_file(source, USERS, users_sink, block_size=settings.block_size)
@@ -300,7 +306,7 @@ def _reduce(settings: Settings, ledger: Any, location: Any, batch: str, *, force
     source = Pinned(location.source)
     found, inputs = identify(ledger, location, source, "strict")
     shards = staging.shard_records(settings.db, settings.schema, batch)
-    _check_shards(batch, shards, source.identity(EXPERIMENTS.filename))
+    _check_shards(batch, shards, _identities(source))
     users, compounds, results = _read_references(settings, source)
     violations = pa.concat_tables([r.violations for r in results])
     if violations.num_rows:
@@ -346,8 +352,9 @@ def _check_shards(batch: str, shards: list[dict[str, Any]], identity: str) -> No
         raise ShardsIncomplete(f"batch {batch!r} has {len(have)} of its {planned} shards counted; nothing was "
                                "loaded: count the missing ones again", batch=batch, missing=missing[:20])
     if any(row["identity"] != identity for row in shards):
-        raise ShardsIncomplete(f"batch {batch!r} was counted from another version of user_experiments.csv; "
-                               "nothing was loaded: plan and count it again", batch=batch)
+        raise ShardsIncomplete(f"batch {batch!r} was counted from other versions of the input files than they "
+                               "are now (users.csv, compounds.csv or user_experiments.csv changed); nothing was "
+                               "loaded: plan and count it again", batch=batch)
     bad = [row for row in shards if row["rows_rejected"]]
     if bad:
         first = bad[0]

@@ -206,6 +206,50 @@ def test_a_file_changed_after_the_plan_is_refused(env: dict[str, str], schema: s
         service.close()
 
 
+@pytest.mark.parametrize("changed", ["users.csv", "compounds.csv"])
+def test_users_or_compounds_changed_between_count_and_reduce_publish_nothing(
+        env: dict[str, str], db: Any, schema: str, tmp_path: Path, changed: str) -> None:
+    """Every step reads the users and compounds again: the plan pins their versions as it pins the
+    experiments', so that the counts and the names the reduce joins come from the same files."""
+    data = write_files(tmp_path, GOOD)
+    single_table(env, data, db, schema)
+    before = features_dump(db, schema)
+    service = Service(settings_of(env, data))
+    try:
+        planned = service.plan_shards("moving", 2)["shards"]
+        service.count_shard(planned[0])
+        path = data / changed
+        lines = path.read_text().rstrip("\n").split("\n")
+        path.write_text("\n".join(lines[:-1]) + "\n")  # the last user (or compound) gone
+        with pytest.raises(SourceChanged):
+            service.count_shard(planned[1])
+        path.write_text("\n".join(lines) + "\n")
+        for event in service.plan_shards("moving", 2)["shards"]:
+            service.count_shard(event)
+        path.write_text("\n".join(lines[:-1]) + "\n")
+        with pytest.raises(shards.ShardsIncomplete, match="other versions of the input files"):
+            service.reduce_shards("moving")
+    finally:
+        service.close()
+    assert features_dump(db, schema) == before
+
+
+def test_a_missing_column_in_a_shards_files_is_the_datas_error(env: dict[str, str], tmp_path: Path) -> None:
+    users = GOOD["users.csv"].replace("signup_date", "signed_up", 1)
+    data = write_files(tmp_path, GOOD)
+    service = Service(settings_of(env, data))
+    try:
+        [event] = service.plan_shards("headers", 1)["shards"]
+        (data / "users.csv").write_text(users)
+        replanned = service.plan_shards("headers", 1)["shards"]
+        with pytest.raises(ContractViolation) as info:
+            service.count_shard(replanned[0])
+        assert info.value.http_status == 422 and "missing_column" in str(info.value.to_dict())
+        assert event["identity"] != replanned[0]["identity"]
+    finally:
+        service.close()
+
+
 def test_a_shard_with_a_bad_row_fails_the_reduce_with_where_it_is(env: dict[str, str], db: Any, schema: str,
                                                                    tmp_path: Path) -> None:
     rows = GOOD["user_experiments.csv"].rstrip("\n").split("\n")

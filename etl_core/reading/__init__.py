@@ -7,10 +7,10 @@ it with exact line numbers (``lines``: one row per physical line; ``keys``: dupl
 the value rules both paths share; ``violations``: the reports)."""
 
 from etl_core.reading.extract import Collector, FileResult, References, output_schema, read_file, read_header
-from etl_core.reading.files import Extracted, read_all
+from etl_core.reading.files import Extracted, check_headers, read_all
 from etl_core.reading.header import header_end
 from etl_core.reading.violations import REPORTED_CHARS, report, without_raw
 from etl_core.reading.violations import rows as violation_rows
 
-__all__ = ["REPORTED_CHARS", "Collector", "Extracted", "FileResult", "References", "header_end", "output_schema",
-           "read_all", "read_file", "read_header", "report", "violation_rows", "without_raw"]
+__all__ = ["REPORTED_CHARS", "Collector", "Extracted", "FileResult", "References", "check_headers", "header_end",
+           "output_schema", "read_all", "read_file", "read_header", "report", "violation_rows", "without_raw"]

@@ -62,7 +62,7 @@ def read_all(settings: Settings, source: Pinned, run_id: int, watch: capacity.Wa
     each file's result; ContractViolation for file-level problems (rows' problems are in the results).
     With a ``watch``, InputTooLarge before a row is read when the files' sizes say the run would not fit
     its memory, or as soon as the memory it holds passes the watch's share of it."""
-    _check_headers(source)
+    check_headers(source)
     size = source.size(EXPERIMENTS.filename)
     if watch is not None:
         needed = capacity.check_fits(experiments_bytes=size, users_bytes=source.size(USERS.filename),
@@ -94,7 +94,7 @@ def read_all(settings: Settings, source: Pinned, run_id: int, watch: capacity.Wa
     return Extracted(users_table, compounds_table, counts, (users, compounds, experiments))
 
 
-def _check_headers(source: Source) -> None:
+def check_headers(source: Source) -> None:
     """Every file-level problem (missing, empty, bad header) of all three files, before any row is read."""
     problems = []
     for contract in FILES:
