@@ -191,7 +191,9 @@ class Service:
         from etl_core import shards as sharded
 
         self.store.migrate(apply=True)
-        return sharded.plan(self.settings, batch, shards)
+        planned = sharded.plan(self.settings, batch, shards)
+        sharded.forget(self.settings, planned["batch"])  # what an earlier plan of this name left: not this batch's
+        return planned
 
     def count_shard(self, event: dict[str, Any]) -> dict[str, Any]:
         """One Map item: a shard counted into the staging table."""

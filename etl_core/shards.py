@@ -103,6 +103,12 @@ def plan(settings: Settings, batch: Any, shards: Any) -> dict[str, Any]:
     return {"batch": batch, "shards": events}
 
 
+def forget(settings: Settings, batch: str) -> None:
+    """Delete the staging rows of an earlier batch of this name (one that failed or was abandoned): a new
+    plan starts the batch afresh, so that none of its old shards count or make it look incomplete."""
+    staging.drop_batch(settings.db, settings.schema, batch)
+
+
 def _identities(source: Source) -> str:
     """The versions of the three files, as one text: what a plan pins, each count checks and stores,
     and the reduce compares with the files it reads (the users and compounds are read by every step)."""

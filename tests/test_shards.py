@@ -234,6 +234,22 @@ def test_users_or_compounds_changed_between_count_and_reduce_publish_nothing(
     assert features_dump(db, schema) == before
 
 
+def test_a_batch_planned_again_forgets_what_its_earlier_plan_counted(env: dict[str, str], db: Any, schema: str,
+                                                                     generated: Path) -> None:
+    want = single_table(env, generated, db, schema)
+    service = Service(settings_of(env, generated))
+    try:
+        for event in service.plan_shards("again", 5)["shards"][:4]:  # abandoned before its reduce
+            service.count_shard(event)
+        for event in service.plan_shards("again", 3)["shards"]:
+            service.count_shard(event)
+        summary = service.reduce_shards("again")
+    finally:
+        service.close()
+    assert (summary["status"], summary["shards"]) == ("succeeded", 3)
+    assert features_dump(db, schema, run_id=False) == want
+
+
 def test_a_missing_column_in_a_shards_files_is_the_datas_error(env: dict[str, str], tmp_path: Path) -> None:
     users = GOOD["users.csv"].replace("signup_date", "signed_up", 1)
     data = write_files(tmp_path, GOOD)

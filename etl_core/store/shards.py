@@ -95,7 +95,7 @@ def reduced(settings: DbSettings, schema: str, batch: str, users_csv: bytes, com
 
 
 def drop_batch(settings: DbSettings, schema: str, batch: str) -> None:
-    """The batch's staging rows, once published."""
+    """The batch's staging rows: once published, and when a batch of its name is planned again."""
     conn = dbmod.connect(settings)
     try:
         for table in (SHARD_COUNTS, SHARDS):
