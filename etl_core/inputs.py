@@ -52,6 +52,14 @@ def resolve_data_dir(settings: Settings, data: str | None) -> Path:
         raise BadRequest("data leads outside the data root", data=shown)
     if not is_dir:
         raise BadRequest("data is not a directory below the data root", data=shown)
+    for contract in FILES:  # a file of it may be a symlink too: it must not lead out of the root either
+        try:
+            target = (resolved / contract.filename).resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop
+            raise BadRequest(f"data's {contract.filename} is not a usable file: {_path_problem(exc)}",
+                             data=shown) from None
+        if not target.is_relative_to(settings.data_root):
+            raise BadRequest(f"data's {contract.filename} leads outside the data root", data=shown)
     return resolved
 
 

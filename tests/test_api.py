@@ -155,6 +155,18 @@ def test_a_symlink_leading_out_of_the_root_is_400(env: dict[str, str], tmp_path:
     assert resolve_data_dir(settings, "good") == root / "good"
     with pytest.raises(BadRequest, match="outside"):
         resolve_data_dir(settings, "escape")
+    outside = write_files(tmp_path / "outside", {})
+    links = write_files(root / "links", {})
+    (links / "users.csv").unlink()
+    (links / "users.csv").symlink_to(outside / "users.csv")  # the directory is inside, one file is not
+    (links / "compounds.csv").unlink()
+    (links / "compounds.csv").symlink_to(root / "good" / "compounds.csv")  # a file inside the root: fine
+    with pytest.raises(BadRequest, match="users.csv leads outside the data root") as info:
+        resolve_data_dir(settings, "links")
+    assert str(tmp_path) not in str(info.value.to_dict())
+    (links / "users.csv").unlink()
+    (links / "users.csv").symlink_to(root / "good" / "users.csv")
+    assert resolve_data_dir(settings, "links") == root / "links"
 
 
 def test_a_contract_violation_is_422_with_the_violations(env: dict[str, str], tmp_path: Path) -> None:
