@@ -92,3 +92,24 @@ def test_a_nul_byte_in_an_extra_columns_name_is_shown_escaped(policy: str, env: 
     summary = pipeline.run(settings_for(env, data), pipeline.Trigger(policy=policy))
     assert summary["status"] == "succeeded"
     assert summary["files"]["users.csv"]["extra_columns"] == ["n\\x00te"]
+
+
+@pytest.mark.parametrize("shape", ["blank lines", "spaces", "CRLF blank lines", "a long first column"])
+def test_megabytes_before_a_header_or_in_it_load_as_the_plain_file_does(
+        shape: str, env: dict[str, str], tmp_path: Path, db: Any, schema: str) -> None:
+    """Blank lines are skipped before the header whatever their length, and a header line is read whole
+    up to the longest line the reader takes (256 MiB): past 1 MiB they were read cut (empty_file, or a
+    missing column after the cut)."""
+    plain = pipeline.run(settings_for(env, write_files(tmp_path / "plain", {})), pipeline.Trigger())
+    want = features_dump(db, schema, run_id=False)
+    users = GOOD["users.csv"]
+    made = {"blank lines": "\n" * (2 << 20) + users, "spaces": " " * (2 << 20) + "\n" + users,
+            "CRLF blank lines": "\r\n" * (1 << 20) + users,
+            "a long first column": "".join(f"notes_{'n' * ((1 << 20) + 10)}," * (i == 0) + line + "\n"
+                                           if i == 0 else "," + line + "\n"
+                                           for i, line in enumerate(users.rstrip("\n").split("\n")))}[shape]
+    data = write_files(tmp_path / "shaped", {"users.csv": made})
+    summary = pipeline.run(settings_for(env, data), pipeline.Trigger(force=True))
+    assert summary["status"] == "succeeded", summary
+    assert summary["files"]["users.csv"]["rows_read"] == plain["files"]["users.csv"]["rows_read"] == 3
+    assert features_dump(db, schema, run_id=False) == want

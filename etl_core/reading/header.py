@@ -9,7 +9,7 @@ from etl_core.reading import lines
 from etl_core.reading.violations import FileProblem, visible
 from etl_core.sources import Source, SourceMissing, translated
 
-HEADER_LIMIT = 1 << 20  # bytes: a longer first line is read cut
+HEADER_LIMIT = 256 << 20  # bytes looked at for the header (blank lines before it included): the longest line read
 
 
 def read_header(source: Source, contract: FileContract) -> tuple[list[str], tuple[str, ...]]:
@@ -45,19 +45,8 @@ def header_end(stream: pa.NativeFile, limit: int = HEADER_LIMIT) -> int:
     """The offset just past the line break that ends the stream's header (its first line that is not
     blank, after a BOM and blank lines of any of the three line endings), looking at most ``limit``
     bytes far; the bytes read if no such line ends within them (the file holds no rows)."""
-    head, ended = b"", False
-    while not ended:
-        chunk = stream.read(min(1 << 16, limit - len(head))) if len(head) < limit else b""
-        head += chunk
-        ended = not chunk
-        start = len(lines.BOM) if head.startswith(lines.BOM) else 0
-        for found in lines.LINE_END.finditer(head, start):
-            if not ended and found.end() == len(head) and found.group() == b"\r":
-                break  # a CR at the end of what was read may be the first half of a CRLF
-            if not lines.is_blank(head[start:found.start()]):
-                return found.end()
-            start = found.end()
-    return len(head)
+    found = _scan(stream, limit)
+    return stream.tell() if found is None else found[2]
 
 
 def _names(line: str) -> list[str]:
@@ -71,22 +60,39 @@ def _names(line: str) -> list[str]:
 def _header_line(stream: pa.NativeFile, limit: int) -> tuple[int, bytes] | None:
     """(line number, bytes without the line break) of the stream's first line that is not blank, looking
     at most ``limit`` bytes far (a longer line is cut there); None if there is none."""
-    head = b""
-    while len(head) < limit:
-        chunk = stream.read(min(1 << 16, limit - len(head)))
-        head += chunk
-        found = _first_not_blank(head, ended=not chunk)
-        if found is not None or not chunk:
-            return found
-    return _first_not_blank(head, ended=True)  # the last line cut at the limit
+    found = _scan(stream, limit)
+    return None if found is None else (found[0], found[1])
 
 
-def _first_not_blank(head: bytes, *, ended: bool) -> tuple[int, bytes] | None:
-    """(line number, bytes) of the first line of ``head`` that is not blank (a BOM before it passed over);
-    the bytes after the last line break count as a line only when ``ended``."""
-    body = head[len(lines.BOM):] if head.startswith(lines.BOM) else head
-    pieces = lines.LINE_END.split(body)
-    for number, line in enumerate(pieces if ended else pieces[:-1], 1):
-        if not lines.is_blank(line):
-            return number, line
-    return None
+def _scan(stream: pa.NativeFile, limit: int) -> tuple[int, bytes, int] | None:
+    """(line number, the line without its break, the offset just past the break) of the stream's first
+    line that is not blank (a BOM before it passed over); None if there is none within ``limit`` bytes.
+    Read a chunk at a time, each byte looked at once (megabytes of blank lines, or a header of
+    megabytes, cost their length, not its square); the blank lines behind are let go."""
+    buffer, base = bytearray(), 0  # the bytes kept, and the stream's offset of the first of them
+    number, line_start, scanned = 1, 0, 0  # the current line's number and start; where breaks are still to find
+    bom_checked, ended = False, False
+    while True:
+        chunk = stream.read(min(1 << 16, limit - base - len(buffer))) if base + len(buffer) < limit else b""
+        ended = not chunk
+        buffer += chunk
+        if not bom_checked:
+            if len(buffer) < len(lines.BOM) and not ended:
+                continue
+            if buffer.startswith(lines.BOM):
+                line_start = scanned = len(lines.BOM)
+            bom_checked = True
+        for found in lines.LINE_END.finditer(buffer, scanned):
+            if not ended and found.end() == len(buffer) and found.group() == b"\r":
+                break  # a CR at the end of what was read may be the first half of a CRLF
+            line = bytes(buffer[line_start:found.start()])
+            if not lines.is_blank(line):
+                return number, line, base + found.end()
+            number, line_start = number + 1, found.end()
+        if ended:
+            rest = bytes(buffer[line_start:])  # the last line, without a break (or cut at the limit)
+            return (number, rest, base + len(buffer)) if rest and not lines.is_blank(rest) else None
+        scanned = max(line_start, len(buffer) - 1)  # a CR left at the end is looked at again
+        if line_start >= 1 << 16:  # the blank lines behind are done with
+            del buffer[:line_start]
+            base, scanned, line_start = base + line_start, scanned - line_start, 0
