@@ -90,9 +90,10 @@ def resolve_location(settings: Settings, data: str | None) -> Location:
     if data:
         shown = shorten(data, SHOWN_CHARS)
         parts = data.strip("/").split("/")
-        if data.startswith("/") or "://" in data or ".." in parts or "\0" in data:
-            raise BadRequest("data must be a relative key prefix below DATA_URL, without '..' or another bucket",
-                             data=shown)
+        if data.startswith("/") or "://" in data or ".." in parts or "." in parts or "\0" in data:
+            # '.' too: S3 keeps it as a key's own text, and every spelling would be another input
+            raise BadRequest("data must be a relative key prefix below DATA_URL, without '.', '..' or another "
+                             "bucket", data=shown)
         url = f"{url}{'/'.join(p for p in parts if p)}/"
     source = s3_source(url, endpoint=settings.s3_endpoint, region=settings.s3_region)
     return Location(source, url, manifest_prefix=url.removeprefix("s3://").partition("/")[2].rstrip("/"))
