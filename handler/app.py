@@ -152,12 +152,17 @@ def _raw_paths(scope: Mapping[str, Any]) -> list[str]:
 
 @app.middleware("http")
 async def _every_answer(request: Request, call_next: Any) -> Any:
-    """Two rules for every route. A path with an encoded ``/`` (``/runs/1%2Frejects``) is refused: decoded,
+    """Three rules for every route. A path with an encoded ``/`` (``/runs/1%2Frejects``) is refused: decoded,
     it would reach another route than the one the API's authorizer matched and allowed (``/runs/{run_id}``).
-    And no answer is kept by a cache: several carry names and rejected rows (personal data)."""
-    if any("%2f" in path.lower() for path in _raw_paths(request.scope)):
-        response = answer(BadRequest("a path may not hold an encoded '/' (%2F): each route's parts are "
-                                     "separated by plain '/'"))
+    A parameter given twice is refused. And no answer is kept by a cache: several carry names and
+    rejected rows (personal data)."""
+    try:
+        if any("%2f" in path.lower() for path in _raw_paths(request.scope)):
+            raise BadRequest("a path may not hold an encoded '/' (%2F): each route's parts are separated by "
+                             "plain '/'")
+        _single_values(request)  # on every route: ?limit=1&limit=1000 is not decided by its last value
+    except BadRequest as exc:
+        response = answer(exc)
     else:
         response = await call_next(request)
     response.headers["Cache-Control"] = "no-store"

@@ -790,3 +790,11 @@ def test_a_bare_dry_run_is_refused_not_read_as_a_load(recorded_triggers: list[Tr
     status, body = call(found)
     assert (status, body["error"]["code"]) == (400, "bad_request") and "bare ?dry_run" in str(body), body
     assert recorded_triggers == []
+
+
+@pytest.mark.parametrize("route", ["/runs", "/runs/1/rejects", "/health"])
+def test_a_parameter_given_twice_is_refused_on_every_route(service: Service, route: str) -> None:
+    found = event("get-run-1.json", path=route)
+    found["rawQueryString"], found["queryStringParameters"] = "limit=1&limit=1000", {"limit": "1,1000"}
+    status, body = call(found)
+    assert (status, body["error"]["code"]) == (400, "bad_request") and "more than once: limit" in str(body), body
