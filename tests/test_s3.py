@@ -130,7 +130,8 @@ def test_an_event_outside_the_data_url_is_refused(s3_settings: Settings, bucket:
         lambda_function.handler(event, None)
 
 
-@pytest.mark.parametrize("data", ["../other", "/exports", "s3://another-bucket/exports", "a/../../b", ".", "sub/.", "./sub"])
+@pytest.mark.parametrize("data", ["../other", "/exports", "s3://another-bucket/exports", "a/../../b", ".", "sub/.",
+                                  "./sub"])
 def test_a_trigger_may_name_only_a_prefix_below_the_data_url(s3_settings: Settings, data: str) -> None:
     with installed(s3_settings), pytest.raises(BadRequest):
         lambda_function.handler({"action": "trigger-etl", "data": data}, None)
