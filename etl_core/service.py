@@ -21,6 +21,7 @@ from etl_core.errors import (
 from etl_core.inputs import describe, resolve_location
 from etl_core.reading import REPORTED_CHARS
 from etl_core.sources import MANIFEST, Pinned
+from etl_core.status import RunStatus
 from etl_core.store import Store
 from etl_core.trigger import Trigger
 
@@ -119,7 +120,7 @@ class Service:
         """The run's record, if it finished and the history still holds the features as it left them:
         else RunNotFound, or HistoryPurged."""
         record = self.run_status(run_id)
-        if record.get("status") == "running":  # what it changes, and so the features as of it, are not known yet
+        if record.get("status") == RunStatus.RUNNING:  # what it changes, and the features as of it: not known yet
             raise RunInProgress(f"run {run_id} is still running: its features and changes are known once it "
                                 "has finished; ask again then", running_run_id=run_id)
         kept_from = self.store.history_kept_from()
@@ -165,9 +166,10 @@ class Service:
         else:
             try:
                 lacking = self.store.missing_grants()
-                needed = [m for m in lacking if not m.startswith("ownership")]
+                needed = any(need for _, need in lacking)
+                named = "; ".join(what for what, _ in lacking)
                 checks.append({"check": "privileges", "ok": not needed, **({"code": "bad_config"} if needed else {}),
-                               "detail": ("the role lacks " + "; ".join(lacking) + " (docs/security.md)") if lacking
+                               "detail": f"the role lacks {named} (docs/security.md)" if lacking
                                else "the role has every privilege a run needs"})
             except EtlError as exc:
                 checks.append({"check": "privileges", "ok": False, "code": exc.code, "detail": exc.message})

@@ -183,8 +183,9 @@ class Store(Protocol):
 
     def health(self) -> dict[str, Any]: ...
 
-    def missing_grants(self) -> list[str]:
-        """The privileges a run needs that the store's role lacks (docs/security.md), each named."""
+    def missing_grants(self) -> list[tuple[str, bool]]:
+        """What the store's role lacks of docs/security.md's list, each named, with whether a run needs it
+        (False: only the maintenance after a load, which the owner alone may run)."""
         ...
 
     def migrate(self, *, apply: bool = True) -> dict[str, Any]:

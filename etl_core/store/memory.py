@@ -110,7 +110,7 @@ class MemoryStore:
     def health(self) -> dict[str, Any]:
         return {"status": "ok", "database": "memory", "server_version": None}
 
-    def missing_grants(self) -> list[str]:
+    def missing_grants(self) -> list[tuple[str, bool]]:
         return []
 
     def migrate(self, *, apply: bool = True) -> dict[str, Any]:

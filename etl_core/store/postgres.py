@@ -211,11 +211,12 @@ class PostgresStore:
             rows = conn.run("SHOW server_version")
         return {"status": "ok", "database": db.describe(self.settings), "server_version": rows[0][0] if rows else None}
 
-    def missing_grants(self) -> list[str]:
-        """What the role lacks of what a run needs (``sql.missing_grants``): empty when it has it all."""
+    def missing_grants(self) -> list[tuple[str, bool]]:
+        """What the role lacks (``sql.missing_grants``), each with whether a run needs it: empty when it
+        has it all."""
         statement, params = sql.missing_grants(self.schema)
         with self.connection() as conn, _translated():
-            return [str(row[0]) for row in conn.run(statement, **params)]
+            return [(str(lacking), bool(needed)) for lacking, needed in conn.run(statement, **params)]
 
     def _lock(self, conn: Connection) -> None:
         [[got]] = conn.run("SELECT pg_try_advisory_lock(hashtext(:name))", name=sql.lock_name(self.schema))

@@ -605,16 +605,18 @@ def missing_grants(schema: str) -> tuple[str, dict[str, Any]]:
     pairs = [(q(schema, table), privilege.strip()) for table, privileges in RUNTIME_GRANTS
              for privilege in privileges.split(",")]
     statement = (
-        "SELECT 'TEMPORARY on database ' || current_database() "
+        "SELECT 'TEMPORARY on database ' || current_database(), true "
         "WHERE NOT has_database_privilege(current_database(), 'TEMPORARY') "
-        "UNION ALL SELECT 'USAGE on schema ' || n.nspname FROM pg_namespace n WHERE n.nspname = :schema "
+        "UNION ALL SELECT 'USAGE on schema ' || n.nspname, true FROM pg_namespace n WHERE n.nspname = :schema "
         "AND NOT has_schema_privilege(n.oid, 'USAGE') "
-        "UNION ALL SELECT 'USAGE on sequence ' || :sequence WHERE to_regclass(:sequence) IS NOT NULL "
+        "UNION ALL SELECT 'USAGE on sequence ' || :sequence, true WHERE to_regclass(:sequence) IS NOT NULL "
         "AND NOT has_sequence_privilege(:sequence, 'USAGE') "
-        "UNION ALL SELECT x.p || ' on ' || x.t FROM unnest(CAST(:tables AS text[]), CAST(:privileges AS text[])) "
+        "UNION ALL SELECT x.p || ' on ' || x.t, true FROM unnest(CAST(:tables AS text[]), CAST(:privileges AS text[])) "
         "AS x(t, p) WHERE to_regclass(x.t) IS NOT NULL AND NOT has_table_privilege(x.t, x.p) "
-        "UNION ALL SELECT 'ownership of ' || :features || ' (ANALYZE and VACUUM after a load are skipped without it)' "
+        "UNION ALL SELECT 'ownership of ' || :features || ' (ANALYZE and VACUUM after a load are skipped without it)', "
+        "false "
         "FROM pg_class c WHERE c.oid = to_regclass(:features) AND NOT pg_has_role(c.relowner, 'USAGE')")
+    # each row: what is lacking, and whether a run needs it (the ownership is only the maintenance's)
     return statement, {"schema": schema, "sequence": q(schema, RUNS + "_id_seq"), "features": q(schema, FEATURES),
                        "tables": [t for t, _ in pairs], "privileges": [p for _, p in pairs]}
 
