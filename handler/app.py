@@ -45,9 +45,11 @@ from handler.models import (
     ChangesPage,
     FeaturesPage,
     Health,
+    NoQuery,
     RejectsPage,
     RejectsQuery,
     RestoreQuery,
+    RunId,
     RunRecord,
     RunsPage,
     RunsQuery,
@@ -65,7 +67,8 @@ SHOWN_PATH = 200  # characters of a request's path repeated in a 404
 QUERY_MODELS: dict[str, type[Strict]] = {"/trigger-etl": TriggerQuery, "/runs": RunsQuery,
                                          "/runs/{run_id}/rejects": RejectsQuery,
                                          "/runs/{run_id}/changes": UsersQuery, "/runs/{run_id}/features": UsersQuery,
-                                         "/runs/{run_id}/restore": RestoreQuery}
+                                         "/runs/{run_id}/restore": RestoreQuery,
+                                         "/runs/{run_id}": NoQuery, "/health": NoQuery}
 
 
 def status_for(exc: EtlError | type[EtlError]) -> int:
@@ -281,21 +284,21 @@ def list_runs(query: Annotated[RunsQuery, Query()]) -> dict[str, Any]:
 
 
 @app.get("/runs/{run_id}", response_model=RunRecord, responses=errors("/runs/{run_id}"))
-def get_run(run_id: int) -> dict[str, Any]:
+def get_run(run_id: RunId, query: Annotated[NoQuery, Query()]) -> dict[str, Any]:
     """One run's record: status, rows per file, time per phase, error (its violations without their rows'
     text: ``value`` and ``raw`` are personal data, behind the rejects route's permission)."""
     return without_rows(get_service().run_status(run_id))
 
 
 @app.get("/runs/{run_id}/rejects", response_model=RejectsPage, responses=errors("/runs/{run_id}/rejects"))
-def get_rejects(run_id: int, query: Annotated[RejectsQuery, Query()]) -> dict[str, Any]:
+def get_rejects(run_id: RunId, query: Annotated[RejectsQuery, Query()]) -> dict[str, Any]:
     """The rows a run rejected (quarantine), in stored order, a page at a time: pass ``next_after``
     as ``after`` for the next."""
     return get_service().rejects(run_id, limit=query.limit, after=query.after)
 
 
 @app.get("/runs/{run_id}/changes", response_model=ChangesPage, responses=errors("/runs/{run_id}/changes"))
-def get_changes(run_id: int, query: Annotated[UsersQuery, Query()]) -> dict[str, Any]:
+def get_changes(run_id: RunId, query: Annotated[UsersQuery, Query()]) -> dict[str, Any]:
     """The users a run added, changed or removed, by user id, each with its features before and after the
     run, a page at a time: pass ``next_after`` as ``after`` for the next.  Users' names are personal
     data: this route is the rejects' audience's (docs/security.md)."""
@@ -303,7 +306,7 @@ def get_changes(run_id: int, query: Annotated[UsersQuery, Query()]) -> dict[str,
 
 
 @app.get("/runs/{run_id}/features", response_model=FeaturesPage, responses=errors("/runs/{run_id}/features"))
-def get_features_as_of(run_id: int, query: Annotated[UsersQuery, Query()]) -> dict[str, Any]:
+def get_features_as_of(run_id: RunId, query: Annotated[UsersQuery, Query()]) -> dict[str, Any]:
     """The features as they were when the run finished (what ``user_features_as_of(run_id)`` answers in
     SQL), by user id, a page at a time: pass ``next_after`` as ``after`` for the next.  410
     history_purged where the history no longer holds them."""
@@ -318,7 +321,7 @@ async def _no_body(request: Request) -> None:
 
 @app.post("/runs/{run_id}/restore", response_model=RunSummary, responses=errors("/runs/{run_id}/restore"),
           dependencies=[Depends(_no_body)])
-def restore_run(run_id: int, query: Annotated[RestoreQuery, Query()]) -> dict[str, Any]:
+def restore_run(run_id: RunId, query: Annotated[RestoreQuery, Query()]) -> dict[str, Any]:
     """Publish the features as they were when run ``run_id`` finished: a new run (status ``restored``,
     ``restored_from``) through the same comparison, load guard and publication as a load.
     ``force``: restore even what the load guard refuses; ``dry_run``: only compare, and answer what would
@@ -327,7 +330,7 @@ def restore_run(run_id: int, query: Annotated[RestoreQuery, Query()]) -> dict[st
 
 
 @app.get("/health", response_model=Health, responses=errors("/health"))
-def health() -> dict[str, Any]:
+def health(query: Annotated[NoQuery, Query()]) -> dict[str, Any]:
     """PostgreSQL answers, and the features are fresh: the last run that confirmed them and its age
     (503 features_stale past ETL_HEALTH_MAX_AGE_SECONDS, when set)."""
     return get_service().health()

@@ -6,6 +6,7 @@ validate with the same model."""
 from __future__ import annotations
 
 import json
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt, ValidationError
@@ -26,8 +27,21 @@ def _not_bool(value: Any) -> Any:
     return value
 
 
-Integer = Annotated[int, BeforeValidator(_not_bool)]
-PositiveInteger = Annotated[int, Field(ge=1), BeforeValidator(_not_bool)]
+_DIGITS = re.compile(r"0|-?[1-9][0-9]*")
+
+
+def _digits(value: Any) -> Any:
+    """A number sent as text is written one way: ``+1``, `` 1``, ``1_0`` and ``01`` (which int() reads as
+    1, 1, 10 and 1) would be other spellings of one run or page for a cache, a log search or the pattern
+    of an authorizer."""
+    if isinstance(value, str) and not _DIGITS.fullmatch(value):
+        raise ValueError("must be a whole number in plain digits (no sign, space, '_' or leading zero)")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_not_bool), BeforeValidator(_digits)]
+PositiveInteger = Annotated[int, Field(ge=1), BeforeValidator(_not_bool), BeforeValidator(_digits)]
+RunId = Annotated[int, BeforeValidator(_digits)]  # a path's run id: text, checked as a page's numbers are
 
 
 class Strict(BaseModel):
@@ -294,6 +308,11 @@ class Health(Strict):
     last_confirmed: LastConfirmed | None = Field(
         description="the last run that confirmed the features table; null: none has yet")
     max_age_seconds: float | None = Field(description="ETL_HEALTH_MAX_AGE_SECONDS: older is 503 features_stale")
+
+
+class NoQuery(Strict):
+    """The query string of a route that takes no parameter: any one is unknown (a misspelt one is not
+    silently ignored)."""
 
 
 class RunsQuery(Strict):

@@ -798,3 +798,38 @@ def test_a_parameter_given_twice_is_refused_on_every_route(service: Service, rou
     found["rawQueryString"], found["queryStringParameters"] = "limit=1&limit=1000", {"limit": "1,1000"}
     status, body = call(found)
     assert (status, body["error"]["code"]) == (400, "bad_request") and "more than once: limit" in str(body), body
+
+
+@pytest.mark.parametrize("spelled", ["+1", "1_0", "%201", "1%20", "01"])
+def test_a_run_id_not_written_in_plain_digits_is_400(service: Service, spelled: str) -> None:
+    """One run, one path: /runs/+1 and /runs/01 are not other names of /runs/1 that a cache, a log search
+    or an authorizer's pattern would treat apart."""
+    call(event("trigger-etl.json"))
+    for route in ("/runs/{}", "/runs/{}/rejects", "/runs/{}/changes", "/runs/{}/features"):
+        status, body = call(event("get-run-1.json", path=route.format(spelled)))
+        assert (status, body["error"]["code"]) == (400, "bad_request"), (route, body)
+        assert body["error"]["parameters"][0]["parameter"] == "run_id"
+        assert "plain digits" in body["error"]["message"], body
+
+
+@pytest.mark.parametrize(("path", "query"), [
+    ("/runs", {"limit": "+5"}), ("/runs", {"before": "1_0"}), ("/runs/1/rejects", {"after": " 1"}),
+    ("/runs/1/features", {"limit": "010"}), ("/runs/1/changes", {"after": "-0"}),
+])
+def test_a_paging_number_not_written_in_plain_digits_is_400(service: Service, path: str,
+                                                             query: dict[str, str]) -> None:
+    call(event("trigger-etl.json"))
+    [parameter] = query
+    status, body = call(event("runs.json", path=path, query=query))
+    assert (status, body["error"]["code"]) == (400, "bad_request"), body
+    assert body["error"]["parameters"][0]["parameter"] == parameter
+    assert "plain digits" in body["error"]["message"], body
+
+
+@pytest.mark.parametrize("route", ["/runs/1", "/health"])
+def test_an_unknown_parameter_is_refused_on_every_route(service: Service, route: str) -> None:
+    call(event("trigger-etl.json"))
+    status, body = call(event("get-run-1.json", path=route, query={"limt": "5"}))
+    assert (status, body["error"]["code"]) == (400, "bad_request"), body
+    assert "unknown parameter(s) 'limt'" in body["error"]["message"], body
+    assert call(event("get-run-1.json", path=route))[0] == 200
