@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import itertools
+import re
 import time
 from typing import Any
 
@@ -40,6 +41,7 @@ from etl_core.store import Store
 from etl_core.store import shards as staging
 
 WINDOW = 1 << 16  # bytes read at a time to find the end of a line
+_EOL = re.compile(rb"\r\n|\r|\n")
 NAME_CHARS = 128  # a batch's name: what Step Functions' execution names allow, and a little more
 
 
@@ -117,16 +119,20 @@ def _identities(source: Source) -> str:
 
 
 def _line_end(f: pa.NativeFile, position: int, size: int) -> int:
-    """The offset just past the first newline at or after ``position`` (``size`` if there is none)."""
-    f.seek(max(position, 0))
+    """The offset just past the first line end at or after ``position`` (``size`` if there is none): LF,
+    CRLF or a lone CR, as the contract ends lines (a CRLF whose LF is read with the next window included)."""
     offset = max(position, 0)
+    f.seek(offset)
     while offset < size:
         window = f.read(WINDOW)
         if not window:
             break
-        found = window.find(b"\n")
-        if found >= 0:
-            return offset + found + 1
+        found = _EOL.search(window)
+        if found is not None:
+            end = offset + found.end()
+            if window[found.start():found.end()] == b"\r" and found.end() == len(window) and f.read(1) == b"\n":
+                end += 1
+            return end
         offset += len(window)
     return size
 

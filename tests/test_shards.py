@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 
 from etl_core import pipeline, shards
@@ -61,6 +62,40 @@ def test_the_plan_cuts_the_file_at_line_ends_and_covers_every_row_once(generated
     sizes = [e["end"] - e["first"] for e in planned]
     assert max(sizes) - min(sizes) < 200  # about equal: a line or two apart
     assert {e["action"] for e in planned} == {"count-shard"} and len({e["identity"] for e in planned}) == 1
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("eol", [b"\r", b"\r\n"])
+def test_files_whose_lines_end_by_cr_or_crlf_are_cut_as_evenly_and_only_between_lines(
+        generated: Path, tmp_path: Path, eol: bytes) -> None:
+    """The contract's lines end at LF, CRLF or a lone CR: a file of old Mac line ends is cut as finely as
+    any (it was one shard), and a CRLF is never split into a line end and a blank line."""
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("users.csv", "compounds.csv"):
+        (data / name).write_bytes((generated / name).read_bytes())
+    lines = (generated / "user_experiments.csv").read_bytes().splitlines()
+    text = eol.join(lines) + eol
+    (data / "user_experiments.csv").write_bytes(text)
+    planned = shards.plan(Settings.from_env({"DATA_DIR": str(data)}), "b", 7)["shards"]
+    assert len(planned) == 7
+    header = len(lines[0]) + len(eol)
+    assert planned[0]["first"] == header and planned[-1]["end"] == len(text)
+    for before, after in itertools.pairwise(planned):
+        assert before["end"] == after["first"] and text[after["first"] - len(eol):after["first"]] == eol
+    assert lines_of(text, planned) == text[header:].splitlines(keepends=True)
+    sizes = [e["end"] - e["first"] for e in planned]
+    assert max(sizes) - min(sizes) < 200
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("window", [1, 2, 3])
+def test_a_crlf_across_two_reads_is_one_line_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, window: int) -> None:
+    monkeypatch.setattr(shards, "WINDOW", window)
+    path = tmp_path / "f"
+    path.write_bytes(b"ab\r\ncd\rxy\n")
+    with pa.OSFile(str(path)) as f:
+        assert [shards._line_end(f, p, 10) for p in range(10)] == [4, 4, 4, 4, 7, 7, 7, 10, 10, 10]
 
 
 @pytest.mark.unit
@@ -156,6 +191,19 @@ def test_blank_lines_before_the_header_and_its_own_line_end_do_not_move_the_cuts
     want = single_table(env, data, db, schema)
     summary = run_sharded(settings_of(env, data), "blank-first", 3)
     assert (summary["status"], summary["users_written"], summary["shards"]) == ("succeeded", 2000, 3)
+    assert features_dump(db, schema, run_id=False) == want
+
+
+def test_a_file_of_lone_cr_line_ends_sharded_publishes_the_single_functions_table(
+        env: dict[str, str], db: Any, schema: str, generated: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("users.csv", "compounds.csv"):
+        (data / name).write_bytes((generated / name).read_bytes())
+    (data / "user_experiments.csv").write_bytes((generated / "user_experiments.csv").read_bytes().replace(b"\n", b"\r"))
+    want = single_table(env, data, db, schema)
+    summary = run_sharded(settings_of(env, data), "lone-cr", 4)
+    assert (summary["status"], summary["users_written"], summary["shards"]) == ("succeeded", 2000, 4)
     assert features_dump(db, schema, run_id=False) == want
 
 
