@@ -332,6 +332,24 @@ def test_a_shard_with_a_bad_row_fails_the_reduce_with_where_it_is(env: dict[str,
     assert info.value.details["violations"]["total"] == 1
 
 
+def test_a_quote_left_open_in_a_shard_of_many_blocks_fails_the_reduce_not_loses_rows(
+        env: dict[str, str], db: Any, schema: str, tmp_path: Path) -> None:
+    rows = [f"{i},{1 + i % 2},{1 + i % 3},10" for i in range(1, 40_001)]
+    rows[29_000] = rows[29_000].replace(",10", ',"10')  # in the second shard, blocks before its end
+    text = "experiment_id,user_id,experiment_compound_ids,experiment_run_time\n" + "\n".join(rows) + "\n"
+    data = write_files(tmp_path, {**GOOD, "user_experiments.csv": text})
+    service = Service(settings_of(env, data, ETL_BLOCK_SIZE=str(1 << 16)))
+    try:
+        for event in service.plan_shards("open-quote", 2)["shards"]:
+            service.count_shard(event)
+        with pytest.raises(ContractViolation) as info:
+            service.reduce_shards("open-quote")
+    finally:
+        service.close()
+    assert info.value.details["shard"] == 1 and info.value.details["violations"]["total"] == 1
+    assert info.value.details["violations"]["first"][0]["rule"] == "field_count"
+
+
 def test_experiment_ids_that_do_not_increase_across_shards_are_refused(env: dict[str, str], schema: str,
                                                                        tmp_path: Path) -> None:
     rows = GOOD["user_experiments.csv"].rstrip("\n").split("\n")
