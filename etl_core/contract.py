@@ -90,7 +90,7 @@ RULE_TEXT: dict[Rule, str] = {
     Rule.NO_ROWS: "users.csv and compounds.csv need at least one data row",
     Rule.ENCODING: "the file is not valid UTF-8",
     Rule.MISSING_COLUMN: "a required column is not in the header",
-    Rule.DUPLICATE_COLUMN: "a column name appears twice in the header",
+    Rule.DUPLICATE_COLUMN: "a column of the contract appears twice in the header",
     Rule.FIELD_COUNT: "a line has more or fewer fields than the header, or leaves a quote open (or is cut short)",
     Rule.NOT_POSITIVE_INTEGER: "an id (or an item of an id list) is not a positive integer of at most 18 digits",
     Rule.EMPTY_VALUE: "a text field is empty",

@@ -99,6 +99,13 @@ def test_whitespace_before_a_quote_inside_an_ignored_column_still_counts_its_fie
     assert not fast_takes(COMPOUNDS, content)
 
 
+def test_repeated_names_of_ignored_columns_are_read_every_way() -> None:
+    content = (UH.strip() + ',,note,,note\n1,A,a@x,2023-01-01,"p,q",x,,y\n2,B,b@x,2023-13-01,,,,\n').encode()
+    found, accepted, _, read = every_way(USERS, content)
+    assert found == [(3, "signup_date", "not_iso_date")] and read == 2
+    assert [(r["user_id"], r["name"]) for r in accepted] == [(1, "A")]
+
+
 # --- a quote left open on its line
 
 

@@ -3,6 +3,7 @@ report (file, line, column, value, rule) for rows that break the contract.  No d
 
 from __future__ import annotations
 
+import datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,21 @@ def test_extra_columns_are_ignored_and_reported(tmp_path: Path) -> None:
     table, result = read(tmp_path, COMPOUNDS, b"compound_id,compound_name,compound_structure,vendor\n1,A,X,acme\n")
     assert table.column_names == ["compound_id", "compound_name", "compound_structure"]
     assert result.extra_columns == ("vendor",)
+
+
+@pytest.mark.parametrize("header", ["user_id,name,email,signup_date,,", "note,user_id,name,note,email,signup_date,note",
+                                    ",user_id,name,email,signup_date,"])
+def test_columns_outside_the_contract_may_repeat_their_names(tmp_path: Path, header: str) -> None:
+    """A spreadsheet saves empty trailing columns as empty names: ignored columns, however named, and
+    whatever they hold (a repeated name among them was a duplicate_column that failed the run)."""
+    extra = header.count(",") - 3
+    row = {"user_id": "1", "name": "Ann", "email": "a@x", "signup_date": "2023-01-01"}
+    line = ",".join(row.get(n, f'"x,{i}"') for i, n in enumerate(header.split(",")))
+    table, result = read(tmp_path, USERS, f"{header}\n{line}\n".encode())
+    assert result.violations.num_rows == 0
+    assert table.to_pylist() == [{"user_id": 1, "name": "Ann", "email": "a@x",
+                                  "signup_date": datetime.date(2023, 1, 1)}]
+    assert len(result.extra_columns) == extra
 
 
 @pytest.mark.parametrize(("header", "row"), [
@@ -242,6 +258,7 @@ def test_a_run_time_with_a_minus_sign_is_negative_even_when_zero(tmp_path: Path,
     (b"", Rule.EMPTY_FILE),
     (b"user_id,name,email\n", Rule.MISSING_COLUMN),
     (b"user_id,name,name,email,signup_date\n", Rule.DUPLICATE_COLUMN),
+    (b"user_id,name,email,signup_date,,name\n", Rule.DUPLICATE_COLUMN),
     (b"user_id,n\xe4me,email,signup_date\n", Rule.ENCODING),
 ])
 def test_unreadable_files_are_file_problems(tmp_path: Path, content: bytes | None, rule: Rule) -> None:

@@ -29,16 +29,28 @@ def read_header(source: Source, contract: FileContract) -> tuple[list[str], tupl
     except UnicodeDecodeError:
         raise FileProblem(contract, Rule.ENCODING, line=number) from None
     names = _names(text)
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
+    for name in names:  # a column of the contract twice: which one is it? (others are ignored, repeated or not)
+        if name in contract.column_names and names.count(name) > 1:
             raise FileProblem(contract, Rule.DUPLICATE_COLUMN, line=number, column=name)
-        seen.add(name)
     for name in contract.column_names:
-        if name not in seen:
+        if name not in names:
             raise FileProblem(contract, Rule.MISSING_COLUMN, line=number, column=name)
     extra = tuple(str(visible(n)) for n in names if n not in contract.column_names)  # shown as reports show text
+    names = _apart(names)
     return names, extra
+
+
+def _apart(names: list[str]) -> list[str]:
+    """The names the readers give the columns: the header's, except that a name an ignored column
+    repeats (a spreadsheet's empty trailing columns: ``,,``) is made unique with its position, so that
+    pyarrow can tell the columns apart.  Nothing reports an ignored column by name, and the contract's
+    columns, each there once, keep theirs."""
+    out: list[str] = []
+    for at, name in enumerate(names):
+        while name in out:
+            name = f"{name}\x00{at}"
+        out.append(name)
+    return out
 
 
 def header_end(stream: pa.NativeFile, limit: int = HEADER_LIMIT) -> int:
