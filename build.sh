@@ -9,7 +9,8 @@
 #                         that holds data/ as s3://experiment-etl-lab-data/exports/, the bucket and key of
 #                         events/s3-put.json:  ./invoke.sh events/s3-put.json
 #   ./build.sh stop       stop whatever this script started
-#   ./build.sh clean      stop it, and drop the schema --local wrote its tables to (DROP SCHEMA ... CASCADE)
+#   ./build.sh clean      stop it, and drop the schema the function wrote its tables to (DROP SCHEMA ...
+#                         CASCADE; never public: its tables are dropped by hand)
 #   ./build.sh --help
 #
 #   --local first checks the settings, the database and the data location (python -m etl_core check)
@@ -19,7 +20,8 @@
 #   DATABASE_URL / PG*    the database the function writes to (default for --local: the local server,
 #                         postgresql://postgres@127.0.0.1:5432/postgres; for containers: a PostgreSQL
 #                         container started here unless DATABASE_URL is given)
-#   DATA_DIR              the CSV directory (default: the repo's data/; in the image, the baked-in copy)
+#   DATA_DIR              the CSV directory (default: the repo's data/; in the image, the baked-in copy;
+#                         for containers a directory of this machine, mounted read-only as /data)
 #   DB_SCHEMA             the schema the function writes to (default for --local: experiment_etl, a schema
 #                         of its own that ./build.sh clean drops; in the containers' own database: public)
 #   RIE_PORT              the emulator's port on this machine (default 9000)
@@ -138,10 +140,14 @@ preflight() {  # the settings, the database and the data location, as the functi
     die "not starting: every invocation would fail; fix what is NOT OK above (./build.sh --local --no-check starts anyway)"
 }
 
-drop_schema() {  # the schema --local wrote to, in the database it wrote to
-    [ -s "$RUN_DIR/db_schema" ] || { say "nothing to clean: no schema recorded by ./build.sh --local"; return; }
+drop_schema() {  # the schema the function wrote to, in the database it wrote to
+    [ -s "$RUN_DIR/db_schema" ] || { say "nothing to clean: no schema recorded by ./build.sh"; return; }
     local schema url
     schema=$(cat "$RUN_DIR/db_schema")
+    if [ "$schema" = public ]; then
+        say "not dropping schema public (other tables may live there): drop user_features, its history and the etl_ tables by hand"
+        return
+    fi
     url=$(cat "$RUN_DIR/database_url" 2>/dev/null || true)
     command -v psql >/dev/null || die "clean needs psql (Debian: apt-get install postgresql-client)"
     local -a args=()
@@ -244,29 +250,38 @@ start_containers() {
 
     local -a net
     if [ "${HOST_NETWORK:-}" = 1 ] || is_loopback_url "$db_url"; then
-        net=(--network host -e "RIE_PORT=$RIE_PORT")
+        # on the host's network the emulator listens where --local's does: loopback only
+        net=(--network host -e "RIE_PORT=$RIE_PORT" -e "RIE_ADDRESS=127.0.0.1")
     elif [ -z "${DATABASE_URL:-}" ]; then
         net=(--network "$NAME" -p "127.0.0.1:$RIE_PORT:8080")
     else
         net=(-p "127.0.0.1:$RIE_PORT:8080")
     fi
     local -a env=(-e "DATABASE_URL=$db_url")
-    [ -z "${DATA_DIR:-}" ] || env+=(-e "DATA_DIR=$DATA_DIR")
+    if [ -n "${DATA_DIR:-}" ]; then  # a directory of this machine: the container sees it as /data
+        [ -d "$DATA_DIR" ] || die "DATA_DIR=$DATA_DIR is not a directory on this machine"
+        env+=(-v "$(cd "$DATA_DIR" && pwd -P):/data:ro" -e "DATA_DIR=/data")
+    fi
     [ -z "${DB_SCHEMA:-}" ] || env+=(-e "DB_SCHEMA=$DB_SCHEMA")
     check_port_free
     "$engine" run -d "${flags[@]}" --name "$NAME" "${net[@]}" "${env[@]}" "$IMAGE" >/dev/null
     printf '%s\n' "$engine" >"$RUN_DIR/engine"
     printf '%s\n' "$host_url" >"$RUN_DIR/database_url"
+    printf '%s\n' "${DB_SCHEMA:-public}" >"$RUN_DIR/db_schema"  # for ./query.sh and ./build.sh clean
     wait_for_port 127.0.0.1 "$RIE_PORT" 30 || { "$engine" logs "$NAME" >&2; die "the function container did not start"; }
     say "function running in container $NAME on 127.0.0.1:$RIE_PORT; logs: $engine logs $NAME"
     say "invoke it:  ./invoke.sh     stop it:  ./build.sh stop"
 }
 
 stop_containers() {
-    local engine=$1
-    "$engine" rm -f "$NAME" >/dev/null 2>&1 || true
-    "$engine" rm -f "$NAME-db" >/dev/null 2>&1 || true
-    [ "${2:-}" = quiet ] || say "removed containers $NAME and $NAME-db ($engine)"
+    local engine=$1 name
+    for name in "$NAME" "$NAME-db"; do
+        if [ -n "$("$engine" ps -a --filter "name=^$name\$" --format '{{.Names}}' 2>/dev/null)" ]; then
+            "$engine" rm -f "$name" >/dev/null 2>&1 || true
+            [ "${2:-}" = quiet ] || say "removed container $name ($engine)"
+        fi
+    done
+    "$engine" network rm "$NAME" >/dev/null 2>&1 || true  # the database container's network, if made
 }
 
 local_mode=0 s3=0 stop=0 check=1 clean=0

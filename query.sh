@@ -3,7 +3,7 @@
 #
 #   DATABASE_URL  the database to read (default: the one ./build.sh started the function with,
 #                 else postgresql://postgres@127.0.0.1:5432/postgres; PG* variables work too)
-#   DB_SCHEMA     schema of the tables (default: the one ./build.sh --local wrote to, else public)
+#   DB_SCHEMA     schema of the tables (default: the one ./build.sh started the function with, else public)
 set -euo pipefail
 cd "$(dirname "$0")"
 url=${DATABASE_URL:-}

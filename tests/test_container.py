@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,8 +45,20 @@ def post(url: str, event: str) -> dict[str, Any]:
     return reply
 
 
+def listening_addresses(port: int) -> set[str]:
+    """The IPv4 addresses a socket listens on at ``port`` (/proc/net/tcp: the host network is ours)."""
+    found = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        address, hex_port = local.split(":")
+        if state == "0A" and int(hex_port, 16) == port:
+            found.add(".".join(str(b) for b in reversed(bytes.fromhex(address))))
+    return found
+
+
 def test_build_sh_builds_and_serves_the_image(engine: Engine, base_image: str, function_image: str, database_url: str,
-                                              schema: str, db: Any, request: pytest.FixtureRequest) -> None:
+                                              schema: str, db: Any, request: pytest.FixtureRequest,
+                                              tmp_path: Path) -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}{INVOCATIONS}"
     env = engine.environ(
@@ -76,6 +90,12 @@ def test_build_sh_builds_and_serves_the_image(engine: Engine, base_image: str, f
         forced = invoke_event(url, {"action": "trigger-etl", "force": True})
         assert (forced["run_id"], forced["status"]) == (summary["run_id"] + 2, "succeeded")
         assert features_rows(db, schema) == EXPECTED  # replaced, not appended: still one row per user
+        # on the host's network the emulator listens on loopback only, as --local's does
+        assert listening_addresses(port) == {"127.0.0.1"}
+        # ./query.sh shows the schema and database build.sh started the function with
+        plain = {k: v for k, v in env.items() if k not in ("DB_SCHEMA", "DATABASE_URL")}
+        shown = run([str(ROOT / "query.sh")], env=plain)
+        assert "Alice" in shown.stdout and "succeeded" in shown.stdout, shown.stdout
 
         bad = post(url, "events/bad-event.json")
         assert bad["errorType"] == "UnsupportedEvent", bad
@@ -107,6 +127,16 @@ def test_build_sh_builds_and_serves_the_image(engine: Engine, base_image: str, f
         peaks = [int(line.split()[1]) for line in hwm.stdout.splitlines() if line.startswith("VmHWM")]
         if peaks:
             report(request, "largest process peak RSS in the container (VmHWM)", f"{max(peaks) / 1024:.0f} MiB")
+
+        # DATA_DIR, a directory of this machine, is what the container reads (mounted as /data)
+        own = tmp_path / "own data"
+        shutil.copytree(ROOT / "data", own)
+        users = own / "users.csv"
+        users.write_text(users.read_text(encoding="utf-8").replace("Alice", "Alicia"), encoding="utf-8")
+        run([str(ROOT / "build.sh")], env={**env, "DATA_DIR": str(own)}, timeout=1200)
+        mounted = invoke_event(url, {"action": "trigger-etl"})
+        assert (mounted["status"], mounted["changes"]["changed"]) == ("succeeded", 1), mounted
+        assert db.run(f'SELECT user_name FROM "{schema}".user_features WHERE user_id = 1') == [["Alicia"]]
     finally:
         run([str(ROOT / "build.sh"), "stop"], env=env, check=False, timeout=120)
     assert engine("ps", "-a", "--filter", f"name=^{CONTAINER}$", "--format", "{{.Names}}").stdout.strip() == ""
