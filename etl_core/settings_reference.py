@@ -113,8 +113,8 @@ REFERENCE: tuple[tuple[str, tuple[Setting, ...]], ...] = (
     ('Operating', (
         Setting(('ETL_HEALTH_MAX_AGE_SECONDS',), 'none',
                 '`GET /health` answers 503 `features_stale` when the last run that confirmed the features '
-                '(succeeded, partial, unchanged) finished longer ago than this many seconds, or none has; unset: '
-                'never'),
+                '(succeeded, partial, unchanged, restored) finished longer ago than this many seconds, or none '
+                'has; unset: never'),
         Setting(('ETL_METRICS_NAMESPACE',), '`ExperimentEtl`',
                 'CloudWatch namespace of the [metrics](operating.md) each run prints; empty: no metrics are '
                 'printed'),

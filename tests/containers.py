@@ -24,6 +24,7 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -222,3 +223,35 @@ def function_image(engine: Engine, base_image: str, request: pytest.FixtureReque
     run(build_command(engine, base_image, FUNCTION_IMAGE), timeout=1800, env=engine.environ())
     report(request, "image build", f"{FUNCTION_IMAGE} built in {time.monotonic() - started:.1f} s on {base_image}")
     return FUNCTION_IMAGE
+
+
+def settings_for_build_sh(engine: Engine) -> list[str]:
+    """The shell lines that make ./build.sh build on the local base image with this engine's flags."""
+    lines = [f"export CONTAINER_ENGINE={engine.name}", f"export BASE_IMAGE={BASE_IMAGE}"]
+    if engine.flags:
+        lines.append(f"export ENGINE_FLAGS='{' '.join(engine.flags)}'")
+    lines += [f"export {name}={value}" for name, value in engine.env.items()]
+    return lines
+
+
+def main(argv: list[str]) -> int:
+    """``python -m tests.containers base-image``: where no registry is reachable, build the local base
+    image once (debootstrap, as root; kept in the engine's storage) and print the settings ./build.sh
+    needs to use it, for ``eval "$(...)"`` (README: "Containers without a registry")."""
+    if argv != ["base-image"]:
+        print("usage: python -m tests.containers base-image", file=sys.stderr)
+        return 64
+    try:
+        engine = find_engine()
+        if not engine.image_exists(BASE_IMAGE):
+            print(f"building {BASE_IMAGE} with debootstrap (a few minutes, once)", file=sys.stderr)
+            build_base_image(engine)
+    except (pytest.skip.Exception, pytest.fail.Exception) as exc:  # the fixtures' own messages
+        print(f"tests.containers: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(settings_for_build_sh(engine)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -314,3 +315,12 @@ def test_operating_the_function_in_the_container(engine: Engine, function_image:
     report(request, "operating", f"{len(invocations)} invocations, {sum(map(len, invocations.values()))} lines, "
                                  f"all JSON with their request id; {len(documents)} EMF documents valid; "
                                  f"{mangum_lines} access lines of Mangum's, each with its kind")
+
+
+def test_the_readmes_base_image_command_prints_the_settings_these_tests_build_with(engine: Engine,
+                                                                                   base_image: str) -> None:
+    """README, "Containers without a registry": ``eval "$(python -m tests.containers base-image)"`` and
+    ./build.sh builds on the local base image with this engine's flags, as test_build_sh... does."""
+    done = run([sys.executable, "-m", "tests.containers", "base-image"], cwd=ROOT, env=engine.environ())
+    shown = run(["bash", "-c", done.stdout + '\nprintf "%s\\n" "$CONTAINER_ENGINE" "$BASE_IMAGE" "${ENGINE_FLAGS:-}"'])
+    assert shown.stdout.splitlines() == [engine.name, base_image, " ".join(engine.flags)]
