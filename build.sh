@@ -228,7 +228,8 @@ start_containers() {
     local -a build_args=()
     [ -z "${BASE_IMAGE:-}" ] || build_args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
     say "building $IMAGE with $engine"
-    "$engine" build "${flags[@]}" --network host "${build_args[@]}" -t "$IMAGE" .
+    "$engine" build "${flags[@]}" --network host "${build_args[@]}" -t "$IMAGE" . ||
+        die "the image did not build (above: $engine's words); where no registry answers, build on a local base image: README, \"Containers without a registry\""
     stop_containers "$engine" quiet
     mkdir -p "$RUN_DIR"
 
@@ -236,8 +237,11 @@ start_containers() {
     if [ -z "$db_url" ]; then
         say "starting PostgreSQL (${POSTGRES_IMAGE:-postgres:16-alpine}) as $NAME-db on 127.0.0.1:5433"
         "$engine" network create "$NAME" >/dev/null 2>&1 || true
-        "$engine" run -d "${flags[@]}" --name "$NAME-db" --network "$NAME" -p 127.0.0.1:5433:5432 \
-            -e POSTGRES_HOST_AUTH_METHOD=trust "${POSTGRES_IMAGE:-postgres:16-alpine}" >/dev/null
+        if ! "$engine" run -d "${flags[@]}" --name "$NAME-db" --network "$NAME" -p 127.0.0.1:5433:5432 \
+            -e POSTGRES_HOST_AUTH_METHOD=trust "${POSTGRES_IMAGE:-postgres:16-alpine}" >/dev/null; then
+            stop_containers "$engine" quiet
+            die "PostgreSQL's container did not start (above: $engine's words); give DATABASE_URL of a server of yours instead (README, \"Containers without a registry\")"
+        fi
         for _ in $(seq 60); do
             "$engine" exec "$NAME-db" pg_isready -U postgres >/dev/null 2>&1 && break
             sleep 1
